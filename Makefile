@@ -1,0 +1,28 @@
+# Quickstart targets. `make test` and `make demo` create .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+# The torch build installed into the venv first. CPU machines keep the default; GPU users pick
+# their build, e.g. `make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dvfl-installed
+
+.PHONY: venv test test-slow clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
