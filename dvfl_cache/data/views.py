@@ -1,0 +1,287 @@
+"""Views: exactly what the teacher saw, so a student can replay it pixel for pixel.
+
+A `View` names the frames (indices into the decoded video), a crop box in fractions of the
+frame, a flip flag and the colour jitter / grayscale drawn once per clip. `ViewSampler` draws
+views deterministically from (seed, video, view index): each aspect (frames, crop, flip,
+colour) has its own Philox stream keyed by a SeedSequence of (seed, video, view, aspect), so no
+global RNG state is touched and changing, say, the frame count does not move the crops.
+Views travel through the cache as fixed-width arrays (`views_to_arrays`).
+The sampler parameters and formulas are documented in docs/dataset-index.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from dvfl_cache.data.decode import VideoInfo
+
+IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
+FULL_CROP = (0.0, 0.0, 1.0, 1.0)
+
+# Aspect keys of the per-view random streams; fixed forever, since caches depend on them.
+_TEMPORAL, _CROP, _FLIP, _COLOUR = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class View:
+    """One clip of one video as the teacher saw it.
+
+    `crop` is (y0, x0, h, w) in fractions of the frame height/width; `jitter` is (brightness,
+    contrast, saturation, hue) factors, identity (1, 1, 1, 0).
+    """
+
+    video: int
+    view: int
+    frames: tuple[int, ...]
+    crop: tuple[float, float, float, float] = FULL_CROP
+    flip: bool = False
+    jitter: tuple[float, float, float, float] = IDENTITY_JITTER
+    gray: bool = False
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+
+def views_to_arrays(views: list[View] | tuple[View, ...]) -> dict[str, np.ndarray]:
+    """Fixed-width arrays of N views (all with the same frame count T)."""
+    views = list(views)
+    t = {len(v.frames) for v in views}
+    if len(t) > 1:
+        raise ValueError(f"views have different frame counts {sorted(t)}; "
+                         f"fixed-width arrays need one")
+    width = t.pop() if t else 0
+    return {
+        "video": np.array([v.video for v in views], np.int32).reshape(len(views)),
+        "view": np.array([v.view for v in views], np.int32).reshape(len(views)),
+        "frames": np.array([v.frames for v in views], np.int32).reshape(len(views), width),
+        "crop": np.array([v.crop for v in views], np.float32).reshape(len(views), 4),
+        "flip": np.array([v.flip for v in views], np.uint8).reshape(len(views)),
+        "jitter": np.array([v.jitter for v in views], np.float32).reshape(len(views), 4),
+        "gray": np.array([v.gray for v in views], np.uint8).reshape(len(views)),
+    }
+
+
+def views_from_arrays(arrays: dict[str, np.ndarray]) -> list[View]:
+    """Inverse of `views_to_arrays` (crop and jitter come back as the float32 values)."""
+    n = len(arrays["video"])
+    return [View(video=int(arrays["video"][i]), view=int(arrays["view"][i]),
+                 frames=tuple(int(f) for f in arrays["frames"][i]),
+                 crop=tuple(float(c) for c in arrays["crop"][i]),
+                 flip=bool(arrays["flip"][i]),
+                 jitter=tuple(float(j) for j in arrays["jitter"][i]),
+                 gray=bool(arrays["gray"][i]))
+            for i in range(n)]
+
+
+def subsample_positions(t: int, k: int) -> list[int]:
+    """Positions of the k of t frames a `subsample_view` keeps.
+
+    p_j = floor(j * (t - 1) / (k - 1) + 1/2) for j = 0..k-1 when k > 1 (first and last kept,
+    the rest evenly between, ties rounded up); p_0 = floor((t - 1) / 2) when k = 1.
+    Exact in integers: p_j = (2 j (t - 1) + k - 1) // (2 (k - 1)).
+    """
+    if not 1 <= k <= t:
+        raise ValueError(f"cannot keep {k} of {t} frames (need 1 <= k <= {t})")
+    if k == 1:
+        return [(t - 1) // 2]
+    return [(2 * j * (t - 1) + k - 1) // (2 * (k - 1)) for j in range(k)]
+
+
+def subsample_view(view: View, k: int) -> View:
+    """The same view with k of its frames spread evenly over the same span (k == T: itself)."""
+    return replace(view, frames=tuple(view.frames[p] for p in
+                                      subsample_positions(len(view.frames), k)))
+
+
+def _f32(values) -> tuple[float, ...]:
+    """Round to float32 so a view equals its `views_from_arrays(views_to_arrays(...))` copy."""
+    return tuple(float(np.float32(v)) for v in values)
+
+
+def _rng(seed: int, video: int, view: int, aspect: int) -> np.random.Generator:
+    return np.random.Generator(np.random.Philox(np.random.SeedSequence(
+        [int(seed), int(video), int(view), aspect])))
+
+
+@dataclass(frozen=True)
+class ViewSampler:
+    """Draws `View`s; the config is stored with every cache for provenance.
+
+    temporal: "segment" (TSN: `num_frames` equal segments of the video, one frame from each,
+    uniformly at random in train, at the segment centre in test) or "stride" (`num_frames`
+    frames `stride` apart from a random start in train, evenly spaced starts in test).
+    mode "train": random-resized crop (`area`, `ratio` of the frame in pixels), flip with
+    probability `flip`, colour jitter with probability `jitter_p` and strengths `jitter`,
+    grayscale with probability `gray_p`.
+    mode "test": view v is clip v // crops and crop v % crops, `clips` x `crops` views per
+    video. crops == 1: a centred square of side `crop_size / short_side` of the short side
+    (short side 256, centre 224). crops > 1: squares of the full short side (short side
+    resized to the crop size) at evenly spaced positions along the long side (left, centre,
+    right for 3).
+    """
+
+    temporal: str = "segment"
+    num_frames: int = 8
+    stride: int = 4
+    mode: str = "train"
+    short_side: int = 256
+    crop_size: int = 224
+    area: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    jitter_p: float = 0.8
+    gray_p: float = 0.0
+    clips: int = 1
+    crops: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temporal not in ("segment", "stride"):
+            raise ValueError(f"temporal sampler must be 'segment' or 'stride', "
+                             f"not {self.temporal!r}")
+        if self.mode not in ("train", "test"):
+            raise ValueError(f"mode must be 'train' or 'test', not {self.mode!r}")
+        if self.num_frames < 1 or self.stride < 1 or self.clips < 1 or self.crops < 1:
+            raise ValueError("num_frames, stride, clips and crops must be >= 1")
+        if not 0 < self.crop_size <= self.short_side:
+            raise ValueError(f"crop_size {self.crop_size} must be in 1..short_side "
+                             f"{self.short_side}")
+        if not (0 < self.area[0] <= self.area[1] <= 1 and 0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError(f"bad area {self.area} or ratio {self.ratio} range")
+        # tuples, not lists, so the config stays hashable after from_dict(JSON)
+        object.__setattr__(self, "area", tuple(float(a) for a in self.area))
+        object.__setattr__(self, "ratio", tuple(float(r) for r in self.ratio))
+        object.__setattr__(self, "jitter", tuple(float(j) for j in self.jitter))
+
+    @property
+    def views_per_video(self) -> int:
+        """Distinct views per video in test mode (train views are unbounded)."""
+        return self.clips * self.crops
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ViewSampler:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ViewSampler option(s) {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    # -- sampling ------------------------------------------------------------------------
+
+    def sample(self, video: int, view: int, info: VideoInfo) -> View:
+        if info.num_frames < 1:
+            raise ValueError(f"video {video} has no frames")
+        if self.mode == "train":
+            frames = self._temporal_train(_rng(self.seed, video, view, _TEMPORAL),
+                                          info.num_frames)
+            crop = self._random_resized_crop(_rng(self.seed, video, view, _CROP),
+                                             info.width, info.height)
+            flip = bool(_rng(self.seed, video, view, _FLIP).random() < self.flip)
+            jitter, gray = self._colour(_rng(self.seed, video, view, _COLOUR))
+            return View(video=video, view=view, frames=frames, crop=_f32(crop), flip=flip,
+                        jitter=_f32(jitter), gray=gray)
+        clip, crop_pos = divmod(view, self.crops)
+        if clip >= self.clips:
+            raise ValueError(f"test view {view} out of range: {self.clips} clips x "
+                             f"{self.crops} crops = {self.views_per_video} views")
+        return View(video=video, view=view, frames=self._temporal_test(clip, info.num_frames),
+                    crop=_f32(self._test_crop(crop_pos, info.width, info.height)))
+
+    def _temporal_train(self, rng: np.random.Generator, n: int) -> tuple[int, ...]:
+        t = self.num_frames
+        if self.temporal == "segment":
+            # frame_i = floor((i + u_i) * n / T), u_i ~ U[0, 1): uniform within segment i
+            u = rng.random(t)
+            return tuple(min(int(math.floor((i + u[i]) * n / t)), n - 1) for i in range(t))
+        span = (t - 1) * self.stride + 1
+        start = int(rng.integers(0, max(n - span, 0) + 1))
+        return tuple(min(start + i * self.stride, n - 1) for i in range(t))
+
+    def _temporal_test(self, clip: int, n: int) -> tuple[int, ...]:
+        t, c = self.num_frames, self.clips
+        if self.temporal == "segment":
+            # clip c of C takes the point (c + 1/2) / C of the way through each segment
+            off = (clip + 0.5) / c
+            return tuple(min(int(math.floor((i + off) * n / t)), n - 1) for i in range(t))
+        span = (t - 1) * self.stride + 1
+        free = max(n - span, 0)
+        start = free // 2 if c == 1 else (clip * free) // (c - 1)
+        return tuple(min(start + i * self.stride, n - 1) for i in range(t))
+
+    def _random_resized_crop(self, rng: np.random.Generator, width: int,
+                             height: int) -> tuple[float, float, float, float]:
+        """Crop of area in `area` x frame area and aspect (w/h, in pixels) in `ratio`.
+
+        Ten tries as in Inception-style training; then the largest centred crop whose aspect
+        is clamped into `ratio`. Resizing the short side to 256 first scales both sides alike,
+        so it changes no fraction and is left out.
+        """
+        total = float(width * height)
+        log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            area = total * rng.uniform(self.area[0], self.area[1])
+            aspect = math.exp(rng.uniform(*log_r))
+            w = math.sqrt(area * aspect)
+            h = math.sqrt(area / aspect)
+            if w <= width and h <= height:
+                y0 = rng.uniform(0, height - h)
+                x0 = rng.uniform(0, width - w)
+                return (y0 / height, x0 / width, h / height, w / width)
+        aspect = width / height
+        if aspect < self.ratio[0]:
+            w, h = float(width), width / self.ratio[0]
+        elif aspect > self.ratio[1]:
+            w, h = height * self.ratio[1], float(height)
+        else:
+            w, h = float(width), float(height)
+        return ((height - h) / 2 / height, (width - w) / 2 / width, h / height, w / width)
+
+    def _test_crop(self, pos: int, width: int,
+                   height: int) -> tuple[float, float, float, float]:
+        short = min(width, height)
+        side = short * (self.crop_size / self.short_side if self.crops == 1 else 1.0)
+        h, w = side / height, side / width
+        if self.crops == 1:
+            return ((1 - h) / 2, (1 - w) / 2, h, w)
+        frac = pos / (self.crops - 1)  # 0 = left/top, 1/2 = centre, 1 = right/bottom
+        if width >= height:
+            return ((1 - h) / 2, (1 - w) * frac, h, w)
+        return ((1 - h) * frac, (1 - w) / 2, h, w)
+
+    def _colour(self, rng: np.random.Generator) -> tuple[tuple[float, float, float, float],
+                                                          bool]:
+        # Draw everything unconditionally so each parameter's stream position is fixed.
+        apply, b, c, s, hue, gray = rng.random(6)
+        jb, jc, js, jh = self.jitter
+        jitter = IDENTITY_JITTER
+        if any(self.jitter) and apply < self.jitter_p:
+            jitter = (max(0.0, 1 - jb) + b * (1 + jb - max(0.0, 1 - jb)),
+                      max(0.0, 1 - jc) + c * (1 + jc - max(0.0, 1 - jc)),
+                      max(0.0, 1 - js) + s * (1 + js - max(0.0, 1 - js)),
+                      -jh + hue * 2 * jh)
+        return tuple(float(x) for x in jitter), bool(gray < self.gray_p)
+
+
+@dataclass(frozen=True)
+class SamplerViewFn:
+    """`ClipDataset` view function giving view number `view` of every video.
+
+    A dataclass rather than a closure so it pickles into spawned DataLoader workers.
+    """
+
+    sampler: ViewSampler
+    view: int = 0
+
+    def __call__(self, video: int, info: VideoInfo) -> View:
+        return self.sampler.sample(video, self.view, info)

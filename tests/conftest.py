@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny synthetic dataset on disk and small videos whose frames name themselves.
+
+`synth_root` is session-scoped: one generation (16 real videos, < 1 s) serves every test file.
+"""
+
+from __future__ import annotations
+
+import fractions
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# The tiny dataset: 4 classes x 4 videos (split 1: 2 train + 2 test per class), 32x32, 16 frames.
+SYNTH_TINY = dict(classes=4, videos_per_class=4, width=32, height=32, frames=16, seed=0)
+
+COUNTER_BASE, COUNTER_STEP = 16, 7  # 16..219 over 30 frames
+
+
+def counter_frame(i: int, *, width: int = 64, height: int = 48) -> np.ndarray:
+    """Frame i: left half flat at COUNTER_BASE + COUNTER_STEP * i (readable after lossy coding),
+    right half a seeded noise texture so the encoder has real work (motion, B-frames)."""
+    a = np.empty((height, width, 3), np.uint8)
+    a[:, : width // 2] = COUNTER_BASE + COUNTER_STEP * i
+    rng = np.random.default_rng(i)
+    a[:, width // 2:] = rng.integers(0, 256, (height, width - width // 2, 3), dtype=np.uint8)
+    return a
+
+
+def counter_index(frame: np.ndarray) -> int:
+    """Which counter frame a decoded RGB frame is."""
+    w = frame.shape[1]
+    level = frame[4:-4, 4: w // 2 - 4].astype(np.float64).mean()
+    return int(round((level - COUNTER_BASE) / COUNTER_STEP))
+
+
+def write_counter_video(path: Path, n: int, *, codec: str, options: dict | None = None,
+                        durations_ms: list[int] | None = None, width: int = 64,
+                        height: int = 48) -> Path:
+    """Encode n counter frames; `durations_ms` (cycled) makes the frame rate variable."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=25, options=dict(options or {}))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.thread_count = 1
+        stream.codec_context.bit_rate = 4_000_000  # near-lossless for MPEG-4 part 2
+        if durations_ms:
+            stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        t = 0
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(counter_frame(i, width=width, height=height),
+                                               format="rgb24")
+            if durations_ms:
+                frame.pts, frame.time_base = t, fractions.Fraction(1, 1000)
+                t += durations_ms[i % len(durations_ms)]
+            for pkt in stream.encode(frame):
+                container.mux(pkt)
+        for pkt in stream.encode():
+            container.mux(pkt)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A tiny synthetic action dataset in UCF101 layout (UCF-101/, ucfTrainTestlist/)."""
+    from dvfl_cache.data.synth import SynthConfig, write_synth
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synth(root, SynthConfig(**SYNTH_TINY))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_index(synth_root):
+    """`DatasetIndex` of the tiny dataset's split 1 train subset (8 videos)."""
+    from dvfl_cache.data.readers import build_index
+
+    return build_index("ucf101", synth_root, split=1, subset="train")
+
+
+@pytest.fixture(scope="session")
+def synth_test_index(synth_root):
+    """`DatasetIndex` of the tiny dataset's split 1 test subset (8 videos)."""
+    from dvfl_cache.data.readers import build_index
+
+    return build_index("ucf101", synth_root, split=1, subset="test")
