@@ -1,0 +1,258 @@
+"""`info` and `verify`: what a cache holds, and whether every byte of it can be trusted.
+
+Both work on any address a CacheReader accepts (directory, packed zip, http(s) URL). `verify`
+reads every chunk, so every crc32c checksum is checked, and collects all problems before
+failing, because a user repairing a cache wants the whole list, not the first item.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import numpy as np
+
+from dvfl_cache.cache.format import FORMAT_NAME, FORMAT_VERSION, SHARD_DONE
+from dvfl_cache.cache.store import CacheReader, Location, shard_error
+from dvfl_cache.errors import CacheError
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_PROBLEMS = 20
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
+    """How many rows have their label among the k largest logits (ties broken by position)."""
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits.astype(np.float32), k - 1, axis=1)[:, :k]
+    return int((top == labels[:, None]).any(axis=1).sum())
+
+
+def teacher_accuracy(reader: CacheReader) -> dict[str, Any]:
+    """Top-1/top-5 of the stored logits against the stored labels, valid rows of done shards."""
+    n = c1 = c5 = 0
+    for s in np.flatnonzero(reader.shard_done()).tolist():
+        rows = reader.shard_rows(s)
+        valid = reader.read("valid", rows.start, rows.stop) == 1
+        if not valid.any():
+            continue
+        logits = reader.read("logits", rows.start, rows.stop)[valid]
+        labels = reader.read("label", rows.start, rows.stop)[valid]
+        n += len(labels)
+        c1 += topk_correct(logits, labels, 1)
+        c5 += topk_correct(logits, labels, 5)
+    return {"valid_rows": n, "teacher_top1": c1 / n if n else None,
+            "teacher_top5": c5 / n if n else None}
+
+
+def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
+         ) -> dict[str, Any]:
+    """A JSON-able summary: provenance, layout, completeness, size, teacher accuracy, failures."""
+    with CacheReader(path_or_url, storage_options=storage_options) as reader:
+        m = reader.meta
+        done = reader.shard_done()
+        failures = reader.failures()
+        failed: dict[int, dict[str, Any]] = {}
+        for f in failures:
+            failed.setdefault(f["video"], {k: v for k, v in f.items() if k != "shard"})
+        values = m.num_rows * (m.num_classes + (m.feature_dim or 0))
+        return {
+            "store": str(reader.location),
+            "format": f"{FORMAT_NAME} v{FORMAT_VERSION}",
+            "teacher": m.teacher.name,
+            "teacher_weights_sha256": m.teacher.weights_sha256,
+            "dataset": f"{m.dataset.kind} split {m.dataset.split} {m.dataset.subset}",
+            "index_digest": m.dataset.index_digest,
+            "num_classes": m.num_classes,
+            "num_videos": m.num_videos,
+            "views_per_video": m.views_per_video,
+            "rows": m.num_rows,
+            "num_frames": m.num_frames,
+            "dtype": m.dtype,
+            "feature_dim": m.feature_dim,
+            "sampler": m.sampler.to_dict(),
+            "shards_done": int(done.sum()),
+            "shards_total": m.num_shards,
+            "complete": bool(done.all()),
+            "size_bytes": size_on_disk(reader.location),
+            "logit_bytes": values * np.dtype(m.dtype).itemsize,
+            **teacher_accuracy(reader),
+            "failed_videos": [failed[v] for v in sorted(failed)],
+            "fp16_kl": reader.fp16_kl(),
+            "dvfl_version": m.dvfl_version,
+            "created": m.created,
+        }
+
+
+def size_on_disk(loc: Location) -> int | None:
+    """Bytes the store occupies (apparent size; None where a URL gives no cheap answer)."""
+    if loc.kind == "zip":
+        return os.path.getsize(loc.target)
+    if loc.kind == "dir":
+        total = 0
+        for root, _dirs, files in os.walk(loc.target):
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                         if not f.endswith(".partial"))
+        return total
+    if loc.kind == "url-zip":
+        import fsspec
+
+        try:
+            fs, path = fsspec.core.url_to_fs(loc.target)
+            return int(fs.size(path))
+        except Exception as e:  # a size is a nicety for `info`; never fail a read over it
+            log.warning("%s: cannot get the size (%s)", loc, e)
+            return None
+    return None
+
+
+def _load_index(path: str | os.PathLike):
+    # The data layer owns the index format; its loader checks it and recomputes the digest.
+    from dvfl_cache.data.index import load_index
+
+    return load_index(path)
+
+
+def stale_temp_files(loc: Location) -> list[str]:
+    """Leftovers of writes killed mid-file (zarr writes `<key>.<uuid>.partial`, then renames)."""
+    if loc.kind != "dir":
+        return []
+    out = []
+    for root, _dirs, files in os.walk(loc.target):
+        out += [os.path.relpath(os.path.join(root, f), loc.target) for f in files
+                if f.endswith(".partial")]
+    return sorted(out)
+
+
+def verify(path_or_url: str | os.PathLike, *, index: str | os.PathLike | None = None,
+           storage_options: dict[str, Any] | None = None,
+           progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Read every chunk (checking checksums), completeness, shapes, finite logits, the row
+    layout, failure records and, given a dataset index file, the videos and labels.
+
+    Returns a summary; raises CacheError listing every problem found.
+    """
+    problems: list[str] = []
+    with CacheReader(path_or_url, storage_options=storage_options) as reader:
+        m = reader.meta
+        names = list(m.row_arrays())
+        for name in [*names, SHARD_DONE]:
+            try:
+                reader.array(name)
+            except CacheError as e:
+                problems.append(str(e).removeprefix(f"{reader.location}: "))
+        if problems:
+            _fail(reader.location, problems)
+
+        idx_labels = None
+        if index is not None:
+            idx = _load_index(index)
+            problems += _index_problems(m, idx, index)
+            if len(idx.videos) == m.num_videos:
+                idx_labels = np.array([v.label for v in idx.videos], dtype=np.int64)
+
+        try:
+            done = reader.shard_done()
+        except CacheError as e:
+            _fail(reader.location, [*problems, str(e).removeprefix(f"{reader.location}: ")])
+        pending = np.flatnonzero(~done).tolist()
+        if pending:
+            problems.append(f"incomplete: {len(pending)} of {m.num_shards} shards not done "
+                            f"(first: {pending[:10]})")
+
+        seen_labels = np.full(m.num_videos, -1, dtype=np.int64)
+        rows_checked = 0
+        for s in np.flatnonzero(done).tolist():
+            shard_problems = _check_shard(reader, s, names, seen_labels, idx_labels)
+            problems += [f"shard {s}: {p}" for p in shard_problems]
+            rows_checked += len(reader.shard_rows(s))
+            if progress is not None:
+                progress(1)
+        if problems:
+            _fail(reader.location, problems)
+        return {"store": str(reader.location), "shards_checked": int(done.sum()),
+                "rows_checked": rows_checked, "index": None if index is None else str(index),
+                "stale_temp_files": stale_temp_files(reader.location)}
+
+
+def _fail(location: Location, problems: list[str]) -> NoReturn:
+    shown = problems[:MAX_LISTED_PROBLEMS]
+    more = len(problems) - len(shown)
+    raise CacheError(f"{location}: verify found {len(problems)} problem(s): " + "; ".join(shown)
+                     + (f"; ... and {more} more" if more else ""))
+
+
+def _index_problems(m, idx, index_path) -> list[str]:
+    out = []
+    where = f"index {index_path}"
+    for what, have, want in (("dataset kind", m.dataset.kind, idx.kind),
+                             ("split", m.dataset.split, idx.split),
+                             ("subset", m.dataset.subset, idx.subset)):
+        if have != want:
+            out.append(f"{what} {have!r} differs from {where} ({want!r})")
+    if tuple(idx.classes) != m.dataset.classes:
+        out.append(f"classes differ from {where} ({len(m.dataset.classes)} in the cache, "
+                   f"{len(idx.classes)} in the index)")
+    if len(idx.videos) != m.num_videos:
+        out.append(f"{m.num_videos} videos in the cache, {len(idx.videos)} in {where}")
+    if idx.digest != m.dataset.index_digest:
+        out.append(f"index digest {m.dataset.index_digest} differs from {where} ({idx.digest}): "
+                   "other videos, labels or order")
+    return out
+
+
+def _check_shard(reader: CacheReader, s: int, names: list[str], seen_labels: np.ndarray,
+                 idx_labels: np.ndarray | None) -> list[str]:
+    m = reader.meta
+    rows = reader.shard_rows(s)
+    out: list[str] = []
+    data: dict[str, np.ndarray] = {}
+    for name in names:
+        key = reader.shard_key(name, s)
+        if not reader.key_exists(key):
+            out.append(f"array '{name}': file {key} is missing")
+            continue
+        try:
+            data[name] = np.asarray(reader.array(name)[rows.start:rows.stop])
+        except Exception as e:  # any decode failure is a finding, not a crash
+            out.append(shard_error(name, s, reader.array(name), e))
+    for name in ("logits", "features"):
+        if name in data and not np.isfinite(data[name]).all():
+            out.append(f"array '{name}' has non-finite values")
+    r = np.arange(rows.start, rows.stop)
+    if "video" in data and not np.array_equal(data["video"], r % m.num_videos):
+        out.append("array 'video' does not follow the row layout")
+    if "view" in data and not np.array_equal(data["view"], r // m.num_videos):
+        out.append("array 'view' does not follow the row layout")
+    if "label" in data:
+        lab = data["label"].astype(np.int64)
+        if lab.min() < 0 or lab.max() >= m.num_classes:
+            out.append(f"labels outside [0, {m.num_classes})")
+        vids = r % m.num_videos
+        if idx_labels is not None:
+            bad = np.flatnonzero(lab != idx_labels[vids])
+            if len(bad):
+                out.append(f"{len(bad)} labels differ from the index (first: row "
+                           f"{rows.start + int(bad[0])}, video {int(vids[bad[0]])})")
+        prev = seen_labels[vids]
+        clash = np.flatnonzero((prev >= 0) & (prev != lab))
+        if len(clash):
+            out.append(f"video {int(vids[clash[0]])} has different labels in different views")
+        seen_labels[vids] = lab
+    record = reader.shard_record(s)
+    if record is None:
+        out.append("failure record failures/%d is missing" % s)
+    elif "valid" in data:
+        failed = {int(f["video"]) for f in record.get("failures", [])}
+        vids = r % m.num_videos
+        invalid = set(vids[data["valid"] == 0].tolist())
+        if invalid - failed:
+            out.append(f"videos {sorted(invalid - failed)[:10]} have invalid rows but no "
+                       "failure record")
+        valid_failed = failed & set(vids[data["valid"] == 1].tolist())
+        if valid_failed:
+            out.append(f"videos {sorted(valid_failed)[:10]} are recorded as failed but have "
+                       "valid rows")
+    return out

@@ -1,0 +1,651 @@
+"""CacheWriter and CacheReader over a sharded Zarr v3 group (directory, zip, or HTTP URL).
+
+Why this shape:
+- Rows are views, laid out view-major (row = r * num_videos + v), so one epoch of training is
+  one contiguous slice per array: a few large reads instead of per-sample random reads.
+- A shard (`views_per_shard` rows of every array) is written whole by exactly one writer and
+  then flagged in `shard_done`, an array with one chunk (one file) per shard. Zarr loses chunks
+  when two processes write into one shard file, and loses keys when processes rewrite the same
+  JSON attributes; per-shard files are the only completion record concurrent ranks cannot lose.
+- Root attributes are written once, at creation: the layout is built in a temporary sibling
+  directory and renamed into place, so a store either exists whole or not at all, and other
+  ranks can simply wait for it to appear.
+- Readers open lazily per process (a forked DataLoader worker reopens by itself), accept a
+  directory, a packed .zip, or an http(s) URL of either, and refuse servers that ignore byte
+  ranges instead of reporting the garbage as a checksum error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec
+
+from dvfl_cache.cache.format import FAILURES_GROUP, SHARD_DONE, CacheMeta
+from dvfl_cache.errors import CacheError
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNK_ROWS = 1024
+# Fill-value chunks must still be written: a shard of all-failed videos is data, and both size
+# accounting and `verify`'s "every done shard has its files" rely on it.
+_WRITE_CONFIG = {"write_empty_chunks": True}
+_PROBE_TIMEOUT_S = 30.0
+
+
+def chunk_rows(views_per_shard: int) -> int:
+    """Rows per inner (checksummed) chunk: the largest divisor of the shard <= 1024 rows.
+
+    Smaller inner chunks let a ranged reader fetch part of a shard; a shard whose only small
+    divisors are tiny (e.g. a prime) gets a single chunk instead of thousands of 1-row ones.
+    """
+    if views_per_shard <= MAX_CHUNK_ROWS:
+        return views_per_shard
+    best = max(d for d in range(1, MAX_CHUNK_ROWS + 1) if views_per_shard % d == 0)
+    return best if best >= 64 else views_per_shard
+
+
+def shard_rows(meta: CacheMeta, s: int) -> range:
+    if not 0 <= s < meta.num_shards:
+        raise IndexError(f"shard {s} out of range: the cache has {meta.num_shards} shards")
+    start = s * meta.views_per_shard
+    return range(start, min(start + meta.views_per_shard, meta.num_rows))
+
+
+# --- where a store lives ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Location:
+    """A store's address: kind is "dir", "zip", "url" (a directory served over HTTP or any
+    fsspec URL) or "url-zip" (a packed zip behind a URL)."""
+
+    kind: str
+    target: str
+
+    def __str__(self) -> str:
+        return self.target
+
+    @property
+    def is_remote(self) -> bool:
+        return self.kind in ("url", "url-zip")
+
+
+def locate(path_or_url: str | os.PathLike) -> Location:
+    s = os.fspath(path_or_url)
+    if s.startswith("zip::"):
+        inner = s[len("zip::"):]
+        return Location("url-zip", inner) if "://" in inner else Location("zip", inner)
+    if "://" in s and not s.startswith("file://"):
+        if s.rstrip("/").lower().endswith(".zip"):
+            return Location("url-zip", s.rstrip("/"))
+        return Location("url", s.rstrip("/"))
+    if s.startswith("file://"):
+        s = s[len("file://"):]
+    p = Path(s)
+    if not p.exists():
+        raise CacheError(f"{s}: no such cache store")
+    if p.is_file():
+        if p.suffix.lower() != ".zip":
+            raise CacheError(f"{s}: not a cache store (expected a directory or a .zip file)")
+        return Location("zip", s)
+    if not (p / "zarr.json").is_file():
+        raise CacheError(f"{s}: not a cache store (no zarr.json in the directory)")
+    return Location("dir", s)
+
+
+def check_byte_ranges(url: str, *, headers: Mapping[str, str] | None = None) -> None:
+    """Fail clearly when an HTTP server ignores Range (Python's stock http.server does).
+
+    Zarr reads shard indexes and chunks by byte range; a server that answers 200 with the whole
+    file would otherwise surface as a baffling checksum error, or as silently wrong bytes.
+    """
+    req = urllib.request.Request(url, headers={**(headers or {}), "Range": "bytes=1-4"})
+    try:
+        with urllib.request.urlopen(req, timeout=_PROBE_TIMEOUT_S) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            raise CacheError(f"{url}: not found (HTTP 404); is this the URL of a cache store "
+                             "or a packed .zip?") from None
+        raise CacheError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise CacheError(f"{url}: cannot reach the server ({getattr(e, 'reason', e)})") from None
+    if status != 206:
+        raise CacheError(f"{url}: the server ignores byte ranges (a ranged request was answered "
+                         f"{status} with the full body instead of 206); serve the cache with a "
+                         "server that honours HTTP Range requests")
+
+
+def _probe_url(loc: Location) -> str:
+    return loc.target if loc.kind == "url-zip" else f"{loc.target}/zarr.json"
+
+
+def open_store(loc: Location, *, storage_options: dict[str, Any] | None = None):
+    """A read-only zarr store for `loc` (probing HTTP servers for range support first)."""
+    if loc.kind == "dir":
+        return zarr.storage.LocalStore(loc.target, read_only=True)
+    if loc.kind == "zip":
+        return zarr.storage.ZipStore(loc.target, mode="r")
+    if loc.target.lower().startswith(("http://", "https://")):
+        check_byte_ranges(_probe_url(loc), headers=(storage_options or {}).get("headers"))
+    url = f"zip::{loc.target}" if loc.kind == "url-zip" else loc.target
+    try:
+        return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options,
+                                                 read_only=True)
+    except (ValueError, ImportError, OSError) as e:
+        raise CacheError(f"{loc}: cannot open ({e})") from None
+
+
+def _open_group(store, loc: Location, mode: str = "r") -> zarr.Group:
+    try:
+        return zarr.open_group(store=store, mode=mode, zarr_format=3)
+    except (FileNotFoundError, KeyError) as e:
+        raise CacheError(f"{loc}: not a cache store (no readable zarr.json: {e})") from None
+
+
+def _array_problem(meta: CacheMeta, group: zarr.Group, name: str) -> str | None:
+    """Why array `name` does not have the layout `meta` promises, or None."""
+    if name == SHARD_DONE:
+        dtype, shape = np.dtype("uint8"), (meta.num_shards,)
+    else:
+        dt, trail = meta.row_arrays()[name]
+        dtype, shape = dt, (meta.num_rows, *trail)
+    try:
+        arr = group[name]
+    except KeyError:
+        return f"array '{name}' is missing"
+    if not isinstance(arr, zarr.Array):
+        return f"'{name}' is a group, expected an array"
+    if tuple(arr.shape) != shape or np.dtype(arr.dtype) != dtype:
+        return (f"array '{name}' has shape {tuple(arr.shape)} {arr.dtype}, expected "
+                f"{shape} {dtype}")
+    return None
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+def _build_layout(path: Path, meta: CacheMeta) -> None:
+    store = zarr.storage.LocalStore(path)
+    root = zarr.create_group(store=store, zarr_format=3, attributes=meta.to_dict())
+    rows, per_shard = meta.num_rows, meta.views_per_shard
+    inner = chunk_rows(per_shard)
+    for name, (dtype, trail) in meta.row_arrays().items():
+        root.create_array(name, shape=(rows, *trail), dtype=dtype,
+                          shards=(per_shard, *trail), chunks=(inner, *trail),
+                          compressors=[Crc32cCodec()], fill_value=0, config=_WRITE_CONFIG,
+                          dimension_names=("row", *(f"{name}_{i}" for i in range(len(trail)))))
+    root.create_array(SHARD_DONE, shape=(meta.num_shards,), dtype="uint8", chunks=(1,),
+                      compressors=[Crc32cCodec()], fill_value=0, config=_WRITE_CONFIG,
+                      dimension_names=("shard",))
+    root.create_group(FAILURES_GROUP)
+
+
+def _is_store_dir(path: Path) -> bool:
+    return (path / "zarr.json").is_file()
+
+
+class CacheWriter:
+    """Writes whole shards of one store; several writers (ranks) may share a store if each
+    writes its own shards. Make one with `create` or `open_for_rank`."""
+
+    def __init__(self, path: str | os.PathLike, meta: CacheMeta):
+        self.path = Path(path)
+        self.meta = meta
+        self._store = zarr.storage.LocalStore(self.path)
+        self._root = _open_group(self._store, Location("dir", str(self.path)), mode="r+")
+        stored = CacheMeta.from_dict(self._root.attrs.asdict(), source=str(self.path))
+        diffs = meta.differences(stored)
+        if diffs:
+            field, want, have = diffs[0]
+            more = f" (and {len(diffs) - 1} more: {', '.join(d[0] for d in diffs[1:])})" \
+                if len(diffs) > 1 else ""
+            raise CacheError(f"{self.path}: the existing cache was built with a different "
+                             f"{field}: stored {_short(have)}, requested {_short(want)}{more}; "
+                             "pass --overwrite to replace it or write to another path")
+        # Keep the stored provenance: resuming must not pretend the store is newer than it is.
+        self.meta = stored
+        for name in [*meta.row_arrays(), SHARD_DONE]:
+            problem = _array_problem(meta, self._root, name)
+            if problem:
+                raise CacheError(f"{self.path}: damaged cache layout: {problem}")
+        self._arrays = {name: self._root[name].with_config(_WRITE_CONFIG)
+                        for name in [*meta.row_arrays(), SHARD_DONE]}
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, meta: CacheMeta, *, overwrite: bool = False,
+               resume: bool = False) -> CacheWriter:
+        """A new store at `path`, or the existing one when resuming with the same meta."""
+        path = Path(path)
+        if overwrite and resume:
+            raise CacheError(f"{path}: pass only one of --resume and --overwrite")
+        exists = path.exists() and (path.is_file() or any(path.iterdir()))
+        if exists:
+            if resume:
+                if not _is_store_dir(path):
+                    raise CacheError(f"{path}: cannot resume: not a cache store directory")
+                writer = cls(path, meta)
+                log.info("resuming %s: %d of %d shards pending", path,
+                         len(writer.pending_shards()), meta.num_shards)
+                return writer
+            if not overwrite:
+                raise CacheError(f"{path} already exists; pass --resume to finish it or "
+                                 "--overwrite to replace it")
+            if not _is_store_dir(path):
+                raise CacheError(f"{path}: exists and is not a cache store; refusing to delete "
+                                 "it with --overwrite")
+        tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
+        try:
+            _build_layout(tmp, meta)
+            if exists:
+                log.info("overwriting %s", path)
+                shutil.rmtree(path)
+            elif path.is_dir():
+                path.rmdir()  # an empty directory is no user data
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        log.info("created %s: %d rows in %d shards", path, meta.num_rows, meta.num_shards)
+        return cls(path, meta)
+
+    @classmethod
+    def open_for_rank(cls, path: str | os.PathLike, meta: CacheMeta, *, rank: int,
+                      world_size: int, overwrite: bool = False, resume: bool = False,
+                      barrier: Callable[[], Any] | None = None, timeout_s: float = 600.0,
+                      poll_s: float = 0.2) -> CacheWriter:
+        """One writer per rank; only rank 0 creates (or overwrites, or resumes) the store.
+
+        With `barrier` (e.g. torch.distributed.barrier) the others open it after rank 0 is done.
+        Without one they poll for the store until `timeout_s`; that cannot tell an old store
+        from the one rank 0 is about to replace, so overwriting with several ranks needs a
+        barrier. (An old store with equal meta would get identical shards: harmless.)
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        if rank == 0:
+            writer = cls.create(path, meta, overwrite=overwrite, resume=resume)
+            if barrier is not None:
+                barrier()
+            return writer
+        if barrier is not None:
+            barrier()
+            return cls(path, meta)
+        if overwrite:
+            raise CacheError(f"{path}: --overwrite with {world_size} ranks needs a barrier so "
+                             "ranks > 0 do not open the store rank 0 is replacing")
+        deadline = time.monotonic() + timeout_s
+        while not _is_store_dir(Path(path)):
+            if time.monotonic() > deadline:
+                raise CacheError(f"{path}: rank {rank} waited {timeout_s:.0f} s for rank 0 to "
+                                 "create the cache; did rank 0 fail?")
+            time.sleep(poll_s)
+        return cls(path, meta)
+
+    @property
+    def num_shards(self) -> int:
+        return self.meta.num_shards
+
+    def shard_rows(self, s: int) -> range:
+        return shard_rows(self.meta, s)
+
+    def is_done(self, s: int) -> bool:
+        self.shard_rows(s)
+        return bool(self._arrays[SHARD_DONE][s])
+
+    def pending_shards(self, *, rank: int = 0, world_size: int = 1) -> list[int]:
+        """Shards not yet marked done (those of `rank` when work is split round-robin)."""
+        done = np.asarray(self._arrays[SHARD_DONE][:])
+        return [s for s in range(self.num_shards) if not done[s] and s % world_size == rank]
+
+    def empty_shard(self, s: int, *, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Zeroed arrays for shard `s` with the row layout (video, view) and, given the
+        per-video `labels`, the label of every row filled in; every row starts invalid."""
+        rows = np.arange(self.shard_rows(s).start, self.shard_rows(s).stop)
+        out = {name: np.zeros((len(rows), *trail), dtype=dt)
+               for name, (dt, trail) in self.meta.row_arrays().items()}
+        out["video"][:] = rows % self.meta.num_videos
+        out["view"][:] = rows // self.meta.num_videos
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (self.meta.num_videos,):
+                raise ValueError(f"labels must have shape ({self.meta.num_videos},), "
+                                 f"got {labels.shape}")
+            out["label"][:] = labels[out["video"]]
+        return out
+
+    def write_shard(self, s: int, arrays: Mapping[str, np.ndarray],
+                    failures: Iterable[Mapping[str, Any]] = (), *,
+                    fp16_kl: Mapping[Any, float] | None = None) -> None:
+        """Write every array of shard `s`, its failure record, then mark it done.
+
+        `failures` lists the videos of this shard that could not be decoded:
+        {"video": int, "reason": str, "path": str (optional)}; their rows must be valid=0 and
+        every invalid row must belong to one of them. Rewriting a shard is harmless: the flag
+        is cleared first, so a crash mid-rewrite leaves the shard pending, not half-done.
+        """
+        rows = self.shard_rows(s)
+        prepared = self._check_arrays(s, rows, arrays)
+        record: dict[str, Any] = {"failures": _check_failures(self.path, s, failures,
+                                                              prepared["video"],
+                                                              prepared["valid"])}
+        if fp16_kl is not None:
+            # "1" and 1.0 are the same temperature; keys must agree across shards.
+            record["fp16_kl"] = {f"{float(k):g}": float(v) for k, v in fp16_kl.items()}
+        done = self._arrays[SHARD_DONE]
+        if done[s]:
+            done[s] = 0
+        self._root[FAILURES_GROUP].create_group(str(s), attributes=record, overwrite=True)
+        for name, values in prepared.items():
+            self._arrays[name][rows.start:rows.stop] = values
+        done[s] = 1
+        log.debug("%s: wrote shard %d (rows %d-%d, %d failures)", self.path, s, rows.start,
+                  rows.stop - 1, len(record["failures"]))
+
+    def _check_arrays(self, s: int, rows: range, arrays: Mapping[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+        where = f"{self.path}: shard {s}"
+        spec = self.meta.row_arrays()
+        missing, extra = sorted(set(spec) - set(arrays)), sorted(set(arrays) - set(spec))
+        if missing or extra:
+            parts = ([f"missing arrays {missing}"] if missing else []) + \
+                ([f"unexpected arrays {extra}"] if extra else [])
+            raise CacheError(f"{where}: {', '.join(parts)}")
+        out: dict[str, np.ndarray] = {}
+        for name, (dtype, trail) in spec.items():
+            a = np.asarray(arrays[name])
+            if a.shape != (len(rows), *trail):
+                raise CacheError(f"{where}: array '{name}' has shape {a.shape}, expected "
+                                 f"{(len(rows), *trail)}")
+            if a.dtype == np.bool_:
+                a = a.astype(np.uint8)
+            if not np.can_cast(a.dtype, dtype, casting="same_kind"):
+                raise CacheError(f"{where}: array '{name}' has dtype {a.dtype}, expected {dtype}")
+            with np.errstate(over="ignore"):  # float16 overflow is reported just below
+                b = np.ascontiguousarray(a, dtype=dtype)
+            if dtype.kind in "iu" and not np.array_equal(a, b):
+                raise CacheError(f"{where}: array '{name}' has values outside {dtype}")
+            if dtype.kind == "f" and not np.isfinite(b).all():
+                hint = (" (beyond the float16 range; build with --dtype float32)"
+                        if np.isfinite(a).all() else "")
+                raise CacheError(f"{where}: array '{name}' has non-finite values{hint}")
+            out[name] = b
+        r = np.arange(rows.start, rows.stop)
+        V = self.meta.num_videos
+        if not (np.array_equal(out["video"], r % V) and np.array_equal(out["view"], r // V)):
+            raise CacheError(f"{where}: 'video'/'view' do not follow the row layout "
+                             "row = view * num_videos + video")
+        for name in ("valid", "flip", "gray"):
+            if out[name].max(initial=0) > 1:
+                raise CacheError(f"{where}: array '{name}' must hold 0 or 1")
+        if out["label"].min(initial=0) < 0 or out["label"].max(initial=0) >= self.meta.num_classes:
+            raise CacheError(f"{where}: labels outside [0, {self.meta.num_classes})")
+        return out
+
+
+def _check_failures(path: Path, s: int, failures: Iterable[Mapping[str, Any]],
+                    video: np.ndarray, valid: np.ndarray) -> list[dict[str, Any]]:
+    where = f"{path}: shard {s}"
+    records: list[dict[str, Any]] = []
+    for f in failures:
+        v = f.get("video") if isinstance(f, Mapping) else None
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise CacheError(f"{where}: failure record {f!r} needs an integer 'video'")
+        if not isinstance(f.get("reason"), str) or not f["reason"]:
+            raise CacheError(f"{where}: failure record {f!r} needs a non-empty 'reason'")
+        rec = {**f, "video": int(v)}
+        try:
+            json.dumps(rec, allow_nan=False)
+        except (TypeError, ValueError):
+            raise CacheError(f"{where}: failure record {f!r} is not JSON") from None
+        rows = video == int(v)
+        if not rows.any():
+            raise CacheError(f"{where}: failure record for video {v}, which has no rows here")
+        if valid[rows].any():
+            raise CacheError(f"{where}: video {v} is recorded as failed but has valid rows")
+        records.append(rec)
+    failed = {r["video"] for r in records}
+    unexplained = sorted(set(video[valid == 0].tolist()) - failed)
+    if unexplained:
+        raise CacheError(f"{where}: videos {unexplained[:10]} have invalid rows but no failure "
+                         "record saying why")
+    return records
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+class CacheReader:
+    """Read access to a finished (or partly finished) store.
+
+    Holds only the address between uses: handles are opened per process on first use, so a
+    reader created in a parent works in forked or spawned DataLoader workers.
+    """
+
+    def __init__(self, path_or_url: str | os.PathLike, *,
+                 storage_options: dict[str, Any] | None = None):
+        self.location = locate(path_or_url)
+        self._storage_options = storage_options
+        self._reset()
+        self.meta = CacheMeta.from_dict(self._group().attrs.asdict(), source=str(self.location))
+        self._done_all = False
+
+    def _reset(self) -> None:
+        self._pid: int | None = None
+        self._store = None
+        self._root: zarr.Group | None = None
+        self._arrays: dict[str, zarr.Array] = {}
+
+    def _group(self) -> zarr.Group:
+        if self._pid != os.getpid():
+            # A forked child inherits the parent's handles (zip file offsets, HTTP sessions,
+            # event loops); never touch them, open fresh ones.
+            self._reset()
+            self._store = open_store(self.location, storage_options=self._storage_options)
+            self._root = _open_group(self._store, self.location)
+            self._pid = os.getpid()
+        return self._root
+
+    def array(self, name: str) -> zarr.Array:
+        root = self._group()
+        if name not in self._arrays:
+            problem = _array_problem(self.meta, root, name)
+            if problem:
+                raise CacheError(f"{self.location}: {problem}")
+            self._arrays[name] = root[name]
+        return self._arrays[name]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_pid=None, _store=None, _root=None, _arrays={})
+        return state
+
+    def close(self) -> None:
+        if self._store is not None and self._pid == os.getpid():
+            self._store.close()
+        self._reset()
+
+    def __enter__(self) -> CacheReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CacheReader({str(self.location)!r})"
+
+    # layout
+    @property
+    def num_rows(self) -> int:
+        return self.meta.num_rows
+
+    @property
+    def num_shards(self) -> int:
+        return self.meta.num_shards
+
+    def shard_rows(self, s: int) -> range:
+        return shard_rows(self.meta, s)
+
+    def shard_done(self) -> np.ndarray:
+        """Completion flags, one per shard (re-read until the store is complete)."""
+        if self._done_all:
+            return np.ones(self.num_shards, dtype=bool)
+        done = np.asarray(self.array(SHARD_DONE)[:]) == 1
+        self._done_all = bool(done.all())
+        return done
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.shard_done().all())
+
+    def pending_shards(self) -> list[int]:
+        return np.flatnonzero(~self.shard_done()).tolist()
+
+    # data
+    def read(self, name: str, start: int, stop: int, *, allow_pending: bool = False
+             ) -> np.ndarray:
+        """Rows [start, stop) of one array, in one read; pending shards are refused."""
+        if not 0 <= start <= stop <= self.num_rows:
+            raise IndexError(f"rows [{start}, {stop}) outside [0, {self.num_rows})")
+        if not allow_pending and stop > start:
+            per = self.meta.views_per_shard
+            first, last = start // per, (stop - 1) // per
+            done = self.shard_done()[first:last + 1]
+            if not done.all():
+                pending = [first + i for i in np.flatnonzero(~done).tolist()]
+                raise CacheError(f"{self.location}: rows {start}-{stop - 1} lie in unfinished "
+                                 f"shards {pending[:10]}; finish the cache with --resume")
+        arr = self.array(name)
+        try:
+            return np.asarray(arr[start:stop])
+        except Exception as e:
+            raise self._read_error(name, start, stop, e) from None
+
+    def _read_error(self, name: str, start: int, stop: int, err: Exception) -> CacheError:
+        """Name the shard a failed read came from (re-reading shard by shard, errors only)."""
+        arr = self.array(name)
+        per = self.meta.views_per_shard
+        for s in range(start // per, (max(stop, start + 1) - 1) // per + 1):
+            rows = self.shard_rows(s)
+            try:
+                arr[rows.start:rows.stop]
+            except Exception as e:
+                return CacheError(f"{self.location}: {shard_error(name, s, arr, e)}")
+        return CacheError(f"{self.location}: reading array '{name}' rows {start}-{stop - 1} "
+                          f"failed: {err}")
+
+    def epoch_block(self, r: int, *, names: Iterable[str] | None = None
+                    ) -> dict[str, np.ndarray]:
+        """View `r` of every video: rows [r*V, (r+1)*V) of each array, one slice per array."""
+        if not 0 <= r < self.meta.views_per_video:
+            raise IndexError(f"view {r} outside [0, {self.meta.views_per_video})")
+        V = self.meta.num_videos
+        names = list(self.meta.row_arrays()) if names is None else list(names)
+        return {name: self.read(name, r * V, (r + 1) * V) for name in names}
+
+    def shard_key(self, name: str, s: int) -> str:
+        """The store key (relative file name) holding shard `s` of array `name`."""
+        return _shard_key(name, s, self.array(name))
+
+    def key_exists(self, key: str) -> bool:
+        from zarr.core.sync import sync
+
+        self._group()
+        return bool(sync(self._store.exists(key)))
+
+    def shard_record(self, s: int) -> dict[str, Any] | None:
+        """The per-shard record {"failures": [...], "fp16_kl": {...}}, None if never written."""
+        self.shard_rows(s)
+        try:
+            node = self._group()[f"{FAILURES_GROUP}/{s}"]
+        except KeyError:
+            return None
+        return node.attrs.asdict()
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Every failure record of the finished shards, each with its "shard"."""
+        out: list[dict[str, Any]] = []
+        for s in np.flatnonzero(self.shard_done()).tolist():
+            record = self.shard_record(s) or {}
+            out.extend({**f, "shard": s} for f in record.get("failures", []))
+        return sorted(out, key=lambda f: (f["video"], f["shard"]))
+
+    def failed_videos(self) -> dict[int, str]:
+        """video -> reason (the first recorded) for every video with a failure record."""
+        out: dict[int, str] = {}
+        for f in self.failures():
+            out.setdefault(f["video"], f["reason"])
+        return out
+
+    def fp16_kl(self) -> dict[str, float] | None:
+        """Worst recorded float16 rounding KL per temperature over the finished shards."""
+        worst: dict[str, float] = {}
+        for s in np.flatnonzero(self.shard_done()).tolist():
+            for tau, kl in ((self.shard_record(s) or {}).get("fp16_kl") or {}).items():
+                worst[tau] = max(worst.get(tau, -math.inf), float(kl))
+        return worst or None
+
+    def check_compatible(self, *, teacher: Any = None, dataset: Any = None,
+                         num_classes: int | None = None) -> None:
+        """Refuse a cache made for another run, naming every mismatch.
+
+        teacher: a registry name or a TeacherInfo (name and weights sha256 compared);
+        dataset: a DatasetIndex or DatasetInfo (kind, split, subset, classes, index digest).
+        """
+        m = self.meta
+        wrong: list[str] = []
+
+        def cmp(what: str, have: Any, want: Any) -> None:
+            if have != want:
+                wrong.append(f"{what} {_short(have)} (run expects {_short(want)})")
+
+        if teacher is not None:
+            if isinstance(teacher, str):
+                cmp("teacher", m.teacher.name, teacher)
+            else:
+                cmp("teacher", m.teacher.name, teacher.name)
+                cmp("teacher weights sha256", m.teacher.weights_sha256, teacher.weights_sha256)
+        if dataset is not None:
+            cmp("dataset kind", m.dataset.kind, dataset.kind)
+            cmp("split", m.dataset.split, dataset.split)
+            cmp("subset", m.dataset.subset, dataset.subset)
+            classes = tuple(dataset.classes)
+            if len(classes) != len(m.dataset.classes):
+                cmp("class count", len(m.dataset.classes), len(classes))
+            else:
+                cmp("class names", list(m.dataset.classes), list(classes))
+            digest = getattr(dataset, "index_digest", None) or getattr(dataset, "digest", None)
+            cmp("dataset index digest", m.dataset.index_digest, digest)
+        if num_classes is not None:
+            cmp("class count", m.num_classes, num_classes)
+        if wrong:
+            raise CacheError(f"{self.location}: cache built for another run: "
+                             + "; ".join(dict.fromkeys(wrong)))
+
+
+def _shard_key(name: str, s: int, arr: zarr.Array) -> str:
+    return f"{name}/{arr.metadata.encode_chunk_key((s,) + (0,) * (arr.ndim - 1))}"
+
+
+def shard_error(name: str, s: int, arr: zarr.Array, err: Exception) -> str:
+    """One line naming the array, the shard and its file for a failed shard read."""
+    what = "checksum mismatch (corrupt data)" if "checksum" in str(err).lower() else str(err)
+    return f"array '{name}' shard {s} ({_shard_key(name, s, arr)}): {what}"

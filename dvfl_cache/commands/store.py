@@ -1,0 +1,138 @@
+"""`dvfl-cache info | verify | export | import | pack`: inspect and share a teacher-logit cache.
+
+STORE may be a store directory, a packed .zip, or an http(s) URL of either (served by any
+server that honours byte ranges). Library code lives in dvfl_cache.cache.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a (no valid rows)" if x is None else f"{100 * x:.2f}%"
+
+
+def _print_info(d: dict[str, Any]) -> None:
+    lines = [
+        ("store", d["store"]),
+        ("format", d["format"]),
+        ("teacher", f"{d['teacher']} (weights sha256 {d['teacher_weights_sha256']})"),
+        ("dataset", f"{d['dataset']}, {d['num_classes']} classes, {d['num_videos']} videos"),
+        ("index digest", d["index_digest"]),
+        ("views", f"{d['views_per_video']} per video, {d['rows']} rows, {d['num_frames']} frames"
+                  f" each"),
+        ("sampler", f"{d['sampler']['name']} seed {d['sampler']['seed']}"),
+        ("dtype", d["dtype"] + (f", features {d['feature_dim']}" if d["feature_dim"] else "")),
+        ("completeness", f"{d['shards_done']} / {d['shards_total']} shards done"
+                         + ("" if d["complete"] else " (INCOMPLETE)")),
+        ("size on disk", f"{_human_bytes(d['size_bytes'])} (logits and features alone: "
+                         f"{_human_bytes(d['logit_bytes'])})"),
+        ("teacher top-1", f"{_pct(d['teacher_top1'])} over {d['valid_rows']} valid views"),
+        ("teacher top-5", _pct(d["teacher_top5"])),
+        ("fp16 KL (worst)", "not recorded" if not d["fp16_kl"] else
+         ", ".join(f"tau={t}: {v:.3g}" for t, v in d["fp16_kl"].items())),
+        ("failed videos", str(len(d["failed_videos"]))),
+        ("created", f"{d['created']} by dvfl {d['dvfl_version']}"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        click.echo(f"{k:<{width}}  {v}")
+    for f in d["failed_videos"]:
+        click.echo(f"  video {f['video']} {f.get('path', '')}: {f['reason']}")
+
+
+@click.command("info")
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info_cmd(store: str, as_json: bool) -> None:
+    """Teacher, dataset, views, completeness, size and teacher accuracy of a cache STORE."""
+    from dvfl_cache.cache.inspect import info
+
+    d = info(store)
+    if as_json:
+        click.echo(json.dumps(d, indent=1))
+    else:
+        _print_info(d)
+
+
+@click.command("verify")
+@click.argument("store")
+@click.option("--index", "index_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Dataset index JSON the cache must match (videos, labels).")
+def verify_cmd(store: str, index_file: str | None) -> None:
+    """Read every chunk of STORE and check checksums, completeness and contents."""
+    from tqdm import tqdm
+
+    from dvfl_cache.cache.inspect import verify
+    from dvfl_cache.cache.store import CacheReader
+
+    total = CacheReader(store).meta.num_shards
+    with tqdm(total=total, unit="shard", desc="verify", leave=False) as bar:
+        d = verify(store, index=index_file, progress=bar.update)
+    click.echo(f"OK: {d['store']}: {d['shards_checked']} shards, {d['rows_checked']} rows "
+               "verified" + (f" against {d['index']}" if d["index"] else ""))
+    if d["stale_temp_files"]:
+        click.echo(f"note: {len(d['stale_temp_files'])} leftover *.partial files from killed "
+                   "writes (ignored by readers and pack; safe to delete)")
+
+
+@click.command("export")
+@click.argument("store")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def export_cmd(store: str, out: str, overwrite: bool) -> None:
+    """Export STORE (arrays, meta and failure records) to the HDF5 file OUT."""
+    from tqdm import tqdm
+
+    from dvfl_cache.cache.share import export_hdf5
+
+    with tqdm(unit="shard", desc="export", leave=False) as bar:
+        d = export_hdf5(store, out, overwrite=overwrite, progress=bar.update)
+    click.echo(f"wrote {d['hdf5']} ({d['shards']} shards, {_human_bytes(d['bytes'])})")
+
+
+@click.command("import")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_store", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace OUT_STORE if it exists.")
+def import_cmd(src: str, out_store: str, overwrite: bool) -> None:
+    """Rebuild a cache store OUT_STORE from an HDF5 file written by `export`."""
+    from tqdm import tqdm
+
+    from dvfl_cache.cache.share import import_hdf5
+
+    with tqdm(unit="shard", desc="import", leave=False) as bar:
+        d = import_hdf5(src, out_store, overwrite=overwrite, progress=bar.update)
+    click.echo(f"wrote {d['store']} ({d['shards']} shards)")
+
+
+@click.command("pack")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--allow-incomplete", is_flag=True, help="Pack even if some shards are not done.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def pack_cmd(store: str, out: str, allow_incomplete: bool, overwrite: bool) -> None:
+    """Pack a finished STORE directory into one uncompressed zip OUT (servable over HTTP)."""
+    from tqdm import tqdm
+
+    from dvfl_cache.cache.share import pack
+
+    with tqdm(unit="file", desc="pack", leave=False) as bar:
+        d = pack(store, out, allow_incomplete=allow_incomplete, overwrite=overwrite,
+                 progress=bar.update)
+    click.echo(f"wrote {d['zip']} ({d['files']} files, {_human_bytes(d['bytes'])})"
+               + ("" if d["complete"] else " (INCOMPLETE store)"))

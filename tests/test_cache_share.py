@@ -1,0 +1,237 @@
+"""Sharing a cache: pack to zip, HDF5 export/import, reading over HTTP, forked workers, CLI."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import multiprocessing as mp
+import os
+import re
+import threading
+import zipfile
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dvfl_cache.cache.inspect import info
+from dvfl_cache.cache.share import export_hdf5, import_hdf5, pack
+from dvfl_cache.cache.store import CacheReader, CacheWriter
+from dvfl_cache.cli import main
+from dvfl_cache.errors import CacheError
+from test_cache_store import assert_same_store, expected_arrays, make_meta, write_all
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "cache.zarr"
+    write_all(CacheWriter.create(path, make_meta(feature_dim=3)))
+    return path
+
+
+def assert_reads_like(reader: CacheReader, local) -> None:
+    want = expected_arrays(CacheReader(local).meta)
+    V = reader.meta.num_videos
+    for r in range(reader.meta.views_per_video):
+        for name, values in reader.epoch_block(r).items():
+            np.testing.assert_array_equal(values, want[name][r * V:(r + 1) * V])
+    assert reader.failed_videos() == {3: "moov atom not found"}
+
+
+# --- pack ------------------------------------------------------------------------------------
+
+def test_pack_makes_one_readable_uncompressed_zip(store, tmp_path):
+    out = tmp_path / "cache.zip"
+    d = pack(store, out)
+    assert d["complete"] and d["files"] > 40
+    with zipfile.ZipFile(out) as z:
+        infos = z.infolist()
+    assert infos[0].filename == "zarr.json"
+    assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
+    assert "logits/c/2/0" in {i.filename for i in infos}
+    assert_reads_like(CacheReader(out), store)
+    assert info(out)["size_bytes"] == out.stat().st_size
+    with pytest.raises(CacheError, match="already exists; pass --overwrite"):
+        pack(store, out)
+    with pytest.raises(CacheError, match="must end in .zip"):
+        pack(store, tmp_path / "cache.tar")
+
+
+def test_pack_refuses_incomplete_stores_unless_asked(tmp_path):
+    path = tmp_path / "part"
+    write_all(CacheWriter.create(path, make_meta()), shards=[0, 1])
+    with pytest.raises(CacheError, match=r"incomplete \(2 of 4 shards done\).*--allow-incomplete"):
+        pack(path, tmp_path / "part.zip")
+    assert not (tmp_path / "part.zip").exists()
+    assert not pack(path, tmp_path / "part.zip", allow_incomplete=True)["complete"]
+    assert CacheReader(tmp_path / "part.zip").pending_shards() == [2, 3]
+
+
+# --- HDF5 ------------------------------------------------------------------------------------
+
+def test_hdf5_round_trip_is_identical(store, tmp_path):
+    import h5py
+
+    h5 = tmp_path / "cache.h5"
+    assert export_hdf5(store, h5)["shards"] == 4
+    with h5py.File(h5, "r") as h:
+        np.testing.assert_array_equal(h["logits"][:], CacheReader(store).read("logits", 0, 30))
+    back = tmp_path / "back.zarr"
+    import_hdf5(h5, back)
+    assert_same_store(back, store)
+
+
+def test_hdf5_round_trip_keeps_pending_shards_pending(tmp_path):
+    path = tmp_path / "part"
+    write_all(CacheWriter.create(path, make_meta()), shards=[1, 3])
+    export_hdf5(path, tmp_path / "part.h5")
+    import_hdf5(tmp_path / "part.h5", tmp_path / "back")
+    assert CacheReader(tmp_path / "back").pending_shards() == [0, 2]
+    assert_same_store(tmp_path / "back", path)
+
+
+def test_import_refuses_foreign_hdf5(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "x.h5", "w") as h:
+        h["logits"] = np.zeros((2, 2))
+    with pytest.raises(CacheError, match="not a dvfl cache export"):
+        import_hdf5(tmp_path / "x.h5", tmp_path / "out")
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with single byte ranges (`a-b`, `a-`, `-n`), as any real server has."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_head(self):
+        path = self.translate_path(self.path)
+        spec = self.headers.get("Range")
+        if spec is None or not os.path.isfile(path):
+            return super().send_head()
+        size = os.path.getsize(path)
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", spec.strip())
+        if m is None or m.groups() == ("", ""):
+            self.send_error(416)
+            return None
+        a, b = m.groups()
+        start, end = (size - int(b), size - 1) if a == "" else (int(a), min(int(b or size - 1),
+                                                                            size - 1))
+        start = max(start, 0)
+        f = open(path, "rb")
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self._left = end - start + 1
+        return f
+
+    def copyfile(self, source, outputfile) -> None:
+        left = getattr(self, "_left", None)
+        if left is None:
+            return super().copyfile(source, outputfile)
+        self._left = None
+        outputfile.write(source.read(left))
+
+
+@contextmanager
+def serve(directory, handler=RangeHandler):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(handler, directory=str(directory)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+
+
+def test_reads_store_and_zip_over_http_with_ranges(store, tmp_path):
+    pack(store, tmp_path / "cache.zip")
+    with serve(tmp_path) as base:
+        for url in (f"{base}/cache.zarr", f"{base}/cache.zip", f"zip::{base}/cache.zip"):
+            reader = CacheReader(url)
+            assert reader.location.is_remote
+            assert reader.complete
+            assert_reads_like(reader, store)
+            reader.close()
+        d = info(f"{base}/cache.zip")
+        assert d["size_bytes"] == (tmp_path / "cache.zip").stat().st_size
+        assert d["teacher_top1"] == info(store)["teacher_top1"]
+        with pytest.raises(CacheError, match="not found \\(HTTP 404\\)"):
+            CacheReader(f"{base}/nothing.zarr")
+
+
+def test_server_ignoring_ranges_is_named_not_a_checksum_error(store, tmp_path):
+    pack(store, tmp_path / "cache.zip")
+    with serve(tmp_path, http.server.SimpleHTTPRequestHandler) as base:
+        for url in (f"{base}/cache.zarr", f"{base}/cache.zip"):
+            with pytest.raises(CacheError, match="the server ignores byte ranges .* answered 200"):
+                CacheReader(url)
+
+
+# --- forked workers --------------------------------------------------------------------------
+
+def _child_read(reader: CacheReader, queue) -> None:
+    block = reader.epoch_block(1)
+    queue.put((reader._pid == os.getpid(), block["logits"].tobytes(), block["frames"].tobytes()))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dir", "zip"])
+def test_reader_opened_in_parent_works_in_forked_workers(store, tmp_path, packed):
+    path = store
+    if packed:
+        path = tmp_path / "cache.zip"
+        pack(store, path)
+    reader = CacheReader(path)
+    parent = reader.epoch_block(1)  # handles are now open in the parent
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_child_read, args=(reader, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    for reopened, logits, frames in results:
+        assert reopened
+        assert logits == parent["logits"].tobytes() and frames == parent["frames"].tobytes()
+    assert reader._pid == os.getpid()
+    np.testing.assert_array_equal(reader.epoch_block(1)["logits"], parent["logits"])
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+def test_cli_info_verify_pack_export_import(store, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["info", str(store)])
+    assert res.exit_code == 0, res.output
+    assert "4 / 4 shards done" in res.output
+    assert "teacher top-1" in res.output and "moov atom not found" in res.output
+    res = runner.invoke(main, ["verify", str(store)])
+    assert res.exit_code == 0 and "OK:" in res.output and "4 shards, 30 rows" in res.output
+    res = runner.invoke(main, ["pack", str(store), str(tmp_path / "c.zip")])
+    assert res.exit_code == 0 and (tmp_path / "c.zip").exists()
+    res = runner.invoke(main, ["export", str(tmp_path / "c.zip"), str(tmp_path / "c.h5")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["import", str(tmp_path / "c.h5"), str(tmp_path / "back")])
+    assert res.exit_code == 0, res.output
+    assert_same_store(tmp_path / "back", store)
+    shard = tmp_path / "back" / "label" / "c" / "2"
+    data = bytearray(shard.read_bytes())
+    data[3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    res = runner.invoke(main, ["verify", str(tmp_path / "back")])
+    assert res.exit_code == 1
+    assert "array 'label' shard 2 (label/c/2): checksum mismatch" in res.output
