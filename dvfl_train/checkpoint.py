@@ -1,0 +1,325 @@
+"""The run directory: what a training run leaves behind, and how a killed run picks up again.
+
+    config.json    FitConfig.to_dict()
+    metrics.jsonl  one JSON object per line, each with an "epoch" key, flushed as written
+    last.pt        state after the latest finished epoch (atomic replace)
+    best.pt        state at the best validation metric so far (atomic replace)
+    summary.json   final numbers, written once at the end
+
+Checkpoints are plain dicts of tensors and JSON values, loadable with
+``torch.load(weights_only=True)``: no pickled classes, so opening someone's run runs none of their
+code. :func:`training_state` lays them out like ``dvfl_cache.models.save_checkpoint`` (format
+"dvfl-checkpoint", arch, model_config, model) plus the training extras, so ``best.pt`` loads
+directly with ``model_from_checkpoint`` for evaluation.
+
+Every file is written to a temporary name and moved into place with ``os.replace``: a run killed
+mid-write leaves the previous ``last.pt`` whole. For the metrics log, append an epoch's lines
+*before* saving that epoch's ``last.pt``; on resume, lines of epochs after the checkpoint are
+dropped, so nothing is logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import numpy as np
+import torch
+
+from dvfl_cache.errors import CheckpointError, DvflError
+from dvfl_cache.models.weights import FORMAT, FORMAT_VERSION
+
+from dvfl_train.config import RESUMABLE_CHANGES, FitConfig, load_config
+
+__all__ = ["RunDir", "RunDirError", "capture_rng", "restore_rng", "restore_training_state",
+           "training_state"]
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+_TMP_SUFFIX = ".tmp"
+_RUN_FILES = (CONFIG, METRICS, SUMMARY, "last.pt", "best.pt")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class RunDirError(DvflError):
+    """A run directory that cannot be created, resumed or overwritten as asked."""
+
+
+class RunDir:
+    """One training run's directory.
+
+    A new run refuses a non-empty directory: pass ``resume=True`` to continue the run in it (see
+    :meth:`resume_state`) or ``overwrite=True`` to start over. Overwrite deletes only the files a
+    run writes, and only in a directory that holds a ``config.json``, so pointing ``--out`` at the
+    wrong folder cannot wipe it.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False):
+        if resume and overwrite:
+            raise RunDirError(f"{path}: choose one of resume and overwrite")
+        self.path = Path(path)
+        self.resume = resume
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path}: exists and is not a directory")
+        names = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+        # Our own temporary files are what a run killed mid-write leaves; the real files are
+        # intact, so they neither make the directory "used" nor survive opening it.
+        ours_tmp = [n for n in names if _is_our_tmp(n)]
+        existing = [n for n in names if n not in ours_tmp]
+        if existing and not (resume or overwrite):
+            raise RunDirError(f"{self.path}: run directory is not empty ({', '.join(existing[:5])}"
+                              f"{', ...' if len(existing) > 5 else ''}); pass --resume to continue "
+                              "that run or --overwrite to start over")
+        if existing and CONFIG not in existing:
+            raise RunDirError(f"{self.path}: not a dvfl run directory (no {CONFIG}); refusing to "
+                              f"{'resume' if resume else 'overwrite'} it, choose an empty or new "
+                              "directory")
+        if existing and overwrite:
+            for name in existing:
+                if name in _RUN_FILES:
+                    (self.path / name).unlink()
+                    log.info("overwrite: removed %s", self.path / name)
+        for name in ours_tmp:
+            (self.path / name).unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    # -- config ------------------------------------------------------------------------------
+
+    def write_config(self, cfg: FitConfig) -> None:
+        """Store the run's config; when resuming, refuse one that computes something else."""
+        path = self.path / CONFIG
+        if path.exists() and self.resume:
+            old = load_config(path).to_dict()
+            new = cfg.to_dict()
+            changed = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
+            if changed:
+                diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+                raise RunDirError(f"{path}: cannot resume with a different config ({diffs}); "
+                                  "start a new run directory or pass --overwrite")
+        self._write_text(CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    def read_config(self) -> FitConfig:
+        return load_config(self.path / CONFIG)
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON line. ``record["epoch"]`` (int) is required: resume truncates by it."""
+        if not isinstance(record.get("epoch"), int) or isinstance(record.get("epoch"), bool):
+            raise ValueError(f"a metrics record needs an integer 'epoch', got {record!r}")
+        line = json.dumps(record, default=_json_scalar)
+        with open(self.path / METRICS, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every complete record; a torn line (the run was killed mid-write) is skipped."""
+        return [rec for rec, _ in self._metric_lines() if rec is not None]
+
+    def truncate_metrics(self, *, after_epoch: int | None) -> int:
+        """Keep records with ``epoch <= after_epoch`` (none if None); return how many were dropped.
+
+        Torn lines go too, so appending after a resume never glues onto a half-written line.
+        """
+        lines = self._metric_lines()
+        keep = [raw for rec, raw in lines
+                if rec is not None and after_epoch is not None and rec["epoch"] <= after_epoch]
+        dropped = len(lines) - len(keep)
+        if dropped:
+            self._write_text(METRICS, "".join(raw + "\n" for raw in keep))
+            log.info("resume: dropped %d metrics line(s) after epoch %s", dropped, after_epoch)
+        return dropped
+
+    def _metric_lines(self) -> list[tuple[dict[str, Any] | None, str]]:
+        """(record, raw line) per line; record None for a line that is not complete JSON."""
+        path = self.path / METRICS
+        if not path.exists():
+            return []
+        out: list[tuple[dict[str, Any] | None, str]] = []
+        for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError:
+                log.warning("%s:%d: skipping a torn line", path, number)
+                out.append((None, raw))
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get("epoch"), int):
+                raise RunDirError(f"{path}:{number}: not a metrics record with an integer epoch")
+            out.append((rec, raw))
+        return out
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint_path(self, name: str) -> Path:
+        if not _NAME_RE.match(name):
+            raise ValueError(f"checkpoint name {name!r} must be letters, digits, '_' or '-'")
+        return self.path / f"{name}.pt"
+
+    def has(self, name: str) -> bool:
+        return self.checkpoint_path(name).exists()
+
+    def save(self, name: str, state: dict[str, Any]) -> Path:
+        """Write ``<name>.pt`` atomically: to a temporary file, fsync, then ``os.replace``.
+
+        ``state`` must hold only tensors and JSON values (checked here, so a bad value fails now
+        rather than at load time after hours of training).
+        """
+        _check_plain(state, "state")
+        path = self.checkpoint_path(name)
+        _atomic_write(path, "wb", lambda fh: torch.save(state, fh))
+        return path
+
+    def load(self, name: str, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        path = self.checkpoint_path(name)
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such checkpoint")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # torch raises several types for truncated or foreign files
+            raise CheckpointError(f"{path}: cannot load checkpoint safely ({exc})") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: expected a dict, found {type(state).__name__}")
+        return state
+
+    def resume_state(self, *, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        """``last.pt`` when there is one, with metrics after its epoch dropped; else None.
+
+        Without ``last.pt`` (killed during the first epoch) every metrics line is dropped and the
+        run starts from scratch.
+        """
+        if not self.has("last"):
+            self.truncate_metrics(after_epoch=None)
+            return None
+        state = self.load("last", map_location=map_location)
+        epoch = state.get("epoch")
+        if not isinstance(epoch, int):
+            raise CheckpointError(f"{self.checkpoint_path('last')}: no integer 'epoch' to resume "
+                                  "from")
+        self.truncate_metrics(after_epoch=epoch)
+        return state
+
+    # -- summary -----------------------------------------------------------------------------
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self._write_text(SUMMARY, json.dumps(summary, indent=2, default=_json_scalar) + "\n")
+
+    def _write_text(self, name: str, text: str) -> None:
+        _atomic_write(self.path / name, "w", lambda fh: fh.write(text))
+
+
+# -- state helpers ---------------------------------------------------------------------------
+
+def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epoch: int,
+                   step: int, best_metric: float | None, config: FitConfig) -> dict[str, Any]:
+    """The checkpoint dict: the model-checkpoint layout plus what resuming needs.
+
+    ``model`` must be the bare network (not DDP- or compile-wrapped, whose state-dict keys carry
+    prefixes) with the ``arch`` and ``config`` attributes every dvfl model has.
+    """
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "arch": model.arch,
+        "model_config": model.config,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "best_metric": best_metric,
+        "rng": capture_rng(),
+        "config": config.to_dict(),
+    }
+
+
+def restore_training_state(state: dict[str, Any], model: torch.nn.Module,
+                           optimizer: torch.optim.Optimizer) -> tuple[int, int, float | None]:
+    """Load model, optimizer and RNG states (strictly); return ``(epoch, step, best_metric)``."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state["rng"])
+    return state["epoch"], state["step"], state["best_metric"]
+
+
+def capture_rng() -> dict[str, torch.Tensor]:
+    """Python, NumPy (global), torch CPU and CUDA generator states, each as a tensor."""
+    version, internal, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    if np_kind != "MT19937":
+        raise ValueError(f"unexpected NumPy generator {np_kind}")
+    states = {
+        "python": torch.tensor([version, *internal], dtype=torch.int64),
+        "python_gauss": torch.tensor([] if gauss is None else [gauss], dtype=torch.float64),
+        "numpy": torch.tensor([*np_keys.tolist(), np_pos, np_has_gauss], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([np_gauss], dtype=torch.float64),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return states
+
+
+def restore_rng(states: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`capture_rng`. CUDA states are restored only onto as many devices."""
+    py = states["python"].tolist()
+    gauss = states["python_gauss"].tolist()
+    random.setstate((py[0], tuple(py[1:]), gauss[0] if gauss else None))
+    keys = states["numpy"][:-2].numpy().astype(np.uint32)
+    pos, has_gauss = states["numpy"][-2:].tolist()
+    np.random.set_state(("MT19937", keys, pos, has_gauss, states["numpy_gauss"].item()))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        cuda = list(states["cuda"])
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            log.warning("checkpoint has CUDA RNG states for %d device(s), this machine has %d; "
+                        "CUDA randomness is not restored", len(cuda), torch.cuda.device_count())
+
+
+def _atomic_write(path: Path, mode: str, write: Callable[[IO[Any]], object]) -> None:
+    """Write beside ``path``, fsync, then rename over it: readers see the old or the new file."""
+    tmp = path.with_name(path.name + _TMP_SUFFIX)
+    with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _is_our_tmp(name: str) -> bool:
+    """A temporary file of :meth:`RunDir.save` or of a JSON file this module writes."""
+    stem = name.removesuffix(_TMP_SUFFIX)
+    return stem != name and (stem in _RUN_FILES or (stem.endswith(".pt")
+                                                    and bool(_NAME_RE.match(stem[:-3]))))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse anything ``torch.load(weights_only=True)`` would refuse to read back."""
+    if value is None or isinstance(value, (torch.Tensor, str, bool, int, float)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise ValueError(f"{where}: key {key!r} is not a str or int")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    raise ValueError(f"{where}: {type(value).__name__} is not a tensor or a JSON value")
+
+
+def _json_scalar(obj: Any) -> Any:
+    """Let 0-d tensors and NumPy scalars/arrays be logged without manual conversion."""
+    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
