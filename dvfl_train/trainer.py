@@ -1,0 +1,625 @@
+"""Student training: many students side by side from one data pipeline, one readable loop.
+
+    for epoch: plan its views -> for each batch: decode once, teacher logits by video id,
+    one step of every student -> validate -> metrics line, last.pt, best.pt
+
+Why this shape:
+- Decoding dominates the cost of a small student, so a sweep (several alpha/tau/beta/seed
+  settings) decodes each batch once and steps every student on it. Each student keeps its own
+  model, optimizer, run directory and random stream; the data order depends on the data seed
+  only, so a student trained in a sweep ends bit-identical to the same student trained alone.
+- Epochs are numbered from 1. A checkpoint's ``epoch`` is the number of finished epochs, and
+  resuming continues each student after its own ``last.pt``; the loop covers the union.
+- A resumed run equals an uninterrupted one: the LR is a pure function of (epoch, batch), the
+  order of (data seed, epoch), mixing of (data seed, epoch, batch), and each student's drop-path
+  stream is reseeded at every epoch from (seed, epoch, rank). The checkpoint still carries the
+  RNG state ``training_state`` records; it is restored, then superseded by that reseed, which is
+  what keeps every rank of a data-parallel run exact too.
+- Under torchrun each rank takes a strided share of every global batch of ``batch_size`` clips.
+  Losses are weighted by the rank's share of the clips that actually decoded, so the averaged
+  gradient is the mean over the global batch even when shares differ; metrics are all-reduced
+  sums. Only rank 0 validates and writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dvfl_cache.data.dataset import FailureLog
+from dvfl_cache.data.views import ViewSampler
+from dvfl_cache.errors import CheckpointError, DvflError
+
+from dvfl_train.checkpoint import RunDir, restore_training_state, training_state
+from dvfl_train.config import ConfigError, FitConfig
+from dvfl_train.losses import kd_loss
+from dvfl_train.schedule import build_optimizer, lr_at, set_lr
+from dvfl_train.train_data import (TrainClips, batch_inputs, epoch_order, load_online_teacher,
+                                   make_loader, mix_batch, open_cache, plan_epoch, rank_batches,
+                                   train_index, val_index, validate_many)
+
+__all__ = ["Student", "StudentNet", "StudentSpec", "TrainEvent", "build_student", "fit",
+           "train_step", "train_students"]
+
+log = logging.getLogger(__name__)
+
+_DROP_PATH_TAG = 2  # stream tag of the per-(seed, epoch, rank) drop-path seed; fixed forever
+# Columns of the metric accumulators: clip-weighted sums, then the clip and top-1 counts.
+_LOSS, _KD, _CE, _FEAT, _N, _CORRECT = range(6)
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """What differs between the students of one run: loss weights, init seed, run directory."""
+
+    alpha: float
+    tau: float
+    beta: float
+    seed: int
+    out_dir: str
+    name: str = ""  # for progress lines; default: the run directory's name
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.out_dir).name
+
+    def config(self, cfg: FitConfig) -> FitConfig:
+        """The student's own FitConfig (its config.json): reproduces it alone, data order too."""
+        data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+        return dataclasses.replace(cfg, alpha=self.alpha, tau=self.tau, beta=self.beta,
+                                   seed=self.seed, out_dir=str(self.out_dir),
+                                   data_seed=None if data_seed == self.seed else data_seed)
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """Progress report: ``epoch_start`` (steps), ``step`` (clips, summed over ranks),
+    ``epoch_end`` (records and the bare models, by student label). Sent on every rank."""
+
+    kind: str
+    epoch: int
+    epochs: int
+    steps: int = 0
+    clips: int = 0
+    records: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    models: Mapping[str, nn.Module] = field(default_factory=dict)
+
+
+Progress = Callable[[TrainEvent], None]
+
+
+class StudentNet(nn.Module):
+    """The network plus, for the feature term, the projection to the teacher's width.
+
+    The projection is trained with the student but is not part of the network, so ``best.pt``
+    still loads as a plain model; it is saved beside it as ``projector``.
+    """
+
+    def __init__(self, net: nn.Module, feature_dim: int | None = None):
+        super().__init__()
+        self.net = net
+        self.proj = nn.Linear(net.num_features, feature_dim) if feature_dim else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.proj is None:
+            return self.net(x), None
+        features = self.net.forward_features(x)
+        return self.net.forward_head(features), self.proj(features)
+
+
+class _RngSlot:
+    """A student's own torch random stream (drop path), swapped in around its steps.
+
+    Students share the process's default generators, so without this one student's steps would
+    shift another's drop-path masks, and a student trained in a sweep would differ from the same
+    student trained alone.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def reseed(self, seed: int) -> None:
+        with self.active():
+            torch.default_generator.manual_seed(seed)
+            if self.cuda is not None:
+                with torch.cuda.device(self.device):
+                    torch.cuda.manual_seed(seed)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        outer_cpu = torch.get_rng_state()
+        outer_cuda = torch.cuda.get_rng_state(self.device) if self.cuda is not None else None
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+        try:
+            yield
+        finally:
+            self.cpu = torch.get_rng_state()
+            torch.set_rng_state(outer_cpu)
+            if self.cuda is not None:
+                self.cuda = torch.cuda.get_rng_state(self.device)
+                torch.cuda.set_rng_state(outer_cuda, self.device)
+
+
+@dataclass(eq=False)
+class Student:
+    """One student's state during training."""
+
+    spec: StudentSpec
+    cfg: FitConfig
+    net: nn.Module                 # the bare network (what checkpoints hold)
+    student_net: StudentNet        # network + projection (what the optimizer drives)
+    module: nn.Module              # student_net, DDP-wrapped when data-parallel
+    optimizer: torch.optim.Optimizer
+    rng: _RngSlot
+    run: RunDir | None = None      # rank 0 only
+    done: int = 0                  # finished epochs
+    step: int = 0                  # optimizer steps taken
+    best: float | None = None
+    best_epoch: int | None = None
+    train_time: float = 0.0
+    window: torch.Tensor | None = None   # sums since the last step record
+    totals: torch.Tensor | None = None   # sums over the epoch
+    lr: float = 0.0
+    last_record: dict[str, Any] | None = None
+    session_epochs: int = 0        # epochs trained by this call
+
+
+def _derive_seed(*key: int) -> int:
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def build_student(cfg: FitConfig, spec: StudentSpec, *, num_classes: int, device: torch.device,
+                  feature_dim: int | None = None, load_init: bool = True) -> Student:
+    """The student's network (init seeded by ``spec.seed``, then ``cfg.init`` if set and
+    ``load_init``) and optimizer, on ``device``; no run directory yet. ``cfg`` is the student's
+    own config (``spec.config(shared)``)."""
+    from dvfl_cache.models import create_model, load_pretrained
+
+    opts: dict[str, Any] = {"num_classes": num_classes, "num_frames": cfg.num_frames,
+                            "img_size": cfg.size}
+    if cfg.drop_path is not None:
+        opts["drop_path_rate"] = cfg.drop_path
+    opts.update(cfg.model_opts)
+    with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
+        torch.manual_seed(spec.seed)
+        try:
+            net = create_model(cfg.model, **opts)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{spec.out_dir}: cannot build student {cfg.model}: {exc}") from None
+        student_net = StudentNet(net, feature_dim if spec.beta > 0 else None)
+    if net.num_frames != cfg.num_frames or net.num_classes != num_classes:
+        raise ConfigError(f"{spec.out_dir}: model options give {net.num_frames} frames and "
+                          f"{net.num_classes} classes; the run needs {cfg.num_frames} and "
+                          f"{num_classes} (set them with --frames, not --model-opt)")
+    if cfg.init is not None and load_init:
+        report = load_pretrained(net, cfg.init, fresh_head=True)
+        log.info("%s: init %s", spec.label, report.summary())
+    student_net.to(device)
+    optimizer = build_optimizer(student_net, lr=cfg.scaled_lrs()[1],
+                                weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    return Student(spec=spec, cfg=cfg, net=net, student_net=student_net, module=student_net,
+                   optimizer=optimizer, rng=_RngSlot(device))
+
+
+def train_step(student: Student, clip: torch.Tensor, target: torch.Tensor, *,
+               teacher_logits: torch.Tensor | None, teacher_features: torch.Tensor | None = None,
+               lr: float, weight: float = 1.0, amp: bool = False
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step of one student; returns the (detached) loss parts and logits.
+
+    ``weight`` scales the loss before backward: a rank's share of the global batch under DDP.
+    """
+    cfg = student.cfg
+    set_lr(student.optimizer, lr)
+    student.optimizer.zero_grad(set_to_none=True)
+    with student.rng.active():
+        with torch.autocast(clip.device.type, dtype=torch.bfloat16,
+                            enabled=amp and clip.device.type == "cuda"):
+            logits, features = student.module(clip)
+        use_feat = cfg.beta > 0
+        parts = kd_loss(logits, teacher_logits, target, cfg.alpha, cfg.tau,
+                        cfg.label_smoothing, beta=cfg.beta,
+                        student_features=features if use_feat else None,
+                        teacher_features=teacher_features if use_feat else None)
+        (parts["loss"] * weight).backward()
+    if cfg.clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(student.student_net.parameters(), cfg.clip_grad)
+    student.optimizer.step()
+    student.step += 1
+    return {k: v.detach() for k, v in parts.items()}, logits.detach()
+
+
+# -- distributed plumbing ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int
+    world: int
+    device: torch.device
+    owns_group: bool
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def _setup(device: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = ("cuda" if torch.cuda.is_available()
+                  else "mps" if torch.backends.mps.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DvflError(f"--device {device}: CUDA is not available on this machine")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+    if world <= 1:
+        return _Dist(0, 1, dev, False)
+    import torch.distributed as dist
+
+    owns = not dist.is_initialized()
+    if owns:
+        # Rank 0 validates while the others wait at a barrier: allow a long validation.
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                timeout=timedelta(hours=2))
+    return _Dist(dist.get_rank(), dist.get_world_size(), dev, owns)
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+def fit(cfg: FitConfig, *, resume: bool = False, overwrite: bool = False, log_every: int = 10,
+        progress: Progress | None = None) -> dict[str, Any]:
+    """Train one student as ``cfg`` says; returns its summary (also in ``summary.json``)."""
+    spec = StudentSpec(alpha=cfg.alpha, tau=cfg.tau, beta=cfg.beta, seed=cfg.seed,
+                       out_dir=cfg.out_dir)
+    return train_students(cfg, [spec], resume=resume, overwrite=overwrite, log_every=log_every,
+                          progress=progress)[0]
+
+
+def train_students(cfg: FitConfig, specs: list[StudentSpec], *, resume: bool = False,
+                   overwrite: bool = False, log_every: int = 10,
+                   progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Train every student of ``specs`` on the data of ``cfg`` from one pipeline.
+
+    ``cfg`` gives everything shared (data, model, schedule, teacher source); each spec its
+    alpha, tau, beta, init seed and run directory. The data seed is ``cfg.data_seed`` or else
+    ``cfg.seed``. Returns one summary per student, in the order of ``specs``.
+    """
+    if not specs:
+        raise ValueError("train_students needs at least one StudentSpec")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
+    dirs = [str(Path(s.out_dir).resolve()) for s in specs]
+    labels = [s.label for s in specs]
+    if len(set(dirs)) < len(dirs) or len(set(labels)) < len(labels):
+        raise ConfigError("each student needs its own run directory and name")
+    configs = [s.config(cfg) for s in specs]
+    for c in configs:
+        c.validate()
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    for key in ("mode", "seed", "num_frames"):
+        if key in cfg.sampler:
+            raise ConfigError(f"{cfg.out_dir}: sampler option {key!r} is set by the run "
+                              "(mode train, the data seed, --frames); remove it")
+
+    dist = _setup(cfg.device)
+    try:
+        return _train(cfg, specs, configs, dist, data_seed=data_seed, resume=resume,
+                      overwrite=overwrite, log_every=log_every, progress=progress)
+    finally:
+        if dist.owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], dist: _Dist, *,
+           data_seed: int, resume: bool, overwrite: bool, log_every: int,
+           progress: Progress | None) -> list[dict[str, Any]]:
+    device, rank, world = dist.device, dist.rank, dist.world
+    emit = progress or (lambda event: None)
+    index = train_index(cfg)
+    vindex = val_index(cfg)
+    num_classes = index.num_classes
+    need_features = any(s.beta > 0 for s in specs)
+    reader = teacher = sampler = None
+    teacher_size = None
+    if cfg.cache is not None:
+        reader = open_cache(cfg.cache, index, num_frames=cfg.num_frames,
+                            need_features=need_features)
+        feature_dim = reader.meta.feature_dim
+        log.info("teacher logits from %s (%s, %d views per video)", cfg.cache,
+                 reader.meta.teacher.name, reader.meta.views_per_video)
+    else:
+        if cfg.teacher_weights is not None:
+            teacher = load_online_teacher(cfg, num_classes=num_classes).to(device)
+            teacher_size = int(teacher.config["img_size"])
+        feature_dim = teacher.num_features if teacher is not None else None
+        frames = teacher.num_frames if teacher is not None else cfg.num_frames
+        try:
+            sampler = ViewSampler.from_dict({**cfg.sampler, "mode": "train", "seed": data_seed,
+                                             "num_frames": frames})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{cfg.out_dir}: bad sampler options {cfg.sampler}: {exc}") from None
+
+    students = [_open_student(c, s, dist, num_classes=num_classes, feature_dim=feature_dim,
+                              resume=resume, overwrite=overwrite) for c, s in zip(configs, specs)]
+    # The schedule runs over batch positions, epoch-aligned even when an epoch is short of
+    # videos (failed views): the last batch of the last epoch is at the minimum LR.
+    steps_per_epoch = math.ceil(len(index) / cfg.batch_size)
+    last = max(cfg.epochs * steps_per_epoch - 1, 1)
+    base_lr, warmup_lr, min_lr = cfg.scaled_lrs()
+    schedule = dict(total_steps=last, warmup_steps=min(cfg.warmup_epochs * steps_per_epoch, last),
+                    base_lr=base_lr, warmup_lr=warmup_lr, min_lr=min_lr)
+    failures = FailureLog()
+    invalid_views, warned = 0, set()
+    amp = cfg.amp and device.type == "cuda"
+
+    for epoch in range(min(s.done for s in students) + 1, cfg.epochs + 1):
+        active = [s for s in students if s.done < epoch]
+        plan = plan_epoch(epoch, index, reader=reader, need_features=need_features)
+        invalid_views += len(plan.invalid)
+        new_invalid = sorted(set(plan.invalid) - warned)
+        if new_invalid:  # each video once per session; epoch records count them all
+            warned.update(new_invalid)
+            log.warning("skipping cached views marked invalid (the video failed when the cache "
+                        "was built): %s", ", ".join(index.videos[v].path for v in new_invalid))
+        batches = rank_batches(epoch_order(data_seed, epoch, len(plan.videos)),
+                               batch_size=cfg.batch_size, rank=rank, world_size=world)
+        loader = make_loader(TrainClips(index, plan, num_frames=cfg.num_frames, size=cfg.size,
+                                        sampler=sampler, teacher_size=teacher_size),
+                             batches, workers=cfg.workers, pin_memory=device.type == "cuda")
+        cached_logits = cached_features = None
+        if plan.teacher_logits is not None:
+            cached_logits = torch.from_numpy(plan.teacher_logits).to(device)
+            if plan.teacher_features is not None:
+                cached_features = torch.from_numpy(plan.teacher_features).to(device)
+        for s in active:
+            s.rng.reseed(_derive_seed(s.spec.seed, epoch, rank, _DROP_PATH_TAG))
+            s.module.train()
+            s.window = torch.zeros(6, dtype=torch.float64, device=device)
+            s.totals = torch.zeros(6, dtype=torch.float64, device=device)
+        emit(TrainEvent("epoch_start", epoch, cfg.epochs, steps=len(batches)))
+        started, clips_seen, failed_before = time.perf_counter(), 0, len(failures)
+
+        for i, batch in enumerate(loader):
+            failures.add(batch["failures"])
+            n_local = len(batch["label"])
+            n_global = n_local
+            if world > 1:
+                n_global = int(dist.all_reduce(torch.tensor([n_local], device=device)).item())
+            if n_global == 0:  # every clip of this global batch failed to decode
+                emit(TrainEvent("step", epoch, cfg.epochs, clips=0))
+                continue
+            clip, labels, t_logits, t_feats = batch_inputs(
+                batch, device, num_classes=num_classes, cfg=cfg, teacher=teacher,
+                cached_logits=cached_logits, cached_features=cached_features,
+                need_features=need_features, amp=amp)
+            target = labels
+            if cfg.mixup > 0 or cfg.cutmix > 0:
+                clip, target = mix_batch(clip, labels, num_classes, mixup=cfg.mixup,
+                                         cutmix=cfg.cutmix, seed=data_seed, epoch=epoch, step=i)
+            # The rank's share of the clips that decoded: the DDP average is then the global mean.
+            weight = world * n_local / n_global
+            lr = lr_at((epoch - 1) * steps_per_epoch + i, **schedule)
+            for s in active:
+                parts, logits = train_step(s, clip, target, teacher_logits=t_logits,
+                                           teacher_features=t_feats, lr=lr, weight=weight, amp=amp)
+                _accumulate(s, parts, logits, labels, n_local, lr)
+                if s.step % log_every == 0:
+                    _log_window(s, dist, epoch)
+            clips_seen += n_global
+            emit(TrainEvent("step", epoch, cfg.epochs, clips=n_global))
+
+        train_time = time.perf_counter() - started
+        failed = len(failures) - failed_before
+        if world > 1:
+            failed = int(dist.all_reduce(torch.tensor([failed], device=device)).item())
+        val = _validate(active, cfg, vindex, dist, epoch) if _val_due(cfg, epoch) else None
+        records = {}
+        for k, s in enumerate(active):
+            record = _epoch_record(s, dist, epoch, train_time=train_time, clips=clips_seen,
+                                   failed=failed, invalid=len(plan.invalid),
+                                   val=None if val is None else val[k])
+            _finish_epoch(s, record, index, epoch)
+            records[s.spec.label] = record
+        dist.barrier()
+        emit(TrainEvent("epoch_end", epoch, cfg.epochs, records=records,
+                        models={s.spec.label: s.net for s in active}))
+
+    return _summaries(students, dist, failures, invalid_views)
+
+
+def _open_student(cfg: FitConfig, spec: StudentSpec, dist: _Dist, *, num_classes: int,
+                  feature_dim: int | None, resume: bool, overwrite: bool) -> Student:
+    """Build the student, set up (rank 0) its run directory and restore ``last.pt`` on resume."""
+    run = state = None
+    if dist.rank == 0:
+        run = RunDir(cfg.out_dir, resume=resume, overwrite=overwrite)
+        run.write_config(cfg)
+        state = run.resume_state() if resume else None
+    dist.barrier()  # rank 0 has created, overwritten or truncated the directory
+    if dist.rank != 0 and resume:
+        path = Path(cfg.out_dir) / "last.pt"
+        if path.exists():
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # torch raises several types for truncated files
+                raise CheckpointError(f"{path}: cannot load checkpoint safely ({exc})") from None
+    # A resumed student gets its weights from last.pt: loading --init first would be wasted.
+    s = build_student(cfg, spec, num_classes=num_classes, device=dist.device,
+                      feature_dim=feature_dim, load_init=state is None)
+    s.run = run
+    if state is not None:
+        with s.rng.active():
+            s.done, s.step, s.best = restore_training_state(state, s.net, s.optimizer)
+        if s.student_net.proj is not None:
+            if "projector" not in state:
+                raise CheckpointError(f"{cfg.out_dir}/last.pt: no 'projector' for the feature "
+                                      "term")
+            s.student_net.proj.load_state_dict(state["projector"])
+        s.best_epoch = state.get("best_epoch")
+        s.train_time = float(state.get("train_time_s", 0.0))
+        if run is not None:
+            epochs = [r for r in run.read_metrics() if r.get("type") == "epoch"]
+            s.last_record = epochs[-1] if epochs else None
+        log.info("%s: resuming after epoch %d (step %d)", spec.label, s.done, s.step)
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        s.module = DistributedDataParallel(
+            s.student_net, device_ids=[dist.device] if dist.device.type == "cuda" else None)
+    return s
+
+
+def _accumulate(s: Student, parts: dict[str, torch.Tensor], logits: torch.Tensor,
+                labels: torch.Tensor, n: int, lr: float) -> None:
+    """Add clip-weighted sums on the device (no host sync per step)."""
+    correct = (logits.argmax(dim=1) == labels).sum() if n else logits.new_zeros(())
+    row = torch.stack([parts["loss"] * n, parts["kd_loss"] * n, parts["ce_loss"] * n,
+                       parts["feat_loss"] * n, parts["loss"].new_tensor(float(n)),
+                       correct.to(parts["loss"].dtype)]).to(torch.float64)
+    s.window += row
+    s.totals += row
+    s.lr = lr
+
+
+def _means(sums: list[float], with_feat: bool) -> dict[str, float]:
+    n = max(sums[_N], 1.0)
+    out = {"loss": sums[_LOSS] / n, "kd": sums[_KD] / n, "ce": sums[_CE] / n}
+    if with_feat:
+        out["feat"] = sums[_FEAT] / n
+    return out
+
+
+def _log_window(s: Student, dist: _Dist, epoch: int) -> None:
+    sums = dist.all_reduce(s.window.clone()).tolist()
+    s.window.zero_()
+    if s.run is not None:
+        s.run.append_metrics({"type": "step", "epoch": epoch, "step": s.step,
+                              **_means(sums, s.cfg.beta > 0), "lr": s.lr,
+                              "clips": int(sums[_N])})
+
+
+def _val_due(cfg: FitConfig, epoch: int) -> bool:
+    return epoch % cfg.val_every == 0 or epoch == cfg.epochs
+
+
+def _validate(active: list[Student], cfg: FitConfig, vindex, dist: _Dist,
+              epoch: int) -> list[dict[str, Any]] | None:
+    """1-view validation of the active students on rank 0 (others get None)."""
+    if dist.rank != 0:
+        return None
+    from dvfl_train.evaluate import evaluate
+
+    started = time.perf_counter()
+    common = dict(num_frames=cfg.num_frames, size=cfg.size,
+                  temporal=str(cfg.sampler.get("temporal", "segment")),
+                  stride=int(cfg.sampler.get("stride", 4)), batch_size=cfg.batch_size,
+                  workers=cfg.workers, device=dist.device, amp=cfg.amp)
+    if len(active) == 1:
+        result = evaluate(active[0].net, vindex, clips=1, crops=1, **common)
+        results = [(result.report, result.num_failed)]
+    else:  # one decode of the validation videos for every student
+        results = validate_many([s.net for s in active], vindex, **common)
+    seconds = time.perf_counter() - started
+    log.debug("epoch %d: validated %d student(s) on %d videos in %.1f s", epoch, len(active),
+             len(vindex), seconds)
+    return [{"val_top1": r.top1, "val_top5": r.top5, "val_failed": failed, "val_time_s": seconds}
+            for r, failed in results]
+
+
+def _epoch_record(s: Student, dist: _Dist, epoch: int, *, train_time: float, clips: int,
+                  failed: int, invalid: int, val: dict[str, Any] | None) -> dict[str, Any]:
+    sums = dist.all_reduce(s.totals.clone()).tolist()
+    s.train_time += train_time
+    record = {"type": "epoch", "epoch": epoch, "step": s.step, **_means(sums, s.cfg.beta > 0),
+              "lr": s.lr, "train_top1": sums[_CORRECT] / max(sums[_N], 1.0), "clips": clips,
+              "train_time_s": train_time, "clips_per_s": clips / max(train_time, 1e-9),
+              "failed": failed, "invalid_views": invalid}
+    if val is not None:
+        record.update(val)
+        if s.best is None or val["val_top1"] > s.best:
+            s.best, s.best_epoch = val["val_top1"], epoch
+            record["best"] = True
+    return record
+
+
+def _finish_epoch(s: Student, record: dict[str, Any], index, epoch: int) -> None:
+    """Metrics line first, then last.pt (and best.pt): a resume never logs an epoch twice."""
+    s.done = epoch
+    s.session_epochs += 1
+    s.last_record = record
+    if s.run is None:
+        return
+    s.run.append_metrics(record)
+    with s.rng.active():  # the checkpoint records this student's stream, not the process's
+        state = training_state(s.net, s.optimizer, epoch=epoch, step=s.step,
+                               best_metric=s.best, config=s.cfg)
+    state.update(classes=list(index.classes), best_epoch=s.best_epoch,
+                 train_time_s=s.train_time)
+    if s.student_net.proj is not None:
+        state["projector"] = s.student_net.proj.state_dict()
+    s.run.save("last", state)
+    if record.get("best"):
+        s.run.save("best", state)
+    val = (f", val top-1 {100 * record['val_top1']:.2f}%" if "val_top1" in record else "")
+    log.debug("%s epoch %d/%d: loss %.4f, lr %.3g%s, %.1f clips/s", s.spec.label, epoch,
+             s.cfg.epochs, record["loss"], record["lr"], val, record["clips_per_s"])
+
+
+def _summaries(students: list[Student], dist: _Dist, failures: FailureLog,
+               invalid_views: int) -> list[dict[str, Any]]:
+    """Write summary.json (rank 0) and return every student's summary on every rank."""
+    failed = failures.failures
+    if dist.world > 1:
+        gathered: list[list[tuple[str, str]] | None] = [None] * dist.world
+        torch.distributed.all_gather_object(gathered, failed)
+        failed = [f for part in gathered for f in (part or [])]
+    log_all = FailureLog()
+    log_all.add(failed)
+    if dist.rank == 0:
+        log_all.report(log)
+    reasons = dict(log_all.failures)
+    out = []
+    for s in students:
+        path = Path(s.cfg.out_dir) / "summary.json"
+        if s.session_epochs == 0 and path.exists():  # finished in an earlier session
+            out.append(json.loads(path.read_text(encoding="utf-8")))
+            continue
+        summary = {
+            "name": s.spec.label, "out_dir": s.cfg.out_dir, "alpha": s.cfg.alpha,
+            "tau": s.cfg.tau, "beta": s.cfg.beta, "seed": s.cfg.seed, "epochs": s.done,
+            "steps": s.step, "best_val_top1": s.best, "best_epoch": s.best_epoch,
+            "final": s.last_record, "train_time_s": s.train_time,
+            "failed_videos": [{"path": p, "reason": reasons[p]} for p in log_all.videos],
+            "failed_clips": len(log_all), "invalid_views": invalid_views,
+        }
+        if s.run is not None:
+            s.run.write_summary(summary)
+        out.append(summary)
+    return out
