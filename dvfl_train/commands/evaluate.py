@@ -1,0 +1,173 @@
+"""`dvfl-train eval` (accuracy over a dataset) and `dvfl-train predict` (top-k of one video)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dvfl_cache.commands.options import dataset_options, index_from_options
+
+
+def _views(ctx, param, values):
+    from dvfl_train.evaluate import parse_views
+
+    try:
+        layouts = [parse_views(v) for v in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return list(dict.fromkeys(layouts))  # "1" and "1x1" are one layout
+
+
+def _one_view(ctx, param, value):
+    return _views(ctx, param, (value,))[0]
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
+
+
+def _geometry(info: dict, frames, size, temporal, stride) -> dict:
+    """The checkpoint's clip geometry with the command-line overrides applied."""
+    return {"num_frames": info["num_frames"], "size": size or info["size"],
+            "temporal": temporal or info["temporal"], "stride": stride or info["stride"]}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    header = ("views", "top-1 (%)", "top-5 (%)", "mean class acc (%)", "videos", "failed",
+              "GMACs/view")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    fmt = lambda row: "  ".join(  # noqa: E731
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    return [fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, rows)]
+
+
+_frames_opt = click.option("--frames", type=click.IntRange(1), default=None,
+                           help="Frames per clip; default: what the checkpoint was trained on.")
+_size_opt = click.option("--size", type=click.IntRange(16), default=None,
+                         help="Input side in pixels; default: the checkpoint's.")
+_temporal_opt = click.option("--temporal", type=click.Choice(["segment", "stride"]), default=None,
+                             help="Temporal sampling; default: the checkpoint's.")
+_stride_opt = click.option("--stride", type=click.IntRange(1), default=None,
+                           help="Frame stride for --temporal stride; default: the checkpoint's.")
+_device_opt = click.option("--device", default="auto", show_default=True,
+                           help="auto, cpu, cuda, cuda:1, mps")
+_amp_opt = click.option("--amp/--no-amp", default=False, show_default=True,
+                        help="bf16 autocast on CUDA (ignored elsewhere).")
+_ckpt_opt = click.option("--checkpoint", required=True,
+                         type=click.Path(exists=True, dir_okay=False),
+                         help="best.pt / last.pt of a run, or a dvfl model checkpoint.")
+
+
+@click.command("eval")
+@_ckpt_opt
+@dataset_options(subset="test", subset_help="Which subset of the split to evaluate.")
+@click.option("--views", "layouts", multiple=True, default=("1",), show_default=True,
+              callback=_views, metavar="1|NxC",
+              help="Test views: 1 (centre crop) or N clips x C crops, e.g. 4x3. Repeatable.")
+@_frames_opt
+@_size_opt
+@_temporal_opt
+@_stride_opt
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
+              help="Views per forward pass.")
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(0),
+              help="Decoding processes.")
+@_device_opt
+@_amp_opt
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for eval_<views>.json; default: the checkpoint's folder.")
+def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir, annotations,
+             layouts, frames: int | None, size: int | None, temporal: str | None,
+             stride: int | None, batch_size: int, workers: int, device: str, amp: bool,
+             out: str | None) -> None:
+    """Top-1/top-5, per-class accuracy and confusion of a checkpoint on a dataset subset.
+
+    Writes eval_<views>.json (per-class accuracy, confusion matrix, failed videos) next to the
+    checkpoint or into --out, and prints a table. Videos that fail to decode count as misses.
+    """
+    from tqdm import tqdm
+
+    from dvfl_cache.models.flops import count_gmacs
+    from dvfl_train.evaluate import check_classes, evaluate, load_for_eval, write_eval_json
+
+    index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
+    model, classes, info = load_for_eval(checkpoint, num_frames=frames)
+    check_classes(checkpoint, model, classes, index)
+    geometry = _geometry(info, frames, size, temporal, stride)
+    dev = _device(device)
+    model.to(dev)
+    gmacs = count_gmacs(model, frames=geometry["num_frames"], size=geometry["size"])
+    out_dir = Path(out) if out else Path(checkpoint).resolve().parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    rows, results = [], []
+    for layout in layouts:
+        with tqdm(total=len(index), unit="video", desc=f"eval {layout.label}",
+                  leave=False) as bar:
+            result = evaluate(model, index, clips=layout.clips, crops=layout.crops,
+                              batch_size=batch_size, workers=workers, device=dev, amp=amp,
+                              progress=bar.update, **geometry)
+        path = write_eval_json(
+            result, out_dir / f"eval_{layout.label}.json", classes=index.classes,
+            checkpoint=str(checkpoint), epoch=info.get("epoch"), arch=info.get("arch"),
+            dataset={"kind": index.kind, "split": index.split, "subset": index.subset,
+                     "root": index.root, "digest": index.digest},
+            gmacs_per_view=gmacs)
+        results.append((result, path))
+        report = result.report
+        rows.append((layout.describe(), _pct(report.top1), _pct(report.top5),
+                     _pct(report.mean_class_accuracy), str(result.num_videos),
+                     str(result.num_failed), f"{gmacs:.3g}"))
+
+    click.echo(f"{checkpoint}: {index.kind} split {index.split} {index.subset}, "
+               f"{geometry['num_frames']} frames x {geometry['size']} px, "
+               f"{geometry['temporal']} sampling")
+    for line in _table(rows):
+        click.echo(line)
+    for result, path in results:
+        click.echo(f"{result.views}: {result.summary()}; wrote {path}")
+
+
+@click.command("predict")
+@click.argument("video", type=click.Path(exists=True, dir_okay=False))
+@_ckpt_opt
+@click.option("--views", "layout", default="1", show_default=True, callback=_one_view,
+              metavar="1|NxC",
+              help="Test views: 1 (centre crop) or N clips x C crops, e.g. 4x3.")
+@click.option("--topk", default=5, show_default=True, type=click.IntRange(1))
+@_frames_opt
+@_size_opt
+@_temporal_opt
+@_stride_opt
+@_device_opt
+@_amp_opt
+def predict_cmd(video: str, checkpoint: str, layout, topk: int, frames: int | None,
+                size: int | None, temporal: str | None, stride: int | None, device: str,
+                amp: bool) -> None:
+    """Print the top-k classes of VIDEO with their probabilities."""
+    from dvfl_train.evaluate import load_for_eval
+    from dvfl_train.predict import predict_video
+
+    model, classes, info = load_for_eval(checkpoint, num_frames=frames)
+    geometry = _geometry(info, frames, size, temporal, stride)
+    dev = _device(device)
+    model.to(dev)
+    pred = predict_video(model, video, classes=classes, clips=layout.clips, crops=layout.crops,
+                         topk=topk, device=dev, amp=amp, **geometry)
+    click.echo(f"{video}: {layout.describe()}, {geometry['num_frames']} frames x "
+               f"{geometry['size']} px")
+    width = max(len(name) for name, _ in pred.top)
+    for rank, (name, p) in enumerate(pred.top, 1):
+        click.echo(f"{rank:>3}. {name.ljust(width)}  {p:.4f}")

@@ -1,0 +1,435 @@
+"""Evaluation of a student: 1-view and N-clips x C-crops accuracy over a dataset index.
+
+Test views are fixed, not drawn: ``ViewSampler(mode="test", clips=N, crops=C)`` gives clip c of N
+at offset (c + 1/2) / N inside each temporal segment and, for C = 1, a centred square of 224/256
+of the short side (short side 256, centre 224), for C > 1 squares of the full short side at evenly
+spaced positions along the long side (left, centre, right for 3). So two evaluations of one model
+give the same numbers, and the cache builder's test views are the same ones.
+
+A video's score is the mean of the softmax over its views (probabilities, not logits, are averaged:
+a view the model is unsure about then cannot outvote a confident one by its logit scale). Each
+video is decoded once for all its views: the frames of all views are gathered, decoded together
+and cut into views, so 4x3 costs one decode per video instead of twelve.
+
+A video that fails to decode is never dropped: it stays in the denominator as a miss (its
+probabilities are NaN), is listed in ``EvalResult.failed`` and named in the summary sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dvfl_cache.data.decode import open_video
+from dvfl_cache.data.index import DatasetIndex
+from dvfl_cache.data.transforms import apply_view
+from dvfl_cache.data.views import ViewSampler
+from dvfl_cache.errors import CheckpointError, DvflError, VideoDecodeError
+from dvfl_train.metrics import AccuracyReport, accuracy_report, topk_correct
+
+__all__ = ["EvalResult", "ViewLayout", "check_classes", "evaluate", "load_for_eval",
+           "load_video_views", "parse_views", "report_with_misses", "test_sampler",
+           "write_eval_json"]
+
+log = logging.getLogger(__name__)
+
+_VIEWS_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+# --------------------------------------------------------------------------- view layouts
+
+
+@dataclass(frozen=True)
+class ViewLayout:
+    """N clips x C crops per video; ``label`` names it in file names and tables ("1", "4x3")."""
+
+    clips: int = 1
+    crops: int = 1
+
+    def __post_init__(self):
+        if self.clips < 1 or self.crops < 1:
+            raise ValueError(f"clips and crops must be >= 1, got {self.clips}x{self.crops}")
+
+    @property
+    def num_views(self) -> int:
+        return self.clips * self.crops
+
+    @property
+    def label(self) -> str:
+        return "1" if self.num_views == 1 else f"{self.clips}x{self.crops}"
+
+    def describe(self) -> str:
+        if self.num_views == 1:
+            return "1 view (centre crop)"
+        return (f"{self.clips} clip{'s' * (self.clips > 1)} x {self.crops} "
+                f"crop{'s' * (self.crops > 1)}")
+
+
+def parse_views(text: str) -> ViewLayout:
+    """``"1"`` (one centre view) or ``"NxC"`` (N clips x C crops, e.g. ``"4x3"``).
+
+    A bare number other than 1 is refused: "12" could mean 12 clips or 4x3, so it must be spelt.
+    """
+    text = str(text).strip()
+    if text == "1":
+        return ViewLayout(1, 1)
+    found = _VIEWS_RE.match(text)
+    if found is None or int(found.group(1)) < 1 or int(found.group(2)) < 1:
+        raise ValueError(f"views {text!r}: expected 1 or NxC with N, C >= 1 (e.g. 4x3 = 4 clips "
+                         "x 3 crops, 4x1 = 4 centre clips)")
+    return ViewLayout(int(found.group(1)), int(found.group(2)))
+
+
+def test_sampler(*, clips: int = 1, crops: int = 1, num_frames: int, temporal: str = "segment",
+                 stride: int = 4) -> ViewSampler:
+    """The deterministic test-view sampler of an N x C layout."""
+    return ViewSampler(temporal=temporal, num_frames=num_frames, stride=stride, mode="test",
+                       clips=clips, crops=crops)
+
+
+def load_video_views(path: str | os.PathLike, sampler: ViewSampler, size: int, *, video: int = 0,
+                     threads: int = 1) -> torch.Tensor:
+    """Every test view of one video as float32 (V, T, 3, size, size); one decode for all views.
+
+    Raises ``VideoDecodeError`` naming the file when it cannot be opened or decoded.
+    """
+    with open_video(path, threads=threads) as v:
+        views = [sampler.sample(video, i, v.info) for i in range(sampler.views_per_video)]
+        wanted = sorted({f for view in views for f in view.frames})
+        frames = v.frames(wanted)
+    row = {f: i for i, f in enumerate(wanted)}
+    return torch.stack([apply_view(frames[[row[f] for f in view.frames]], view, size)
+                        for view in views])
+
+
+class _VideoViews(Dataset):
+    """Item i: all test views of video i, or the reason it failed to decode."""
+
+    def __init__(self, index: DatasetIndex, sampler: ViewSampler, size: int):
+        self.index = index
+        self.sampler = sampler
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        path = self.index.abspath(i)
+        item = {"video": i, "label": self.index.videos[i].label, "path": path, "clips": None,
+                "error": None}
+        try:
+            item["clips"] = load_video_views(path, self.sampler, self.size, video=i)
+        except VideoDecodeError as exc:
+            log.debug("%s", exc)
+            item["error"] = exc.reason
+        return item
+
+
+def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items  # videos are scored one by one after the forward; nothing to stack here
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True, eq=False)
+class EvalResult:
+    """Accuracy of one model on one index with one view layout.
+
+    ``report`` counts every video of the index: ``top1``, ``top5`` and ``per_class`` treat videos
+    that failed to decode as misses; ``report.confusion`` counts the decoded videos only (a failed
+    video has no predicted class). ``probs`` (num_videos, C) is the mean softmax over each video's
+    views, with NaN rows for failed videos and for non-finite model outputs (both misses);
+    ``labels`` (num_videos,) are the true classes.
+    """
+
+    report: AccuracyReport
+    failed: list[tuple[str, str]]
+    probs: np.ndarray
+    labels: np.ndarray
+    num_views: int
+    views: str                  # layout label, "1" or "NxC"
+    num_frames: int
+    size: int
+    temporal: str = "segment"
+    stride: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_videos(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_failed(self) -> int:
+        return len(self.failed)
+
+    @property
+    def layout(self) -> ViewLayout:
+        return parse_views(self.views)
+
+    def summary(self) -> str:
+        """One sentence that never hides failures behind the headline number."""
+        head = (f"top-1 {100 * self.report.top1:.2f}%, top-5 {100 * self.report.top5:.2f}% over "
+                f"{self.num_videos} videos ({self.layout.describe()})")
+        if self.num_failed:
+            return (f"{head}, of which {self.num_failed} failed to decode and count as misses")
+        return f"{head}, all decoded"
+
+    def to_dict(self, classes: tuple[str, ...] | list[str] | None = None) -> dict[str, Any]:
+        """JSON-able record: accuracies, per-class, confusion, failures and how views were made."""
+        out = {
+            "views": self.views,
+            "num_views": self.num_views,
+            "num_frames": self.num_frames,
+            "size": self.size,
+            "temporal": self.temporal,
+            "stride": self.stride,
+            "num_videos": self.num_videos,
+            "num_failed": self.num_failed,
+            **self.report.to_dict(),
+            "confusion_counts": "decoded videos only (rows: true class, columns: predicted)",
+            "failed": [{"path": p, "reason": r} for p, r in self.failed],
+            "summary": self.summary(),
+        }
+        if classes is not None:
+            out["classes"] = list(classes)
+        out.update(self.extra)
+        return out
+
+
+def report_with_misses(probs: np.ndarray, labels: np.ndarray, ok: np.ndarray,
+                       num_classes: int) -> AccuracyReport:
+    """Accuracy over all rows where rows with ``ok`` False are misses at every k.
+
+    Built from counts (not from a fake score row) so a miss stays a miss even in top-5 of a
+    dataset with five classes or fewer.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    ok = np.asarray(ok, dtype=bool)
+    n = int(labels.shape[0])
+    if n == 0:
+        raise ValueError("no videos to score")
+    if ok.any():
+        good = accuracy_report(probs[ok], labels[ok], num_classes)
+        hits = topk_correct(torch.from_numpy(np.ascontiguousarray(probs[ok])),
+                            torch.from_numpy(labels[ok]), ks=(1, 5))
+        confusion = good.confusion
+    else:
+        hits = {1: 0, 5: 0}
+        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    support = np.bincount(labels, minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
+    return AccuracyReport(count=n, top1=hits[1] / n, top5=hits[5] / n,
+                          per_class=per_class.astype(np.float64), confusion=confusion)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _bare(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside DDP / torch.compile wrappers, for reading its attributes."""
+    while True:
+        inner = getattr(model, "module", None)
+        if inner is None:
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def evaluate(model: torch.nn.Module, index: DatasetIndex, *, clips: int = 1, crops: int = 1,
+             num_frames: int, size: int, temporal: str = "segment", stride: int = 4,
+             batch_size: int = 8, workers: int = 0, device: str | torch.device = "cpu",
+             amp: bool = False, progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Score every video of ``index`` with the mean softmax over its clips x crops test views.
+
+    ``model`` must already be on ``device``; it is put in eval mode and its training flag is
+    restored afterwards. ``batch_size`` is the number of views per forward pass (a video's views
+    may span passes). ``amp`` runs the forward under bf16 autocast on CUDA (ignored elsewhere);
+    softmax and averaging are float32. ``progress(k)`` is told when k more videos are done.
+    """
+    if len(index) == 0:
+        raise DvflError(f"index of {index.kind} {index.subset} (root {index.root}) has no videos "
+                        "to evaluate")
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size}, {workers}")
+    net = _bare(model)
+    model_frames = getattr(net, "num_frames", None)
+    if model_frames is not None and model_frames != num_frames:
+        raise DvflError(f"the model takes {model_frames}-frame clips, evaluation asked for "
+                        f"{num_frames} frames")
+    num_classes = index.num_classes
+    model_classes = getattr(net, "num_classes", None)
+    if model_classes is not None and model_classes != num_classes:
+        raise DvflError(f"the model has {model_classes} classes, the {index.kind} index "
+                        f"({index.subset}) has {num_classes}")
+    layout = ViewLayout(clips, crops)
+    sampler = test_sampler(clips=clips, crops=crops, num_frames=num_frames, temporal=temporal,
+                           stride=stride)
+    device = torch.device(device)
+    num_views = layout.num_views
+    loader = DataLoader(_VideoViews(index, sampler, size),
+                        batch_size=max(1, batch_size // num_views), shuffle=False,
+                        num_workers=workers, collate_fn=_collate,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    use_amp = amp and device.type == "cuda"
+
+    probs = np.full((len(index), num_classes), np.nan, dtype=np.float32)
+    labels = np.array([v.label for v in index.videos], dtype=np.int64)
+    failed: list[tuple[str, str]] = []
+    decoded = np.zeros(len(index), dtype=bool)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for items in loader:
+                good = [it for it in items if it["error"] is None]
+                failed.extend((it["path"], it["error"]) for it in items if it["error"] is not None)
+                if good:
+                    clips_in = torch.cat([it["clips"] for it in good])  # (B*V, T, 3, S, S)
+                    view_probs = []
+                    for start in range(0, clips_in.shape[0], batch_size):
+                        x = clips_in[start:start + batch_size].to(device, non_blocking=True)
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                            logits = model(x)
+                        if logits.ndim != 2 or logits.shape[1] != num_classes:
+                            raise DvflError(f"the model gives logits of shape "
+                                            f"{tuple(logits.shape)}, the index has "
+                                            f"{num_classes} classes")
+                        view_probs.append(logits.float().softmax(dim=1).cpu())
+                    per_view = torch.cat(view_probs).view(len(good), num_views, num_classes)
+                    video_probs = per_view.mean(dim=1).numpy()
+                    for row, it in zip(video_probs, good):
+                        probs[it["video"]] = row
+                        decoded[it["video"]] = True
+                if progress is not None:
+                    progress(len(items))
+    finally:
+        model.train(was_training)
+
+    ok = decoded & np.isfinite(probs).all(axis=1)
+    if (decoded & ~ok).any():  # a diverged model: loud, but the run's numbers stay well defined
+        log.warning("the model gave non-finite scores for %d decoded video(s); they count as "
+                    "misses", int((decoded & ~ok).sum()))
+        probs[decoded & ~ok] = np.nan
+    report = report_with_misses(probs, labels, ok, num_classes)
+    if failed:
+        log.warning("%d of %d video(s) failed to decode and count as misses:\n%s", len(failed),
+                    len(index), "\n".join(f"  {p}: {r}" for p, r in failed))
+    result = EvalResult(report=report, failed=failed, probs=probs, labels=labels,
+                        num_views=num_views, views=layout.label, num_frames=num_frames, size=size,
+                        temporal=temporal, stride=stride)
+    log.debug("%s", result.summary())
+    return result
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def load_for_eval(checkpoint_path: str | os.PathLike, *, num_frames: int | None = None
+                  ) -> tuple[torch.nn.Module, tuple[str, ...] | None, dict[str, Any]]:
+    """Rebuild the model of a run checkpoint (``best.pt``/``last.pt``) or a plain dvfl model
+    checkpoint, read without running pickled code.
+
+    Returns ``(model, classes, info)``: ``classes`` are the class names stored with the weights
+    (None when a plain checkpoint has none); ``info`` has the clip geometry the model was trained
+    on (``num_frames``, ``size``, ``temporal``, ``stride``) plus ``kind`` ("run" or "model"),
+    ``arch`` and ``epoch``. ``num_frames`` rebuilds the model for another clip length. The model
+    is on the CPU in eval mode.
+    """
+    from dvfl_cache.models.weights import model_from_checkpoint, read_checkpoint
+    from dvfl_train.config import ConfigError, FitConfig
+
+    path = str(checkpoint_path)
+    # Read once for our own keys; model_from_checkpoint reads again, and checks format, version,
+    # options and a strict key/shape match of the weights.
+    obj = read_checkpoint(path)
+    if not isinstance(obj, dict) or obj.get("format") != "dvfl-checkpoint":
+        raise CheckpointError(f"{path}: not a dvfl run or model checkpoint (no 'format': "
+                              "'dvfl-checkpoint'); evaluate a best.pt/last.pt of a run or a file "
+                              "written by save_checkpoint")
+    overrides = {} if num_frames is None else {"num_frames": int(num_frames)}
+    try:
+        model, _ = model_from_checkpoint(path, **overrides)  # strict: no fresh or extra keys
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the model ({exc})") from None
+    model.eval()
+
+    classes = obj.get("classes")
+    if classes is not None:
+        if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
+            raise CheckpointError(f"{path}: 'classes' must be a list of class names")
+        if len(classes) != model.num_classes:
+            raise CheckpointError(f"{path}: {len(classes)} class names but the model has "
+                                  f"{model.num_classes} outputs")
+        classes = tuple(classes)
+
+    config = obj.get("config")
+    if config is not None:
+        try:
+            cfg = FitConfig.from_dict(config, source=f"{path} [config]")
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
+        sampler = cfg.sampler
+        info = {"kind": "run", "num_frames": cfg.num_frames, "size": cfg.size,
+                "temporal": str(sampler.get("temporal", "segment")),
+                "stride": int(sampler.get("stride", 4))}
+    else:
+        info = {"kind": "model", "num_frames": model.num_frames,
+                "size": int(model.config["img_size"]), "temporal": "segment", "stride": 4}
+    if num_frames is not None:
+        info["num_frames"] = int(num_frames)
+    elif info["num_frames"] != model.num_frames:
+        raise CheckpointError(f"{path}: run config says {info['num_frames']} frames but the model "
+                              f"was saved for {model.num_frames}")
+    info.update(arch=obj.get("arch"), epoch=obj.get("epoch"), path=path)
+    return model, classes, info
+
+
+def check_classes(checkpoint_path: str | os.PathLike, model: torch.nn.Module,
+                  classes: tuple[str, ...] | None, index: DatasetIndex) -> None:
+    """Refuse a checkpoint whose classes are not the dataset's (count first, then names)."""
+    num = _bare(model).num_classes
+    if num != index.num_classes:
+        raise CheckpointError(f"{checkpoint_path}: the model has {num} classes but the "
+                              f"{index.kind} {index.subset} index has {index.num_classes}")
+    if classes is not None and tuple(classes) != tuple(index.classes):
+        i = next(i for i, (a, b) in enumerate(zip(classes, index.classes)) if a != b)
+        raise CheckpointError(f"{checkpoint_path}: class {i} is {classes[i]!r} in the checkpoint "
+                              f"but {index.classes[i]!r} in the {index.kind} index; labels would "
+                              "not line up")
+
+
+def write_eval_json(result: EvalResult, path: str | os.PathLike, *,
+                    classes: tuple[str, ...] | None = None, **extra: Any) -> Path:
+    """Write ``result`` (plus ``extra`` keys, e.g. checkpoint and dataset) as indented JSON."""
+    path = Path(path)
+    record = result.to_dict(classes)
+    record.update(extra)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(_compact_json(record), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _compact_json(record: dict[str, Any]) -> str:
+    """One key per line and one confusion row per line: a 101-class file stays readable (plain
+    ``indent`` would put every count of the matrix on its own line)."""
+    def value(v: Any) -> str:
+        if isinstance(v, list) and v and all(isinstance(row, list) for row in v):
+            return "[\n  " + ",\n  ".join(json.dumps(row, allow_nan=False) for row in v) + "\n ]"
+        return json.dumps(v, allow_nan=False)
+
+    body = ",\n".join(f" {json.dumps(k)}: {value(v)}" for k, v in record.items())
+    return "{\n" + body + "\n}\n"
