@@ -11,6 +11,13 @@ from dvfl_cache.lazycli import LazyGroup, setup_logging
 COMMANDS = {
     "index": "dvfl_cache.commands.data:index_cmd",
     "synth": "dvfl_cache.commands.data:synth_cmd",
+    "probe": "dvfl_cache.commands.data:probe_cmd",
+    "build": "dvfl_cache.commands.build:build_cmd",
+    "info": "dvfl_cache.commands.store:info_cmd",
+    "verify": "dvfl_cache.commands.store:verify_cmd",
+    "export": "dvfl_cache.commands.store:export_cmd",
+    "import": "dvfl_cache.commands.store:import_cmd",
+    "pack": "dvfl_cache.commands.store:pack_cmd",
 }
 
 

@@ -1,0 +1,348 @@
+"""The build loop: run the teacher once over every view of every video and store its raw logits.
+
+Why this shape:
+- Work is whole shards. Each rank takes the pending shards `s % world_size == rank`, so no two
+  writers ever touch one shard file and a killed build resumes exactly where shards were left
+  unfinished (nothing stored is computed again).
+- Rows stream through one DataLoader in row order: decoding runs in worker processes ahead of
+  the teacher, and finished shards are written by a background thread, so decode, compute and
+  writes overlap instead of taking turns.
+- Views are drawn by `ViewSampler.sample(video, view, info)`, deterministic in (seed, video,
+  view), and stored with the logits; the student replays the stored records, never re-draws.
+- The teacher's random init (with `random_weights`) is seeded, so a resumed build of a random
+  teacher is the same function as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dvfl_cache.cache.format import (DEFAULT_VIEWS_PER_SHARD, CacheMeta, DatasetInfo,
+                                     SamplerInfo, TeacherInfo, fp16_kl_error)
+from dvfl_cache.cache.store import CacheReader, CacheWriter
+from dvfl_cache.data.dataset import ClipDataset, collate_clips
+from dvfl_cache.data.index import DatasetIndex
+from dvfl_cache.data.views import SamplerViewFn, ViewSampler
+from dvfl_cache.errors import DvflError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `dvfl-cache build` needs; stored (via CacheMeta) with the cache."""
+
+    out: str
+    teacher: str = "vfn-base"
+    weights: str | None = None
+    random_weights: bool = False
+    teacher_opts: Mapping[str, Any] = field(default_factory=dict)
+    views_per_video: int = 1
+    sampler: Mapping[str, Any] = field(default_factory=dict)  # ViewSampler options
+    frames: int = 8
+    size: int = 224
+    seed: int = 0
+    dtype: str = "float16"
+    features: bool = False
+    views_per_shard: int = DEFAULT_VIEWS_PER_SHARD
+    batch_size: int = 32
+    workers: int = 4
+    device: str | None = None  # None: cuda if available, else cpu
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: str
+    rows_written: int
+    shards_written: int
+    shards_total: int
+    failed: dict[int, str]  # video -> reason, over the whole store once complete
+    complete: bool
+    fp16_kl: dict[str, float] | None
+
+
+def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_teacher(teacher: str, *, weights: str | None, random_weights: bool,
+                 num_classes: int, num_frames: int, opts: Mapping[str, Any] | None = None,
+                 seed: int = 0) -> tuple[torch.nn.Module, TeacherInfo]:
+    """The teacher network in eval mode and its provenance record.
+
+    `teacher` is a registry name or a path to a dvfl checkpoint that names its own architecture.
+    """
+    from dvfl_cache.models import create_model, load_pretrained, model_from_checkpoint
+    from dvfl_cache.models.registry import MODEL_NAMES
+
+    opts = dict(opts or {})
+    if os.path.isfile(teacher):
+        if weights:
+            raise DvflError(f"--teacher {teacher} is a checkpoint with its own weights; "
+                            "drop --weights")
+        model, report = model_from_checkpoint(teacher, **opts)
+        log.info("teacher %s", report.summary())
+        sha = sha256_file(teacher)
+        name = model.arch or Path(teacher).name
+    else:
+        if teacher not in MODEL_NAMES:
+            raise DvflError(f"unknown teacher {teacher!r}: not a file and not a registered model "
+                            f"({', '.join(MODEL_NAMES)})")
+        if weights is None and not random_weights:
+            raise DvflError("no --weights given for the teacher; pass the checkpoint to distil "
+                            "from, or --random-weights if a random teacher is really intended "
+                            "(tests, benchmarks)")
+        if weights is not None and random_weights:
+            raise DvflError("pass either --weights or --random-weights, not both")
+        torch.manual_seed(seed)
+        model = create_model(teacher, **{"num_classes": num_classes, "num_frames": num_frames,
+                                         **opts})
+        sha = None
+        if weights is not None:
+            report = load_pretrained(model, weights)
+            log.info("teacher %s", report.summary())
+            sha = sha256_file(weights)
+        name = teacher
+    if model.num_classes != num_classes:
+        raise DvflError(f"teacher {teacher} has {model.num_classes} classes but the dataset has "
+                        f"{num_classes}")
+    if model.num_frames != num_frames:
+        raise DvflError(f"teacher {teacher} takes {model.num_frames} frames but --frames is "
+                        f"{num_frames}")
+    model.eval()
+    return model, TeacherInfo(name=name, config=dict(model.config), weights_sha256=sha)
+
+
+def make_sampler(cfg: BuildConfig) -> ViewSampler:
+    opts = {"num_frames": cfg.frames, "mode": "train", "seed": cfg.seed, **dict(cfg.sampler)}
+    try:
+        return ViewSampler(**opts)
+    except (TypeError, ValueError) as e:
+        raise DvflError(f"bad sampler options {dict(cfg.sampler)}: {e}") from None
+
+
+class _RowDataset(Dataset):
+    """Item i is row `rows[i]`: view `row // V` of video `row % V`, drawn and decoded."""
+
+    def __init__(self, index: DatasetIndex, sampler: ViewSampler, size: int, rows: list[int]):
+        self.rows = rows
+        self.num_videos = len(index)
+        self.index, self.sampler, self.size = index, sampler, size
+        self._by_view: dict[int, ClipDataset] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        view, video = divmod(self.rows[i], self.num_videos)
+        ds = self._by_view.get(view)
+        if ds is None:
+            ds = self._by_view[view] = ClipDataset(self.index, SamplerViewFn(self.sampler, view),
+                                                   self.size)
+        item = ds[video]
+        item["view"] = view
+        return item
+
+
+def _collate(items: list[dict]) -> dict:
+    batch = collate_clips(items)
+    batch["failed"] = [(it["video"], it["view"], it["path"], it["error"])
+                       for it in items if it["error"] is not None]
+    return batch
+
+
+class _ShardAssembler:
+    """Fills one shard's arrays row by row and hands it to the writer when every row is in."""
+
+    def __init__(self, writer: CacheWriter, labels: np.ndarray, features: bool,
+                 submit: Callable[[int, dict, list, dict | None], None]):
+        self.writer, self.labels, self.features, self.submit = writer, labels, features, submit
+        self.open: dict[int, dict] = {}
+
+    def _shard(self, s: int) -> dict:
+        if s not in self.open:
+            rows = self.writer.shard_rows(s)
+            self.open[s] = {"arrays": self.writer.empty_shard(s, labels=self.labels),
+                            "start": rows.start, "left": len(rows), "failures": {},
+                            "logits32": []}
+        return self.open[s]
+
+    def add(self, row: int, *, logits: np.ndarray | None, feats: np.ndarray | None,
+            view_arrays: dict | None, failure: tuple[int, str, str] | None) -> None:
+        s = row // self.writer.meta.views_per_shard
+        sh = self._shard(s)
+        i = row - sh["start"]
+        a = sh["arrays"]
+        if failure is None:
+            a["logits"][i] = logits
+            if self.features:
+                a["features"][i] = feats
+            for k, v in view_arrays.items():
+                a[k][i] = v
+            a["valid"][i] = 1
+            sh["logits32"].append(logits)
+        else:
+            video, path, reason = failure
+            sh["failures"].setdefault(video, {"video": video, "path": path, "reason": reason})
+        sh["left"] -= 1
+        if sh["left"] == 0:
+            del self.open[s]
+            kl = None
+            if sh["logits32"] and len(sh["logits32"][0]) > 1:
+                sample = np.stack(sh["logits32"][:256]).astype(np.float32)
+                kl = {str(k): v for k, v in fp16_kl_error(sample).items()}
+            self.submit(s, a, list(sh["failures"].values()), kl)
+
+
+def _distributed() -> tuple[int, int, Callable[[], Any] | None]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dist.barrier
+
+
+def _device(name: str | None, rank: int) -> torch.device:
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) %
+                           max(torch.cuda.device_count(), 1))
+    return dev
+
+
+def prepare(cfg: BuildConfig, index: DatasetIndex) -> tuple[torch.nn.Module, CacheMeta,
+                                                             ViewSampler]:
+    """Teacher, store metadata and sampler for `cfg`; nothing is written."""
+    if cfg.views_per_video < 1:
+        raise DvflError("--views-per-video must be >= 1")
+    sampler = make_sampler(cfg)
+    teacher, tinfo = load_teacher(cfg.teacher, weights=cfg.weights,
+                                  random_weights=cfg.random_weights,
+                                  num_classes=index.num_classes, num_frames=cfg.frames,
+                                  opts=cfg.teacher_opts, seed=cfg.seed)
+    meta = CacheMeta(
+        teacher=tinfo,
+        dataset=DatasetInfo(kind=index.kind, split=index.split, subset=index.subset,
+                            index_digest=index.digest, classes=index.classes),
+        sampler=SamplerInfo(name=sampler.temporal, params={**sampler.to_dict(), "size": cfg.size},
+                            seed=cfg.seed),
+        num_videos=len(index), views_per_video=cfg.views_per_video, num_frames=cfg.frames,
+        dtype=cfg.dtype, feature_dim=teacher.num_features if cfg.features else None,
+        views_per_shard=cfg.views_per_shard)
+    return teacher, meta, sampler
+
+
+def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
+                progress: Callable[[int], None] | None = None,
+                on_start: Callable[[int], None] | None = None) -> BuildResult:
+    """Build (or resume) the cache at `cfg.out`; under torchrun each rank builds its shards.
+
+    `on_start(n)` is told how many views this rank will compute; `progress(k)` after each batch.
+    """
+    rank, world, barrier = _distributed()
+    device = _device(cfg.device, rank)
+    teacher, meta, sampler = prepare(cfg, index)
+    teacher.to(device)
+    writer = CacheWriter.open_for_rank(cfg.out, meta, rank=rank, world_size=world,
+                                       overwrite=cfg.overwrite, resume=cfg.resume,
+                                       barrier=barrier)
+    shards = writer.pending_shards(rank=rank, world_size=world)
+    rows = [r for s in shards for r in writer.shard_rows(s)]
+    if on_start is not None:
+        on_start(len(rows))
+    log.info("rank %d/%d: %d shards (%d views) to build on %s", rank, world, len(shards),
+             len(rows), device)
+    labels = np.array([v.label for v in index.videos], np.int32)
+
+    lock = threading.Lock()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvfl-cache-writer")
+    pending: list[Future] = []
+
+    def submit(s: int, arrays: dict, failures: list, kl: dict | None) -> None:
+        with lock:
+            pending.append(pool.submit(writer.write_shard, s, arrays, failures, fp16_kl=kl))
+
+    assembler = _ShardAssembler(writer, labels, cfg.features, submit)
+    loader = DataLoader(_RowDataset(index, sampler, cfg.size, rows), batch_size=cfg.batch_size,
+                        shuffle=False, num_workers=cfg.workers, collate_fn=_collate,
+                        pin_memory=device.type == "cuda",
+                        persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+    use_bf16 = device.type == "cuda"
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                for video, view, path, reason in batch["failed"]:
+                    assembler.add(view * meta.num_videos + video, logits=None, feats=None,
+                                  view_arrays=None, failure=(video, path, reason))
+                n = 0
+                if batch["clip"] is not None:
+                    clip = batch["clip"].to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        feats = teacher.forward_features(clip)
+                        logits = teacher.forward_head(feats)
+                    logits = logits.float().cpu().numpy()
+                    feats = feats.float().cpu().numpy() if cfg.features else None
+                    va = batch["view_arrays"]
+                    n = len(logits)
+                    for i in range(n):
+                        row = int(batch["view"][i]) * meta.num_videos + int(batch["video"][i])
+                        assembler.add(row, logits=logits[i],
+                                      feats=None if feats is None else feats[i],
+                                      view_arrays={k: v[i] for k, v in va.items()
+                                                   if k not in ("video", "view")},
+                                      failure=None)
+                # Surface a failed write now rather than after hours of compute.
+                with lock:
+                    for f in [f for f in pending if f.done()]:
+                        f.result()
+                        pending.remove(f)
+                if progress is not None:
+                    progress(n + len(batch["failed"]))
+        if assembler.open:
+            raise DvflError(f"internal error: shards {sorted(assembler.open)} incomplete")
+    finally:
+        pool.shutdown(wait=True)
+    for f in pending:
+        f.result()
+    if barrier is not None:
+        barrier()
+    reader = CacheReader(cfg.out)
+    result = BuildResult(path=str(cfg.out), rows_written=len(rows), shards_written=len(shards),
+                         shards_total=meta.num_shards, failed=reader.failed_videos(),
+                         complete=reader.complete, fp16_kl=reader.fp16_kl())
+    if result.failed:
+        lines = "\n".join(f"  video {v} ({index.videos[v].path}): {r}"
+                          for v, r in sorted(result.failed.items()))
+        log.warning("%d video(s) failed to decode; their views are marked missing:\n%s",
+                    len(result.failed), lines)
+    return result
+
+
+def config_dict(cfg: BuildConfig) -> dict:
+    d = asdict(cfg)
+    d["teacher_opts"] = dict(cfg.teacher_opts)
+    d["sampler"] = dict(cfg.sampler)
+    return d

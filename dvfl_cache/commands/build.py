@@ -1,0 +1,102 @@
+"""`dvfl-cache build`: the teacher over every view of every video, into a sharded Zarr store."""
+
+from __future__ import annotations
+
+import click
+
+from dvfl_cache.commands.options import dataset_options, index_from_options, parse_key_values
+
+
+@click.command("build")
+@dataset_options(subset="train")
+@click.option("--teacher", default="vfn-base", show_default=True,
+              help="Registered model name, or a dvfl checkpoint that names its architecture.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Teacher weights: a dvfl checkpoint or a released Video-FocalNet .pth.")
+@click.option("--random-weights", is_flag=True,
+              help="Use a randomly initialised teacher (tests, benchmarks) instead of --weights.")
+@click.option("--teacher-opt", "teacher_opts", multiple=True, metavar="KEY=VALUE",
+              help="Override a teacher constructor option (repeatable), e.g. embed_dim=32.")
+@click.option("--views-per-video", type=click.IntRange(1), default=1, show_default=True,
+              help="Views cached per video; epoch e of training replays view e mod V.")
+@click.option("--sampler", type=click.Choice(["segment", "stride"]), default="segment",
+              show_default=True, help="Temporal sampler (TSN segments or fixed stride).")
+@click.option("--stride", type=click.IntRange(1), default=4, show_default=True,
+              help="Frame stride for --sampler stride.")
+@click.option("--frames", type=click.IntRange(1), default=8, show_default=True,
+              help="Frames per teacher clip.")
+@click.option("--size", type=click.IntRange(8), default=224, show_default=True,
+              help="Teacher input resolution (square).")
+@click.option("--flip", "flip_p", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Horizontal flip probability (use 0 for Something-Something-v2).")
+@click.option("--jitter", default=None, metavar="B,C,S,H",
+              help="Colour jitter strengths (brightness, contrast, saturation, hue), drawn "
+                   "once per clip.")
+@click.option("--gray", "gray_p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Grayscale probability.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), required=True, help="Store directory to write.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
+              show_default=True, help="Logit storage type.")
+@click.option("--features", is_flag=True,
+              help="Also store the teacher's pooled pre-logit embedding per view.")
+@click.option("--views-per-shard", type=click.IntRange(1), default=4096, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=4, show_default=True,
+              help="Decoding processes.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if "
+                                             "available).")
+@click.option("--resume", is_flag=True, help="Finish an interrupted build of the same cache.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, teacher, weights,
+              random_weights, teacher_opts, views_per_video, sampler, stride, frames, size,
+              flip_p, jitter, gray_p, seed, out, dtype, features, views_per_shard, batch_size,
+              workers, device, resume, overwrite):
+    """Run the teacher once over every sampled view and store its raw logits.
+
+    Resumable (--resume) after any crash; under `torchrun --nproc-per-node N dvfl-cache build
+    ...` the ranks split the shards between them.
+    """
+    import os
+
+    from tqdm import tqdm
+
+    from dvfl_cache.cache.build import BuildConfig, build_cache
+
+    sampler_opts = {"temporal": sampler, "stride": stride, "flip": flip_p, "gray_p": gray_p}
+    if jitter:
+        try:
+            values = [float(x) for x in jitter.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 4:
+            raise click.BadParameter("expected four numbers B,C,S,H", param_hint="--jitter")
+        sampler_opts["jitter"] = values
+    index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
+    cfg = BuildConfig(out=out, teacher=teacher, weights=weights, random_weights=random_weights,
+                      teacher_opts=parse_key_values(teacher_opts, "--teacher-opt"),
+                      views_per_video=views_per_video, sampler=sampler_opts, frames=frames,
+                      size=size, seed=seed, dtype=dtype, features=features,
+                      views_per_shard=views_per_shard, batch_size=batch_size, workers=workers,
+                      device=device, resume=resume, overwrite=overwrite)
+    rank = int(os.environ.get("RANK", "0"))
+    bar = tqdm(desc=f"build[{rank}]" if "WORLD_SIZE" in os.environ else "build", unit="view",
+               disable=rank != 0, dynamic_ncols=True)
+    try:
+        result = build_cache(cfg, index, progress=bar.update,
+                             on_start=lambda n: setattr(bar, "total", n) or bar.refresh())
+    finally:
+        bar.close()
+    if rank == 0:
+        state = "complete" if result.complete else "incomplete (other ranks still running?)"
+        click.echo(f"{result.path}: {result.rows_written} views in {result.shards_written} "
+                   f"shards written by this process; store {state}, "
+                   f"{result.shards_total} shards")
+        if result.fp16_kl:
+            worst = ", ".join(f"tau {k}: {v:.2e}" for k, v in result.fp16_kl.items())
+            click.echo(f"float16 storage error, worst KL vs float32: {worst}")
+        if result.failed:
+            click.echo(f"{len(result.failed)} video(s) failed to decode; their views are "
+                       f"marked missing:", err=True)
+            for v, reason in sorted(result.failed.items()):
+                click.echo(f"  {index.videos[v].path}: {reason}", err=True)
