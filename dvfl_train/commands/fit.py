@@ -61,8 +61,9 @@ def _file(**kw: Any) -> click.Path:
               help="Online KD: the teacher's trained weights (teacher in the loop, no cache).")
 @click.option("--teacher-opt", "teacher_opts", multiple=True, metavar="KEY=VALUE",
               help="Override an online teacher's constructor option (repeatable).")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=DEFAULTS["alpha"],
-              show_default=True, help="Weight of the KD term (0: cross-entropy only).")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=None,
+              help=f"Weight of the KD term (0: cross-entropy only). Default: {DEFAULTS['alpha']} "
+                   "with --cache or --teacher-weights, else 0 (plain cross-entropy).")
 @click.option("--tau", type=click.FloatRange(0, min_open=True), default=DEFAULTS["tau"],
               show_default=True, help="Distillation temperature.")
 @click.option("--beta", type=click.FloatRange(0), default=DEFAULTS["beta"], show_default=True,
@@ -125,6 +126,8 @@ def fit_cmd(kind, root, split, index_path, val_index, val_subset, val_every, mod
     if kind is None or root is None:
         raise click.UsageError("name the training videos: --dataset KIND --root DIR, or --index "
                                "FILE.json")
+    if alpha is None:
+        alpha = DEFAULTS["alpha"] if (cache or teacher_weights) else 0.0
     cfg = FitConfig(
         dataset=kind, data_root=str(root), out_dir=str(out_dir), split=split,
         train_index=index_path, val_index=val_index, num_frames=num_frames, size=size,
