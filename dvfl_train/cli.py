@@ -10,6 +10,10 @@ from dvfl_cache.lazycli import LazyGroup, setup_logging
 # name -> "module:click_command". Each command lives beside the library code it calls.
 COMMANDS = {
     "profile": "dvfl_train.commands.profile:profile_cmd",
+    "fit": "dvfl_train.commands.fit:fit_cmd",
+    "sweep": "dvfl_train.commands.sweep:sweep_cmd",
+    "eval": "dvfl_train.commands.evaluate:eval_cmd",
+    "predict": "dvfl_train.commands.evaluate:predict_cmd",
 }
 
 

@@ -1,0 +1,74 @@
+"""A deliberately plain eager transcription of the spec's modulation layer.
+
+Why it exists: it is the oracle the tests compare the channels-last fast path against (including
+the options the parity file does not exercise), and the baseline ``tools/bench_models.py`` times
+our forward against. It follows the spec line by line, regrouping tensors the obvious way
+(channels-first copies, (B*H*W, C, T) for the temporal Conv1d), and uses the same parameters as
+``SpatioTemporalFocalModulation``.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+from dvfl_cache.models.video_focalnet import SpatioTemporalFocalModulation
+
+
+def reference_modulation(mod: SpatioTemporalFocalModulation, x: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (out, spatial modulator, temporal modulator); x and out are (B*T, H, W, D), the
+    modulators (B, T, H, W, D) like ``forward(..., return_modulators=True)``."""
+    n, height, width, dim = x.shape
+    frames, levels = mod.num_frames, mod.focal_level
+    batch = n // frames
+
+    y = mod.f(x).permute(0, 3, 1, 2).contiguous()
+    q, ctx, gates = torch.split(y, (dim, dim, levels + 1), 1)
+    acc = 0
+    for level in range(levels):
+        ctx = mod.focal_layers[level](ctx)
+        acc = acc + ctx * gates[:, level:level + 1]
+    acc = acc + mod.act(ctx.mean(2, keepdim=True).mean(3, keepdim=True)) * gates[:, levels:]
+
+    xt = x.clone().reshape(batch, frames, height, width, dim).permute(0, 2, 3, 1, 4)
+    xt = xt.reshape(batch * height * width, frames, dim)
+    yt = mod.f_temporal(xt).permute(0, 2, 1).contiguous()
+    ctx_t, gates_t = torch.split(yt, (dim, levels + 1), 1)
+    acc_t = 0
+    for level in range(levels):
+        ctx_t = mod.focal_layers_temporal[level](ctx_t)
+        acc_t = acc_t + ctx_t * gates_t[:, level:level + 1]
+    acc_t = acc_t + mod.act(ctx_t.mean(2, keepdim=True)) * gates_t[:, levels:]
+
+    if mod.normalize_modulator:
+        acc = acc / (levels + 1)
+        acc_t = acc_t / (levels + 1)
+    modulator = mod.h(acc)  # (B*T, D, H, W)
+    modulator_t = mod.h_temporal(acc_t)  # (B*H*W, D, T)
+    modulator_t = modulator_t.reshape(batch, height, width, dim, frames).permute(0, 4, 3, 1, 2)
+    modulator_t = modulator_t.reshape(n, dim, height, width)
+
+    out = (q * modulator * modulator_t).permute(0, 2, 3, 1).contiguous()
+    if mod.use_postln_in_modulation:
+        out = mod.ln(out)
+    out = mod.proj_drop(mod.proj(out))
+    shape = (batch, frames, height, width, dim)
+    return (out, modulator.permute(0, 2, 3, 1).reshape(shape),
+            modulator_t.permute(0, 2, 3, 1).reshape(shape))
+
+
+def use_reference_modulation(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch every modulation layer of ``model`` (in place) to ``reference_modulation``; for
+    benchmarks. Returns the model."""
+    for module in model.modules():
+        if isinstance(module, SpatioTemporalFocalModulation):
+            module.forward = types.MethodType(_reference_forward, module)
+    return model
+
+
+def _reference_forward(mod: SpatioTemporalFocalModulation, x: torch.Tensor, *,
+                       return_modulators: bool = False):
+    out, spatial, temporal = reference_modulation(mod, x)
+    return (out, (spatial, temporal)) if return_modulators else out

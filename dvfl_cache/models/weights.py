@@ -1,0 +1,389 @@
+"""Reading and writing model weights: our checkpoints, released Video-FocalNet / DVFL-Net files and
+ImageNet image-FocalNet initialisations.
+
+Everything is read with ``torch.load(weights_only=True)``: pickled code never runs. Released
+checkpoints also pickle their yacs ``CfgNode`` training config; that one global is allow-listed
+and rebuilt as plain data without importing yacs. Anything else outside torch's weights-only
+allow-list is refused with a ``CheckpointError`` naming the file and the global.
+
+Foreign layouts are converted by pure functions ``(state_dict) -> state_dict`` and then loaded
+strictly; the caller gets a ``LoadReport`` of what was loaded, left fresh, dropped or mismatched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from dvfl_cache.errors import CheckpointError
+from dvfl_cache.models.video_focalnet import VideoFocalNet
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dvfl-checkpoint"
+FORMAT_VERSION = 1
+_RESERVED = ("format", "version", "arch", "model_config", "model")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile
+_TEMPORAL = re.compile(r"\.modulation\.(f_temporal|h_temporal|focal_layers_temporal)\.")
+_BLOCK = re.compile(r"^layers\.(\d+)\.(?:blocks\.(\d+)\.)?")
+# Options that change the function a set of weights computes; a checkpoint written with other
+# values must not be loaded silently. (drop rates, checkpointing, img_size and num_frames do not.)
+_STRUCTURAL = ("patch_size", "in_chans", "embed_dim", "depths", "mlp_ratio", "patch_norm",
+               "focal_levels", "focal_windows", "use_conv_embed", "use_layerscale",
+               "use_postln", "use_postln_in_modulation", "normalize_modulator", "tubelet_size")
+_SHOWN = 8  # keys listed in an error message before "... and N more"
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What ``load_pretrained`` did with each key of the model and of the file."""
+
+    path: str
+    source_kind: str  # "dvfl" | "video-focalnet" | "image-focalnet"
+    loaded: tuple[str, ...]
+    fresh: tuple[str, ...]  # model keys left at their own initialisation
+    dropped: tuple[str, ...]  # file keys not used
+    mismatched: tuple[str, ...]  # "key: file (shape) vs model (shape)"
+    ignored: tuple[str, ...]  # top-level file entries other than the weights
+
+    def summary(self) -> str:
+        return (f"{self.path} ({self.source_kind}): {len(self.loaded)} tensors loaded, "
+                f"{len(self.fresh)} fresh, {len(self.dropped)} dropped, "
+                f"{len(self.mismatched)} shape-mismatched; ignored: "
+                f"{', '.join(self.ignored) or 'nothing'}")
+
+
+# --------------------------------------------------------------------------- safe reading
+
+
+def _read(path: str | os.PathLike) -> tuple[Any, list[Any]]:
+    """torch.load(weights_only=True) with yacs configs allowed as data; returns (object, the
+    objects that were yacs configs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    yacs_nodes: list[Any] = []
+
+    class CfgNodeAsData:
+        # Registered under the name "yacs.config.CfgNode". The weights-only unpickler calls
+        # __new__ for NEWOBJ and lets SETITEMS fill only exact dict types and BUILD set
+        # attributes on OrderedDicts, so we hand it an OrderedDict: the config's items and
+        # yacs' bookkeeping attributes land in it as plain values and no yacs code is involved.
+        def __new__(cls, *args):
+            node = OrderedDict()
+            yacs_nodes.append(node)
+            return node
+
+    with torch.serialization.safe_globals([(CfgNodeAsData, "yacs.config.CfgNode")]):
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except ValueError:  # legacy (non-zip) file: torch.load below is still weights-only
+            unsafe = []
+        except (RuntimeError, zipfile.BadZipFile, OSError) as exc:
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
+        if unsafe:
+            raise CheckpointError(
+                f"refusing to load {path}: it would run code outside the allow-list "
+                f"({', '.join(sorted(unsafe))}); only tensors, plain containers and yacs "
+                f"configs (as data) are read")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"GLOBAL (\S+)", str(exc))
+            what = found.group(1) if found else str(exc).strip().splitlines()[-1]
+            raise CheckpointError(f"refusing to load {path}: {what} is not on the allow-list "
+                                  f"of what a checkpoint may contain") from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
+    return obj, yacs_nodes
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """The object stored in ``path``, read without running pickled code (yacs configs come back
+    as OrderedDicts)."""
+    return _read(path)[0]
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def strip_wrappers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in _WRAPPER_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def video_focalnet_to_dvfl(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official Video-FocalNet / DVFL-Net layout -> ours: our modules use the official names, so
+    this only unwraps."""
+    return strip_wrappers(state_dict)
+
+
+def image_focalnet_to_video(state_dict: Mapping[str, torch.Tensor], *, depths: Sequence[int],
+                            tubelet_size: int = 1) -> dict[str, torch.Tensor]:
+    """ImageNet image-FocalNet weights -> a video model's layout.
+
+    Spatial weights keep their names; the ImageNet classifier is dropped (the video head starts
+    fresh), and so are blocks and stages the video model lacks (block j of stage i comes from
+    block j of stage i). With ``tubelet_size > 1`` the 2-D stem kernel is repeated over time and
+    divided by the tubelet size, so a static clip embeds as the image did.
+    """
+    out = {}
+    for key, value in strip_wrappers(state_dict).items():
+        if key.startswith("head."):
+            continue
+        found = _BLOCK.match(key)
+        if found:
+            stage = int(found.group(1))
+            if stage >= len(depths):
+                continue
+            if found.group(2) is not None and int(found.group(2)) >= depths[stage]:
+                continue
+        if key == "patch_embed.proj.weight" and tubelet_size > 1 and value.ndim == 4:
+            value = value.unsqueeze(2).repeat(1, 1, tubelet_size, 1, 1) / tubelet_size
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _unwrap(obj: Any, yacs_nodes: list[Any], path: str
+            ) -> tuple[dict[str, torch.Tensor], str, tuple[str, ...]]:
+    """(state dict, source kind, ignored top-level entries) of a loaded checkpoint object."""
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        _check_version(obj, path)
+        ignored = tuple(k for k in obj if k not in _RESERVED)
+        return dict(obj["model"]), "dvfl", ignored
+    if _is_tensor_dict(obj):
+        state_dict, ignored = obj, ()
+    else:
+        key = next((k for k in ("model", "state_dict") if isinstance(obj, Mapping)
+                    and _is_tensor_dict(obj.get(k))), None)
+        if key is None:
+            raise CheckpointError(f"{path}: no state dict found (expected a 'model' entry of "
+                                  f"tensors or a bare state dict)")
+        state_dict = obj[key]
+
+        def describe(name: str) -> str:
+            if any(obj[name] is node for node in yacs_nodes):
+                return f"{name} (yacs CfgNode, read as plain data)"
+            return name
+
+        ignored = tuple(describe(k) for k in obj if k != key)
+    state_dict = strip_wrappers(state_dict)
+    if any(_TEMPORAL.search(k) for k in state_dict):
+        return video_focalnet_to_dvfl(state_dict), "video-focalnet", ignored
+    if any(k.endswith(".modulation.f.weight") for k in state_dict):
+        return state_dict, "image-focalnet", ignored
+    raise CheckpointError(f"{path}: does not look like a (Video-)FocalNet checkpoint (no "
+                          f"'layers.*.modulation.f.weight' keys)")
+
+
+def _check_version(obj: Mapping, path: str) -> None:
+    version = obj.get("version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: dvfl checkpoint without an integer 'version'")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer dvfl (checkpoint version {version}, "
+                              f"this dvfl reads {FORMAT_VERSION}); upgrade dvfl")
+    if version < 1 or not isinstance(obj.get("model"), Mapping):
+        raise CheckpointError(f"{path}: malformed dvfl checkpoint (version {version})")
+
+
+def _listing(keys: Sequence[str]) -> str:
+    more = f" ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
+
+
+def _check_structure(model: VideoFocalNet, saved: Mapping[str, Any], path: str) -> None:
+    config = getattr(model, "config", {})
+    for name in _STRUCTURAL:
+        if name in saved and name in config and saved[name] != config[name]:
+            raise CheckpointError(f"{path}: checkpoint was trained with {name}={saved[name]!r} "
+                                  f"but the model has {name}={config[name]!r}")
+
+
+def _apply(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, kind: str,
+           path: str, fresh_head: bool, dropped: Sequence[str] = (),
+           ignored: Sequence[str] = ()) -> LoadReport:
+    """Load ``state_dict`` (already in our layout) strictly, allowing only the documented fresh
+    keys: temporal weights and the head from an image model, and the head when asked."""
+    target = model.state_dict()
+    head = {k for k in target if k.startswith("head.")}
+    may_be_fresh = set()
+    if kind == "image-focalnet":
+        may_be_fresh = {k for k in target if _TEMPORAL.search(k)} | head
+    elif fresh_head:
+        may_be_fresh = set(head)
+
+    use, dropped, mismatched, unexpected, bad = {}, list(dropped), [], [], []
+    for key, value in state_dict.items():
+        if key not in target:
+            # A head-less model (num_classes=0) or a fresh head has no use for the file's head.
+            (dropped if key.startswith("head.") and (not head or fresh_head)
+             else unexpected).append(key)
+            continue
+        shape, want = tuple(value.shape), tuple(target[key].shape)
+        if shape != want:
+            mismatched.append(f"{key}: file {shape} vs model {want}")
+            if key not in may_be_fresh:
+                bad.append(key)
+            dropped.append(key)
+            continue
+        if key in head and fresh_head:
+            dropped.append(key)
+            continue
+        use[key] = value
+
+    if unexpected:
+        raise CheckpointError(f"{path}: keys the model does not have: {_listing(unexpected)}")
+    if bad:
+        if set(bad) <= head:
+            shapes = "; ".join(m for m in mismatched if m.startswith("head."))
+            raise CheckpointError(f"{path}: classifier head does not fit ({shapes}); pass "
+                                  f"fresh_head=True to start a new head")
+        raise CheckpointError(f"{path}: shape mismatch: {_listing(mismatched)}")
+    missing = [k for k in target if k not in use and k not in may_be_fresh]
+    if missing:
+        hint = "; pass fresh_head=True to start a new head" if set(missing) <= head else ""
+        raise CheckpointError(f"{path}: keys missing from the checkpoint: {_listing(missing)}"
+                              f"{hint}")
+
+    model.load_state_dict({**target, **use}, strict=True)
+    report = LoadReport(path=path, source_kind=kind, loaded=tuple(use),
+                        fresh=tuple(k for k in target if k not in use),
+                        dropped=tuple(dropped), mismatched=tuple(mismatched),
+                        ignored=tuple(ignored))
+    log.info(report.summary())
+    return report
+
+
+def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, *,
+                    fresh_head: bool = False) -> LoadReport:
+    """Load our checkpoint, a released Video-FocalNet/DVFL-Net ``.pth``, or an ImageNet image
+    FocalNet into ``model`` in place.
+
+    ``fresh_head``: keep the model's own (freshly initialised) head instead of the file's; without
+    it a head of the wrong size is an error. Image checkpoints always give a fresh head.
+    """
+    obj, yacs_nodes = _read(path)
+    path = str(path)
+    state_dict, kind, ignored = _unwrap(obj, yacs_nodes, path)
+    dropped: list[str] = []
+    if kind == "dvfl":
+        _check_structure(model, obj.get("model_config") or {}, path)
+    elif kind == "image-focalnet":
+        config = getattr(model, "config", None)
+        if config is None:
+            raise CheckpointError(f"{path}: image-FocalNet initialisation needs a VideoFocalNet")
+        converted = image_focalnet_to_video(state_dict, depths=config["depths"],
+                                            tubelet_size=config["tubelet_size"])
+        dropped = [k for k in state_dict if k not in converted]
+        state_dict = converted
+    return _apply(model, state_dict, kind=kind, path=path, fresh_head=fresh_head,
+                  dropped=dropped, ignored=ignored)
+
+
+def _check_options(config: Mapping[str, Any], where: str) -> None:
+    accepted = set(inspect.signature(VideoFocalNet).parameters)
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise TypeError(f"{where}: unknown VideoFocalNet option(s) {', '.join(unknown)}")
+
+
+def from_reference(config: Mapping[str, Any],
+                   state_dict: Mapping[str, torch.Tensor] | None = None) -> VideoFocalNet:
+    """Build from the official constructor options and, if given, load official-layout weights
+    strictly (a ``model`` wrapper and ``module.`` prefixes are accepted)."""
+    _check_options(config, "from_reference")
+    model = VideoFocalNet(**config)
+    if state_dict is not None:
+        if "model" in state_dict and _is_tensor_dict(state_dict["model"]):
+            state_dict = state_dict["model"]
+        _apply(model, video_focalnet_to_dvfl(state_dict), kind="video-focalnet",
+               path="<reference state_dict>", fresh_head=False)
+    return model
+
+
+# --------------------------------------------------------------------------- our checkpoints
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Fail at save time on values that weights-only loading would refuse later."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_plain(k, where)
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif not (value is None or isinstance(value, (str, int, float, bool, torch.Tensor))):
+        raise TypeError(f"save_checkpoint: {where} is a {type(value).__name__}; store only "
+                        f"tensors and plain data so weights-only loading can read it")
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, /, **extra: Any) -> None:
+    """Write ``{"format", "version", "arch", "model_config", "model", **extra}`` atomically."""
+    clash = sorted(set(extra) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"save_checkpoint: extra keys {', '.join(clash)} are reserved")
+    for key, value in extra.items():
+        _check_plain(value, key)
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError("save_checkpoint: model has no 'config'; use a VideoFocalNet")
+    obj = {"format": FORMAT, "version": FORMAT_VERSION, "arch": getattr(model, "arch", None),
+           "model_config": dict(config), "model": model.state_dict(), **extra}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def model_from_checkpoint(path: str | os.PathLike, *, fresh_head: bool = False,
+                          **overrides: Any) -> tuple[VideoFocalNet, LoadReport]:
+    """Rebuild the model a dvfl checkpoint was saved from (options overridable) and load it."""
+    obj, _ = _read(path)
+    path = str(path)
+    if not (isinstance(obj, Mapping) and obj.get("format") == FORMAT):
+        raise CheckpointError(f"{path}: not a dvfl checkpoint (no 'format': '{FORMAT}'); build "
+                              f"the model with create_model and use load_pretrained")
+    _check_version(obj, path)
+    config = obj.get("model_config")
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{path}: dvfl checkpoint without a 'model_config' dict")
+    try:
+        _check_options(config, path)
+    except TypeError as exc:
+        raise CheckpointError(f"{exc} (written by a newer dvfl?)") from None
+    _check_options(overrides, "model_from_checkpoint")
+    model = VideoFocalNet(**{**config, **overrides})
+    model.arch = obj.get("arch")
+    report = _apply(model, dict(obj["model"]), kind="dvfl", path=path, fresh_head=fresh_head,
+                    ignored=tuple(k for k in obj if k not in _RESERVED))
+    return model, report
