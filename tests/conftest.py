@@ -10,6 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+# Toy models gain nothing from intra-op threads, and on a loaded 2-core machine extra threads
+# make each tiny forward many times slower. Subprocesses get OMP_NUM_THREADS=1 from the tests.
+torch.set_num_threads(1)
 
 # The tiny dataset: 4 classes x 4 videos (split 1: 2 train + 2 test per class), 32x32, 16 frames.
 SYNTH_TINY = dict(classes=4, videos_per_class=4, width=32, height=32, frames=16, seed=0)

@@ -112,14 +112,12 @@ def _build_cmd(root: Path, out: Path, *extra: str) -> list[str]:
 def test_build_killed_mid_way_resumes_to_identical_store(synth_root, tmp_path):
     from dvfl_cache.cache.store import CacheReader
 
-    ref = tmp_path / "ref.zarr"
-    run_cli(build_args(synth_root, ref))
     out = tmp_path / "killed.zarr"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # Enough shards (8 videos x 6 views / 4 per shard = 12) that the kill lands mid-build.
-    more = ["--views-per-video", "6", "--views-per-shard", "4", "--batch-size", "1"]
-    ref6 = tmp_path / "ref6.zarr"
-    run_cli([*build_args(synth_root, ref6), *more])
+    # Enough shards (8 videos x 4 views / 4 per shard = 8) that the kill lands mid-build.
+    more = ["--views-per-video", "4", "--views-per-shard", "4", "--batch-size", "1"]
+    ref = tmp_path / "ref.zarr"
+    run_cli([*build_args(synth_root, ref), *more])
     proc = subprocess.Popen(_build_cmd(synth_root, out, *more), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -143,7 +141,7 @@ def test_build_killed_mid_way_resumes_to_identical_store(synth_root, tmp_path):
     # Only the pending shards were computed again.
     rows = sum(len(partial.shard_rows(s)) for s in pending)
     assert f"{rows} views in {len(pending)} shards written by this process" in res.output
-    a, b = store_arrays(out), store_arrays(ref6)
+    a, b = store_arrays(out), store_arrays(ref)
     for name in b:
         if name == "logits":
             np.testing.assert_allclose(a[name], b[name], atol=1e-5)
