@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import click
-
-from dvfl_cache import __version__
-from dvfl_cache.lazycli import LazyGroup, setup_logging
+from dvfl_cache.lazycli import lazy_main
 
 # name -> "module:click_command". Each command lives beside the library code it calls.
 COMMANDS = {
@@ -21,14 +18,8 @@ COMMANDS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS,
-             context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.version_option(__version__, prog_name="dvfl-cache")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def main(verbose: int, quiet: bool) -> None:
-    """Run a video teacher once over every sampled clip and cache its raw logits."""
-    setup_logging(-1 if quiet else verbose)
+main = lazy_main(prog_name="dvfl-cache", commands=COMMANDS,
+                 doc="Run a video teacher once over every sampled clip and cache its raw logits.")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,21 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def lazy_main(*, prog_name: str, doc: str, commands: dict[str, str]) -> click.Group:
+    """The top-level group of one dvfl entry point: --version, -v/-q logging, lazy commands."""
+    from dvfl_cache import __version__
+
+    @click.group(cls=LazyGroup, lazy_commands=commands, help=doc,
+                 context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+    @click.version_option(__version__, prog_name=prog_name)
+    @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+    @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+    def main(verbose: int, quiet: bool) -> None:
+        setup_logging(-1 if quiet else verbose)
+
+    return main
+
+
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose < 0 else logging.INFO if verbose == 0 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

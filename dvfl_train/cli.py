@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import click
-
-from dvfl_cache import __version__
-from dvfl_cache.lazycli import LazyGroup, setup_logging
+from dvfl_cache.lazycli import lazy_main
 
 # name -> "module:click_command". Each command lives beside the library code it calls.
 COMMANDS = {
@@ -17,14 +14,8 @@ COMMANDS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS,
-             context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.version_option(__version__, prog_name="dvfl-train")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def main(verbose: int, quiet: bool) -> None:
-    """Train small video students from a cached teacher; sweep alpha/tau; evaluate; profile."""
-    setup_logging(-1 if quiet else verbose)
+main = lazy_main(prog_name="dvfl-train", commands=COMMANDS,
+                 doc="Train small video students from a cached teacher; sweep alpha/tau; evaluate; profile.")
 
 
 if __name__ == "__main__":
