@@ -6,104 +6,30 @@ from typing import Any
 
 import click
 
-from dvfl_cache.commands.data import KINDS
-from dvfl_cache.commands.options import parse_key_values
-from dvfl_cache.models.registry import MODEL_NAMES
+from dvfl_train.commands.train_options import (DEFAULTS, data_model_options, fit_config,
+                                               loss_schedule_options, runtime_options)
 
-# Mirrors FitConfig's defaults (importing it would import torch and slow down --help); a test
-# keeps the two in step.
-DEFAULTS: dict[str, Any] = dict(
-    split=1, num_frames=8, size=224, model="vfl-nano", alpha=0.3, tau=10.0, beta=0.0,
-    label_smoothing=0.0, mixup=0.0, cutmix=0.0, epochs=120, warmup_epochs=20, batch_size=24,
-    base_lr=0.1, weight_decay=1e-4, clip_grad=5.0, val_every=1, seed=0, workers=4,
-    device="auto", amp=True)
-
-
-def _file(**kw: Any) -> click.Path:
-    return click.Path(exists=True, dir_okay=False, **kw)
+__all__ = ["DEFAULTS", "epoch_line", "fit_cmd"]
 
 
 @click.command("fit")
-@click.option("--dataset", "kind", type=click.Choice(KINDS), default=None,
-              help="Dataset kind; its split's train/test lists under --root give the videos.")
-@click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Dataset folder (or where the videos of --index now are).")
-@click.option("--split", type=int, default=DEFAULTS["split"], show_default=True)
-@click.option("--index", "index_path", type=_file(), default=None,
-              help="Training index JSON (`dvfl-cache index`) instead of the split's train list.")
-@click.option("--val-index", type=_file(), default=None,
-              help="Validation index JSON; default: the split's test list, as the paper does.")
-@click.option("--val-subset", type=click.IntRange(1), default=None,
-              help="Validate on this many videos, evenly spaced through the index.")
-@click.option("--val-every", type=click.IntRange(1), default=DEFAULTS["val_every"],
-              show_default=True, help="Epochs between validations (the last always validates).")
-@click.option("--model", type=click.Choice(MODEL_NAMES), default=DEFAULTS["model"],
-              show_default=True, help="Student architecture.")
-@click.option("--model-opt", "model_opts", multiple=True, metavar="KEY=VALUE",
-              help="Override a student constructor option (repeatable), e.g. embed_dim=32.")
-@click.option("--init", type=_file(), default=None,
-              help="Initial weights: ImageNet FocalNet, Video-FocalNet or dvfl checkpoint "
-                   "(fresh classifier head).")
-@click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Stochastic depth rate (default: the model's, 0.2 for vfl-nano).")
-@click.option("--frames", "num_frames", type=click.IntRange(1), default=DEFAULTS["num_frames"],
-              show_default=True, help="Frames per student clip (fewer than the cache's: "
-                                      "subsampled from the same views).")
-@click.option("--size", type=click.IntRange(8), default=DEFAULTS["size"], show_default=True,
-              help="Student input resolution (square).")
-@click.option("--sampler-opt", "sampler_opts", multiple=True, metavar="KEY=VALUE",
-              help="ViewSampler option for fresh views and validation (repeatable), e.g. "
-                   "temporal=stride, flip=0.")
-@click.option("--cache", default=None, help="Teacher-logit cache: directory, .zip or URL.")
-@click.option("--teacher", default=None,
-              help="Online KD: teacher architecture (default: named by --teacher-weights).")
-@click.option("--teacher-weights", type=_file(), default=None,
-              help="Online KD: the teacher's trained weights (teacher in the loop, no cache).")
-@click.option("--teacher-opt", "teacher_opts", multiple=True, metavar="KEY=VALUE",
-              help="Override an online teacher's constructor option (repeatable).")
+@data_model_options
 @click.option("--alpha", type=click.FloatRange(0, 1), default=None,
               help=f"Weight of the KD term (0: cross-entropy only). Default: {DEFAULTS['alpha']} "
                    "with --cache or --teacher-weights, else 0 (plain cross-entropy).")
 @click.option("--tau", type=click.FloatRange(0, min_open=True), default=DEFAULTS["tau"],
               show_default=True, help="Distillation temperature.")
-@click.option("--beta", type=click.FloatRange(0), default=DEFAULTS["beta"], show_default=True,
-              help="Weight of the feature term (needs teacher features).")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True),
-              default=DEFAULTS["label_smoothing"], show_default=True)
-@click.option("--mixup", type=click.FloatRange(0), default=DEFAULTS["mixup"], show_default=True,
-              help="Mixup Beta parameter (0: off; CE-only runs).")
-@click.option("--cutmix", type=click.FloatRange(0), default=DEFAULTS["cutmix"],
-              show_default=True, help="Cutmix Beta parameter (0: off; CE-only runs).")
-@click.option("--epochs", type=click.IntRange(1), default=DEFAULTS["epochs"], show_default=True)
-@click.option("--warmup-epochs", type=click.IntRange(0), default=DEFAULTS["warmup_epochs"],
-              show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=DEFAULTS["batch_size"],
-              show_default=True, help="Global batch over all processes.")
-@click.option("--lr", "base_lr", type=click.FloatRange(0, min_open=True),
-              default=DEFAULTS["base_lr"], show_default=True,
-              help="Base LR for a batch of 512 (scaled linearly with --batch-size).")
-@click.option("--weight-decay", type=click.FloatRange(0), default=DEFAULTS["weight_decay"],
-              show_default=True)
-@click.option("--clip-grad", type=click.FloatRange(0, min_open=True),
-              default=DEFAULTS["clip_grad"], show_default=True, help="Max gradient norm.")
+@loss_schedule_options
 @click.option("--seed", type=click.IntRange(0), default=DEFAULTS["seed"], show_default=True,
               help="Seeds the student's init, drop path and the data order.")
-@click.option("--workers", type=click.IntRange(0), default=DEFAULTS["workers"],
-              show_default=True, help="Decoding processes.")
-@click.option("--device", default=DEFAULTS["device"], show_default=True,
-              help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
+@runtime_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Run directory.")
 @click.option("--overwrite", is_flag=True, help="Start over in an existing run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after its last epoch.")
 @click.option("--log-every", type=click.IntRange(1), default=10, show_default=True,
               help="Steps between metrics.jsonl step records.")
-def fit_cmd(kind, root, split, index_path, val_index, val_subset, val_every, model, model_opts,
-            init, drop_path, num_frames, size, sampler_opts, cache, teacher, teacher_weights,
-            teacher_opts, alpha, tau, beta, label_smoothing, mixup, cutmix, epochs,
-            warmup_epochs, batch_size, base_lr, weight_decay, clip_grad, seed, workers, device,
-            no_amp, out_dir, overwrite, resume, log_every):
+def fit_cmd(alpha, tau, seed, out_dir, overwrite, resume, log_every, **shared):
     """Train a student, distilling from --cache (or an online --teacher-weights), or with
     cross-entropy alone (--alpha 0, e.g. to fine-tune a teacher).
 
@@ -115,31 +41,11 @@ def fit_cmd(kind, root, split, index_path, val_index, val_subset, val_every, mod
 
     from tqdm import tqdm
 
-    from dvfl_train.config import FitConfig
     from dvfl_train.trainer import fit
 
-    if index_path is not None:
-        from dvfl_cache.data.index import load_index
-
-        index = load_index(index_path, root=root)
-        kind, root = kind or index.kind, root or index.root
-    if kind is None or root is None:
-        raise click.UsageError("name the training videos: --dataset KIND --root DIR, or --index "
-                               "FILE.json")
     if alpha is None:
-        alpha = DEFAULTS["alpha"] if (cache or teacher_weights) else 0.0
-    cfg = FitConfig(
-        dataset=kind, data_root=str(root), out_dir=str(out_dir), split=split,
-        train_index=index_path, val_index=val_index, num_frames=num_frames, size=size,
-        sampler=parse_key_values(sampler_opts, "--sampler-opt"), model=model,
-        model_opts=parse_key_values(model_opts, "--model-opt"), drop_path=drop_path, init=init,
-        cache=cache, teacher=teacher, teacher_weights=teacher_weights,
-        teacher_opts=parse_key_values(teacher_opts, "--teacher-opt"), alpha=alpha, tau=tau,
-        beta=beta, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, epochs=epochs,
-        warmup_epochs=warmup_epochs, batch_size=batch_size, base_lr=base_lr,
-        weight_decay=weight_decay, clip_grad=clip_grad, val_every=val_every,
-        val_subset=val_subset, seed=seed, workers=workers, device=device, amp=not no_amp)
-    cfg.validate()
+        alpha = DEFAULTS["alpha"] if (shared["cache"] or shared["teacher_weights"]) else 0.0
+    cfg = fit_config(out_dir=out_dir, alpha=alpha, tau=tau, seed=seed, **shared)
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
     bar: list[tqdm] = []

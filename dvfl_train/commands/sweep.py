@@ -1,0 +1,130 @@
+"""`dvfl-train sweep`: one student per alpha/tau/seed grid point, all from one decoded batch."""
+
+from __future__ import annotations
+
+import click
+
+from dvfl_train.commands.train_options import (DEFAULTS, data_model_options, fit_config,
+                                               loss_schedule_options, runtime_options)
+
+__all__ = ["sweep_cmd"]
+
+
+def _numbers(kind: type, *, low: float, low_open: bool = False):
+    """Callback parsing a comma-separated list of ``kind`` values above ``low``."""
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            items = [kind(x) for x in str(value).split(",") if x.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {kind.__name__}s, got {value!r}",
+                                     ctx=ctx, param=param) from None
+        bad = [x for x in items if x < low or (low_open and x == low)]
+        if not items or bad:
+            raise click.BadParameter(f"need values {'>' if low_open else '>='} {low:g}, got "
+                                     f"{value!r}", ctx=ctx, param=param)
+        return items
+    return parse
+
+
+def _layouts(ctx, param, value):
+    from dvfl_train.evaluate import parse_views
+
+    try:
+        layouts = tuple(dict.fromkeys(parse_views(v).label for v in value.split(",")
+                                      if v.strip()))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    if not layouts:
+        raise click.BadParameter("name at least one layout, e.g. 1,4x3", ctx=ctx, param=param)
+    return layouts
+
+
+@click.command("sweep")
+@data_model_options
+@click.option("--alphas", default="0.3,0.5,0.7", show_default=True,
+              callback=_numbers(float, low=0.0), help="KD weights, comma-separated (0 = the "
+                                                      "CE baseline).")
+@click.option("--taus", default="5,10,15", show_default=True,
+              callback=_numbers(float, low=0.0, low_open=True),
+              help="Temperatures, comma-separated.")
+@click.option("--seeds", default=None, callback=_numbers(int, low=0),
+              help="Student seeds (init and drop path), comma-separated; default: --seed.")
+@click.option("--no-baseline", is_flag=True,
+              help="No CE-only baseline (alpha 0, one per seed).")
+@loss_schedule_options
+@click.option("--seed", type=click.IntRange(0), default=DEFAULTS["seed"], show_default=True,
+              help="Data seed: views, batch order; shared by every student of the sweep.")
+@runtime_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Sweep folder: runs/<name>/ per student, results.csv, results.md, plots.")
+@click.option("--parallel", type=click.IntRange(1), default=None,
+              help="Students trained side by side on each decoded batch; default: all of them.")
+@click.option("--eval-views", default="1,4x3", show_default=True, callback=_layouts,
+              metavar="1|NxC,...", help="Test-view layouts for each run's best.pt.")
+@click.option("--overwrite", is_flag=True, help="Start the sweep over in an existing --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue the sweep in --out: finished students and evaluations are skipped, "
+                   "the others continue after their last finished epoch.")
+@click.option("--log-every", type=click.IntRange(1), default=10, show_default=True,
+              help="Steps between metrics.jsonl step records.")
+def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_views, overwrite,
+              resume, log_every, **shared):
+    """Train one student per (alpha, tau, seed) from --cache, plus a CE baseline, sharing each
+    decoded batch between them; evaluate every best.pt and tabulate.
+
+    Writes runs/<name>/ (a `fit` run directory each, plus eval_<views>.json), results.csv,
+    results.md (mean ± std over seeds, the teacher's own accuracy from the cache) and, with
+    matplotlib, top-1 against alpha and tau and the validation curves as PNG.
+    """
+    import os
+
+    from tqdm import tqdm
+
+    from dvfl_train.commands.fit import epoch_line
+    from dvfl_train.sweep import SweepConfig, expand_grid, run_sweep
+
+    try:
+        points = expand_grid(alphas, taus, seeds if seeds is not None else [seed],
+                             baseline=not no_baseline)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    cfg = fit_config(out_dir=out_dir, alpha=max(p.alpha for p in points), tau=taus[0],
+                     seed=seed, **shared)
+    sweep = SweepConfig(base=cfg, points=tuple(points), parallel=parallel,
+                        eval_views=eval_views)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    bar: list[tqdm] = []
+
+    def progress(event) -> None:
+        if not main_rank:
+            return
+        if event.kind == "group_start":
+            click.echo(f"group {event.group}/{event.groups}: {len(event.names)} student(s) "
+                       f"side by side: {', '.join(event.names)}")
+        elif event.kind == "skip":
+            click.echo(f"{event.name}: {event.message} done earlier, skipped")
+        elif event.kind == "eval":
+            click.echo(f"{event.name} {event.views}: {event.message}")
+        elif event.kind == "train":
+            e = event.train
+            if e.kind == "epoch_start":
+                bar.append(tqdm(total=e.steps, desc=f"epoch {e.epoch}/{e.epochs}",
+                                unit="batch", leave=False, dynamic_ncols=True))
+            elif e.kind == "step" and bar:
+                bar[-1].update(1)
+            elif e.kind == "epoch_end":
+                if bar:
+                    bar.pop().close()
+                for name, record in e.records.items():
+                    click.echo(f"{name}: {epoch_line(record, epochs=e.epochs)}")
+
+    rows = run_sweep(sweep, resume=resume, overwrite=overwrite, log_every=log_every,
+                     progress=progress)
+    if not main_rank:
+        return
+    for row in rows:
+        accs = ", ".join(f"{v}: {100 * t1:.2f}%" for v, (t1, _) in row.acc.items())
+        click.echo(f"{row.name}: top-1 {accs}")
+    click.echo(f"wrote {out_dir}/results.csv and {out_dir}/results.md")
