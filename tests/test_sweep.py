@@ -79,7 +79,7 @@ def test_grid_has_one_baseline_per_seed_then_alpha_tau_seed():
 
 
 def test_aggregate_is_mean_and_sample_std_over_seeds():
-    from dvfl_train.sweep import RunResult, aggregate
+    from dvfl_train.sweep_report import RunResult, aggregate
 
     def row(alpha, tau, seed, top1):
         return RunResult(name=f"{alpha}_{tau}_{seed}", alpha=alpha, tau=tau, seed=seed, epochs=1,
@@ -100,7 +100,7 @@ def test_aggregate_is_mean_and_sample_std_over_seeds():
 
 
 def _fake_rows():
-    from dvfl_train.sweep import RunResult
+    from dvfl_train.sweep_report import RunResult
 
     return [RunResult(name=f"r{i}", alpha=a, tau=t, seed=s, epochs=2, best_val_top1=0.5,
                       best_epoch=2, train_wall_s=3.0, eval_s=1.0,
@@ -111,7 +111,7 @@ def _fake_rows():
 
 
 def test_plots_are_pngs_and_missing_matplotlib_only_warns(tmp_path, monkeypatch, caplog):
-    from dvfl_train.sweep import plot_curves, plot_grid
+    from dvfl_train.sweep_report import plot_curves, plot_grid
 
     pytest.importorskip("matplotlib")
     written = plot_grid(_fake_rows(), tmp_path, layouts=["1", "4x3"])
@@ -131,7 +131,8 @@ def test_plots_are_pngs_and_missing_matplotlib_only_warns(tmp_path, monkeypatch,
     assert not (tmp_path / "none.png").exists()
 
     # The tables are still written, and the warning comes once, not once per plot.
-    from dvfl_train.sweep import GridPoint, write_results
+    from dvfl_train.sweep import GridPoint
+    from dvfl_train.sweep_report import write_results
 
     caplog.clear()
     cfg = _sweep_cfg(tmp_path, tmp_path / "c.zarr", tmp_path / "sw", [GridPoint(0.0, None, 0)])
