@@ -1,0 +1,163 @@
+"""The fewer-frames recipe end to end through both CLIs: a 4-frame teacher cache with features,
+a 2-frame student with the representation term, its GMACs next to its accuracy, and the two
+refusals (no features for --beta, more student frames than the cache has)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+TEACHER_FRAMES, STUDENT_FRAMES, SIZE = 4, 2, 32
+TEACHER_OPTS = ("embed_dim=8", "depths=[1,1,1,1]")   # 8 * 2**3 = 64 features
+STUDENT_OPTS = ("embed_dim=4", "depths=[1,1,1,1]")   # 32 features: P is a real 32 -> 64 map
+ALPHA, TAU, BETA = 0.5, 2.0, 1.0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Two shared cores: intra-op threads only fight each other on these toy tensors."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _build(root: Path, out: Path, *features: str) -> Path:
+    from dvfl_cache.cli import main
+
+    args = ["build", "--dataset", "ucf101", "--root", str(root), "--teacher", "vfl-nano",
+            "--random-weights", *[a for o in TEACHER_OPTS for a in ("--teacher-opt", o)],
+            "--frames", str(TEACHER_FRAMES), "--size", str(SIZE), "--dtype", "float32",
+            "--batch-size", "8", "--workers", "0", "--device", "cpu", "--out", str(out),
+            *features]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def caches(synth_root, tmp_path_factory) -> tuple[Path, Path]:
+    """(with features, without features), both of the same random 4-frame teacher."""
+    tmp = tmp_path_factory.mktemp("fewer_frames")
+    return (_build(synth_root, tmp / "feat.zarr", "--features"),
+            _build(synth_root, tmp / "plain.zarr"))
+
+
+def _fit_args(root: Path, cache: Path, out: Path, *, frames: int = STUDENT_FRAMES,
+              beta: float = BETA) -> list[str]:
+    return ["fit", "--dataset", "ucf101", "--root", str(root), "--cache", str(cache),
+            "--frames", str(frames), "--size", str(SIZE),
+            *[a for o in STUDENT_OPTS for a in ("--model-opt", o)],
+            "--alpha", str(ALPHA), "--tau", str(TAU), "--beta", str(beta),
+            "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4", "--workers", "0",
+            "--device", "cpu", "--out", str(out)]
+
+
+def _eval(checkpoint: Path, root: Path, out: Path, *extra: str) -> dict:
+    from dvfl_train.cli import main
+
+    result = CliRunner().invoke(main, ["eval", "--checkpoint", str(checkpoint), "--dataset",
+                                       "ucf101", "--root", str(root), "--workers", "0",
+                                       "--device", "cpu", "--out", str(out), *extra],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "GMACs/view" in result.output and "top-1 (%)" in result.output
+    return json.loads((out / "eval_1.json").read_text())
+
+
+def test_two_frame_student_distils_from_a_four_frame_cache(synth_root, synth_index, caches,
+                                                           tmp_path, monkeypatch):
+    from dvfl_cache.cache.store import CacheReader
+    from dvfl_cache.data import decode_frames, subsample_positions, views_from_arrays
+    from dvfl_cache.models import count_gmacs, create_model
+    import dvfl_train.train_data as train_data
+    from dvfl_train.cli import main
+
+    # Record what the student was actually fed: the view and the decoded uint8 frames.
+    fed: list[tuple] = []
+    real_apply_view = train_data.apply_view
+
+    def recording_apply_view(frames, view, size, **kw):
+        fed.append((view, np.array(frames)))
+        return real_apply_view(frames, view, size, **kw)
+
+    monkeypatch.setattr(train_data, "apply_view", recording_apply_view)
+    run = tmp_path / "student"
+    result = CliRunner().invoke(main, _fit_args(synth_root, caches[0], run),
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert ", feat " in result.output  # the epoch line shows the representation term
+
+    # Epoch 1 replays cached view 0 of every training video, keeping positions 0 and 3 of 4.
+    positions = subsample_positions(TEACHER_FRAMES, STUDENT_FRAMES)
+    assert positions == [0, 3]
+    cached = {v.video: v for v in views_from_arrays(CacheReader(caches[0]).epoch_block(0))}
+    assert sorted(view.video for view, _ in fed) == list(range(len(synth_index)))
+    for view, frames in fed:
+        stored = cached[view.video]
+        assert len(stored.frames) == TEACHER_FRAMES
+        assert view.frames == tuple(stored.frames[p] for p in positions)
+        assert (view.crop, view.flip, view.jitter, view.gray) == (
+            stored.crop, stored.flip, stored.jitter, stored.gray)
+        np.testing.assert_array_equal(
+            frames, decode_frames(synth_index.abspath(view.video), view.frames))
+
+    # The epoch's losses: the feature term is there, and the total is exactly the weighted sum
+    # (clip-weighted means are linear), so beta really entered the objective.
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (epoch,) = [r for r in records if r["type"] == "epoch"]
+    assert math.isfinite(epoch["feat"]) and epoch["feat"] > 0.0 and epoch["kd"] > 0.0
+    assert epoch["loss"] == pytest.approx(
+        ALPHA * epoch["kd"] + (1 - ALPHA) * epoch["ce"] + BETA * epoch["feat"], rel=1e-6)
+    assert json.loads((run / "config.json").read_text())["beta"] == BETA
+
+    # best.pt is the plain network; the projector P (student 32 -> teacher 64) rides beside it.
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["projector"]["weight"].shape == (64, 32)
+    assert best["projector"]["bias"].shape == (64,)
+    assert not any(k.startswith("proj") for k in best["model"])
+    assert CacheReader(caches[0]).meta.feature_dim == 64
+
+    # Evaluation prints GMACs beside accuracy; the same weights at 4 frames cost twice as much.
+    two = _eval(run / "best.pt", synth_root, tmp_path / "eval2")
+    four = _eval(run / "best.pt", synth_root, tmp_path / "eval4", "--frames", "4")
+    assert 0.0 <= two["top1"] <= 1.0 and two["num_videos"] == 8
+    assert two["gmacs_per_view"] / four["gmacs_per_view"] == pytest.approx(0.5, rel=0.05)
+    student = create_model("vfl-nano", num_classes=4, num_frames=STUDENT_FRAMES, img_size=SIZE,
+                           embed_dim=4, depths=[1, 1, 1, 1])
+    assert two["gmacs_per_view"] == pytest.approx(
+        count_gmacs(student, frames=STUDENT_FRAMES, size=SIZE), rel=1e-9)
+
+
+def test_beta_without_cached_features_is_refused(synth_root, caches, tmp_path):
+    from dvfl_train.cli import main
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, _fit_args(synth_root, caches[1], out))
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert str(caches[1]) in lines[0] and "dvfl-cache build --features" in lines[0]
+    assert not (out / "config.json").exists()  # refused before the run directory was set up
+    # beta 0 (KD only) from the same cache is fine
+    ok = CliRunner().invoke(main, _fit_args(synth_root, caches[1], out, beta=0.0))
+    assert ok.exit_code == 0, ok.output
+
+
+def test_more_student_frames_than_cached_is_refused(synth_root, caches, tmp_path):
+    from dvfl_train.cli import main
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, _fit_args(synth_root, caches[0], out, frames=8))
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert str(caches[0]) in lines[0]
+    assert "4 frames" in lines[0] and "cannot replay 8" in lines[0]
+    assert not (out / "config.json").exists()
