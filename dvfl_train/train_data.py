@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from dvfl_cache.cache.store import CacheReader
 from dvfl_cache.data.decode import open_video
 from dvfl_cache.data.index import DatasetIndex
-from dvfl_cache.data.transforms import apply_view
+from dvfl_cache.data.transforms import to_float, view_pixels
 from dvfl_cache.data.views import (View, ViewSampler, subsample_positions, subsample_view,
                                    views_from_arrays)
 from dvfl_cache.errors import CacheError, DvflError, VideoDecodeError
@@ -209,6 +209,8 @@ class TrainClips(Dataset):
     ``sampler`` draws views when the plan has none; its frame count is the teacher's (online)
     or the student's. The student's view is ``subsample_view(view, num_frames)``; with
     ``teacher_size`` the full view is also applied at that size, from the same decoded frames.
+    Clips are uint8 pixels (``view_pixels``), 4x less to ship from workers and to the device;
+    ``batch_inputs`` normalises them where the model runs, bit-identical to ``apply_view``.
     """
 
     def __init__(self, index: DatasetIndex, plan: EpochPlan, *, num_frames: int, size: int,
@@ -242,10 +244,10 @@ class TrainClips(Dataset):
             return item
         student_view = subsample_view(view, self.num_frames)
         if self.teacher_size is None:
-            item["clip"] = apply_view(frames, student_view, self.size)
+            item["clip"] = view_pixels(frames, student_view, self.size)
         else:
-            item["teacher_clip"] = apply_view(frames, view, self.teacher_size)
-            item["clip"] = apply_view(frames[positions], student_view, self.size)
+            item["teacher_clip"] = view_pixels(frames, view, self.teacher_size)
+            item["clip"] = view_pixels(frames[positions], student_view, self.size)
         return item
 
 
@@ -272,6 +274,13 @@ def make_loader(dataset: TrainClips, batches: list[list[int]], *, workers: int,
                       prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
+def _as_input(clip: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 pixels from ``TrainClips`` -> normalised float on ``device`` (float input, e.g. a
+    benchmark's ready-made batch, is taken as already normalised)."""
+    clip = clip.to(device, non_blocking=True)
+    return to_float(clip) if clip.dtype == torch.uint8 else clip
+
+
 def batch_inputs(batch: dict[str, Any], device: torch.device, *, num_classes: int,
                   cfg: FitConfig, teacher: nn.Module | None, cached_logits: torch.Tensor | None,
                   cached_features: torch.Tensor | None, need_features: bool, amp: bool):
@@ -289,7 +298,7 @@ def batch_inputs(batch: dict[str, Any], device: torch.device, *, num_classes: in
                  else cached_features.shape[1] if cached_features is not None else 0)
         t_feats = torch.zeros(1, width, device=device) if need_features else None
         return clip, labels, t_logits, t_feats
-    clip = batch["clip"].to(device, non_blocking=True)
+    clip = _as_input(batch["clip"], device)
     labels = batch["label"].to(device, non_blocking=True)
     t_logits = t_feats = None
     if cached_logits is not None:
@@ -298,8 +307,7 @@ def batch_inputs(batch: dict[str, Any], device: torch.device, *, num_classes: in
         t_feats = cached_features[rows] if cached_features is not None else None
     elif teacher is not None:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            features = teacher.forward_features(batch["teacher_clip"].to(device,
-                                                                         non_blocking=True))
+            features = teacher.forward_features(_as_input(batch["teacher_clip"], device))
             t_logits = teacher.forward_head(features).float()
         t_feats = features.float() if need_features else None
     return clip, labels, t_logits, t_feats

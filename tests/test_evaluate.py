@@ -26,15 +26,6 @@ from dvfl_train.evaluate import (ViewLayout, check_classes, evaluate, load_for_e
 FRAMES, SIZE, CLASSES = 2, 32, ("a", "b", "c", "d")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Toy-sized ops gain nothing from threads, and on a shared 2-core machine intra-op threads
-    spin against other processes (measured 20x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_model(num_classes: int = 4, seed: int = 0, num_frames: int = FRAMES):
     torch.manual_seed(seed)

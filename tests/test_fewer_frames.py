@@ -19,14 +19,6 @@ STUDENT_OPTS = ("embed_dim=4", "depths=[1,1,1,1]")   # 32 features: P is a real 
 ALPHA, TAU, BETA = 0.5, 2.0, 1.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two shared cores: intra-op threads only fight each other on these toy tensors."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _build(root: Path, out: Path, *features: str) -> Path:
     from dvfl_cache.cli import main
@@ -81,13 +73,13 @@ def test_two_frame_student_distils_from_a_four_frame_cache(synth_root, synth_ind
 
     # Record what the student was actually fed: the view and the decoded uint8 frames.
     fed: list[tuple] = []
-    real_apply_view = train_data.apply_view
+    real_view_pixels = train_data.view_pixels
 
-    def recording_apply_view(frames, view, size, **kw):
+    def recording_view_pixels(frames, view, size, **kw):
         fed.append((view, np.array(frames)))
-        return real_apply_view(frames, view, size, **kw)
+        return real_view_pixels(frames, view, size, **kw)
 
-    monkeypatch.setattr(train_data, "apply_view", recording_apply_view)
+    monkeypatch.setattr(train_data, "view_pixels", recording_view_pixels)
     run = tmp_path / "student"
     result = CliRunner().invoke(main, _fit_args(synth_root, caches[0], run),
                                 catch_exceptions=False)

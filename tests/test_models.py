@@ -18,14 +18,6 @@ PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "vid
 TOY = dict(embed_dim=8, num_classes=5, num_frames=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two shared cores: intra-op threads only fight each other on these toy tensors."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def parity():

@@ -20,15 +20,6 @@ from dvfl_train.predict import predict_video
 FRAMES, SIZE, CLASSES = 2, 32, ("walk", "run", "jump", "sit")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Toy-sized ops gain nothing from threads, and on a shared 2-core machine intra-op threads
-    spin against other processes (measured 20x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def model():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from dvfl_cache.models import count_gmacs, count_params, create_model
@@ -14,14 +13,6 @@ from dvfl_train.profile import profile_model
 
 TOY = dict(embed_dim=8, num_classes=5, num_frames=2)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two shared cores: intra-op threads only fight each other on these toy tensors."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _closed_form_macs(cfg: dict, *, frames: int, size: int) -> int:

@@ -20,14 +20,6 @@ from dvfl_cache.errors import CacheError
 TINY = {"embed_dim": 8, "depths": [1, 1, 1, 1]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two shared cores: intra-op threads only fight each other on these toy tensors."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _cfg(root: Path, out: Path, **kw):
     from dvfl_train.config import FitConfig

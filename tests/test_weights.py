@@ -21,14 +21,6 @@ TOY = dict(embed_dim=8, num_classes=5, num_frames=2)
 TEMPORAL = ("f_temporal", "h_temporal", "focal_layers_temporal")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two shared cores: intra-op threads only fight each other on these toy tensors."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _clip(frames=2):
     return torch.randn(1, frames, 3, 32, 32, generator=torch.Generator().manual_seed(0))
