@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-from dvfl_train.commands.train_options import (DEFAULTS, data_model_options, fit_config,
-                                               loss_schedule_options, runtime_options)
+from dvfl_train.commands.train_options import (DEFAULTS, EpochProgress, data_model_options,
+                                               fit_config, loss_schedule_options,
+                                               runtime_options)
 
-__all__ = ["DEFAULTS", "epoch_line", "fit_cmd"]
+__all__ = ["DEFAULTS", "fit_cmd"]
 
 
 @click.command("fit")
@@ -39,7 +38,6 @@ def fit_cmd(alpha, tau, seed, out_dir, overwrite, resume, log_every, **shared):
     """
     import os
 
-    from tqdm import tqdm
 
     from dvfl_train.trainer import fit
 
@@ -48,21 +46,7 @@ def fit_cmd(alpha, tau, seed, out_dir, overwrite, resume, log_every, **shared):
     cfg = fit_config(out_dir=out_dir, alpha=alpha, tau=tau, seed=seed, **shared)
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    bar: list[tqdm] = []
-
-    def progress(event) -> None:
-        if not main_rank:
-            return
-        if event.kind == "epoch_start":
-            bar.append(tqdm(total=event.steps, desc=f"epoch {event.epoch}/{event.epochs}",
-                            unit="batch", leave=False, dynamic_ncols=True))
-        elif event.kind == "step" and bar:
-            bar[-1].update(1)
-        elif event.kind == "epoch_end":
-            if bar:
-                bar.pop().close()
-            for record in event.records.values():
-                click.echo(epoch_line(record, epochs=event.epochs))
+    progress = EpochProgress(enabled=main_rank, named=False)
 
     summary = fit(cfg, resume=resume, overwrite=overwrite, log_every=log_every,
                   progress=progress)
@@ -76,20 +60,3 @@ def fit_cmd(alpha, tau, seed, out_dir, overwrite, resume, log_every, **shared):
                    "skipped:", err=True)
         for f in summary["failed_videos"]:
             click.echo(f"  {f['path']}: {f['reason']}", err=True)
-
-
-def epoch_line(record: dict[str, Any], *, epochs: int) -> str:
-    """One line per epoch: losses, LR, accuracy, throughput, and anything skipped."""
-    parts = [f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f} "
-             f"(kd {record['kd']:.4f}, ce {record['ce']:.4f}"
-             + (f", feat {record['feat']:.4f}" if "feat" in record else "") + ")",
-             f"lr {record['lr']:.3g}", f"train top-1 {100 * record['train_top1']:.1f}%"]
-    if "val_top1" in record:
-        parts.append(f"val top-1 {100 * record['val_top1']:.2f}% top-5 "
-                     f"{100 * record['val_top5']:.2f}%" + (" (best)" if record.get("best")
-                                                           else ""))
-    parts.append(f"{record['clips_per_s']:.1f} clips/s")
-    if record["failed"] or record["invalid_views"]:
-        parts.append(f"skipped {record['failed']} undecodable + {record['invalid_views']} "
-                     "invalid cached view(s)")
-    return ", ".join(parts)

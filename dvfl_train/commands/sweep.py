@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from dvfl_train.commands.train_options import (DEFAULTS, data_model_options, fit_config,
-                                               loss_schedule_options, runtime_options)
+from dvfl_train.commands.train_options import (DEFAULTS, EpochProgress, data_model_options,
+                                               fit_config, loss_schedule_options,
+                                               runtime_options)
 
 __all__ = ["sweep_cmd"]
 
@@ -80,9 +81,7 @@ def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_vi
     """
     import os
 
-    from tqdm import tqdm
 
-    from dvfl_train.commands.fit import epoch_line
     from dvfl_train.sweep import SweepConfig, expand_grid, run_sweep
 
     try:
@@ -95,7 +94,7 @@ def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_vi
     sweep = SweepConfig(base=cfg, points=tuple(points), parallel=parallel,
                         eval_views=eval_views)
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    bar: list[tqdm] = []
+    epochs = EpochProgress(enabled=main_rank, named=True)
 
     def progress(event) -> None:
         if not main_rank:
@@ -108,17 +107,7 @@ def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_vi
         elif event.kind == "eval":
             click.echo(f"{event.name} {event.views}: {event.message}")
         elif event.kind == "train":
-            e = event.train
-            if e.kind == "epoch_start":
-                bar.append(tqdm(total=e.steps, desc=f"epoch {e.epoch}/{e.epochs}",
-                                unit="batch", leave=False, dynamic_ncols=True))
-            elif e.kind == "step" and bar:
-                bar[-1].update(1)
-            elif e.kind == "epoch_end":
-                if bar:
-                    bar.pop().close()
-                for name, record in e.records.items():
-                    click.echo(f"{name}: {epoch_line(record, epochs=e.epochs)}")
+            epochs(event.train)
 
     rows = run_sweep(sweep, resume=resume, overwrite=overwrite, log_every=log_every,
                      progress=progress)

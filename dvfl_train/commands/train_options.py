@@ -152,3 +152,47 @@ def fit_config(*, out_dir: str, alpha: float, tau: float, seed: int, kind: str |
         val_subset=val_subset, seed=seed, workers=workers, device=device, amp=not no_amp)
     cfg.validate()
     return cfg
+
+
+def epoch_line(record: dict[str, Any], *, epochs: int) -> str:
+    """One line per epoch: losses, LR, accuracy, throughput, and anything skipped."""
+    parts = [f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f} "
+             f"(kd {record['kd']:.4f}, ce {record['ce']:.4f}"
+             + (f", feat {record['feat']:.4f}" if "feat" in record else "") + ")",
+             f"lr {record['lr']:.3g}", f"train top-1 {100 * record['train_top1']:.1f}%"]
+    if "val_top1" in record:
+        parts.append(f"val top-1 {100 * record['val_top1']:.2f}% top-5 "
+                     f"{100 * record['val_top5']:.2f}%" + (" (best)" if record.get("best")
+                                                           else ""))
+    parts.append(f"{record['clips_per_s']:.1f} clips/s")
+    if record["failed"] or record["invalid_views"]:
+        parts.append(f"skipped {record['failed']} undecodable + {record['invalid_views']} "
+                     "invalid cached view(s)")
+    return ", ".join(parts)
+
+
+class EpochProgress:
+    """The training part of a command's output: a tqdm bar per epoch, then one line per student
+    (prefixed with its name when `named`); silent on ranks other than 0."""
+
+    def __init__(self, *, enabled: bool, named: bool):
+        self.enabled, self.named = enabled, named
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        if not self.enabled:
+            return
+        if event.kind == "epoch_start":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=event.steps, desc=f"epoch {event.epoch}/{event.epochs}",
+                            unit="batch", leave=False, dynamic_ncols=True)
+        elif event.kind == "step" and self.bar is not None:
+            self.bar.update(1)
+        elif event.kind == "epoch_end":
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            for name, record in event.records.items():
+                line = epoch_line(record, epochs=event.epochs)
+                click.echo(f"{name}: {line}" if self.named else line)
