@@ -74,6 +74,7 @@ class FitConfig:
     mixup: float = 0.0                # Beta(mixup, mixup) mixing; 0 = off
     cutmix: float = 0.0
     # optimisation (LRs quoted for a global batch of 512)
+    optimizer: str = "sgd"            # sgd (the DVFL-Net recipe) | adamw (Video-FocalNet's)
     epochs: int = 120
     warmup_epochs: int = 20
     batch_size: int = 24
@@ -184,6 +185,8 @@ class FitConfig:
         need(0.0 <= self.min_lr <= self.base_lr,
              f"min_lr={self.min_lr} must be in [0, base_lr={self.base_lr}]")
         need(self.weight_decay >= 0.0, f"weight_decay={self.weight_decay} must be >= 0")
+        need(self.optimizer in ("sgd", "adamw"),
+             f"optimizer={self.optimizer!r} must be sgd or adamw")
         need(0.0 <= self.momentum < 1.0, f"momentum={self.momentum} must be in [0, 1)")
         need(self.clip_grad is None or self.clip_grad > 0.0,
              f"clip_grad={self.clip_grad} must be > 0 (or None for no clipping)")

@@ -214,7 +214,8 @@ def build_student(cfg: FitConfig, spec: StudentSpec, *, num_classes: int, device
         log.info("%s: init %s", spec.label, report.summary())
     student_net.to(device)
     optimizer = build_optimizer(student_net, lr=cfg.scaled_lrs()[1],
-                                weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+                                weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                name=cfg.optimizer)
     return Student(spec=spec, cfg=cfg, net=net, student_net=student_net, module=student_net,
                    optimizer=optimizer, rng=_RngSlot(device))
 

@@ -163,3 +163,20 @@ def test_torchrun_two_ranks_split_the_shards(synth_root, tmp_path):
     a, b = store_arrays(out), store_arrays(ref)
     for name in b:
         np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=name)
+
+
+def test_area_option_bounds_the_stored_crops_and_bad_ranges_are_refused(synth_root, tmp_path):
+    from dvfl_cache.cache.store import CacheReader
+
+    out = tmp_path / "c.zarr"
+    run_cli(build_args(synth_root, out, "--area", "0.6,0.9"))
+    assert tuple(CacheReader(out).meta.sampler.params["area"]) == (0.6, 0.9)
+    crop = store_arrays(out)["crop"]  # (y0, x0, h, w) as fractions of the frame
+    area = crop[:, 2] * crop[:, 3]
+    # pixel rounding of a 32x32 frame moves the area by at most a few percent
+    assert area.min() > 0.55 and area.max() < 0.95, (area.min(), area.max())
+    for bad in ("0.9,0.1", "0,1", "half"):
+        res = CliRunner().invoke(cache_cli, build_args(synth_root, tmp_path / "x.zarr",
+                                                       "--area", bad))
+        assert res.exit_code == 2 and "--area" in res.output, res.output
+        assert not (tmp_path / "x.zarr").exists()

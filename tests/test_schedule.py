@@ -116,6 +116,23 @@ def test_norm_params_excluded_even_when_not_1d():
     assert no_decay["param_names"] == ["n.weight", "n.bias", "n.extra"]
 
 
+def test_adamw_decays_only_weights_decoupled_and_unknown_names_fail():
+    torch.manual_seed(0)
+    model = _Toy()
+    opt = build_optimizer(model, lr=0.1, weight_decay=0.5, name="adamw")
+    assert isinstance(opt, torch.optim.AdamW)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # zero gradient, zero moments: decoupled decay alone, w <- w * (1 - lr * wd)
+    decayed = set(opt.param_groups[0]["param_names"])
+    for name, p in model.named_parameters():
+        expected = before[name] * 0.95 if name in decayed else before[name]
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="adamw"):
+        build_optimizer(model, lr=0.1, weight_decay=0.5, name="adam")
+
+
 def test_optimizer_decays_only_weights():
     torch.manual_seed(0)
     model = _Toy()

@@ -29,6 +29,9 @@ from dvfl_cache.commands.options import dataset_options, index_from_options, par
               help="Teacher input resolution (square).")
 @click.option("--flip", "flip_p", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Horizontal flip probability (use 0 for Something-Something-v2).")
+@click.option("--area", default="0.08,1", show_default=True, metavar="MIN,MAX",
+              help="Random-resized-crop area range, as fractions of the frame (raise MIN for "
+                   "small videos, where an 8% crop keeps few pixels).")
 @click.option("--jitter", default=None, metavar="B,C,S,H",
               help="Colour jitter strengths (brightness, contrast, saturation, hue), drawn "
                    "once per clip.")
@@ -50,7 +53,7 @@ from dvfl_cache.commands.options import dataset_options, index_from_options, par
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, teacher, weights,
               random_weights, teacher_opts, views_per_video, sampler, stride, frames, size,
-              flip_p, jitter, gray_p, seed, out, dtype, features, views_per_shard, batch_size,
+              flip_p, area, jitter, gray_p, seed, out, dtype, features, views_per_shard, batch_size,
               workers, device, resume, overwrite):
     """Run the teacher once over every sampled view and store its raw logits.
 
@@ -64,6 +67,14 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
     from dvfl_cache.cache.build import BuildConfig, build_cache
 
     sampler_opts = {"temporal": sampler, "stride": stride, "flip": flip_p, "gray_p": gray_p}
+    try:
+        lo, hi = (float(x) for x in area.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected two numbers MIN,MAX, got {area!r}",
+                                 param_hint="--area") from None
+    if not 0 < lo <= hi <= 1:
+        raise click.BadParameter(f"need 0 < MIN <= MAX <= 1, got {area!r}", param_hint="--area")
+    sampler_opts["area"] = [lo, hi]
     if jitter:
         try:
             values = [float(x) for x in jitter.split(",")]

@@ -24,7 +24,7 @@ __all__ = ["DEFAULTS", "data_model_options", "fit_config", "loss_schedule_option
 DEFAULTS: dict[str, Any] = dict(
     split=1, num_frames=8, size=224, model="vfl-nano", alpha=0.3, tau=10.0, beta=0.0,
     label_smoothing=0.0, mixup=0.0, cutmix=0.0, epochs=120, warmup_epochs=20, batch_size=24,
-    base_lr=0.1, weight_decay=1e-4, clip_grad=5.0, val_every=1, seed=0, workers=4,
+    base_lr=0.1, optimizer="sgd", weight_decay=1e-4, clip_grad=5.0, val_every=1, seed=0, workers=4,
     device="auto", amp=True)
 
 
@@ -104,6 +104,10 @@ loss_schedule_options = _group(
     click.option("--lr", "base_lr", type=click.FloatRange(0, min_open=True),
                  default=DEFAULTS["base_lr"], show_default=True,
                  help="Base LR for a batch of 512 (scaled linearly with --batch-size)."),
+    click.option("--optimizer", type=click.Choice(["sgd", "adamw"]),
+                 default=DEFAULTS["optimizer"], show_default=True,
+                 help="sgd with momentum 0.9 (the DVFL-Net recipe) or adamw (Video-FocalNet's; "
+                      "use --weight-decay 0.05 with it)."),
     click.option("--weight-decay", type=click.FloatRange(0), default=DEFAULTS["weight_decay"],
                  show_default=True),
     click.option("--clip-grad", type=click.FloatRange(0, min_open=True),
@@ -126,8 +130,8 @@ def fit_config(*, out_dir: str, alpha: float, tau: float, seed: int, kind: str |
                sampler_opts: tuple[str, ...], cache: str | None, teacher: str | None,
                teacher_weights: str | None, teacher_opts: tuple[str, ...], beta: float,
                label_smoothing: float, mixup: float, cutmix: float, epochs: int,
-               warmup_epochs: int, batch_size: int, base_lr: float, weight_decay: float,
-               clip_grad: float, workers: int, device: str, no_amp: bool):
+               warmup_epochs: int, batch_size: int, base_lr: float, optimizer: str,
+               weight_decay: float, clip_grad: float, workers: int, device: str, no_amp: bool):
     """The validated FitConfig of the shared options (kind and root default to the --index's)."""
     from dvfl_train.config import FitConfig
 
@@ -148,7 +152,7 @@ def fit_config(*, out_dir: str, alpha: float, tau: float, seed: int, kind: str |
         teacher_opts=parse_key_values(teacher_opts, "--teacher-opt"), alpha=alpha, tau=tau,
         beta=beta, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, epochs=epochs,
         warmup_epochs=warmup_epochs, batch_size=batch_size, base_lr=base_lr,
-        weight_decay=weight_decay, clip_grad=clip_grad, val_every=val_every,
+        optimizer=optimizer, weight_decay=weight_decay, clip_grad=clip_grad, val_every=val_every,
         val_subset=val_subset, seed=seed, workers=workers, device=device, amp=not no_amp)
     cfg.validate()
     return cfg
