@@ -100,9 +100,8 @@ def test_fit_writes_a_complete_run_directory(synth_root, tmp_path):
     assert summary["steps"] == 4 and summary["failed_videos"] == []
 
     state = torch.load(out / "best.pt", weights_only=True)
-    assert state["epoch"] == 2 and state["classes"] == ["MoveLeft", "MoveRight",
-                                                        "RotateClockwise",
-                                                        "RotateCounterclockwise"]
+    assert state["epoch"] == 2 and state["classes"] == ["PanLeft", "PanRight", "PanUp",
+                                                        "PanDown"]
     model, classes, info = load_for_eval(out / "best.pt")
     assert (info["num_frames"], info["size"], model.num_classes) == (2, 32, 4)
     assert classes == tuple(state["classes"]) and model.config["embed_dim"] == 8
@@ -135,6 +134,26 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synth_root, tmp_p
     assert not torch.equal(_weights(other)["head.weight"], _weights(straight)["head.weight"])
 
 
+def test_adamw_run_resumes_to_the_same_weights_and_moments(synth_root, tmp_path):
+    from dvfl_train.trainer import fit
+
+    kw = dict(optimizer="adamw", weight_decay=0.05, seed=2)
+    straight = tmp_path / "straight"
+    fit(_cfg(synth_root, straight, **kw))
+    killed = tmp_path / "killed"
+    with pytest.raises(_Killed):
+        fit(_cfg(synth_root, killed, **kw), progress=_kill_after(1))
+    fit(_cfg(synth_root, killed, **kw), resume=True)
+    _assert_equal_weights(_weights(straight), _weights(killed))
+    a = torch.load(straight / "last.pt", weights_only=True)["optimizer"]["state"]
+    b = torch.load(killed / "last.pt", weights_only=True)["optimizer"]["state"]
+    assert a and all(torch.equal(a[k]["exp_avg_sq"], b[k]["exp_avg_sq"]) for k in a)
+    # the optimizer really differs from SGD's: same seed, other weights
+    sgd = tmp_path / "sgd"
+    fit(_cfg(synth_root, sgd, seed=2, weight_decay=0.05))
+    assert not torch.equal(_weights(sgd)["head.weight"], _weights(straight)["head.weight"])
+
+
 def test_cached_and_online_kd_give_the_same_losses(synth_root, kd_cache, tmp_path):
     """Same views, same teacher: the cache only saves the teacher's forward pass."""
     from dvfl_train.trainer import fit
@@ -150,8 +169,9 @@ def test_cached_and_online_kd_give_the_same_losses(synth_root, kd_cache, tmp_pat
     assert len(steps[0]) == len(steps[1]) == 4
     for c, o in zip(*steps):
         assert c["kd"] > 0.0 and c["feat"] > 0.0
+        # float32 rounding only: the cache ran the teacher on other batches than the online run
         for key in ("loss", "kd", "ce", "feat"):
-            assert c[key] == pytest.approx(o[key], rel=1e-5, abs=1e-7), (key, c, o)
+            assert c[key] == pytest.approx(o[key], rel=1e-4, abs=1e-6), (key, c, o)
     a, b = _weights(tmp_path / "cached"), _weights(tmp_path / "online")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
