@@ -137,7 +137,7 @@ def test_cli_synth_index_probe(tmp_path):
                              str(tmp_path / "i.json"), "--probe", "--workers", "1"])
     assert r.exit_code == 0, r.output
     idx = load_index(tmp_path / "i.json")
-    assert idx.classes == ("MoveLeft", "MoveRight") and len(idx) == 4
+    assert idx.classes == ("PanLeft", "PanRight") and len(idx) == 4
     assert {(v.probe.num_frames, v.probe.width, v.probe.height) for v in idx.videos} == \
         {(6, 32, 16)}
     assert idx.digest in r.output
