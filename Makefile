@@ -7,13 +7,13 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dvfl-installed
 
-.PHONY: venv test test-slow clean
+.PHONY: venv test test-slow demo clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,plot]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+# The whole pipeline on synthetic videos into demo/ (docs/demo.md); after a kill, run it again
+# and it continues. Options: make demo DEMO_ARGS="--seeds 0,1,2 --out other".
+demo: $(STAMP)
+	$(PY) tools/demo.py $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,151 @@
+"""tools/demo.py: the commands it plans, that it skips finished steps, and one tiny real run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "tools" / "demo.py"
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("dvfl_demo", DEMO)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dvfl_demo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
+
+
+def _plan(out: Path, *, tiny: bool = True, seeds=(0, 1)):
+    return demo.Demo(out, demo.TINY if tiny else demo.DEFAULT, tuple(seeds)).steps()
+
+
+def _opt(argv, flag):
+    """Every value of a repeatable flag in argv."""
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_plan_runs_the_cli_steps_in_order(tmp_path):
+    steps = _plan(tmp_path / "d")
+    assert [s.argv[:2] for s in steps] == [("dvfl-cache", "synth"), ("dvfl-train", "fit"),
+                                          ("dvfl-train", "eval"), ("dvfl-cache", "build"),
+                                          ("dvfl-train", "sweep")]
+    assert not any(s.done for s in steps)
+    assert not any("--resume" in s.argv for s in steps)  # nothing to resume in a fresh folder
+
+
+def test_default_plan_is_consistent_between_steps(tmp_path):
+    """Teacher, cache and students must agree on what they share, or the later steps fail
+    (or, worse, silently train on something else)."""
+    p = demo.DEFAULT
+    synth, fit, ev, build, sweep = (s.argv for s in _plan(tmp_path, tiny=False))
+    assert _opt(fit, "--alpha") == ["0"]  # the teacher is trained with cross-entropy alone
+    assert _opt(fit, "--frames") == _opt(build, "--frames") == [str(p.teacher_frames)]
+    assert _opt(fit, "--size") == _opt(build, "--size") == [str(p.teacher_size)]
+    assert _opt(build, "--teacher") == _opt(ev, "--checkpoint") == [
+        str(tmp_path / "teacher" / "best.pt")]
+    assert _opt(sweep, "--cache") == _opt(build, "--out")
+    assert int(_opt(sweep, "--frames")[0]) <= p.teacher_frames  # students replay cached views
+    assert _opt(sweep, "--seeds") == ["0,1"]
+    assert _opt(ev, "--views") == list(p.teacher_eval_views)
+    assert _opt(sweep, "--eval-views") == [",".join(p.eval_views)]
+    # Flips swap PanLeft/PanRight and the rotations: off in training, the cache and the sweep.
+    assert "flip=0" in _opt(fit, "--sampler-opt") and "flip=0" in _opt(sweep, "--sampler-opt")
+    assert _opt(build, "--flip") == ["0"]
+    # The cached views and the fresh/validation views use the same temporal sampler.
+    assert f"temporal={p.temporal}" in _opt(fit, "--sampler-opt")
+    assert _opt(build, "--sampler") == [p.temporal]
+    assert _opt(synth, "--classes") == [str(p.classes)]
+    # The teacher's own training views and the cached ones crop alike; one optimizer throughout.
+    lo, hi = _opt(build, "--area")[0].split(",")
+    area = f"area=[{lo},{hi}]"
+    assert area in _opt(fit, "--sampler-opt") and area in _opt(sweep, "--sampler-opt")
+    assert _opt(fit, "--optimizer") == _opt(sweep, "--optimizer") == [p.optimizer]
+    assert _opt(sweep, "--alphas") == [",".join(f"{a:g}" for a in p.alphas)]
+    assert _opt(sweep, "--taus") == [",".join(f"{t:g}" for t in p.taus)]
+
+
+def test_finished_steps_are_skipped_and_unfinished_ones_resume(tmp_path):
+    out = tmp_path / "d"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "synth.json").write_text("{}")
+    (out / "teacher").mkdir()
+    (out / "teacher" / "config.json").write_text("{}")  # a teacher run killed mid-way
+    steps = _plan(out)
+    assert [s.done for s in steps] == [True, False, False, False, False]
+    assert "--resume" in steps[1].argv
+    (out / "teacher" / "summary.json").write_text("{}")
+    for views in demo.TINY.teacher_eval_views:
+        (out / "teacher" / f"eval_{views}.json").write_text("{}")
+    (out / "sweep").mkdir()
+    steps = _plan(out)
+    assert [s.done for s in steps] == [True, True, True, False, False]
+    assert "--resume" in steps[4].argv
+    (out / "sweep" / "results.md").write_text("# x\n")
+    assert [s.done for s in _plan(out)] == [True, True, True, False, True]
+
+
+def test_half_written_cache_is_not_complete(tmp_path):
+    (tmp_path / "cache.zarr").mkdir()
+    assert not demo._cache_complete(tmp_path / "cache.zarr")
+    assert not demo._cache_complete(tmp_path / "missing.zarr")
+
+
+def test_summary_section_extraction():
+    md = "# R\n\n## Mean ± std over seeds\n\n| a |\n|---|\n| 1 |\n\nnote\n\n## Runs\n\n| b |\n"
+    assert demo._section(md, "Mean ± std over seeds") == "| a |\n|---|\n| 1 |\n\nnote"
+    assert demo._section(md, "Plots") == ""
+
+
+def test_bad_seeds_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--seeds", "a,b", "--dry-run"])
+    assert "--seeds" in capsys.readouterr().err
+
+
+def test_dry_run_prints_commands_and_runs_nothing(tmp_path, capsys):
+    demo.main(["--tiny", "--out", str(tmp_path / "d"), "--dry-run"])
+    printed = capsys.readouterr().out
+    assert printed.count("\n$ ") == 5
+    assert "$ dvfl-cache synth --out" in printed and "$ dvfl-train sweep" in printed
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_every_step_then_skips_them(tmp_path):
+    """The whole demo on 8 tiny videos (about 20 CPU-s, a minute of wall time on a busy
+    2-core machine), then a second run that finds every step done."""
+    out = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(DEMO), "--tiny", "--out", str(out)]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for path in ("data/synth.json", "teacher/best.pt", "teacher/summary.json",
+                 "teacher/eval_1.json", "teacher/eval_2x3.json", "sweep/results.md",
+                 "sweep/results.csv"):
+        assert (out / path).is_file(), path
+    from dvfl_cache.cache.store import CacheReader
+
+    assert CacheReader(str(out / "cache.zarr")).complete
+    # Every run of the grid is in results.csv: CE baseline and one KD point, two seeds each.
+    rows = (out / "sweep" / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4
+    teacher = json.loads((out / "teacher" / "eval_1.json").read_text())
+    assert f"{100 * teacher['top1']:.2f}%" in first.stdout
+    assert "| 0 (CE) |" in first.stdout and "report: " in first.stdout
+    assert first.stdout.count("\n$ ") == 5
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("done earlier") == 5 and "\n$ " not in second.stdout
+    assert "| 0 (CE) |" in second.stdout
