@@ -86,7 +86,7 @@ _TWO_STAGES = ("depths=[1,1]", "focal_levels=[2,2]", "focal_windows=[3,3]", "tub
 DEFAULT = Preset(
     classes=6, videos_per_class=100, video_size=64, video_frames=32,
     teacher_model="vfl-nano", teacher_opts=("embed_dim=32", *_TWO_STAGES),
-    teacher_frames=8, teacher_size=64, teacher_epochs=16, teacher_warmup=2, teacher_lr=0.032,
+    teacher_frames=8, teacher_size=64, teacher_epochs=20, teacher_warmup=2, teacher_lr=0.032,
     views_per_video=8,
     student_model="vfl-nano", student_opts=("embed_dim=16", *_TWO_STAGES), student_frames=4,
     student_size=32, student_epochs=32, student_warmup=2, student_lr=0.064, student_batch=8,
