@@ -26,7 +26,7 @@ from typing import Any
 
 from dvfl_cache.errors import DvflError
 
-from dvfl_train.schedule import scaled_lr
+from dvfl_train.schedule import OPTIMIZERS, scaled_lr
 
 __all__ = ["CONFIG_VERSION", "ConfigError", "FitConfig", "load_config"]
 
@@ -185,8 +185,8 @@ class FitConfig:
         need(0.0 <= self.min_lr <= self.base_lr,
              f"min_lr={self.min_lr} must be in [0, base_lr={self.base_lr}]")
         need(self.weight_decay >= 0.0, f"weight_decay={self.weight_decay} must be >= 0")
-        need(self.optimizer in ("sgd", "adamw"),
-             f"optimizer={self.optimizer!r} must be sgd or adamw")
+        need(self.optimizer in OPTIMIZERS,
+             f"optimizer={self.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
         need(0.0 <= self.momentum < 1.0, f"momentum={self.momentum} must be in [0, 1)")
         need(self.clip_grad is None or self.clip_grad > 0.0,
              f"clip_grad={self.clip_grad} must be > 0 (or None for no clipping)")

@@ -23,7 +23,8 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["OPTIMIZERS", "REFERENCE_BATCH", "build_optimizer", "lr_at", "param_groups", "scaled_lr", "set_lr"]
+__all__ = ["OPTIMIZERS", "REFERENCE_BATCH", "build_optimizer", "lr_at", "param_groups", "scaled_lr",
+           "set_lr"]
 
 REFERENCE_BATCH = 512
 """The global batch the recipe's learning rates are quoted for."""

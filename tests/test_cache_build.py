@@ -175,8 +175,10 @@ def test_area_option_bounds_the_stored_crops_and_bad_ranges_are_refused(synth_ro
     area = crop[:, 2] * crop[:, 3]
     # pixel rounding of a 32x32 frame moves the area by at most a few percent
     assert area.min() > 0.55 and area.max() < 0.95, (area.min(), area.max())
-    for bad in ("0.9,0.1", "0,1", "half"):
+    bad_values = [("--area", "0.9,0.1"), ("--area", "0,1"), ("--area", "half"),
+                  ("--jitter", "0.1,0.2"), ("--jitter", "a,b,c,d")]
+    for flag, bad in bad_values:
         res = CliRunner().invoke(cache_cli, build_args(synth_root, tmp_path / "x.zarr",
-                                                       "--area", bad))
-        assert res.exit_code == 2 and "--area" in res.output, res.output
+                                                       flag, bad))
+        assert res.exit_code == 2 and flag in res.output, res.output
         assert not (tmp_path / "x.zarr").exists()

@@ -264,6 +264,11 @@ def test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache(synth_root, k
 
     defaults = {f.name: f.default for f in dataclasses.fields(FitConfig)}
     assert {k: defaults[k] for k in DEFAULTS} == DEFAULTS
+    from dvfl_train.commands.fit import fit_cmd
+    from dvfl_train.schedule import OPTIMIZERS
+
+    choice = next(o for o in fit_cmd.params if o.name == "optimizer").type.choices
+    assert tuple(choice) == OPTIMIZERS  # the CLI's list mirrors the library's
 
     cache, _ = kd_cache
     args = ["fit", "--dataset", "ucf101", "--root", str(synth_root), "--cache", str(cache),

@@ -132,17 +132,17 @@ class Demo:
     def steps(self) -> list[Step]:
         p = self.p
         area = f"{_fmt(p.area[0])},{_fmt(p.area[1])}"
-        flips = [a for s in (*p.sampler_opts, f"area=[{area}]") for a in ("--sampler-opt", s)]
-        teacher_views = flips + ["--sampler-opt", f"temporal={p.temporal}", "--sampler-opt",
+        view_opts = [a for s in (*p.sampler_opts, f"area=[{area}]") for a in ("--sampler-opt", s)]
+        teacher_views = view_opts + ["--sampler-opt", f"temporal={p.temporal}", "--sampler-opt",
                                  f"stride={p.stride}"]
         # Students replay the cached views subsampled to fewer frames over the same span; their
         # validation and test views should span about as much.
-        student_views = flips + ["--sampler-opt", f"temporal={p.temporal}", "--sampler-opt",
+        student_views = view_opts + ["--sampler-opt", f"temporal={p.temporal}", "--sampler-opt",
                                  f"stride={p.student_stride}"]
         data = ["--dataset", "ucf101", "--root", str(self.data)]
         common = ["--workers", str(p.workers), "--device", "cpu"]
-        optim = ["--optimizer", p.optimizer, "--weight-decay", _fmt(p.weight_decay),
-                 "--val-every", str(p.val_every)]
+        optim = ["--optimizer", p.optimizer, "--weight-decay", _fmt(p.weight_decay)]
+        val = ["--val-every", str(p.val_every)]
         synth = ["dvfl-cache", "synth", "--out", str(self.data), "--classes", str(p.classes),
                  "--videos-per-class", str(p.videos_per_class), "--size", str(p.video_size),
                  "--frames", str(p.video_frames), "--workers", "2"]
@@ -152,20 +152,18 @@ class Demo:
                       *teacher_views,
                       "--alpha", "0", "--epochs", str(p.teacher_epochs),
                       "--warmup-epochs", str(p.teacher_warmup), "--lr", _fmt(p.teacher_lr),
-                      *optim, "--batch-size", str(p.batch_size), *common,
+                      *optim, *val, "--batch-size", str(p.batch_size), *common,
                       "--out", str(self.teacher)])
         if self.teacher.exists():
             teacher.append("--resume")
         evaluate = (["dvfl-train", "eval", "--checkpoint", str(self.teacher / "best.pt"), *data]
                     + [a for v in p.teacher_eval_views for a in ("--views", v)]
-                    + ["--batch-size", str(p.batch_size), "--workers", str(p.workers),
-                       "--device", "cpu"])
+                    + ["--batch-size", str(p.batch_size), *common])
         build = ["dvfl-cache", "build", *data, "--teacher", str(self.teacher / "best.pt"),
                  "--views-per-video", str(p.views_per_video), "--sampler", p.temporal,
                  "--stride", str(p.stride), "--frames", str(p.teacher_frames),
                  "--size", str(p.teacher_size), "--flip", "0", "--area", area,
-                 "--batch-size", str(p.batch_size), "--workers", str(p.workers),
-                 "--device", "cpu", "--out", str(self.cache)]
+                 "--batch-size", str(p.batch_size), *common, "--out", str(self.cache)]
         if self.cache.exists():
             build.append("--resume")
         sweep = (["dvfl-train", "sweep", *data, "--cache", str(self.cache),
@@ -176,7 +174,7 @@ class Demo:
                  + ["--frames", str(p.student_frames), "--size", str(p.student_size),
                     *student_views,
                     "--epochs", str(p.student_epochs), "--warmup-epochs", str(p.student_warmup),
-                    "--lr", _fmt(p.student_lr), *optim,
+                    "--lr", _fmt(p.student_lr), *optim, *val,
                     "--batch-size", str(p.student_batch or p.batch_size), *common,
                     "--eval-views", ",".join(p.eval_views), "--out", str(self.sweep)])
         if self.sweep.exists():

@@ -67,22 +67,12 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
     from dvfl_cache.cache.build import BuildConfig, build_cache
 
     sampler_opts = {"temporal": sampler, "stride": stride, "flip": flip_p, "gray_p": gray_p}
-    try:
-        lo, hi = (float(x) for x in area.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected two numbers MIN,MAX, got {area!r}",
-                                 param_hint="--area") from None
+    lo, hi = _numbers(area, 2, "--area", "two numbers MIN,MAX")
     if not 0 < lo <= hi <= 1:
         raise click.BadParameter(f"need 0 < MIN <= MAX <= 1, got {area!r}", param_hint="--area")
     sampler_opts["area"] = [lo, hi]
     if jitter:
-        try:
-            values = [float(x) for x in jitter.split(",")]
-        except ValueError:
-            values = []
-        if len(values) != 4:
-            raise click.BadParameter("expected four numbers B,C,S,H", param_hint="--jitter")
-        sampler_opts["jitter"] = values
+        sampler_opts["jitter"] = _numbers(jitter, 4, "--jitter", "four numbers B,C,S,H")
     index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
     cfg = BuildConfig(out=out, teacher=teacher, weights=weights, random_weights=random_weights,
                       teacher_opts=parse_key_values(teacher_opts, "--teacher-opt"),
@@ -111,3 +101,14 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
                        f"marked missing:", err=True)
             for v, reason in sorted(result.failed.items()):
                 click.echo(f"  {index.videos[v].path}: {reason}", err=True)
+
+
+def _numbers(text: str, count: int, flag: str, what: str) -> list[float]:
+    """`count` comma-separated numbers, or a usage error naming the option."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise click.BadParameter(f"expected {what}, got {text!r}", param_hint=flag)
+    return values

@@ -104,6 +104,7 @@ loss_schedule_options = _group(
     click.option("--lr", "base_lr", type=click.FloatRange(0, min_open=True),
                  default=DEFAULTS["base_lr"], show_default=True,
                  help="Base LR for a batch of 512 (scaled linearly with --batch-size)."),
+    # the choices mirror dvfl_train.schedule.OPTIMIZERS (importing it would import torch)
     click.option("--optimizer", type=click.Choice(["sgd", "adamw"]),
                  default=DEFAULTS["optimizer"], show_default=True,
                  help="sgd with momentum 0.9 (the DVFL-Net recipe) or adamw (Video-FocalNet's; "
