@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,8 @@ from dvfl_cache.data.views import ViewSampler
 from dvfl_cache.errors import CheckpointError, DvflError, VideoDecodeError
 from dvfl_train.metrics import AccuracyReport, accuracy_report, topk_correct
 
-__all__ = ["EvalResult", "ViewLayout", "check_classes", "evaluate", "load_for_eval",
-           "load_video_views", "parse_views", "report_with_misses", "test_sampler",
+__all__ = ["EvalResult", "ViewLayout", "check_classes", "evaluate", "evaluate_many",
+           "load_for_eval", "load_video_views", "parse_views", "report_with_misses", "test_sampler",
            "write_eval_json"]
 
 log = logging.getLogger(__name__)
@@ -259,21 +259,40 @@ def evaluate(model: torch.nn.Module, index: DatasetIndex, *, clips: int = 1, cro
     may span passes). ``amp`` runs the forward under bf16 autocast on CUDA (ignored elsewhere);
     softmax and averaging are float32. ``progress(k)`` is told when k more videos are done.
     """
+    return evaluate_many([model], index, clips=clips, crops=crops, num_frames=num_frames,
+                         size=size, temporal=temporal, stride=stride, batch_size=batch_size,
+                         workers=workers, device=device, amp=amp, progress=progress)[0]
+
+
+def evaluate_many(models: Sequence[torch.nn.Module], index: DatasetIndex, *, clips: int = 1,
+                  crops: int = 1, num_frames: int, size: int, temporal: str = "segment",
+                  stride: int = 4, batch_size: int = 8, workers: int = 0,
+                  device: str | torch.device = "cpu", amp: bool = False,
+                  progress: Callable[[int], None] | None = None) -> list[EvalResult]:
+    """``evaluate`` for several models that take the same clips, from one decoding pass.
+
+    Decoding dominates the evaluation of small students, and a sweep's students all see the same
+    test views: each batch of views is decoded once and scored by every model. Each result is
+    exactly what ``evaluate`` gives that model alone.
+    """
+    if not models:
+        raise ValueError("evaluate_many needs at least one model")
     if len(index) == 0:
         raise DvflError(f"index of {index.kind} {index.subset} (root {index.root}) has no videos "
                         "to evaluate")
     if batch_size < 1 or workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size}, {workers}")
-    net = _bare(model)
-    model_frames = getattr(net, "num_frames", None)
-    if model_frames is not None and model_frames != num_frames:
-        raise DvflError(f"the model takes {model_frames}-frame clips, evaluation asked for "
-                        f"{num_frames} frames")
     num_classes = index.num_classes
-    model_classes = getattr(net, "num_classes", None)
-    if model_classes is not None and model_classes != num_classes:
-        raise DvflError(f"the model has {model_classes} classes, the {index.kind} index "
-                        f"({index.subset}) has {num_classes}")
+    for model in models:
+        net = _bare(model)
+        model_frames = getattr(net, "num_frames", None)
+        if model_frames is not None and model_frames != num_frames:
+            raise DvflError(f"the model takes {model_frames}-frame clips, evaluation asked for "
+                            f"{num_frames} frames")
+        model_classes = getattr(net, "num_classes", None)
+        if model_classes is not None and model_classes != num_classes:
+            raise DvflError(f"the model has {model_classes} classes, the {index.kind} index "
+                            f"({index.subset}) has {num_classes}")
     layout = ViewLayout(clips, crops)
     sampler = test_sampler(clips=clips, crops=crops, num_frames=num_frames, temporal=temporal,
                            stride=stride)
@@ -285,12 +304,13 @@ def evaluate(model: torch.nn.Module, index: DatasetIndex, *, clips: int = 1, cro
                         pin_memory=device.type == "cuda", persistent_workers=False)
     use_amp = amp and device.type == "cuda"
 
-    probs = np.full((len(index), num_classes), np.nan, dtype=np.float32)
+    probs = [np.full((len(index), num_classes), np.nan, dtype=np.float32) for _ in models]
     labels = np.array([v.label for v in index.videos], dtype=np.int64)
     failed: list[tuple[str, str]] = []
     decoded = np.zeros(len(index), dtype=bool)
-    was_training = model.training
-    model.eval()
+    was_training = [model.training for model in models]
+    for model in models:
+        model.eval()
     try:
         with torch.inference_mode():
             for items in loader:
@@ -298,40 +318,45 @@ def evaluate(model: torch.nn.Module, index: DatasetIndex, *, clips: int = 1, cro
                 failed.extend((it["path"], it["error"]) for it in items if it["error"] is not None)
                 if good:
                     clips_in = torch.cat([it["clips"] for it in good])  # (B*V, T, 3, S, S)
-                    view_probs = []
+                    view_probs: list[list[torch.Tensor]] = [[] for _ in models]
                     for start in range(0, clips_in.shape[0], batch_size):
                         x = clips_in[start:start + batch_size].to(device, non_blocking=True)
-                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                            logits = model(x)
-                        if logits.ndim != 2 or logits.shape[1] != num_classes:
-                            raise DvflError(f"the model gives logits of shape "
-                                            f"{tuple(logits.shape)}, the index has "
-                                            f"{num_classes} classes")
-                        view_probs.append(logits.float().softmax(dim=1).cpu())
-                    per_view = torch.cat(view_probs).view(len(good), num_views, num_classes)
-                    video_probs = per_view.mean(dim=1).numpy()
-                    for row, it in zip(video_probs, good):
-                        probs[it["video"]] = row
-                        decoded[it["video"]] = True
+                        for model, out in zip(models, view_probs):
+                            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                                logits = model(x)
+                            if logits.ndim != 2 or logits.shape[1] != num_classes:
+                                raise DvflError(f"the model gives logits of shape "
+                                                f"{tuple(logits.shape)}, the index has "
+                                                f"{num_classes} classes")
+                            out.append(logits.float().softmax(dim=1).cpu())
+                    rows = [it["video"] for it in good]
+                    for model_probs, out in zip(probs, view_probs):
+                        per_view = torch.cat(out).view(len(good), num_views, num_classes)
+                        model_probs[rows] = per_view.mean(dim=1).numpy()
+                    decoded[rows] = True
                 if progress is not None:
                     progress(len(items))
     finally:
-        model.train(was_training)
+        for model, flag in zip(models, was_training):
+            model.train(flag)
 
-    ok = decoded & np.isfinite(probs).all(axis=1)
-    if (decoded & ~ok).any():  # a diverged model: loud, but the run's numbers stay well defined
-        log.warning("the model gave non-finite scores for %d decoded video(s); they count as "
-                    "misses", int((decoded & ~ok).sum()))
-        probs[decoded & ~ok] = np.nan
-    report = report_with_misses(probs, labels, ok, num_classes)
     if failed:
         log.warning("%d of %d video(s) failed to decode and count as misses:\n%s", len(failed),
                     len(index), "\n".join(f"  {p}: {r}" for p, r in failed))
-    result = EvalResult(report=report, failed=failed, probs=probs, labels=labels,
-                        num_views=num_views, views=layout.label, num_frames=num_frames, size=size,
-                        temporal=temporal, stride=stride)
-    log.debug("%s", result.summary())
-    return result
+    results = []
+    for model_probs in probs:
+        ok = decoded & np.isfinite(model_probs).all(axis=1)
+        if (decoded & ~ok).any():  # a diverged model: loud, but the run's numbers stay defined
+            log.warning("the model gave non-finite scores for %d decoded video(s); they count "
+                        "as misses", int((decoded & ~ok).sum()))
+            model_probs[decoded & ~ok] = np.nan
+        report = report_with_misses(model_probs, labels, ok, num_classes)
+        result = EvalResult(report=report, failed=list(failed), probs=model_probs,
+                            labels=labels, num_views=num_views, views=layout.label,
+                            num_frames=num_frames, size=size, temporal=temporal, stride=stride)
+        log.debug("%s", result.summary())
+        results.append(result)
+    return results
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -1,7 +1,8 @@
 """Alpha/tau sweeps: one student per grid point, trained side by side from one decoded batch.
 
     grid (alphas x taus x seeds, + a CE baseline per seed) -> groups of --parallel students ->
-    train_students per group -> evaluate each best.pt (1 view, 4x3) -> results.csv/.md + plots
+    train_students per group -> evaluate every best.pt, one decoding pass per test layout shared
+    by the students -> results.csv/.md + plots
 
 Why this shape:
 - Decoding dominates the cost of a small student, so every student of a group steps on each
@@ -17,7 +18,7 @@ Why this shape:
   sweep_train.json); the tables and plots are rebuilt from those files, so a resumed sweep
   reports the students of earlier sessions exactly like the new ones.
 - Wall time: a group's students train together, so a run's training wall time is its group's
-  (shared, not its own), plus the run's own evaluation time; results.md says so.
+  (shared, not its own), plus its share of the evaluation passes; results.md says so.
 """
 
 from __future__ import annotations
@@ -312,45 +313,58 @@ def _device(name: str):
 
 
 def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
-    """Each run's best.pt at every layout not yet evaluated, on the full test subset."""
-    from dvfl_train.evaluate import check_classes, evaluate, load_for_eval, write_eval_json
+    """Each run's best.pt at every layout not yet evaluated, on the full test subset.
+
+    The students of a sweep share their clip geometry, so each layout is one decoding pass
+    scored by all students that miss it (in groups of ``--parallel``): a run's ``eval_time_s``
+    is its share of that pass, and ``eval_shared_by`` says by how many students.
+    """
+    from dvfl_train.evaluate import check_classes, evaluate_many, load_for_eval, write_eval_json
     from dvfl_train.train_data import val_index
 
-    layouts = [parse_layout(v) for v in cfg.eval_views]
     index = None
     device = _device(cfg.base.device)
-    for p in cfg.points:
-        run = cfg.run_dir(p)
-        missing = [lay for lay in layouts if not (run / f"eval_{lay.label}.json").exists()]
-        for lay in layouts:
-            if lay not in missing:
+    for lay in (parse_layout(v) for v in cfg.eval_views):
+        todo = []
+        for p in cfg.points:
+            if (cfg.run_dir(p) / f"eval_{lay.label}.json").exists():
                 emit(SweepEvent("skip", name=p.name, views=lay.label, message=f"eval {lay.label}"))
-        if not missing:
-            continue
-        if index is None:  # the split's test list (or --val-index), whole: not --val-subset
-            index = val_index(dataclasses.replace(cfg.base, val_subset=None))
-        best = run / "best.pt"
-        if not best.exists():
-            raise SweepError(f"{best}: no best checkpoint to evaluate (did training finish?)")
-        model, classes, info = load_for_eval(best)
-        check_classes(best, model, classes, index)
-        model.to(device)
-        for lay in missing:
+            else:
+                todo.append(p)
+        for group in group_points(todo, cfg.parallel) if todo else []:
+            if index is None:  # the split's test list (or --val-index), whole: not --val-subset
+                index = val_index(dataclasses.replace(cfg.base, val_subset=None))
+            models, infos = [], []
+            for p in group:
+                best = cfg.run_dir(p) / "best.pt"
+                if not best.exists():
+                    raise SweepError(f"{best}: no best checkpoint to evaluate (did training "
+                                     "finish?)")
+                model, classes, info = load_for_eval(best)
+                check_classes(best, model, classes, index)
+                models.append(model.to(device))
+                infos.append(info)
+            geometry = {k: infos[0][k] for k in ("num_frames", "size", "temporal", "stride")}
+            for p, info in zip(group, infos):
+                if any(info[k] != v for k, v in geometry.items()):
+                    raise SweepError(f"{cfg.run_dir(p) / 'best.pt'}: trained on other clips "
+                                     f"than {group[0].name}; not a run of this sweep")
             started = time.perf_counter()
-            result = evaluate(model, index, clips=lay.clips, crops=lay.crops,
-                              num_frames=info["num_frames"], size=info["size"],
-                              temporal=info["temporal"], stride=info["stride"],
-                              batch_size=cfg.base.batch_size, workers=cfg.base.workers,
-                              device=device, amp=cfg.base.amp)
-            seconds = time.perf_counter() - started
-            write_eval_json(result, run / f"eval_{lay.label}.json", classes=index.classes,
-                            checkpoint=str(best), epoch=info.get("epoch"), arch=info.get("arch"),
-                            dataset={"kind": index.kind, "split": index.split,
-                                     "subset": index.subset, "root": index.root,
-                                     "digest": index.digest},
-                            eval_time_s=seconds)
-            log.debug("%s %s: %s", p.name, lay.label, result.summary())
-            emit(SweepEvent("eval", name=p.name, views=lay.label, message=result.summary()))
+            results = evaluate_many(models, index, clips=lay.clips, crops=lay.crops, **geometry,
+                                    batch_size=cfg.base.batch_size, workers=cfg.base.workers,
+                                    device=device, amp=cfg.base.amp)
+            share = (time.perf_counter() - started) / len(group)
+            for p, info, result in zip(group, infos, results):
+                write_eval_json(result, cfg.run_dir(p) / f"eval_{lay.label}.json",
+                                classes=index.classes, checkpoint=info["path"],
+                                epoch=info.get("epoch"), arch=info.get("arch"),
+                                dataset={"kind": index.kind, "split": index.split,
+                                         "subset": index.subset, "root": index.root,
+                                         "digest": index.digest},
+                                eval_time_s=share, eval_shared_by=len(group))
+                log.debug("%s %s: %s", p.name, lay.label, result.summary())
+                emit(SweepEvent("eval", name=p.name, views=lay.label,
+                                message=result.summary()))
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -224,7 +224,8 @@ def results_markdown(cfg: SweepConfig, rows: Sequence[RunResult],
     lines += ["", "Wall time: the students of a group train side by side from one decoded batch, "
               "so a run's *train wall* is its whole group's training wall time (shared, not its "
               f"own; groups of {cfg.parallel or 'all'} students, summed over resumed sessions); "
-              "*wall* adds the run's own evaluation time. results.csv holds the same rows with "
+              "*eval* is the run's share of the test passes, which decode each video once for all "
+              "students; *wall* adds the two. results.csv holds the same rows with "
               "accuracies as fractions."]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]

@@ -16,6 +16,13 @@ import torch
 # make each tiny forward many times slower. Subprocesses get OMP_NUM_THREADS=1 from the tests.
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def _keep_one_thread():
+    """CLI commands set torch's thread count (dvfl_cache.threads); keep tests at one."""
+    yield
+    torch.set_num_threads(1)
+
 # The tiny dataset: 4 classes x 4 videos (split 1: 2 train + 2 test per class), 32x32, 16 frames.
 SYNTH_TINY = dict(classes=4, videos_per_class=4, width=32, height=32, frames=16, seed=0)
 

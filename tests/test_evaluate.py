@@ -20,8 +20,8 @@ from dvfl_cache.models import create_model, save_checkpoint
 from dvfl_train.checkpoint import RunDir, training_state
 from dvfl_train.cli import main
 from dvfl_train.config import FitConfig
-from dvfl_train.evaluate import (ViewLayout, check_classes, evaluate, load_for_eval, parse_views,
-                                 report_with_misses)
+from dvfl_train.evaluate import (ViewLayout, check_classes, evaluate, evaluate_many,
+                                 load_for_eval, parse_views, report_with_misses)
 
 FRAMES, SIZE, CLASSES = 2, 32, ("a", "b", "c", "d")
 
@@ -165,6 +165,33 @@ def test_progress_counts_every_video(model, wide_index, tmp_path):
     assert sum(done) == len(index) == 4
 
 
+def test_many_models_share_one_decode_and_match_their_own_evaluation(wide_index, tmp_path,
+                                                                      monkeypatch):
+    import dvfl_train.evaluate as ev
+
+    index = with_broken(wide_index, tmp_path, label=3)
+    models = [tiny_model(seed=s) for s in (0, 1, 2)]
+    models[1].train()
+    alone = [evaluate(m, index, clips=2, crops=3, num_frames=FRAMES, size=SIZE, batch_size=4)
+             for m in models]
+    decodes = []
+    real = ev.load_video_views
+    monkeypatch.setattr(ev, "load_video_views", lambda *a, **k: decodes.append(a[0]) or
+                        real(*a, **k))
+    together = evaluate_many(models, index, clips=2, crops=3, num_frames=FRAMES, size=SIZE,
+                             batch_size=4)
+    assert len(decodes) == len(index) == 4  # each video once, not once per model
+    assert [m.training for m in models] == [False, True, False]
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a.probs, b.probs)
+        assert (a.report.top1, a.report.top5, a.failed) == (b.report.top1, b.report.top5,
+                                                              b.failed)
+    # the models really differ, so equal results are not one model's scores copied
+    assert np.abs(together[0].probs[:3] - together[1].probs[:3]).max() > 1e-3
+    with pytest.raises(ValueError, match="at least one model"):
+        evaluate_many([], index, num_frames=FRAMES, size=SIZE)
+
+
 # -- failures count as misses ---------------------------------------------------------------------
 
 def test_broken_video_is_a_reported_miss(model, wide_index, tmp_path):
@@ -281,8 +308,10 @@ def test_eval_command_writes_json_and_counts_failures(model, synth_root, synth_t
     save_index(index, tmp_path / "index.json")
     res = CliRunner().invoke(main, ["eval", "--checkpoint", str(ckpt), "--index",
                                     str(tmp_path / "index.json"), "--views", "1", "--views",
-                                    "2x3", "--workers", "0", "--device", "cpu"])
+                                    "2x3", "--workers", "0", "--device", "cpu",
+                                    "--threads", "2"])
     assert res.exit_code == 0, res.output
+    assert torch.get_num_threads() == 2  # the command applied --threads (tests run at 1)
     assert "top-1 (%)" in res.output and "GMACs/view" in res.output
     assert res.output.count("over 9 videos") == 2
     assert "of which 1 failed to decode and count as misses" in res.output

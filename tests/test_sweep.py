@@ -174,6 +174,7 @@ def test_cli_sweep_writes_tables_and_plots_and_equals_fit(synth_root, cache, tmp
             ev = json.loads((run / f"eval_{views}.json").read_text())
             assert float(r[f"top1_{col}"]) == ev["top1"] and float(r[f"top5_{col}"]) == ev["top5"]
             assert ev["num_videos"] == 8 and ev["dataset"]["subset"] == "test"
+            assert ev["eval_shared_by"] == 3  # one test pass per layout for the 3 students
         eval_s = sum(json.loads((run / f"eval_{v}.json").read_text())["eval_time_s"]
                      for v in ("1", "4x3"))
         assert float(r["eval_s"]) == pytest.approx(eval_s)

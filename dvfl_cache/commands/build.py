@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from dvfl_cache.commands.options import dataset_options, index_from_options, parse_key_values
+from dvfl_cache.commands.options import (dataset_options, index_from_options, parse_key_values,
+                                         threads_option)
 
 
 @click.command("build")
@@ -49,12 +50,13 @@ from dvfl_cache.commands.options import dataset_options, index_from_options, par
               help="Decoding processes.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if "
                                              "available).")
+@threads_option
 @click.option("--resume", is_flag=True, help="Finish an interrupted build of the same cache.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, teacher, weights,
               random_weights, teacher_opts, views_per_video, sampler, stride, frames, size,
               flip_p, area, jitter, gray_p, seed, out, dtype, features, views_per_shard, batch_size,
-              workers, device, resume, overwrite):
+              workers, device, threads, resume, overwrite):
     """Run the teacher once over every sampled view and store its raw logits.
 
     Resumable (--resume) after any crash; under `torchrun --nproc-per-node N dvfl-cache build
@@ -65,6 +67,7 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
     from tqdm import tqdm
 
     from dvfl_cache.cache.build import BuildConfig, build_cache
+    from dvfl_cache.threads import set_compute_threads
 
     sampler_opts = {"temporal": sampler, "stride": stride, "flip": flip_p, "gray_p": gray_p}
     lo, hi = _numbers(area, 2, "--area", "two numbers MIN,MAX")
@@ -80,6 +83,7 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
                       size=size, seed=seed, dtype=dtype, features=features,
                       views_per_shard=views_per_shard, batch_size=batch_size, workers=workers,
                       device=device, resume=resume, overwrite=overwrite)
+    set_compute_threads(device=device, workers=workers, threads=threads)
     rank = int(os.environ.get("RANK", "0"))
     bar = tqdm(desc=f"build[{rank}]" if "WORLD_SIZE" in os.environ else "build", unit="view",
                disable=rank != 0, dynamic_ncols=True)

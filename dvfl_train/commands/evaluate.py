@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dvfl_cache.commands.options import dataset_options, index_from_options
+from dvfl_cache.commands.options import dataset_options, index_from_options, threads_option
 
 
 def _views(ctx, param, values):
@@ -85,13 +85,14 @@ _ckpt_opt = click.option("--checkpoint", required=True,
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(0),
               help="Decoding processes.")
 @_device_opt
+@threads_option
 @_amp_opt
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for eval_<views>.json; default: the checkpoint's folder.")
 def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir, annotations,
              layouts, frames: int | None, size: int | None, temporal: str | None,
-             stride: int | None, batch_size: int, workers: int, device: str, amp: bool,
-             out: str | None) -> None:
+             stride: int | None, batch_size: int, workers: int, device: str, threads: int,
+             amp: bool, out: str | None) -> None:
     """Top-1/top-5, per-class accuracy and confusion of a checkpoint on a dataset subset.
 
     Writes eval_<views>.json (per-class accuracy, confusion matrix, failed videos) next to the
@@ -100,6 +101,7 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
     from tqdm import tqdm
 
     from dvfl_cache.models.flops import count_gmacs
+    from dvfl_cache.threads import set_compute_threads
     from dvfl_train.evaluate import check_classes, evaluate, load_for_eval, write_eval_json
 
     index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
@@ -107,6 +109,7 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
     check_classes(checkpoint, model, classes, index)
     geometry = _geometry(info, frames, size, temporal, stride)
     dev = _device(device)
+    set_compute_threads(device=str(dev), workers=workers, threads=threads)
     model.to(dev)
     gmacs = count_gmacs(model, frames=geometry["num_frames"], size=geometry["size"])
     out_dir = Path(out) if out else Path(checkpoint).resolve().parent

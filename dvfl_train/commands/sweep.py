@@ -81,7 +81,7 @@ def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_vi
     """
     import os
 
-
+    from dvfl_cache.threads import set_compute_threads
     from dvfl_train.sweep import SweepConfig, expand_grid, run_sweep
 
     try:
@@ -89,8 +89,10 @@ def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_vi
                              baseline=not no_baseline)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    threads = shared.pop("threads")
     cfg = fit_config(out_dir=out_dir, alpha=max(p.alpha for p in points), tau=taus[0],
                      seed=seed, **shared)
+    set_compute_threads(device=cfg.device, workers=cfg.workers, threads=threads)
     sweep = SweepConfig(base=cfg, points=tuple(points), parallel=parallel,
                         eval_views=eval_views)
     main_rank = int(os.environ.get("RANK", "0")) == 0

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from dvfl_cache.commands.data import KINDS
-from dvfl_cache.commands.options import parse_key_values
+from dvfl_cache.commands.options import parse_key_values, threads_option
 from dvfl_cache.models.registry import MODEL_NAMES
 
 __all__ = ["DEFAULTS", "data_model_options", "fit_config", "loss_schedule_options",
@@ -120,6 +120,7 @@ runtime_options = _group(
                  show_default=True, help="Decoding processes."),
     click.option("--device", default=DEFAULTS["device"], show_default=True,
                  help="auto, cpu, cuda, cuda:N or mps."),
+    threads_option,
     click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA."),
 )
 

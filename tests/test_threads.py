@@ -1,0 +1,81 @@
+"""CPU compute threads: the cores the decoding workers leave, unless the user chooses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dvfl_cache import threads as th
+
+
+@pytest.mark.parametrize("cores, workers, local, expected", [
+    (2, 1, 1, 1), (2, 0, 1, 2), (16, 4, 1, 12), (16, 4, 2, 4), (1, 3, 1, 1), (8, 8, 1, 1)])
+def test_auto_threads(cores, workers, local, expected):
+    assert th.auto_threads(cores=cores, workers=workers, local_processes=local) == expected
+
+
+@pytest.mark.parametrize("kw", [dict(cores=0, workers=0), dict(cores=2, workers=-1),
+                                dict(cores=2, workers=0, local_processes=0)])
+def test_auto_threads_refuses_nonsense(kw):
+    with pytest.raises(ValueError):
+        th.auto_threads(**kw)
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """An 8-core machine where torch's own default was 6 threads, no OMP_NUM_THREADS."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(th, "available_cores", lambda: 8)
+    monkeypatch.setattr(th, "_torch_default", 6)
+
+
+def test_cpu_run_gets_the_cores_left_by_the_workers(machine, monkeypatch):
+    assert th.set_compute_threads(device="cpu", workers=2, threads=0) == 4
+    assert torch.get_num_threads() == 4
+    # torchrun with 3 processes on this machine: each gets its share, less its workers
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert th.set_compute_threads(device="cpu", workers=1, threads=0) == 1
+    assert torch.get_num_threads() == 1
+
+
+def test_auto_resolves_to_the_cpu_here(machine):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: auto means cuda")
+    assert th.set_compute_threads(device="auto", workers=1, threads=0) == 5
+    assert th.set_compute_threads(device=None, workers=0, threads=0) == 6
+
+
+def test_user_choice_wins(machine, monkeypatch):
+    assert th.set_compute_threads(device="cpu", workers=4, threads=3) == 3
+    assert torch.get_num_threads() == 3
+    torch.set_num_threads(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert th.set_compute_threads(device="cpu", workers=1, threads=0) is None
+    assert torch.get_num_threads() == 2
+
+
+def test_accelerators_keep_torch_default(machine):
+    torch.set_num_threads(2)
+    assert th.set_compute_threads(device="cuda:0", workers=1, threads=0) is None
+    assert torch.get_num_threads() == 2
+    # asked for explicitly, the count applies to the host threads there too
+    assert th.set_compute_threads(device="cuda", workers=1, threads=1) == 1
+
+
+def test_negative_threads_refused(machine):
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        th.set_compute_threads(device="cpu", workers=0, threads=-1)
+
+
+@pytest.mark.parametrize("prog, command", [("dvfl-cache", "build"), ("dvfl-train", "fit"),
+                                           ("dvfl-train", "sweep"), ("dvfl-train", "eval")])
+def test_commands_offer_threads(prog, command):
+    if prog == "dvfl-cache":
+        from dvfl_cache.cli import main
+    else:
+        from dvfl_train.cli import main
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--threads" in result.output and "decoding --workers" in result.output
