@@ -1,9 +1,9 @@
 """How many CPU threads compute uses while worker processes decode video on the same cores.
 
 PyTorch starts one intra-op thread per physical core, and each DataLoader worker is a separate
-process decoding on those same cores. On a small CPU machine the two fight: with 2 cores, a
-sweep of tiny students and the demo's teacher each ran 15-25% faster with 1 compute thread
-beside 1 decoding worker than with 2 + 1 (docs/demo.md, "Time"). So on the CPU the commands give
+process decoding on those same cores. On a small CPU machine the two fight: on 2 cores, the
+demo's sweep of tiny students took 25% less time, and its teacher 14% less, with 1 compute
+thread beside 1 decoding worker than with 2 + 1 (docs/demo.md, item 8). So on the CPU the commands give
 compute the cores that the workers (and the other processes of a torchrun on this machine)
 leave, unless the user says otherwise with ``--threads`` or ``OMP_NUM_THREADS``. On a GPU the
 host threads only launch kernels, so nothing is changed there unless asked.
