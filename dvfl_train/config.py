@@ -87,6 +87,9 @@ class FitConfig:
     # evaluation during training
     val_every: int = 1                # epochs between validations
     val_subset: int | None = None     # validate on this many videos; None = all
+    # validation/test views of test_span frames cut to num_frames, as a student replaying a
+    # T-frame teacher's views saw them in training; None = plain num_frames-frame views
+    test_span: int | None = None
     # runtime
     seed: int = 0                     # model init, drop path, and the data order by default
     data_seed: int | None = None      # data order (views, batches, mixup); None = seed
@@ -194,6 +197,8 @@ class FitConfig:
         need(self.val_every >= 1, f"val_every={self.val_every} must be >= 1")
         need(self.val_subset is None or self.val_subset >= 1,
              f"val_subset={self.val_subset} must be >= 1 (or None for the whole split)")
+        need(self.test_span is None or self.test_span >= self.num_frames,
+             f"test_span={self.test_span} must be >= num_frames={self.num_frames} (or None)")
         need(self.seed >= 0, f"seed={self.seed} must be >= 0")
         need(self.data_seed is None or self.data_seed >= 0,
              f"data_seed={self.data_seed} must be >= 0 (or None to use seed)")

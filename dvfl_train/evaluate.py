@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from dvfl_cache.data.decode import open_video
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.transforms import apply_view
-from dvfl_cache.data.views import ViewSampler
+from dvfl_cache.data.views import SubsampledViews, ViewSampler
 from dvfl_cache.errors import CheckpointError, DvflError, VideoDecodeError
 from dvfl_train.metrics import AccuracyReport, accuracy_report, topk_correct
 
@@ -91,14 +91,22 @@ def parse_views(text: str) -> ViewLayout:
 
 
 def test_sampler(*, clips: int = 1, crops: int = 1, num_frames: int, temporal: str = "segment",
-                 stride: int = 4) -> ViewSampler:
-    """The deterministic test-view sampler of an N x C layout."""
-    return ViewSampler(temporal=temporal, num_frames=num_frames, stride=stride, mode="test",
-                       clips=clips, crops=crops)
+                 stride: int = 4, span: int | None = None) -> ViewSampler | SubsampledViews:
+    """The deterministic test-view sampler of an N x C layout.
+
+    ``span`` (T > num_frames) draws T-frame views and cuts each to ``num_frames`` frames
+    (``SubsampledViews``): how a student that replayed a T-frame teacher's views is tested on
+    the views it learned from. None or ``num_frames``: plain ``num_frames``-frame views.
+    """
+    if span is not None and span < num_frames:
+        raise ValueError(f"test span of {span} frames cannot hold {num_frames} frames")
+    base = ViewSampler(temporal=temporal, num_frames=span or num_frames, stride=stride,
+                       mode="test", clips=clips, crops=crops)
+    return base if span in (None, num_frames) else SubsampledViews(base, num_frames)
 
 
-def load_video_views(path: str | os.PathLike, sampler: ViewSampler, size: int, *, video: int = 0,
-                     threads: int = 1) -> torch.Tensor:
+def load_video_views(path: str | os.PathLike, sampler: ViewSampler | SubsampledViews, size: int,
+                     *, video: int = 0, threads: int = 1) -> torch.Tensor:
     """Every test view of one video as float32 (V, T, 3, size, size); one decode for all views.
 
     Raises ``VideoDecodeError`` naming the file when it cannot be opened or decoded.
@@ -115,7 +123,7 @@ def load_video_views(path: str | os.PathLike, sampler: ViewSampler, size: int, *
 class _VideoViews(Dataset):
     """Item i: all test views of video i, or the reason it failed to decode."""
 
-    def __init__(self, index: DatasetIndex, sampler: ViewSampler, size: int):
+    def __init__(self, index: DatasetIndex, sampler: ViewSampler | SubsampledViews, size: int):
         self.index = index
         self.sampler = sampler
         self.size = size
@@ -163,6 +171,7 @@ class EvalResult:
     size: int
     temporal: str = "segment"
     stride: int = 4
+    span: int | None = None     # test views drawn with this many frames, cut to num_frames
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -194,6 +203,7 @@ class EvalResult:
             "size": self.size,
             "temporal": self.temporal,
             "stride": self.stride,
+            "span": self.span,
             "num_videos": self.num_videos,
             "num_failed": self.num_failed,
             **self.report.to_dict(),
@@ -250,7 +260,7 @@ def _bare(model: torch.nn.Module) -> torch.nn.Module:
 
 def evaluate(model: torch.nn.Module, index: DatasetIndex, *, clips: int = 1, crops: int = 1,
              num_frames: int, size: int, temporal: str = "segment", stride: int = 4,
-             batch_size: int = 8, workers: int = 0, device: str | torch.device = "cpu",
+             span: int | None = None, batch_size: int = 8, workers: int = 0, device: str | torch.device = "cpu",
              amp: bool = False, progress: Callable[[int], None] | None = None) -> EvalResult:
     """Score every video of ``index`` with the mean softmax over its clips x crops test views.
 
@@ -258,15 +268,17 @@ def evaluate(model: torch.nn.Module, index: DatasetIndex, *, clips: int = 1, cro
     restored afterwards. ``batch_size`` is the number of views per forward pass (a video's views
     may span passes). ``amp`` runs the forward under bf16 autocast on CUDA (ignored elsewhere);
     softmax and averaging are float32. ``progress(k)`` is told when k more videos are done.
+    ``span`` cuts T-frame test views to ``num_frames`` frames (``test_sampler``).
     """
     return evaluate_many([model], index, clips=clips, crops=crops, num_frames=num_frames,
-                         size=size, temporal=temporal, stride=stride, batch_size=batch_size,
+                         size=size, temporal=temporal, stride=stride, span=span,
+                         batch_size=batch_size,
                          workers=workers, device=device, amp=amp, progress=progress)[0]
 
 
 def evaluate_many(models: Sequence[torch.nn.Module], index: DatasetIndex, *, clips: int = 1,
                   crops: int = 1, num_frames: int, size: int, temporal: str = "segment",
-                  stride: int = 4, batch_size: int = 8, workers: int = 0,
+                  stride: int = 4, span: int | None = None, batch_size: int = 8, workers: int = 0,
                   device: str | torch.device = "cpu", amp: bool = False,
                   progress: Callable[[int], None] | None = None) -> list[EvalResult]:
     """``evaluate`` for several models that take the same clips, from one decoding pass.
@@ -295,7 +307,7 @@ def evaluate_many(models: Sequence[torch.nn.Module], index: DatasetIndex, *, cli
                             f"({index.subset}) has {num_classes}")
     layout = ViewLayout(clips, crops)
     sampler = test_sampler(clips=clips, crops=crops, num_frames=num_frames, temporal=temporal,
-                           stride=stride)
+                           stride=stride, span=span)
     device = torch.device(device)
     num_views = layout.num_views
     loader = DataLoader(_VideoViews(index, sampler, size),
@@ -353,7 +365,8 @@ def evaluate_many(models: Sequence[torch.nn.Module], index: DatasetIndex, *, cli
         report = report_with_misses(model_probs, labels, ok, num_classes)
         result = EvalResult(report=report, failed=list(failed), probs=model_probs,
                             labels=labels, num_views=num_views, views=layout.label,
-                            num_frames=num_frames, size=size, temporal=temporal, stride=stride)
+                            num_frames=num_frames, size=size, temporal=temporal, stride=stride,
+                            span=span)
         log.debug("%s", result.summary())
         results.append(result)
     return results
@@ -369,9 +382,10 @@ def load_for_eval(checkpoint_path: str | os.PathLike, *, num_frames: int | None 
 
     Returns ``(model, classes, info)``: ``classes`` are the class names stored with the weights
     (None when a plain checkpoint has none); ``info`` has the clip geometry the model was trained
-    on (``num_frames``, ``size``, ``temporal``, ``stride``) plus ``kind`` ("run" or "model"),
-    ``arch`` and ``epoch``. ``num_frames`` rebuilds the model for another clip length. The model
-    is on the CPU in eval mode.
+    on (``num_frames``, ``size``, ``temporal``, ``stride``, and ``span``: see ``test_sampler``)
+    plus ``kind`` ("run" or "model"), ``arch`` and ``epoch``. ``num_frames`` rebuilds the model
+    for another clip length (a shorter test span is then dropped). The model is on the CPU in
+    eval mode.
     """
     from dvfl_cache.models.weights import model_from_checkpoint, read_checkpoint
     from dvfl_train.config import ConfigError, FitConfig
@@ -409,12 +423,17 @@ def load_for_eval(checkpoint_path: str | os.PathLike, *, num_frames: int | None 
         sampler = cfg.sampler
         info = {"kind": "run", "num_frames": cfg.num_frames, "size": cfg.size,
                 "temporal": str(sampler.get("temporal", "segment")),
-                "stride": int(sampler.get("stride", 4))}
+                "stride": int(sampler.get("stride", 4)), "span": cfg.test_span}
     else:
         info = {"kind": "model", "num_frames": model.num_frames,
-                "size": int(model.config["img_size"]), "temporal": "segment", "stride": 4}
+                "size": int(model.config["img_size"]), "temporal": "segment", "stride": 4,
+                "span": None}
     if num_frames is not None:
         info["num_frames"] = int(num_frames)
+        if info["span"] is not None and info["span"] < num_frames:
+            log.info("%s: its test span of %d frames is shorter than %d frames; testing on plain "
+                     "%d-frame views", path, info["span"], num_frames, num_frames)
+            info["span"] = None
     elif info["num_frames"] != model.num_frames:
         raise CheckpointError(f"{path}: run config says {info['num_frames']} frames but the model "
                               f"was saved for {model.num_frames}")

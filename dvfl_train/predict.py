@@ -35,7 +35,7 @@ class Prediction:
 def predict_video(model: torch.nn.Module, path: str | os.PathLike, *,
                   classes: tuple[str, ...] | list[str] | None = None, clips: int = 1,
                   crops: int = 1, num_frames: int, size: int, temporal: str = "segment",
-                  stride: int = 4, topk: int = 5, batch_size: int = 8,
+                  stride: int = 4, span: int | None = None, topk: int = 5, batch_size: int = 8,
                   device: str | torch.device = "cpu", amp: bool = False,
                   threads: int = 0) -> Prediction:
     """Mean softmax over the video's clips x crops test views and its ``topk`` classes.
@@ -48,7 +48,7 @@ def predict_video(model: torch.nn.Module, path: str | os.PathLike, *,
         raise ValueError(f"topk must be >= 1, got {topk}")
     layout = ViewLayout(clips, crops)
     sampler = test_sampler(clips=clips, crops=crops, num_frames=num_frames, temporal=temporal,
-                           stride=stride)
+                           stride=stride, span=span)
     views = load_video_views(path, sampler, size, threads=threads)
     device = torch.device(device)
     was_training = model.training

@@ -344,7 +344,8 @@ def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
                 check_classes(best, model, classes, index)
                 models.append(model.to(device))
                 infos.append(info)
-            geometry = {k: infos[0][k] for k in ("num_frames", "size", "temporal", "stride")}
+            geometry = {k: infos[0][k] for k in ("num_frames", "size", "temporal", "stride",
+                                                 "span")}
             for p, info in zip(group, infos):
                 if any(info[k] != v for k, v in geometry.items()):
                     raise SweepError(f"{cfg.run_dir(p) / 'best.pt'}: trained on other clips "

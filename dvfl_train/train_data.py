@@ -33,8 +33,8 @@ from dvfl_cache.cache.store import CacheReader
 from dvfl_cache.data.decode import open_video
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.transforms import to_float, view_pixels
-from dvfl_cache.data.views import (View, ViewSampler, subsample_positions, subsample_view,
-                                   views_from_arrays)
+from dvfl_cache.data.views import (SubsampledViews, View, ViewSampler, subsample_positions,
+                                   subsample_view, views_from_arrays)
 from dvfl_cache.errors import CacheError, DvflError, VideoDecodeError
 
 from dvfl_train.config import FitConfig
@@ -349,7 +349,8 @@ def mix_batch(clip: torch.Tensor, labels: torch.Tensor, num_classes: int, *, mix
 # -- validation of several students from one decode -------------------------------------------
 
 def validate_many(models: Sequence[torch.nn.Module], index: DatasetIndex, *, num_frames: int,
-                  size: int, temporal: str = "segment", stride: int = 4, batch_size: int = 8,
+                  size: int, temporal: str = "segment", stride: int = 4,
+                  span: int | None = None, batch_size: int = 8,
                   workers: int = 0, device: str | torch.device = "cpu",
                   amp: bool = False) -> list[tuple[AccuracyReport, int]]:
     """1-view accuracy of every model, decoding each video once for all of them.
@@ -361,7 +362,7 @@ def validate_many(models: Sequence[torch.nn.Module], index: DatasetIndex, *, num
     """
     from dvfl_train.evaluate import report_with_misses, test_sampler
 
-    sampler = test_sampler(num_frames=num_frames, temporal=temporal, stride=stride)
+    sampler = test_sampler(num_frames=num_frames, temporal=temporal, stride=stride, span=span)
     device = torch.device(device)
     use_amp = amp and device.type == "cuda"
     num_classes = index.num_classes
@@ -400,7 +401,7 @@ def _as_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class _ValClips(Dataset):
-    def __init__(self, index: DatasetIndex, sampler: ViewSampler, size: int):
+    def __init__(self, index: DatasetIndex, sampler: ViewSampler | SubsampledViews, size: int):
         self.index, self.sampler, self.size = index, sampler, size
 
     def __len__(self) -> int:

@@ -367,6 +367,13 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{cfg.out_dir}: bad sampler options {cfg.sampler}: {exc}") from None
 
+    replayed = reader.meta.num_frames if reader is not None else (
+        teacher.num_frames if teacher is not None else cfg.num_frames)
+    if replayed > cfg.num_frames and cfg.test_span is None:
+        log.warning("the students replay the teacher's %d-frame views cut to %d frames but "
+                    "validate on plain %d-frame views, which may span less time; --test-span %d "
+                    "(with the teacher's --sampler-opt stride) validates on views like the "
+                    "training ones", replayed, cfg.num_frames, cfg.num_frames, replayed)
     students = [_open_student(c, s, dist, num_classes=num_classes, feature_dim=feature_dim,
                               resume=resume, overwrite=overwrite) for c, s in zip(configs, specs)]
     # The schedule runs over batch positions, epoch-aligned even when an epoch is short of
@@ -540,8 +547,9 @@ def _validate(active: list[Student], cfg: FitConfig, vindex, dist: _Dist,
     started = time.perf_counter()
     common = dict(num_frames=cfg.num_frames, size=cfg.size,
                   temporal=str(cfg.sampler.get("temporal", "segment")),
-                  stride=int(cfg.sampler.get("stride", 4)), batch_size=cfg.batch_size,
-                  workers=cfg.workers, device=dist.device, amp=cfg.amp)
+                  stride=int(cfg.sampler.get("stride", 4)), span=cfg.test_span,
+                  batch_size=cfg.batch_size, workers=cfg.workers, device=dist.device,
+                  amp=cfg.amp)
     if len(active) == 1:
         result = evaluate(active[0].net, vindex, clips=1, crops=1, **common)
         results = [(result.report, result.num_failed)]

@@ -110,6 +110,27 @@ def test_aggregation_is_mean_of_per_view_softmax(model, wide_index, clips, crops
     assert result.report.top5 == 1.0  # 4 classes: the true class is always in the top 5
 
 
+def test_test_span_cuts_longer_views(wide_index):
+    from dvfl_cache.data import SubsampledViews, subsample_view
+    from dvfl_train.evaluate import test_sampler
+
+    plain = test_sampler(clips=4, crops=3, num_frames=2, span=2)
+    assert plain == ViewSampler(mode="test", clips=4, crops=3, num_frames=2)
+    cut = test_sampler(clips=4, crops=3, num_frames=2, span=6, temporal="stride", stride=2)
+    long = ViewSampler(mode="test", clips=4, crops=3, num_frames=6, temporal="stride", stride=2)
+    assert cut == SubsampledViews(long, 2)
+    assert cut.views_per_video == 12 and cut.num_frames == 2
+    with open_video(wide_index.abspath(0)) as v:
+        for j in range(12):
+            view = cut.sample(0, j, v.info)
+            assert view == subsample_view(long.sample(0, j, v.info), 2)
+            assert view.frames[1] - view.frames[0] == 10  # the 6-frame view's first and last
+    with pytest.raises(ValueError, match="cannot hold"):
+        test_sampler(num_frames=4, span=3)
+    with pytest.raises(ValueError, match="cannot keep 5 of 4"):
+        SubsampledViews(ViewSampler(mode="test", num_frames=4), 5)
+
+
 def test_views_of_4x3_are_the_documented_layout(wide_index):
     """4 temporal positions x left/centre/right squares of the full short side."""
     sampler = ViewSampler(mode="test", clips=4, crops=3, num_frames=FRAMES)

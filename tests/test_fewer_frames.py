@@ -153,3 +153,51 @@ def test_more_student_frames_than_cached_is_refused(synth_root, caches, tmp_path
     assert str(caches[0]) in lines[0]
     assert "4 frames" in lines[0] and "cannot replay 8" in lines[0]
     assert not (out / "config.json").exists()
+
+
+def test_student_validates_and_tests_on_the_teacher_span(synth_root, synth_index, caches,
+                                                         tmp_path, monkeypatch, caplog):
+    """With --test-span 4, a 2-frame student of a 4-frame cache is validated in fit, and tested
+    by eval, on the 4-frame test views cut to 2 frames; without it, a warning says so."""
+    import dvfl_train.evaluate as ev
+    from dvfl_cache.data import SubsampledViews, ViewSampler, open_video, subsample_view
+    from dvfl_train.cli import main
+
+    used = []
+    real = ev.load_video_views
+    monkeypatch.setattr(ev, "load_video_views",
+                        lambda path, sampler, *a, **k: used.append(sampler) or
+                        real(path, sampler, *a, **k))
+    run = tmp_path / "spanned"
+    args = _fit_args(synth_root, caches[1], run, beta=0.0)
+    with caplog.at_level("WARNING", logger="dvfl_train.trainer"):
+        result = CliRunner().invoke(main, args + ["--test-span", "4"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert not [r for r in caplog.records if "--test-span" in r.getMessage()]
+    assert json.loads((run / "config.json").read_text())["test_span"] == 4
+    base = ViewSampler(num_frames=TEACHER_FRAMES, mode="test")
+    assert used and all(s == SubsampledViews(base, STUDENT_FRAMES) for s in used)
+    with open_video(synth_index.abspath(0)) as v:
+        info = v.info
+    view = used[0].sample(0, 0, info)
+    assert view == subsample_view(base.sample(0, 0, info), STUDENT_FRAMES)
+    assert len(view.frames) == STUDENT_FRAMES and view.frames != ViewSampler(
+        num_frames=STUDENT_FRAMES, mode="test").sample(0, 0, info).frames
+
+    # eval takes the span from the checkpoint; --test-span 0 asks for plain 2-frame views
+    used.clear()
+    spanned = _eval(run / "best.pt", synth_root, tmp_path / "e_span")
+    assert spanned["span"] == 4 and isinstance(used[0], SubsampledViews)
+    (val,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+              if '"val_top1"' in line]
+    assert spanned["top1"] == val["val_top1"]  # what fit validated on is what eval tests
+    used.clear()
+    plain = _eval(run / "best.pt", synth_root, tmp_path / "e_plain", "--test-span", "0")
+    assert plain["span"] is None and isinstance(used[0], ViewSampler)
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dvfl_train.trainer"):
+        result = CliRunner().invoke(main, _fit_args(synth_root, caches[1], tmp_path / "plain",
+                                                    beta=0.0), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert any("--test-span 4" in r.getMessage() for r in caplog.records)

@@ -101,28 +101,7 @@ class Stage:
               flush=True)
 
 
-@dataclass(frozen=True)
-class SubsampledTestViews:
-    """The test views of ``base`` (the teacher's), each cut to ``k`` of its frames.
-
-    Duck-types the two members of ``ViewSampler`` that ``load_video_views`` uses, so a k-frame
-    student is scored on the span and crop the teacher is, subsampled as in training.
-    """
-
-    base: Any  # ViewSampler in test mode
-    k: int
-
-    @property
-    def views_per_video(self) -> int:
-        return self.base.views_per_video
-
-    def sample(self, video: int, view: int, info: Any) -> Any:
-        from dvfl_cache.data.views import subsample_view
-
-        return subsample_view(self.base.sample(video, view, info), self.k)
-
-
-def _test_clips(index, sampler: SubsampledTestViews, size: int) -> torch.Tensor:
+def _test_clips(index, sampler: Any, size: int) -> torch.Tensor:
     """Every test video's single view as one (N, k, 3, size, size) tensor (decoded once)."""
     from dvfl_train.evaluate import load_video_views
 
@@ -295,6 +274,8 @@ def main() -> None:
         stages.append(st)
 
     with Stage("evaluate") as st:
+        from dvfl_cache.data.views import SubsampledViews
+
         labels = torch.tensor([v.label for v in test_idx.videos])
         top1: dict[tuple[int, str, int], float] = {}
         models: dict[str, tuple[torch.nn.Module, int, int]] = {}
@@ -306,7 +287,7 @@ def main() -> None:
                                 stride=info["stride"], batch_size=args.batch_size,
                                 workers=args.workers).report.top1
         # The students' path (subsampled views, preloaded clips) must score the teacher alike.
-        same, _ = _top1(teacher, _test_clips(test_idx, SubsampledTestViews(
+        same, _ = _top1(teacher, _test_clips(test_idx, SubsampledViews(
             base, info["num_frames"]), info["size"]), labels, batch=args.batch_size)
         if abs(same - teacher_top1) > 1e-9:
             raise SystemExit(f"teacher top-1 {teacher_top1} by evaluate but {same} by the "
@@ -314,7 +295,7 @@ def main() -> None:
         models["teacher"] = (teacher, info["num_frames"], info["size"])
         gmacs = {"teacher": count_gmacs(teacher, frames=info["num_frames"], size=info["size"])}
         for k in frames_list:
-            clips = _test_clips(test_idx, SubsampledTestViews(base, k), args.size)
+            clips = _test_clips(test_idx, SubsampledViews(base, k), args.size)
             for variant in VARIANTS:
                 for seed in seeds:
                     model, _, sinfo = load_for_eval(runs[(k, variant, seed)] / "best.pt")

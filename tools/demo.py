@@ -66,7 +66,6 @@ class Preset:
     batch_size: int
     temporal: str = "stride"
     stride: int = 4                   # teacher frames this far apart (the cached views)
-    student_stride: int = 8           # validation/test views spanning what the cache's give
     eval_views: tuple[str, ...] = ("1", "4x3")
     workers: int = 1
     optimizer: str = "adamw"
@@ -101,7 +100,7 @@ TINY = Preset(
     views_per_video=1,
     student_model="vfl-nano", student_opts=("embed_dim=8", "depths=[1,1,1,1]"),
     student_frames=2, student_size=32, student_epochs=1, student_warmup=0, student_lr=0.5,
-    alphas=(0.5,), taus=(2.0,), batch_size=4, stride=2, student_stride=4,
+    alphas=(0.5,), taus=(2.0,), batch_size=4, stride=2,
     eval_views=("1", "2x3"), teacher_eval_views=("1", "2x3"), workers=0, val_every=1)
 
 
@@ -134,11 +133,10 @@ class Demo:
         area = f"{_fmt(p.area[0])},{_fmt(p.area[1])}"
         view_opts = [a for s in (*p.sampler_opts, f"area=[{area}]") for a in ("--sampler-opt", s)]
         teacher_views = view_opts + ["--sampler-opt", f"temporal={p.temporal}", "--sampler-opt",
-                                 f"stride={p.stride}"]
-        # Students replay the cached views subsampled to fewer frames over the same span; their
-        # validation and test views should span about as much.
-        student_views = view_opts + ["--sampler-opt", f"temporal={p.temporal}", "--sampler-opt",
-                                 f"stride={p.student_stride}"]
+                                     f"stride={p.stride}"]
+        # Students replay the cached views cut to fewer frames over the same span, and are
+        # validated and tested on the teacher's test views cut the same way.
+        student_views = teacher_views + ["--test-span", str(p.teacher_frames)]
         data = ["--dataset", "ucf101", "--root", str(self.data)]
         common = ["--workers", str(p.workers), "--device", "cpu"]
         optim = ["--optimizer", p.optimizer, "--weight-decay", _fmt(p.weight_decay)]

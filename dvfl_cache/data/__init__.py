@@ -15,7 +15,7 @@ _EXPORTS = {
     "video_info": "decode", "VideoDecodeError": "decode",
     "View": "views", "ViewSampler": "views", "SamplerViewFn": "views",
     "views_to_arrays": "views", "views_from_arrays": "views", "subsample_view": "views",
-    "subsample_positions": "views",
+    "subsample_positions": "views", "SubsampledViews": "views",
     "apply_view": "transforms",
     "ClipDataset": "dataset", "collate_clips": "dataset", "FailureLog": "dataset",
     "probe_index": "probe", "probe_video": "probe",

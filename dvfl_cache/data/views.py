@@ -99,6 +99,35 @@ def subsample_view(view: View, k: int) -> View:
                                       subsample_positions(len(view.frames), k)))
 
 
+@dataclass(frozen=True)
+class SubsampledViews:
+    """The views of ``base``, each cut to ``k`` of its frames by ``subsample_view``.
+
+    A student that replays a teacher's T-frame views cut to k frames is tested the same way:
+    ``base`` draws the teacher-like T-frame test views (same span and crops), and the student
+    sees k of their frames, exactly as in training. Offers the members of ``ViewSampler`` that
+    test-view loading uses (``sample``, ``views_per_video``, ``num_frames``).
+    """
+
+    base: ViewSampler
+    k: int
+
+    def __post_init__(self):
+        if not 1 <= self.k <= self.base.num_frames:
+            raise ValueError(f"cannot keep {self.k} of {self.base.num_frames} frames per view")
+
+    @property
+    def views_per_video(self) -> int:
+        return self.base.views_per_video
+
+    @property
+    def num_frames(self) -> int:
+        return self.k
+
+    def sample(self, video: int, view: int, info: VideoInfo) -> View:
+        return subsample_view(self.base.sample(video, view, info), self.k)
+
+
 def _f32(values) -> tuple[float, ...]:
     """Round to float32 so a view equals its `views_from_arrays(views_to_arrays(...))` copy."""
     return tuple(float(np.float32(v)) for v in values)

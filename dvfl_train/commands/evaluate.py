@@ -34,10 +34,23 @@ def _device(name: str):
         raise click.BadParameter(str(exc), param_hint="--device") from None
 
 
-def _geometry(info: dict, frames, size, temporal, stride) -> dict:
+def _geometry(info: dict, frames, size, temporal, stride, test_span) -> dict:
     """The checkpoint's clip geometry with the command-line overrides applied."""
+    span = info["span"] if test_span is None else (test_span or None)
+    if span is not None and span < info["num_frames"]:
+        raise click.BadParameter(f"a test span of {span} frames cannot hold the model's "
+                                 f"{info['num_frames']} frames", param_hint="--test-span")
     return {"num_frames": info["num_frames"], "size": size or info["size"],
-            "temporal": temporal or info["temporal"], "stride": stride or info["stride"]}
+            "temporal": temporal or info["temporal"], "stride": stride or info["stride"],
+            "span": span}
+
+
+def _describe(geometry: dict) -> str:
+    text = (f"{geometry['num_frames']} frames x {geometry['size']} px, {geometry['temporal']} "
+            "sampling")
+    if geometry["span"] is not None:
+        text += f", each test view {geometry['span']} frames cut to {geometry['num_frames']}"
+    return text
 
 
 def _pct(x: float) -> str:
@@ -61,6 +74,11 @@ _temporal_opt = click.option("--temporal", type=click.Choice(["segment", "stride
                              help="Temporal sampling; default: the checkpoint's.")
 _stride_opt = click.option("--stride", type=click.IntRange(1), default=None,
                            help="Frame stride for --temporal stride; default: the checkpoint's.")
+_span_opt = click.option(
+    "--test-span", type=click.IntRange(0), default=None, metavar="N",
+    help="Draw N-frame test views and cut each to the model's frames, as a student saw its "
+         "teacher's N-frame views in training; default: the run's `fit --test-span`; 0: plain "
+         "views.")
 _device_opt = click.option("--device", default="auto", show_default=True,
                            help="auto, cpu, cuda, cuda:1, mps")
 _amp_opt = click.option("--amp/--no-amp", default=False, show_default=True,
@@ -80,6 +98,7 @@ _ckpt_opt = click.option("--checkpoint", required=True,
 @_size_opt
 @_temporal_opt
 @_stride_opt
+@_span_opt
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
               help="Views per forward pass.")
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(0),
@@ -91,7 +110,7 @@ _ckpt_opt = click.option("--checkpoint", required=True,
               help="Folder for eval_<views>.json; default: the checkpoint's folder.")
 def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir, annotations,
              layouts, frames: int | None, size: int | None, temporal: str | None,
-             stride: int | None, batch_size: int, workers: int, device: str, threads: int,
+             stride: int | None, test_span: int | None, batch_size: int, workers: int, device: str, threads: int,
              amp: bool, out: str | None) -> None:
     """Top-1/top-5, per-class accuracy and confusion of a checkpoint on a dataset subset.
 
@@ -107,7 +126,7 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
     index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
     model, classes, info = load_for_eval(checkpoint, num_frames=frames)
     check_classes(checkpoint, model, classes, index)
-    geometry = _geometry(info, frames, size, temporal, stride)
+    geometry = _geometry(info, frames, size, temporal, stride, test_span)
     dev = _device(device)
     set_compute_threads(device=str(dev), workers=workers, threads=threads)
     model.to(dev)
@@ -135,8 +154,7 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
                      str(result.num_failed), f"{gmacs:.3g}"))
 
     click.echo(f"{checkpoint}: {index.kind} split {index.split} {index.subset}, "
-               f"{geometry['num_frames']} frames x {geometry['size']} px, "
-               f"{geometry['temporal']} sampling")
+               f"{_describe(geometry)}")
     for line in _table(rows):
         click.echo(line)
     for result, path in results:
@@ -154,23 +172,23 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
 @_size_opt
 @_temporal_opt
 @_stride_opt
+@_span_opt
 @_device_opt
 @_amp_opt
 def predict_cmd(video: str, checkpoint: str, layout, topk: int, frames: int | None,
-                size: int | None, temporal: str | None, stride: int | None, device: str,
-                amp: bool) -> None:
+                size: int | None, temporal: str | None, stride: int | None,
+                test_span: int | None, device: str, amp: bool) -> None:
     """Print the top-k classes of VIDEO with their probabilities."""
     from dvfl_train.evaluate import load_for_eval
     from dvfl_train.predict import predict_video
 
     model, classes, info = load_for_eval(checkpoint, num_frames=frames)
-    geometry = _geometry(info, frames, size, temporal, stride)
+    geometry = _geometry(info, frames, size, temporal, stride, test_span)
     dev = _device(device)
     model.to(dev)
     pred = predict_video(model, video, classes=classes, clips=layout.clips, crops=layout.crops,
                          topk=topk, device=dev, amp=amp, **geometry)
-    click.echo(f"{video}: {layout.describe()}, {geometry['num_frames']} frames x "
-               f"{geometry['size']} px")
+    click.echo(f"{video}: {layout.describe()}, {_describe(geometry)}")
     width = max(len(name) for name, _ in pred.top)
     for rank, (name, p) in enumerate(pred.top, 1):
         click.echo(f"{rank:>3}. {name.ljust(width)}  {p:.4f}")

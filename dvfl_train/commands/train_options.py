@@ -58,6 +58,11 @@ data_model_options = _group(
     click.option("--val-every", type=click.IntRange(1), default=DEFAULTS["val_every"],
                  show_default=True,
                  help="Epochs between validations (the last always validates)."),
+    click.option("--test-span", type=click.IntRange(1), default=None, metavar="N",
+                 help="Validate (and let `eval` test) on N-frame views cut to --frames, the "
+                      "way a student replaying an N-frame teacher's views sees them; use the "
+                      "teacher's frames and --sampler-opt stride. Default: plain --frames "
+                      "views."),
     click.option("--model", type=click.Choice(MODEL_NAMES), default=DEFAULTS["model"],
                  show_default=True, help="Student architecture."),
     click.option("--model-opt", "model_opts", multiple=True, metavar="KEY=VALUE",
@@ -127,7 +132,7 @@ runtime_options = _group(
 
 def fit_config(*, out_dir: str, alpha: float, tau: float, seed: int, kind: str | None,
                root: str | None, split: int, index_path: str | None, val_index: str | None,
-               val_subset: int | None, val_every: int, model: str, model_opts: tuple[str, ...],
+               val_subset: int | None, val_every: int, test_span: int | None, model: str, model_opts: tuple[str, ...],
                init: str | None, drop_path: float | None, num_frames: int, size: int,
                sampler_opts: tuple[str, ...], cache: str | None, teacher: str | None,
                teacher_weights: str | None, teacher_opts: tuple[str, ...], beta: float,
@@ -155,7 +160,8 @@ def fit_config(*, out_dir: str, alpha: float, tau: float, seed: int, kind: str |
         beta=beta, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, epochs=epochs,
         warmup_epochs=warmup_epochs, batch_size=batch_size, base_lr=base_lr,
         optimizer=optimizer, weight_decay=weight_decay, clip_grad=clip_grad, val_every=val_every,
-        val_subset=val_subset, seed=seed, workers=workers, device=device, amp=not no_amp)
+        val_subset=val_subset, test_span=test_span, seed=seed, workers=workers, device=device,
+        amp=not no_amp)
     cfg.validate()
     return cfg
 
