@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dvfl_cache.errors import DvflError
+from dvfl_cache.runtime import resolve_device
 
 from dvfl_train.config import RESUMABLE_CHANGES, ConfigError, FitConfig, load_config
 
@@ -303,15 +304,6 @@ def parse_layout(text: str):
         raise SweepError(f"--eval-views: {exc}") from None
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        name = ("cuda" if torch.cuda.is_available()
-                else "mps" if torch.backends.mps.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
     """Each run's best.pt at every layout not yet evaluated, on the full test subset.
 
@@ -323,7 +315,7 @@ def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
     from dvfl_train.train_data import val_index
 
     index = None
-    device = _device(cfg.base.device)
+    device = resolve_device(cfg.base.device)
     for lay in (parse_layout(v) for v in cfg.eval_views):
         todo = []
         for p in cfg.points:

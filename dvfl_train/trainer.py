@@ -43,6 +43,7 @@ from torch import nn
 from dvfl_cache.data.dataset import FailureLog
 from dvfl_cache.data.views import ViewSampler
 from dvfl_cache.errors import CheckpointError, DvflError
+from dvfl_cache.runtime import resolve_device
 
 from dvfl_train.checkpoint import RunDir, restore_training_state, training_state
 from dvfl_train.config import ConfigError, FitConfig
@@ -269,16 +270,8 @@ class _Dist:
 
 def _setup(device: str) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = ("cuda" if torch.cuda.is_available()
-                  else "mps" if torch.backends.mps.is_available() else "cpu")
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DvflError(f"--device {device}: CUDA is not available on this machine")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)
     if world <= 1:
         return _Dist(0, 1, dev, False)

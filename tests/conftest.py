@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _keep_one_thread():
-    """CLI commands set torch's thread count (dvfl_cache.threads); keep tests at one."""
+    """CLI commands set torch's thread count (dvfl_cache.runtime); keep tests at one."""
     yield
     torch.set_num_threads(1)
 

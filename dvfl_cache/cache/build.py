@@ -36,6 +36,7 @@ from dvfl_cache.data.dataset import ClipDataset, collate_clips
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.views import SamplerViewFn, ViewSampler
 from dvfl_cache.errors import DvflError
+from dvfl_cache.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -223,16 +224,6 @@ def _distributed() -> tuple[int, int, Callable[[], Any] | None]:
     return dist.get_rank(), dist.get_world_size(), dist.barrier
 
 
-def _device(name: str | None, rank: int) -> torch.device:
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) %
-                           max(torch.cuda.device_count(), 1))
-    return dev
-
-
 def prepare(cfg: BuildConfig, index: DatasetIndex) -> tuple[torch.nn.Module, CacheMeta,
                                                              ViewSampler]:
     """Teacher, store metadata and sampler for `cfg`; nothing is written."""
@@ -263,7 +254,7 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     `on_start(n)` is told how many views this rank will compute; `progress(k)` after each batch.
     """
     rank, world, barrier = _distributed()
-    device = _device(cfg.device, rank)
+    device = resolve_device(cfg.device)
     teacher, meta, sampler = prepare(cfg, index)
     teacher.to(device)
     writer = CacheWriter.open_for_rank(cfg.out, meta, rank=rank, world_size=world,

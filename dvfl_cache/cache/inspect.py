@@ -15,7 +15,8 @@ from typing import Any, NoReturn
 import numpy as np
 
 from dvfl_cache.cache.format import FORMAT_NAME, FORMAT_VERSION, SHARD_DONE
-from dvfl_cache.cache.store import CacheReader, Location, shard_error
+from dvfl_cache.cache.location import Location
+from dvfl_cache.cache.store import CacheReader, shard_error
 from dvfl_cache.errors import CacheError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from dvfl_cache.cache.format import SHARD_DONE, CacheMeta
-from dvfl_cache.cache.store import CacheReader, CacheWriter, locate
+from dvfl_cache.cache.location import locate
+from dvfl_cache.cache.store import CacheReader, CacheWriter
 from dvfl_cache.errors import CacheError
 
 log = logging.getLogger(__name__)

@@ -67,7 +67,7 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
     from tqdm import tqdm
 
     from dvfl_cache.cache.build import BuildConfig, build_cache
-    from dvfl_cache.threads import set_compute_threads
+    from dvfl_cache.runtime import set_compute_threads
 
     sampler_opts = {"temporal": sampler, "stride": stride, "flip": flip_p, "gray_p": gray_p}
     lo, hi = _numbers(area, 2, "--area", "two numbers MIN,MAX")

@@ -23,17 +23,6 @@ def _one_view(ctx, param, value):
     return _views(ctx, param, (value,))[0]
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise click.BadParameter(str(exc), param_hint="--device") from None
-
-
 def _geometry(info: dict, frames, size, temporal, stride, test_span) -> dict:
     """The checkpoint's clip geometry with the command-line overrides applied."""
     span = info["span"] if test_span is None else (test_span or None)
@@ -120,14 +109,14 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
     from tqdm import tqdm
 
     from dvfl_cache.models.flops import count_gmacs
-    from dvfl_cache.threads import set_compute_threads
+    from dvfl_cache.runtime import resolve_device, set_compute_threads
     from dvfl_train.evaluate import check_classes, evaluate, load_for_eval, write_eval_json
 
     index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
     model, classes, info = load_for_eval(checkpoint, num_frames=frames)
     check_classes(checkpoint, model, classes, index)
     geometry = _geometry(info, frames, size, temporal, stride, test_span)
-    dev = _device(device)
+    dev = resolve_device(device)
     set_compute_threads(device=str(dev), workers=workers, threads=threads)
     model.to(dev)
     gmacs = count_gmacs(model, frames=geometry["num_frames"], size=geometry["size"])
@@ -179,12 +168,13 @@ def predict_cmd(video: str, checkpoint: str, layout, topk: int, frames: int | No
                 size: int | None, temporal: str | None, stride: int | None,
                 test_span: int | None, device: str, amp: bool) -> None:
     """Print the top-k classes of VIDEO with their probabilities."""
+    from dvfl_cache.runtime import resolve_device
     from dvfl_train.evaluate import load_for_eval
     from dvfl_train.predict import predict_video
 
     model, classes, info = load_for_eval(checkpoint, num_frames=frames)
     geometry = _geometry(info, frames, size, temporal, stride, test_span)
-    dev = _device(device)
+    dev = resolve_device(device)
     model.to(dev)
     pred = predict_video(model, video, classes=classes, clips=layout.clips, crops=layout.crops,
                          topk=topk, device=dev, amp=amp, **geometry)

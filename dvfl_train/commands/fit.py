@@ -38,7 +38,7 @@ def fit_cmd(alpha, tau, seed, out_dir, overwrite, resume, log_every, **shared):
     """
     import os
 
-    from dvfl_cache.threads import set_compute_threads
+    from dvfl_cache.runtime import set_compute_threads
     from dvfl_train.trainer import fit
 
     if alpha is None:

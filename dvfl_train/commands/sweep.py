@@ -81,7 +81,7 @@ def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_vi
     """
     import os
 
-    from dvfl_cache.threads import set_compute_threads
+    from dvfl_cache.runtime import set_compute_threads
     from dvfl_train.sweep import SweepConfig, expand_grid, run_sweep
 
     try:

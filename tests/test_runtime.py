@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dvfl_cache import threads as th
+from dvfl_cache import runtime as th
 
 
 @pytest.mark.parametrize("cores, workers, local, expected", [
@@ -79,3 +79,27 @@ def test_commands_offer_threads(prog, command):
     result = CliRunner().invoke(main, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "--threads" in result.output and "decoding --workers" in result.output
+
+
+# -- the device ---------------------------------------------------------------------------------
+
+def test_resolve_device_on_this_machine():
+    assert th.resolve_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("an accelerator is present: auto picks it")
+    assert th.resolve_device("auto") == th.resolve_device(None) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("cuda", "CUDA is not available"), ("cuda:1", "CUDA is not available"),
+    ("mps", "MPS is not available"), ("tpu9", "use auto, cpu, cuda, cuda:N or mps")])
+def test_resolve_device_refuses_what_is_missing(name, message):
+    from dvfl_cache.errors import DvflError
+
+    if name.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    if name == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(DvflError, match=message) as info:
+        th.resolve_device(name)
+    assert str(info.value).startswith(f"--device {name}: ")
