@@ -133,7 +133,7 @@ class SweepConfig:
         return self.out_dir / RUNS / point.name
 
     def spec(self, point: GridPoint):
-        from dvfl_train.trainer import StudentSpec
+        from dvfl_train.student import StudentSpec
 
         return StudentSpec(alpha=point.alpha, tau=self.base.tau if point.tau is None else point.tau,
                            beta=self.base.beta, seed=point.seed, out_dir=str(self.run_dir(point)),

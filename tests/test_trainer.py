@@ -184,7 +184,8 @@ def test_cached_and_online_kd_give_the_same_losses(synth_root, kd_cache, tmp_pat
 
 def test_sweep_students_equal_solo_runs_and_resume_each_on_its_own(synth_root, kd_cache,
                                                                    tmp_path):
-    from dvfl_train.trainer import StudentSpec, fit, train_students
+    from dvfl_train.student import StudentSpec
+    from dvfl_train.trainer import fit, train_students
 
     cache, _ = kd_cache
     shared = _cfg(synth_root, tmp_path / "shared", cache=str(cache), alpha=0.5, seed=9)
@@ -306,7 +307,8 @@ fit(FitConfig.from_dict(json.loads(sys.argv[1])), progress=progress)
 def test_torchrun_ranks_share_batches_and_agree(synth_root, tmp_path):
     """Two CPU ranks (gloo) split each batch of 4; without drop path the result is the
     single-process run's, and both ranks hold the same weights."""
-    from dvfl_train.trainer import StudentSpec, build_student, fit
+    from dvfl_train.student import StudentSpec, build_student
+    from dvfl_train.trainer import fit
 
     kw = dict(epochs=1, warmup_epochs=0, drop_path=0.0, base_lr=50.0)
     script = tmp_path / "rank.py"

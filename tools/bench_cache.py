@@ -36,7 +36,7 @@ def forward_only(teacher: torch.nn.Module, clips: torch.Tensor, batch: int) -> f
 def bench_build(model: str, *, root: Path, work: Path, size: int, frames: int, batch: int,
                 workers: int, views: int) -> dict:
     from dvfl_cache.cache.build import BuildConfig, build_cache, prepare
-    from dvfl_cache.data import apply_view, decode_frames
+    from dvfl_cache.data import apply_view
     from dvfl_cache.data.readers import build_index
 
     index = build_index("ucf101", root, split=1, subset="train")

@@ -199,7 +199,8 @@ def main() -> None:
     from dvfl_cache.models import count_gmacs
     from dvfl_train.config import FitConfig
     from dvfl_train.evaluate import evaluate, load_for_eval, test_sampler
-    from dvfl_train.trainer import StudentSpec, fit, train_students
+    from dvfl_train.student import StudentSpec
+    from dvfl_train.trainer import fit, train_students
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_fewer_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ def per_clip_costs(index, *, teacher, size: int, batch: int, cache_cfg, student_
     step of one student), each the median over ``repeats`` passes of one training batch."""
     from dvfl_cache.cache.build import make_sampler
     from dvfl_cache.data import apply_view, open_video
-    from dvfl_train.trainer import StudentSpec, build_student, train_step
+    from dvfl_train.student import StudentSpec, build_student, train_step
 
     sampler = make_sampler(cache_cfg)
     videos = list(range(min(batch, len(index))))
@@ -123,7 +123,8 @@ def main() -> None:
     from dvfl_cache.data.synth import SynthConfig, write_synth
     from dvfl_cache.models import count_gmacs, count_params, create_model, save_checkpoint
     from dvfl_train.config import FitConfig
-    from dvfl_train.trainer import StudentSpec, fit, train_students
+    from dvfl_train.student import StudentSpec
+    from dvfl_train.trainer import fit, train_students
 
     runs, views, epochs = len(ALPHAS) * len(TAUS), args.epochs, args.epochs
     student_opts = json.loads(args.student_opt)

@@ -49,7 +49,7 @@ def main() -> None:
     from dvfl_cache.models import count_gmacs, create_model
     from dvfl_train.config import FitConfig
     from dvfl_train.train_data import batch_inputs
-    from dvfl_train.trainer import StudentSpec, build_student, train_step
+    from dvfl_train.student import StudentSpec, build_student, train_step
 
     device = torch.device(args.device)
     amp = device.type == "cuda"
