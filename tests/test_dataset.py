@@ -162,3 +162,15 @@ def test_cli_errors_are_one_line(tmp_path):
     r = CliRunner().invoke(main, ["index", "--dataset", "ucf101", "--root", str(tmp_path),
                                   "--out", str(tmp_path / "i.json")])
     assert r.exit_code == 1 and "Error:" in r.output and "Traceback" not in r.output
+
+
+def test_cli_synth_defaults_match_the_config():
+    """The command's defaults are SynthConfig's: 6 learnable classes unless asked for more."""
+    from dvfl_cache.commands.data import synth_cmd
+    from dvfl_cache.data.synth import SynthConfig
+
+    defaults = {p.name: p.default for p in synth_cmd.params}
+    cfg = SynthConfig()
+    assert cfg.classes == defaults["classes"] == 6
+    assert (cfg.videos_per_class, cfg.frames, cfg.fps, cfg.seed) == (
+        defaults["videos_per_class"], defaults["frames"], defaults["fps"], defaults["seed"])

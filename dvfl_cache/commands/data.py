@@ -80,7 +80,9 @@ def index_cmd(kind, root, split, subset, out, videos_dir, annotations, class_nam
 @click.command("synth")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Folder to write UCF-101/ and ucfTrainTestlist/ into.")
-@click.option("--classes", type=click.IntRange(1, 10), default=10, show_default=True)
+@click.option("--classes", type=click.IntRange(1, 10), default=6, show_default=True,
+              help="The first N of the 10 classes. 6 (pans and hues) is what small nets learn "
+                   "from scratch; 7-10 add rotations and zooms, much harder (docs/demo.md).")
 @click.option("--videos-per-class", type=click.IntRange(1), default=12, show_default=True)
 @click.option("--size", default="64", show_default=True, help="Frame size: N or WxH (even).")
 @click.option("--frames", type=click.IntRange(2), default=32, show_default=True)

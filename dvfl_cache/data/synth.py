@@ -76,7 +76,7 @@ _MOTION = {"PanLeft": ("pan_x", -1.0), "PanRight": ("pan_x", 1.0),
 class SynthConfig:
     """What `write_synth` generates; saved as `synth.json` beside the videos."""
 
-    classes: int = 10
+    classes: int = 6                  # pans and hues; 7-10 add rotations and zooms (harder)
     videos_per_class: int = 12
     width: int = 64
     height: int = 64
