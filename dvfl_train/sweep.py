@@ -243,6 +243,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False
         raise SweepError(f"{cfg.out_dir}: the sweep needs at least one --eval-views layout")
     for layout in cfg.eval_views:
         parse_layout(layout)  # fail before hours of training, not after
+    resolve_device(cfg.base.device)  # and before a missing device leaves a half-made folder
     main = _is_main()
     if main:
         _prepare_dir(cfg, resume=resume, overwrite=overwrite)

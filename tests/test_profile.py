@@ -95,3 +95,16 @@ def test_profile_command_table_and_json():
 def test_profile_command_rejects_bad_options(bad, message):
     result = CliRunner().invoke(main, ["profile", "--model", "vfl-nano", "--model-opt", bad])
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.parametrize("device, message", [("tpu9", "use auto, cpu, cuda, cuda:N or mps"),
+                                             ("cuda", "CUDA is not available")])
+def test_profile_command_refuses_a_missing_device_in_one_line(device, message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = CliRunner().invoke(main, ["profile", "--model", "vfl-nano", "--device", device])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [result.output.strip()]
+    assert f"--device {device}: " in result.output and message in result.output

@@ -262,3 +262,18 @@ def test_resume_trains_and_evaluates_only_what_is_missing(synth_root, cache, tmp
     changed = dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, batch_size=2))
     with pytest.raises(SweepError, match="batch_size"):
         run_sweep(changed, resume=True)
+
+
+def test_missing_device_is_refused_before_the_folder_is_made(synth_root, cache, tmp_path):
+    import dataclasses
+
+    from dvfl_cache.errors import DvflError
+    from dvfl_train.sweep import GridPoint, run_sweep
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = _sweep_cfg(synth_root, cache, tmp_path / "sw", [GridPoint(0.0, None, 0)])
+    cfg = dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, device="cuda"))
+    with pytest.raises(DvflError, match="--device cuda: CUDA is not available"):
+        run_sweep(cfg)
+    assert not (tmp_path / "sw").exists()  # so a corrected command needs no --resume

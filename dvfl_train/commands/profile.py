@@ -52,7 +52,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 @click.option("--size", default=224, show_default=True, type=click.IntRange(32))
 @click.option("--num-classes", default=101, show_default=True, type=click.IntRange(0))
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, mps or auto.")
 @click.option("--model-opt", "model_opts", multiple=True, metavar="KEY=VALUE",
               help="Constructor option override, repeatable (JSON value, e.g. embed_dim=32).")
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(0))
@@ -63,8 +63,10 @@ def profile_cmd(model_name: str, frames: int, size: int, num_classes: int, batch
                 device: str, model_opts: tuple[str, ...], warmup: int, runs: int,
                 as_json: bool) -> None:
     """Measure params, GMACs per clip, forward latency, clips/s and peak memory."""
+    from dvfl_cache.runtime import resolve_device
     from dvfl_train.profile import profile_model
 
+    device = resolve_device(device)  # one clear error for a device this machine lacks
     overrides = _parse_model_opts(model_opts)
     names = MODEL_NAMES if model_name == "all" else (model_name,)
     rows = []
