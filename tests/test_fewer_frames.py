@@ -194,6 +194,9 @@ def test_student_validates_and_tests_on_the_teacher_span(synth_root, synth_index
     used.clear()
     plain = _eval(run / "best.pt", synth_root, tmp_path / "e_plain", "--test-span", "0")
     assert plain["span"] is None and isinstance(used[0], ViewSampler)
+    short = CliRunner().invoke(main, ["eval", "--checkpoint", str(run / "best.pt"), "--dataset",
+                                      "ucf101", "--root", str(synth_root), "--test-span", "1"])
+    assert short.exit_code == 2 and "cannot hold the model's 2 frames" in short.output
 
     caplog.clear()
     with caplog.at_level("WARNING", logger="dvfl_train.trainer"):
