@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,16 +32,15 @@ from dvfl_cache.cache.store import CacheReader
 from dvfl_cache.data.decode import open_video
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.transforms import to_float, view_pixels
-from dvfl_cache.data.views import (SubsampledViews, View, ViewSampler, subsample_positions,
-                                   subsample_view, views_from_arrays)
+from dvfl_cache.data.views import (View, ViewSampler, subsample_positions, subsample_view,
+                                   views_from_arrays)
 from dvfl_cache.errors import CacheError, DvflError, VideoDecodeError
 
 from dvfl_train.config import FitConfig
-from dvfl_train.metrics import AccuracyReport
 
 __all__ = ["EpochPlan", "TrainClips", "batch_inputs", "collate_train", "epoch_order",
            "load_online_teacher", "make_loader", "mix_batch", "open_cache", "plan_epoch",
-           "rank_batches", "train_index", "val_index", "validate_many"]
+           "rank_batches", "train_index", "val_index"]
 
 log = logging.getLogger(__name__)
 
@@ -344,76 +342,3 @@ def mix_batch(clip: torch.Tensor, labels: torch.Tensor, num_classes: int, *, mix
     else:
         clip = lam * clip + (1.0 - lam) * flipped
     return clip, lam * onehot + (1.0 - lam) * onehot.flip(0)
-
-
-# -- validation of several students from one decode -------------------------------------------
-
-def validate_many(models: Sequence[torch.nn.Module], index: DatasetIndex, *, num_frames: int,
-                  size: int, temporal: str = "segment", stride: int = 4,
-                  span: int | None = None, batch_size: int = 8,
-                  workers: int = 0, device: str | torch.device = "cpu",
-                  amp: bool = False) -> list[tuple[AccuracyReport, int]]:
-    """1-view accuracy of every model, decoding each video once for all of them.
-
-    The views, the softmax scoring and the misses for failed videos are those of
-    :func:`dvfl_train.evaluate.evaluate` (built from its public pieces), so each report equals
-    ``evaluate(model, ...)``'s; a sweep pays one validation decode per epoch, not one per
-    student. Returns (report, number of failed videos) per model.
-    """
-    from dvfl_train.evaluate import report_with_misses, test_sampler
-
-    sampler = test_sampler(num_frames=num_frames, temporal=temporal, stride=stride, span=span)
-    device = torch.device(device)
-    use_amp = amp and device.type == "cuda"
-    num_classes = index.num_classes
-    probs = np.full((len(models), len(index), num_classes), np.nan, dtype=np.float32)
-    labels = np.array([v.label for v in index.videos], dtype=np.int64)
-    loader = DataLoader(_ValClips(index, sampler, size), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_as_list,
-                        pin_memory=device.type == "cuda")
-    failed = 0
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        with torch.inference_mode():
-            for items in loader:
-                good = [it for it in items if it["error"] is None]
-                failed += len(items) - len(good)
-                if not good:
-                    continue
-                x = torch.cat([it["clips"] for it in good]).to(device, non_blocking=True)
-                rows = [it["video"] for it in good]
-                for k, m in enumerate(models):
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                        logits = m(x)
-                    probs[k, rows] = logits.float().softmax(dim=1).cpu().numpy()
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
-    ok = ~np.isnan(probs[0]).any(axis=1)
-    return [(report_with_misses(probs[k], labels, ok, num_classes), failed)
-            for k in range(len(models))]
-
-
-def _as_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return items  # each video carries its own views; nothing to stack before the forward
-
-
-class _ValClips(Dataset):
-    def __init__(self, index: DatasetIndex, sampler: ViewSampler | SubsampledViews, size: int):
-        self.index, self.sampler, self.size = index, sampler, size
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        from dvfl_train.evaluate import load_video_views
-
-        path = self.index.abspath(i)
-        item = {"video": i, "clips": None, "error": None, "path": path}
-        try:
-            item["clips"] = load_video_views(path, self.sampler, self.size, video=i)
-        except VideoDecodeError as exc:
-            item["error"] = exc.reason
-        return item

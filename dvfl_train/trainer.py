@@ -48,7 +48,7 @@ from dvfl_train.schedule import lr_at
 from dvfl_train.student import Student, StudentSpec, build_student, derive_seed, train_step
 from dvfl_train.train_data import (TrainClips, batch_inputs, epoch_order, load_online_teacher,
                                    make_loader, mix_batch, open_cache, plan_epoch, rank_batches,
-                                   train_index, val_index, validate_many)
+                                   train_index, val_index)
 
 __all__ = ["TrainEvent", "fit", "train_students"]
 
@@ -362,7 +362,7 @@ def _validate(active: list[Student], cfg: FitConfig, vindex, dist: _Dist,
     """1-view validation of the active students on rank 0 (others get None)."""
     if dist.rank != 0:
         return None
-    from dvfl_train.evaluate import evaluate
+    from dvfl_train.evaluate import evaluate_many
 
     started = time.perf_counter()
     common = dict(num_frames=cfg.num_frames, size=cfg.size,
@@ -370,16 +370,13 @@ def _validate(active: list[Student], cfg: FitConfig, vindex, dist: _Dist,
                   stride=int(cfg.sampler.get("stride", 4)), span=cfg.test_span,
                   batch_size=cfg.batch_size, workers=cfg.workers, device=dist.device,
                   amp=cfg.amp)
-    if len(active) == 1:
-        result = evaluate(active[0].net, vindex, clips=1, crops=1, **common)
-        results = [(result.report, result.num_failed)]
-    else:  # one decode of the validation videos for every student
-        results = validate_many([s.net for s in active], vindex, **common)
+    # one decode of the validation videos for every student
+    results = evaluate_many([s.net for s in active], vindex, **common)
     seconds = time.perf_counter() - started
     log.debug("epoch %d: validated %d student(s) on %d videos in %.1f s", epoch, len(active),
              len(vindex), seconds)
-    return [{"val_top1": r.top1, "val_top5": r.top5, "val_failed": failed, "val_time_s": seconds}
-            for r, failed in results]
+    return [{"val_top1": r.report.top1, "val_top5": r.report.top5, "val_failed": r.num_failed,
+             "val_time_s": seconds} for r in results]
 
 
 def _epoch_record(s: Student, dist: _Dist, epoch: int, *, train_time: float, clips: int,
