@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from dvfl_cache.errors import DvflError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["auto_threads", "available_cores", "resolve_device", "set_compute_threads"]
 
@@ -28,7 +32,7 @@ log = logging.getLogger(__name__)
 _torch_default: int | None = None  # torch's own count, read before we first change it
 
 
-def resolve_device(name: str | None = "auto"):
+def resolve_device(name: str | None = "auto") -> torch.device:
     """``--device`` as a ``torch.device``; None and "auto" pick CUDA, then MPS, then the CPU."""
     import torch
 
@@ -70,8 +74,9 @@ def auto_threads(*, cores: int, workers: int, local_processes: int = 1) -> int:
     return max(1, cores // local_processes - workers)
 
 
-def set_compute_threads(*, device: str | None, workers: int, threads: int = 0) -> int | None:
-    """Set torch's intra-op threads for a run on ``device`` with ``workers`` decoding processes.
+def set_compute_threads(*, device: torch.device, workers: int, threads: int = 0) -> int | None:
+    """Set torch's intra-op threads for a run on ``device`` (see ``resolve_device``) with
+    ``workers`` decoding processes.
 
     ``threads`` > 0 is used as given. With 0 (auto) the count is chosen by ``auto_threads`` on a
     CPU device, and left alone on an accelerator or when ``OMP_NUM_THREADS`` is set (the user's
@@ -84,8 +89,7 @@ def set_compute_threads(*, device: str | None, workers: int, threads: int = 0) -
     if threads == 0:
         if os.environ.get("OMP_NUM_THREADS"):
             return None
-        kind = (resolve_device(device) if device in (None, "auto") else torch.device(device)).type
-        if kind != "cpu":
+        if device.type != "cpu":
             return None
         global _torch_default
         if _torch_default is None:

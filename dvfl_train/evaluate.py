@@ -260,8 +260,9 @@ def _bare(model: torch.nn.Module) -> torch.nn.Module:
 
 def evaluate(model: torch.nn.Module, index: DatasetIndex, *, clips: int = 1, crops: int = 1,
              num_frames: int, size: int, temporal: str = "segment", stride: int = 4,
-             span: int | None = None, batch_size: int = 8, workers: int = 0, device: str | torch.device = "cpu",
-             amp: bool = False, progress: Callable[[int], None] | None = None) -> EvalResult:
+             span: int | None = None, batch_size: int = 8, workers: int = 0,
+             device: str | torch.device = "cpu", amp: bool = False,
+             progress: Callable[[int], None] | None = None) -> EvalResult:
     """Score every video of ``index`` with the mean softmax over its clips x crops test views.
 
     ``model`` must already be on ``device``; it is put in eval mode and its training flag is

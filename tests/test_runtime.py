@@ -32,41 +32,41 @@ def machine(monkeypatch):
 
 
 def test_cpu_run_gets_the_cores_left_by_the_workers(machine, monkeypatch):
-    assert th.set_compute_threads(device="cpu", workers=2, threads=0) == 4
+    assert th.set_compute_threads(device=torch.device("cpu"), workers=2, threads=0) == 4
     assert torch.get_num_threads() == 4
     # torchrun with 3 processes on this machine: each gets its share, less its workers
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
-    assert th.set_compute_threads(device="cpu", workers=1, threads=0) == 1
+    assert th.set_compute_threads(device=torch.device("cpu"), workers=1, threads=0) == 1
     assert torch.get_num_threads() == 1
 
 
 def test_auto_resolves_to_the_cpu_here(machine):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: auto means cuda")
-    assert th.set_compute_threads(device="auto", workers=1, threads=0) == 5
-    assert th.set_compute_threads(device=None, workers=0, threads=0) == 6
+    assert th.set_compute_threads(device=th.resolve_device("auto"), workers=1, threads=0) == 5
+    assert th.set_compute_threads(device=th.resolve_device(None), workers=0, threads=0) == 6
 
 
 def test_user_choice_wins(machine, monkeypatch):
-    assert th.set_compute_threads(device="cpu", workers=4, threads=3) == 3
+    assert th.set_compute_threads(device=torch.device("cpu"), workers=4, threads=3) == 3
     assert torch.get_num_threads() == 3
     torch.set_num_threads(2)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert th.set_compute_threads(device="cpu", workers=1, threads=0) is None
+    assert th.set_compute_threads(device=torch.device("cpu"), workers=1, threads=0) is None
     assert torch.get_num_threads() == 2
 
 
 def test_accelerators_keep_torch_default(machine):
     torch.set_num_threads(2)
-    assert th.set_compute_threads(device="cuda:0", workers=1, threads=0) is None
+    assert th.set_compute_threads(device=torch.device("cuda:0"), workers=1, threads=0) is None
     assert torch.get_num_threads() == 2
     # asked for explicitly, the count applies to the host threads there too
-    assert th.set_compute_threads(device="cuda", workers=1, threads=1) == 1
+    assert th.set_compute_threads(device=torch.device("cuda"), workers=1, threads=1) == 1
 
 
 def test_negative_threads_refused(machine):
     with pytest.raises(ValueError, match="threads must be >= 0"):
-        th.set_compute_threads(device="cpu", workers=0, threads=-1)
+        th.set_compute_threads(device=torch.device("cpu"), workers=0, threads=-1)
 
 
 @pytest.mark.parametrize("prog, command", [("dvfl-cache", "build"), ("dvfl-train", "fit"),

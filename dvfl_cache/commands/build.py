@@ -67,7 +67,7 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
     from tqdm import tqdm
 
     from dvfl_cache.cache.build import BuildConfig, build_cache
-    from dvfl_cache.runtime import set_compute_threads
+    from dvfl_cache.runtime import resolve_device, set_compute_threads
 
     sampler_opts = {"temporal": sampler, "stride": stride, "flip": flip_p, "gray_p": gray_p}
     lo, hi = _numbers(area, 2, "--area", "two numbers MIN,MAX")
@@ -83,7 +83,7 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
                       size=size, seed=seed, dtype=dtype, features=features,
                       views_per_shard=views_per_shard, batch_size=batch_size, workers=workers,
                       device=device, resume=resume, overwrite=overwrite)
-    set_compute_threads(device=device, workers=workers, threads=threads)
+    set_compute_threads(device=resolve_device(device), workers=workers, threads=threads)
     rank = int(os.environ.get("RANK", "0"))
     bar = tqdm(desc=f"build[{rank}]" if "WORLD_SIZE" in os.environ else "build", unit="view",
                disable=rank != 0, dynamic_ncols=True)

@@ -99,8 +99,8 @@ _ckpt_opt = click.option("--checkpoint", required=True,
               help="Folder for eval_<views>.json; default: the checkpoint's folder.")
 def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir, annotations,
              layouts, frames: int | None, size: int | None, temporal: str | None,
-             stride: int | None, test_span: int | None, batch_size: int, workers: int, device: str, threads: int,
-             amp: bool, out: str | None) -> None:
+             stride: int | None, test_span: int | None, batch_size: int, workers: int,
+             device: str, threads: int, amp: bool, out: str | None) -> None:
     """Top-1/top-5, per-class accuracy and confusion of a checkpoint on a dataset subset.
 
     Writes eval_<views>.json (per-class accuracy, confusion matrix, failed videos) next to the
@@ -117,7 +117,7 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
     check_classes(checkpoint, model, classes, index)
     geometry = _geometry(info, frames, size, temporal, stride, test_span)
     dev = resolve_device(device)
-    set_compute_threads(device=str(dev), workers=workers, threads=threads)
+    set_compute_threads(device=dev, workers=workers, threads=threads)
     model.to(dev)
     gmacs = count_gmacs(model, frames=geometry["num_frames"], size=geometry["size"])
     out_dir = Path(out) if out else Path(checkpoint).resolve().parent

@@ -38,14 +38,15 @@ def fit_cmd(alpha, tau, seed, out_dir, overwrite, resume, log_every, **shared):
     """
     import os
 
-    from dvfl_cache.runtime import set_compute_threads
+    from dvfl_cache.runtime import resolve_device, set_compute_threads
     from dvfl_train.trainer import fit
 
     if alpha is None:
         alpha = DEFAULTS["alpha"] if (shared["cache"] or shared["teacher_weights"]) else 0.0
     threads = shared.pop("threads")
     cfg = fit_config(out_dir=out_dir, alpha=alpha, tau=tau, seed=seed, **shared)
-    set_compute_threads(device=cfg.device, workers=cfg.workers, threads=threads)
+    set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers,
+                        threads=threads)
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
     progress = EpochProgress(enabled=main_rank, named=False)

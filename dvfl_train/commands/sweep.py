@@ -81,7 +81,7 @@ def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_vi
     """
     import os
 
-    from dvfl_cache.runtime import set_compute_threads
+    from dvfl_cache.runtime import resolve_device, set_compute_threads
     from dvfl_train.sweep import SweepConfig, expand_grid, run_sweep
 
     try:
@@ -92,7 +92,8 @@ def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_vi
     threads = shared.pop("threads")
     cfg = fit_config(out_dir=out_dir, alpha=max(p.alpha for p in points), tau=taus[0],
                      seed=seed, **shared)
-    set_compute_threads(device=cfg.device, workers=cfg.workers, threads=threads)
+    set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers,
+                        threads=threads)
     sweep = SweepConfig(base=cfg, points=tuple(points), parallel=parallel,
                         eval_views=eval_views)
     main_rank = int(os.environ.get("RANK", "0")) == 0

@@ -132,7 +132,8 @@ runtime_options = _group(
 
 def fit_config(*, out_dir: str, alpha: float, tau: float, seed: int, kind: str | None,
                root: str | None, split: int, index_path: str | None, val_index: str | None,
-               val_subset: int | None, val_every: int, test_span: int | None, model: str, model_opts: tuple[str, ...],
+               val_subset: int | None, val_every: int, test_span: int | None, model: str,
+               model_opts: tuple[str, ...],
                init: str | None, drop_path: float | None, num_frames: int, size: int,
                sampler_opts: tuple[str, ...], cache: str | None, teacher: str | None,
                teacher_weights: str | None, teacher_opts: tuple[str, ...], beta: float,
