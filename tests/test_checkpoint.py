@@ -98,6 +98,8 @@ def test_from_dict_missing_required_and_source_named():
     ({"clip_grad": 0.0}, "clip_grad"),
     ({"device": "gpu"}, "device='gpu'"),
     ({"batch_size": 0}, "batch_size=0"),
+    ({"test_span": 4}, r"test_span=4 must be >= num_frames=8"),
+    ({"optimizer": "adam"}, "optimizer='adam' must be one of sgd, adamw"),
     ({"model_opts": {"x": float("nan")}}, "model_opts must be JSON-able"),
 ])
 def test_validate_refuses(change, match):
