@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from dvfl_cache.cache.format import (DEFAULT_VIEWS_PER_SHARD, CacheMeta, DatasetInfo,
                                      SamplerInfo, TeacherInfo, fp16_kl_error)
 from dvfl_cache.cache.store import CacheReader, CacheWriter
-from dvfl_cache.data.dataset import ClipDataset, collate_clips
+from dvfl_cache.data.dataset import ClipDataset, SampledViews, collate_clips
 from dvfl_cache.data.index import DatasetIndex
-from dvfl_cache.data.views import SamplerViewFn, ViewSampler
+from dvfl_cache.data.views import ViewSampler
 from dvfl_cache.errors import DvflError
 from dvfl_cache.runtime import resolve_device
 
@@ -138,36 +138,6 @@ def make_sampler(cfg: BuildConfig) -> ViewSampler:
         return ViewSampler(**opts)
     except (TypeError, ValueError) as e:
         raise DvflError(f"bad sampler options {dict(cfg.sampler)}: {e}") from None
-
-
-class _RowDataset(Dataset):
-    """Item i is row `rows[i]`: view `row // V` of video `row % V`, drawn and decoded."""
-
-    def __init__(self, index: DatasetIndex, sampler: ViewSampler, size: int, rows: list[int]):
-        self.rows = rows
-        self.num_videos = len(index)
-        self.index, self.sampler, self.size = index, sampler, size
-        self._by_view: dict[int, ClipDataset] = {}
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        view, video = divmod(self.rows[i], self.num_videos)
-        ds = self._by_view.get(view)
-        if ds is None:
-            ds = self._by_view[view] = ClipDataset(self.index, SamplerViewFn(self.sampler, view),
-                                                   self.size)
-        item = ds[video]
-        item["view"] = view
-        return item
-
-
-def _collate(items: list[dict]) -> dict:
-    batch = collate_clips(items)
-    batch["failed"] = [(it["video"], it["view"], it["path"], it["error"])
-                       for it in items if it["error"] is not None]
-    return batch
 
 
 class _ShardAssembler:
@@ -277,15 +247,17 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
             pending.append(pool.submit(writer.write_shard, s, arrays, failures, fp16_kl=kl))
 
     assembler = _ShardAssembler(writer, labels, cfg.features, submit)
-    loader = DataLoader(_RowDataset(index, sampler, cfg.size, rows), batch_size=cfg.batch_size,
-                        shuffle=False, num_workers=cfg.workers, collate_fn=_collate,
+    # Row r * V + v is view r of video v, drawn when the video is opened.
+    rows_ds = ClipDataset(index, SampledViews.rows(sampler, rows, len(index)), cfg.size)
+    loader = DataLoader(rows_ds, batch_size=cfg.batch_size,
+                        shuffle=False, num_workers=cfg.workers, collate_fn=collate_clips,
                         pin_memory=device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
     use_bf16 = device.type == "cuda"
     try:
         with torch.inference_mode():
             for batch in loader:
-                for video, view, path, reason in batch["failed"]:
+                for (video, view), (path, reason) in zip(batch["failed_at"], batch["failures"]):
                     assembler.add(view * meta.num_videos + video, logits=None, feats=None,
                                   view_arrays=None, failure=(video, path, reason))
                 n = 0
@@ -311,7 +283,7 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
                         f.result()
                         pending.remove(f)
                 if progress is not None:
-                    progress(n + len(batch["failed"]))
+                    progress(n + len(batch["failures"]))
         if assembler.open:
             raise DvflError(f"internal error: shards {sorted(assembler.open)} incomplete")
     finally:

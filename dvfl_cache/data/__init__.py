@@ -18,6 +18,8 @@ _EXPORTS = {
     "subsample_positions": "views", "SubsampledViews": "views",
     "apply_view": "transforms",
     "ClipDataset": "dataset", "collate_clips": "dataset", "FailureLog": "dataset",
+    "Cut": "dataset", "SampledViews": "dataset", "FixedViews": "dataset", "AllViews": "dataset",
+    "TestView": "views",
     "probe_index": "probe", "probe_video": "probe",
     "SynthConfig": "synth", "write_synth": "synth", "CLASS_NAMES": "synth",
 }

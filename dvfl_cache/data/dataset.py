@@ -1,9 +1,27 @@
-"""`ClipDataset`: decoded, transformed clips of the views of an index, for a DataLoader.
+"""`ClipDataset`: the one dataset that decodes views, configured by a source of views and cuts.
+
+Every stage decodes views the same way, only asking different questions of it:
+
+    index  +  a source of views              +  the outputs wanted (cuts)
+              SampledViews (a sampler draws)     Cut(name, size, frames, as_uint8)
+              FixedViews (a list, cached rows)   one or more of the same decoded frames
+              AllViews (every test view)
+
+- the cache build: ``SampledViews.rows`` (row -> view r of video v), one float cut;
+- training: ``FixedViews`` of the cached rows (or ``SampledViews`` online), the student's
+  uint8 cut and, online, the teacher's full-length cut at its own size;
+- evaluation and predict: ``AllViews`` of the test sampler, one float cut, views stacked.
 
 Videos are opened inside `__getitem__` (never in `__init__`), so forked or spawned workers each
-open their own files. A video that fails to decode does not stop the run: its item carries the
-error, `collate_clips` drops it from the batch and hands back (path, reason), and the caller
-counts and lists the failures at the end (`FailureLog`).
+open their own files, and a video is decoded once for all of its views and cuts: the frames of
+every view are gathered, decoded together and cut. A video that fails to decode does not stop
+the run: its item carries the error, `collate_clips` drops it from the batch and hands back
+(path, reason) and where it was (video, view), and the caller counts and lists the failures at
+the end (`FailureLog`).
+
+A source returns a tuple of `View`s per item; a later view type (a mixed view with a partner
+clip) plugs in by a source that returns it and a render step that knows it, without another
+dataset.
 """
 
 from __future__ import annotations
@@ -11,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,74 +38,212 @@ from torch.utils.data import Dataset
 from dvfl_cache.data.decode import VideoInfo, open_video
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.transforms import to_float, view_pixels
-from dvfl_cache.data.views import View, views_to_arrays
+from dvfl_cache.data.views import View, subsample_view, views_to_arrays
 from dvfl_cache.errors import VideoDecodeError
+
+__all__ = ["AllViews", "ClipDataset", "Cut", "FailureLog", "FixedViews", "SampledViews",
+           "ViewSource", "collate_clips"]
 
 log = logging.getLogger(__name__)
 
 ViewFn = Callable[[int, VideoInfo], View]
 
 
-class ClipDataset(Dataset):
-    """Items are the views of `index`'s videos.
+# -- sources of views -------------------------------------------------------------------------
 
-    `view_fn`: either a callable `(video, info) -> View`, giving one item per video (item i is
-    video i), or a fixed sequence of `View`s, one item each (item i is `view_fn[i]`, for its
-    `view.video`). Items are dicts: `clip` float32 (T, 3, size, size) or None, `label`,
-    `video`, `view`, `view_arrays` (one-row `views_to_arrays`) or None, `error` (None or the
-    reason), `path`.
+class ViewSource(Protocol):
+    """Which views item i holds. ``stacked``: items hold several views (a leading V dim)."""
 
-    `as_uint8=True` makes `clip` the uint8 pixels (T, 3, size, size) instead: a quarter of the
-    bytes for the DataLoader to move; `transforms.to_float(batch["clip"].to(device))` then
-    gives exactly the float clip.
-    """
+    stacked: bool
 
-    def __init__(self, index: DatasetIndex, view_fn: ViewFn | Sequence[View], size: int, *,
-                 normalize: bool = True, as_uint8: bool = False, threads: int = 1):
-        self.index = index
-        self.size = int(size)
-        self.normalize = normalize
-        self.as_uint8 = as_uint8
-        self.threads = threads
-        if callable(view_fn):
-            self.view_fn: ViewFn | None = view_fn
-            self.views: tuple[View, ...] | None = None
-        else:
-            self.view_fn = None
-            self.views = tuple(view_fn)
-            bad = [v.video for v in self.views if not 0 <= v.video < len(index)]
-            if bad:
-                raise ValueError(f"view of video {bad[0]} but the index has {len(index)} videos")
+    def __len__(self) -> int: ...
+    def video(self, i: int) -> int: ...
+    def view_number(self, i: int) -> int: ...
+    def draw(self, i: int, info: VideoInfo) -> tuple[View, ...]: ...
+
+
+@dataclass(frozen=True)
+class SampledViews:
+    """Item i: view ``items[i][1]`` of video ``items[i][0]``, drawn by ``sampler`` when the video
+    is opened (drawing needs its frame count). A dataclass so it pickles into workers."""
+
+    sampler: Any  # ViewSampler or SubsampledViews: anything with sample(video, view, info)
+    items: tuple[tuple[int, int], ...]
+    stacked: bool = field(default=False, init=False)
+
+    @classmethod
+    def of_videos(cls, sampler: Any, videos: Sequence[int], view: int = 0) -> SampledViews:
+        """View number ``view`` of each of ``videos``."""
+        return cls(sampler, tuple((int(v), int(view)) for v in videos))
+
+    @classmethod
+    def rows(cls, sampler: Any, rows: Sequence[int], num_videos: int) -> SampledViews:
+        """Cache rows: row ``r * num_videos + v`` is view r of video v."""
+        return cls(sampler, tuple(divmod(int(r), num_videos)[::-1] for r in rows))
 
     def __len__(self) -> int:
-        return len(self.index) if self.views is None else len(self.views)
+        return len(self.items)
 
-    def __getitem__(self, i: int) -> dict:
-        view = None if self.views is None else self.views[i]
-        video = i if view is None else view.video
-        entry = self.index.videos[video]
-        path = self.index.abspath(video)
-        item = {"clip": None, "label": entry.label, "video": video,
-                "view": -1 if view is None else view.view, "view_arrays": None,
-                "error": None, "path": path}
-        try:
-            with open_video(path, threads=self.threads) as v:
-                if view is None:
-                    view = self.view_fn(video, v.info)
-                    if view.video != video:
-                        raise ValueError(f"view_fn returned a view of video {view.video} "
-                                         f"for video {video}")
-                frames = v.frames(view.frames)
-        except VideoDecodeError as e:
-            log.debug("%s", e)
-            item["error"] = e.reason
-            if view is not None:
-                item["view_arrays"] = views_to_arrays([view])
-            return item
+    def video(self, i: int) -> int:
+        return self.items[i][0]
+
+    def view_number(self, i: int) -> int:
+        return self.items[i][1]
+
+    def draw(self, i: int, info: VideoInfo) -> tuple[View, ...]:
+        video, view = self.items[i]
+        return (self.sampler.sample(video, view, info),)
+
+
+@dataclass(frozen=True)
+class FixedViews:
+    """Item i: ``views[i]`` (a fixed list, e.g. the rows of a cache epoch)."""
+
+    views: tuple[View, ...]
+    stacked: bool = field(default=False, init=False)
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def video(self, i: int) -> int:
+        return self.views[i].video
+
+    def view_number(self, i: int) -> int:
+        return self.views[i].view
+
+    def draw(self, i: int, info: VideoInfo) -> tuple[View, ...]:
+        return (self.views[i],)
+
+
+@dataclass(frozen=True)
+class AllViews:
+    """Item i: every view of video i (``sampler.views_per_video``), stacked: test layouts."""
+
+    sampler: Any
+    num_videos: int
+    stacked: bool = field(default=True, init=False)
+
+    def __len__(self) -> int:
+        return self.num_videos
+
+    def video(self, i: int) -> int:
+        return i
+
+    def view_number(self, i: int) -> int:
+        return -1
+
+    def draw(self, i: int, info: VideoInfo) -> tuple[View, ...]:
+        return tuple(self.sampler.sample(i, k, info) for k in range(self.sampler.views_per_video))
+
+
+@dataclass(frozen=True)
+class _FnViews:
+    """Item i: ``fn(i, info)`` for video i (the plain view-function form)."""
+
+    fn: ViewFn
+    num_videos: int
+    stacked: bool = field(default=False, init=False)
+
+    def __len__(self) -> int:
+        return self.num_videos
+
+    def video(self, i: int) -> int:
+        return i
+
+    def view_number(self, i: int) -> int:
+        return -1
+
+    def draw(self, i: int, info: VideoInfo) -> tuple[View, ...]:
+        view = self.fn(i, info)
+        if view.video != i:
+            raise ValueError(f"view_fn returned a view of video {view.video} for video {i}")
+        return (view,)
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cut:
+    """One output of each view: ``frames`` of its frames (``subsample_view``; None: all) at
+    ``size`` px, as uint8 pixels (``as_uint8``, 4x less to ship; ``to_float`` them where the
+    model runs) or float32 (ImageNet-normalised, or [0, 1] without ``normalize``)."""
+
+    name: str
+    size: int
+    frames: int | None = None
+    as_uint8: bool = False
+    normalize: bool = True
+
+    def view(self, view: View) -> View:
+        return view if self.frames is None else subsample_view(view, self.frames)
+
+    def render(self, frames: np.ndarray, view: View) -> torch.Tensor:
         pixels = view_pixels(frames, view, self.size)
-        item["clip"] = pixels if self.as_uint8 else to_float(pixels, normalize=self.normalize)
-        item["view"] = view.view
-        item["view_arrays"] = views_to_arrays([view])
+        return pixels if self.as_uint8 else to_float(pixels, normalize=self.normalize)
+
+
+class ClipDataset(Dataset):
+    """Items are the views of ``source`` over ``index``'s videos, cut as ``cuts`` say.
+
+    ``source``: a `ViewSource`; for short, a callable ``(video, info) -> View`` (item i is
+    video i) or a sequence of `View`s (item i is ``source[i]``). ``cuts``: `Cut`s, or a size
+    for one cut named ``clip`` (with ``normalize``/``as_uint8``). Items are dicts: one tensor
+    per cut (T, 3, S, S), or (V, T, 3, S, S) for a stacked source, None when the video failed;
+    ``label``, ``video``, ``view`` (the view number, -1 for stacked items), ``view_arrays``
+    (`views_to_arrays` of the drawn views, or None), ``error`` (None or the reason), ``path``,
+    ``cuts`` (the cut names).
+    """
+
+    def __init__(self, index: DatasetIndex, source: ViewSource | ViewFn | Sequence[View],
+                 cuts: int | Sequence[Cut], *, normalize: bool = True, as_uint8: bool = False,
+                 threads: int = 1):
+        self.index = index
+        if callable(source) and not hasattr(source, "draw"):
+            source = _FnViews(source, len(index))
+        elif not hasattr(source, "draw"):
+            source = FixedViews(tuple(source))
+        if isinstance(source, FixedViews):
+            bad = [v.video for v in source.views if not 0 <= v.video < len(index)]
+            if bad:
+                raise ValueError(f"view of video {bad[0]} but the index has {len(index)} videos")
+        self.source = source
+        if isinstance(cuts, int):
+            cuts = (Cut("clip", int(cuts), as_uint8=as_uint8, normalize=normalize),)
+        self.cuts = tuple(cuts)
+        if not self.cuts or len({c.name for c in self.cuts}) < len(self.cuts):
+            raise ValueError(f"cuts need distinct names, got {[c.name for c in self.cuts]}")
+        self.threads = threads
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        video = self.source.video(i)
+        names = tuple(c.name for c in self.cuts)
+        item: dict[str, Any] = {name: None for name in names}
+        item.update(label=self.index.videos[video].label, video=video,
+                    view=self.source.view_number(i), view_arrays=None, error=None,
+                    path=self.index.abspath(video), cuts=names)
+        views: tuple[View, ...] = ()
+        try:
+            with open_video(item["path"], threads=self.threads) as v:
+                views = self.source.draw(i, v.info)
+                per_cut = [[c.view(w) for w in views] for c in self.cuts]
+                wanted = sorted({f for ws in per_cut for w in ws for f in w.frames})
+                frames = v.frames(wanted)
+        except VideoDecodeError as exc:
+            log.debug("%s", exc)
+            item["error"] = exc.reason
+        if views:
+            item["view_arrays"] = views_to_arrays(views)
+            if not self.source.stacked:
+                item["view"] = views[0].view
+        if item["error"] is not None:
+            return item
+        row = {f: k for k, f in enumerate(wanted)}
+        for cut, ws in zip(self.cuts, per_cut):
+            out = [cut.render(frames[[row[f] for f in w.frames]], w) for w in ws]
+            item[cut.name] = torch.stack(out) if self.source.stacked else out[0]
         return item
 
 
@@ -105,27 +262,28 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def collate_clips(items: list[dict]) -> dict:
-    """Batch the items that decoded; the rest come back as `failures` [(path, reason)].
+    """Batch the items that decoded; the rest come back as `failures` [(path, reason)] and
+    `failed_at` [(video, view)].
 
-    Returns `clip` (B, T, 3, S, S) (None when every item failed), `label` int64 (B,), `video`
-    and `view` int64 (B,), `view_arrays` (the good views' arrays, B rows), `failures`.
+    Returns one (B, ...) tensor per cut (None when every item failed), `label` int64 (B,),
+    `video` and `view` int64 (B,), `view_arrays` (the good items' arrays, concatenated),
+    `failures`, `failed_at`.
     """
     good = [it for it in items if it["error"] is None]
-    failures = [(it["path"], it["error"]) for it in items if it["error"] is not None]
-    if not good:
-        return {"clip": None, "label": torch.zeros(0, dtype=torch.int64),
-                "video": torch.zeros(0, dtype=torch.int64),
-                "view": torch.zeros(0, dtype=torch.int64),
-                "view_arrays": None, "failures": failures}
-    return {
-        "clip": _stack([it["clip"] for it in good]),
+    bad = [it for it in items if it["error"] is not None]
+    names = items[0]["cuts"] if items else ("clip",)
+    batch: dict[str, Any] = {
         "label": torch.tensor([it["label"] for it in good], dtype=torch.int64),
         "video": torch.tensor([it["video"] for it in good], dtype=torch.int64),
         "view": torch.tensor([it["view"] for it in good], dtype=torch.int64),
-        "view_arrays": {k: np.concatenate([it["view_arrays"][k] for it in good])
-                        for k in good[0]["view_arrays"]},
-        "failures": failures,
+        "view_arrays": ({k: np.concatenate([it["view_arrays"][k] for it in good])
+                         for k in good[0]["view_arrays"]} if good else None),
+        "failures": [(it["path"], it["error"]) for it in bad],
+        "failed_at": [(it["video"], it["view"]) for it in bad],
     }
+    for name in names:
+        batch[name] = _stack([it[name] for it in good]) if good else None
+    return batch
 
 
 @dataclass
