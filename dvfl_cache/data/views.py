@@ -314,3 +314,48 @@ class SamplerViewFn:
 
     def __call__(self, video: int, info: VideoInfo) -> View:
         return self.sampler.sample(video, self.view, info)
+
+
+@dataclass(frozen=True)
+class TestView:
+    """How a model is tested: the clip geometry of its deterministic test views.
+
+    ``num_frames`` frames at ``size`` px; ``temporal``/``stride`` as the training sampler's;
+    ``span`` (T > num_frames) draws T-frame test views and cuts each to ``num_frames``
+    (``SubsampledViews``): how a student that replayed a T-frame teacher's views is tested on
+    views like the ones it learned from. None or ``num_frames``: plain views. One value,
+    because the five always travel together (evaluation, predict, validation, a run's config).
+    """
+
+    __test__ = False  # not a pytest class
+
+    num_frames: int
+    size: int
+    temporal: str = "segment"
+    stride: int = 4
+    span: int | None = None
+
+    def __post_init__(self):
+        if self.span is not None and self.span < self.num_frames:
+            raise ValueError(f"test span of {self.span} frames cannot hold {self.num_frames} "
+                             "frames")
+
+    def sampler(self, clips: int = 1, crops: int = 1) -> ViewSampler | SubsampledViews:
+        """The test-view sampler of an N clips x C crops layout."""
+        span = self.span or self.num_frames
+        base = ViewSampler(temporal=self.temporal, num_frames=span, stride=self.stride,
+                           mode="test", clips=clips, crops=crops)
+        return base if span == self.num_frames else SubsampledViews(base, self.num_frames)
+
+    def with_frames(self, num_frames: int) -> TestView:
+        """The same views for a model rebuilt with another clip length (a span too short for
+        it is dropped: plain views)."""
+        span = self.span if self.span is not None and self.span >= num_frames else None
+        return replace(self, num_frames=int(num_frames), span=span)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TestView:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
