@@ -102,6 +102,15 @@ class FitConfig:
         return tuple(scaled_lr(lr, self.batch_size)  # type: ignore[return-value]
                      for lr in (self.base_lr, self.warmup_lr, self.min_lr))
 
+    def test_view(self):
+        """The run's test views (validation, eval, predict): ``dvfl_cache.data.views.TestView``
+        of its frames, size, sampler temporal/stride and test span (older configs have them)."""
+        from dvfl_cache.data.views import TestView
+
+        return TestView(num_frames=self.num_frames, size=self.size,
+                        temporal=str(self.sampler.get("temporal", "segment")),
+                        stride=int(self.sampler.get("stride", 4)), span=self.test_span)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict with a ``version`` key; ``from_dict`` inverts it exactly."""
         out: dict[str, Any] = {"version": CONFIG_VERSION}
