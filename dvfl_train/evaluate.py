@@ -28,17 +28,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from dvfl_cache.data.decode import open_video
+from dvfl_cache.data.dataset import AllViews, ClipDataset, collate_clips
 from dvfl_cache.data.index import DatasetIndex
-from dvfl_cache.data.transforms import apply_view
-from dvfl_cache.data.views import SubsampledViews, ViewSampler
-from dvfl_cache.errors import CheckpointError, DvflError, VideoDecodeError
+from dvfl_cache.data.views import SubsampledViews, TestView, ViewSampler
+from dvfl_cache.errors import CheckpointError, DvflError
 from dvfl_train.metrics import AccuracyReport, accuracy_report, topk_correct
 
-__all__ = ["EvalResult", "ViewLayout", "check_classes", "evaluate", "evaluate_many",
-           "load_for_eval", "load_video_views", "parse_views", "report_with_misses", "test_sampler",
+__all__ = ["EvalResult", "TestView", "ViewLayout", "check_classes", "evaluate", "evaluate_many",
+           "load_for_eval", "parse_views", "report_with_misses", "score_videos", "test_sampler",
            "write_eval_json"]
 
 log = logging.getLogger(__name__)
@@ -90,61 +89,10 @@ def parse_views(text: str) -> ViewLayout:
     return ViewLayout(int(found.group(1)), int(found.group(2)))
 
 
-def test_sampler(*, clips: int = 1, crops: int = 1, num_frames: int, temporal: str = "segment",
-                 stride: int = 4, span: int | None = None) -> ViewSampler | SubsampledViews:
-    """The deterministic test-view sampler of an N x C layout.
-
-    ``span`` (T > num_frames) draws T-frame views and cuts each to ``num_frames`` frames
-    (``SubsampledViews``): how a student that replayed a T-frame teacher's views is tested on
-    the views it learned from. None or ``num_frames``: plain ``num_frames``-frame views.
-    """
-    if span is not None and span < num_frames:
-        raise ValueError(f"test span of {span} frames cannot hold {num_frames} frames")
-    base = ViewSampler(temporal=temporal, num_frames=span or num_frames, stride=stride,
-                       mode="test", clips=clips, crops=crops)
-    return base if span in (None, num_frames) else SubsampledViews(base, num_frames)
-
-
-def load_video_views(path: str | os.PathLike, sampler: ViewSampler | SubsampledViews, size: int,
-                     *, video: int = 0, threads: int = 1) -> torch.Tensor:
-    """Every test view of one video as float32 (V, T, 3, size, size); one decode for all views.
-
-    Raises ``VideoDecodeError`` naming the file when it cannot be opened or decoded.
-    """
-    with open_video(path, threads=threads) as v:
-        views = [sampler.sample(video, i, v.info) for i in range(sampler.views_per_video)]
-        wanted = sorted({f for view in views for f in view.frames})
-        frames = v.frames(wanted)
-    row = {f: i for i, f in enumerate(wanted)}
-    return torch.stack([apply_view(frames[[row[f] for f in view.frames]], view, size)
-                        for view in views])
-
-
-class _VideoViews(Dataset):
-    """Item i: all test views of video i, or the reason it failed to decode."""
-
-    def __init__(self, index: DatasetIndex, sampler: ViewSampler | SubsampledViews, size: int):
-        self.index = index
-        self.sampler = sampler
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        path = self.index.abspath(i)
-        item = {"video": i, "label": self.index.videos[i].label, "path": path, "clips": None,
-                "error": None}
-        try:
-            item["clips"] = load_video_views(path, self.sampler, self.size, video=i)
-        except VideoDecodeError as exc:
-            log.debug("%s", exc)
-            item["error"] = exc.reason
-        return item
-
-
-def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return items  # videos are scored one by one after the forward; nothing to stack here
+def test_sampler(view: TestView, layout: ViewLayout = ViewLayout()
+                 ) -> ViewSampler | SubsampledViews:
+    """The deterministic test-view sampler of ``view`` in an N x C ``layout``."""
+    return view.sampler(layout.clips, layout.crops)
 
 
 # --------------------------------------------------------------------------- result
@@ -165,13 +113,8 @@ class EvalResult:
     failed: list[tuple[str, str]]
     probs: np.ndarray
     labels: np.ndarray
-    num_views: int
-    views: str                  # layout label, "1" or "NxC"
-    num_frames: int
-    size: int
-    temporal: str = "segment"
-    stride: int = 4
-    span: int | None = None     # test views drawn with this many frames, cut to num_frames
+    layout: ViewLayout
+    view: TestView
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -183,8 +126,13 @@ class EvalResult:
         return len(self.failed)
 
     @property
-    def layout(self) -> ViewLayout:
-        return parse_views(self.views)
+    def num_views(self) -> int:
+        return self.layout.num_views
+
+    @property
+    def views(self) -> str:
+        """The layout's label, "1" or "NxC"."""
+        return self.layout.label
 
     def summary(self) -> str:
         """One sentence that never hides failures behind the headline number."""
@@ -199,11 +147,7 @@ class EvalResult:
         out = {
             "views": self.views,
             "num_views": self.num_views,
-            "num_frames": self.num_frames,
-            "size": self.size,
-            "temporal": self.temporal,
-            "stride": self.stride,
-            "span": self.span,
+            **self.view.to_dict(),
             "num_videos": self.num_videos,
             "num_failed": self.num_failed,
             **self.report.to_dict(),
@@ -258,28 +202,91 @@ def _bare(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
-def evaluate(model: torch.nn.Module, index: DatasetIndex, *, clips: int = 1, crops: int = 1,
-             num_frames: int, size: int, temporal: str = "segment", stride: int = 4,
-             span: int | None = None, batch_size: int = 8, workers: int = 0,
+def evaluate(model: torch.nn.Module, index: DatasetIndex, view: TestView, *,
+             layout: ViewLayout = ViewLayout(), batch_size: int = 8, workers: int = 0,
              device: str | torch.device = "cpu", amp: bool = False,
              progress: Callable[[int], None] | None = None) -> EvalResult:
-    """Score every video of ``index`` with the mean softmax over its clips x crops test views.
+    """Score every video of ``index`` with the mean softmax over its ``layout`` test views.
 
     ``model`` must already be on ``device``; it is put in eval mode and its training flag is
     restored afterwards. ``batch_size`` is the number of views per forward pass (a video's views
     may span passes). ``amp`` runs the forward under bf16 autocast on CUDA (ignored elsewhere);
     softmax and averaging are float32. ``progress(k)`` is told when k more videos are done.
-    ``span`` cuts T-frame test views to ``num_frames`` frames (``test_sampler``).
     """
-    return evaluate_many([model], index, clips=clips, crops=crops, num_frames=num_frames,
-                         size=size, temporal=temporal, stride=stride, span=span,
-                         batch_size=batch_size,
+    return evaluate_many([model], index, view, layout=layout, batch_size=batch_size,
                          workers=workers, device=device, amp=amp, progress=progress)[0]
 
 
-def evaluate_many(models: Sequence[torch.nn.Module], index: DatasetIndex, *, clips: int = 1,
-                  crops: int = 1, num_frames: int, size: int, temporal: str = "segment",
-                  stride: int = 4, span: int | None = None, batch_size: int = 8, workers: int = 0,
+def _check_models(models: Sequence[torch.nn.Module], num_frames: int, num_classes: int,
+                  where: str) -> None:
+    for model in models:
+        net = _bare(model)
+        model_frames = getattr(net, "num_frames", None)
+        if model_frames is not None and model_frames != num_frames:
+            raise DvflError(f"the model takes {model_frames}-frame clips, evaluation asked for "
+                            f"{num_frames} frames")
+        model_classes = getattr(net, "num_classes", None)
+        if model_classes is not None and num_classes and model_classes != num_classes:
+            raise DvflError(f"the model has {model_classes} classes, {where} has {num_classes}")
+
+
+def score_videos(models: Sequence[torch.nn.Module], index: DatasetIndex, view: TestView, *,
+                 layout: ViewLayout = ViewLayout(), num_classes: int, batch_size: int = 8,
+                 workers: int = 0, device: str | torch.device = "cpu", amp: bool = False,
+                 threads: int = 1, progress: Callable[[int], None] | None = None
+                 ) -> tuple[list[np.ndarray], np.ndarray, list[tuple[str, str]]]:
+    """The scoring loop of evaluation and predict: every video of ``index`` decoded once
+    (``ClipDataset`` of ``AllViews``) and scored by every model.
+
+    Returns, per model, the mean softmax over each video's views (num_videos, C), NaN rows for
+    videos that failed; the decoded mask; the failures [(path, reason)].
+    """
+    device = torch.device(device)
+    dataset = ClipDataset(index, AllViews(view.sampler(layout.clips, layout.crops), len(index)),
+                          view.size, threads=threads)
+    num_views = layout.num_views
+    loader = DataLoader(dataset, batch_size=max(1, batch_size // num_views), shuffle=False,
+                        num_workers=workers, collate_fn=collate_clips,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    use_amp = amp and device.type == "cuda"
+    probs = [np.full((len(index), num_classes), np.nan, dtype=np.float32) for _ in models]
+    failed: list[tuple[str, str]] = []
+    decoded = np.zeros(len(index), dtype=bool)
+    was_training = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                failed.extend(batch["failures"])
+                if batch["clip"] is not None:
+                    clips_in = batch["clip"].flatten(0, 1)  # (B*V, T, 3, S, S)
+                    view_probs: list[list[torch.Tensor]] = [[] for _ in models]
+                    for start in range(0, clips_in.shape[0], batch_size):
+                        x = clips_in[start:start + batch_size].to(device, non_blocking=True)
+                        for model, out in zip(models, view_probs):
+                            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                                logits = model(x)
+                            if logits.ndim != 2 or logits.shape[1] != num_classes:
+                                raise DvflError(f"the model gives logits of shape "
+                                                f"{tuple(logits.shape)}, the index has "
+                                                f"{num_classes} classes")
+                            out.append(logits.float().softmax(dim=1).cpu())
+                    rows = batch["video"].numpy()
+                    for model_probs, out in zip(probs, view_probs):
+                        per_view = torch.cat(out).view(len(rows), num_views, num_classes)
+                        model_probs[rows] = per_view.mean(dim=1).numpy()
+                    decoded[rows] = True
+                if progress is not None:
+                    progress(len(batch["label"]) + len(batch["failures"]))
+    finally:
+        for model, flag in zip(models, was_training):
+            model.train(flag)
+    return probs, decoded, failed
+
+
+def evaluate_many(models: Sequence[torch.nn.Module], index: DatasetIndex, view: TestView, *,
+                  layout: ViewLayout = ViewLayout(), batch_size: int = 8, workers: int = 0,
                   device: str | torch.device = "cpu", amp: bool = False,
                   progress: Callable[[int], None] | None = None) -> list[EvalResult]:
     """``evaluate`` for several models that take the same clips, from one decoding pass.
@@ -296,63 +303,13 @@ def evaluate_many(models: Sequence[torch.nn.Module], index: DatasetIndex, *, cli
     if batch_size < 1 or workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size}, {workers}")
     num_classes = index.num_classes
-    for model in models:
-        net = _bare(model)
-        model_frames = getattr(net, "num_frames", None)
-        if model_frames is not None and model_frames != num_frames:
-            raise DvflError(f"the model takes {model_frames}-frame clips, evaluation asked for "
-                            f"{num_frames} frames")
-        model_classes = getattr(net, "num_classes", None)
-        if model_classes is not None and model_classes != num_classes:
-            raise DvflError(f"the model has {model_classes} classes, the {index.kind} index "
-                            f"({index.subset}) has {num_classes}")
-    layout = ViewLayout(clips, crops)
-    sampler = test_sampler(clips=clips, crops=crops, num_frames=num_frames, temporal=temporal,
-                           stride=stride, span=span)
-    device = torch.device(device)
-    num_views = layout.num_views
-    loader = DataLoader(_VideoViews(index, sampler, size),
-                        batch_size=max(1, batch_size // num_views), shuffle=False,
-                        num_workers=workers, collate_fn=_collate,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
-    use_amp = amp and device.type == "cuda"
-
-    probs = [np.full((len(index), num_classes), np.nan, dtype=np.float32) for _ in models]
+    _check_models(models, view.num_frames, num_classes, f"the {index.kind} index "
+                  f"({index.subset})")
+    probs, decoded, failed = score_videos(models, index, view, layout=layout,
+                                          num_classes=num_classes, batch_size=batch_size,
+                                          workers=workers, device=device, amp=amp,
+                                          progress=progress)
     labels = np.array([v.label for v in index.videos], dtype=np.int64)
-    failed: list[tuple[str, str]] = []
-    decoded = np.zeros(len(index), dtype=bool)
-    was_training = [model.training for model in models]
-    for model in models:
-        model.eval()
-    try:
-        with torch.inference_mode():
-            for items in loader:
-                good = [it for it in items if it["error"] is None]
-                failed.extend((it["path"], it["error"]) for it in items if it["error"] is not None)
-                if good:
-                    clips_in = torch.cat([it["clips"] for it in good])  # (B*V, T, 3, S, S)
-                    view_probs: list[list[torch.Tensor]] = [[] for _ in models]
-                    for start in range(0, clips_in.shape[0], batch_size):
-                        x = clips_in[start:start + batch_size].to(device, non_blocking=True)
-                        for model, out in zip(models, view_probs):
-                            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                                logits = model(x)
-                            if logits.ndim != 2 or logits.shape[1] != num_classes:
-                                raise DvflError(f"the model gives logits of shape "
-                                                f"{tuple(logits.shape)}, the index has "
-                                                f"{num_classes} classes")
-                            out.append(logits.float().softmax(dim=1).cpu())
-                    rows = [it["video"] for it in good]
-                    for model_probs, out in zip(probs, view_probs):
-                        per_view = torch.cat(out).view(len(good), num_views, num_classes)
-                        model_probs[rows] = per_view.mean(dim=1).numpy()
-                    decoded[rows] = True
-                if progress is not None:
-                    progress(len(items))
-    finally:
-        for model, flag in zip(models, was_training):
-            model.train(flag)
-
     if failed:
         log.warning("%d of %d video(s) failed to decode and count as misses:\n%s", len(failed),
                     len(index), "\n".join(f"  {p}: {r}" for p, r in failed))
@@ -365,9 +322,7 @@ def evaluate_many(models: Sequence[torch.nn.Module], index: DatasetIndex, *, cli
             model_probs[decoded & ~ok] = np.nan
         report = report_with_misses(model_probs, labels, ok, num_classes)
         result = EvalResult(report=report, failed=list(failed), probs=model_probs,
-                            labels=labels, num_views=num_views, views=layout.label,
-                            num_frames=num_frames, size=size, temporal=temporal, stride=stride,
-                            span=span)
+                            labels=labels, layout=layout, view=view)
         log.debug("%s", result.summary())
         results.append(result)
     return results
@@ -383,7 +338,7 @@ def load_for_eval(checkpoint_path: str | os.PathLike, *, num_frames: int | None 
 
     Returns ``(model, classes, info)``: ``classes`` are the class names stored with the weights
     (None when a plain checkpoint has none); ``info`` has the clip geometry the model was trained
-    on (``num_frames``, ``size``, ``temporal``, ``stride``, and ``span``: see ``test_sampler``)
+    on (``view``: its ``TestView``)
     plus ``kind`` ("run" or "model"), ``arch`` and ``epoch``. ``num_frames`` rebuilds the model
     for another clip length (a shorter test span is then dropped). The model is on the CPU in
     eval mode.
@@ -421,22 +376,18 @@ def load_for_eval(checkpoint_path: str | os.PathLike, *, num_frames: int | None 
             cfg = FitConfig.from_dict(config, source=f"{path} [config]")
         except ConfigError as exc:
             raise CheckpointError(str(exc)) from None
-        sampler = cfg.sampler
-        info = {"kind": "run", "num_frames": cfg.num_frames, "size": cfg.size,
-                "temporal": str(sampler.get("temporal", "segment")),
-                "stride": int(sampler.get("stride", 4)), "span": cfg.test_span}
+        info = {"kind": "run", "view": cfg.test_view()}
     else:
-        info = {"kind": "model", "num_frames": model.num_frames,
-                "size": int(model.config["img_size"]), "temporal": "segment", "stride": 4,
-                "span": None}
+        info = {"kind": "model", "view": TestView(num_frames=model.num_frames,
+                                                  size=int(model.config["img_size"]))}
+    view = info["view"]
     if num_frames is not None:
-        info["num_frames"] = int(num_frames)
-        if info["span"] is not None and info["span"] < num_frames:
+        info["view"] = view.with_frames(num_frames)
+        if view.span is not None and info["view"].span is None:
             log.info("%s: its test span of %d frames is shorter than %d frames; testing on plain "
-                     "%d-frame views", path, info["span"], num_frames, num_frames)
-            info["span"] = None
-    elif info["num_frames"] != model.num_frames:
-        raise CheckpointError(f"{path}: run config says {info['num_frames']} frames but the model "
+                     "%d-frame views", path, view.span, num_frames, num_frames)
+    elif view.num_frames != model.num_frames:
+        raise CheckpointError(f"{path}: run config says {view.num_frames} frames but the model "
                               f"was saved for {model.num_frames}")
     info.update(arch=obj.get("arch"), epoch=obj.get("epoch"), path=path)
     return model, classes, info

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dvfl_train.evaluate import ViewLayout, load_video_views, test_sampler
+from dvfl_cache.data.index import DatasetIndex, VideoEntry
+from dvfl_cache.data.views import TestView
+from dvfl_cache.errors import VideoDecodeError
+from dvfl_train.evaluate import ViewLayout, score_videos
 
 __all__ = ["Prediction", "predict_video"]
 
@@ -32,48 +35,43 @@ class Prediction:
     num_views: int
 
 
-def predict_video(model: torch.nn.Module, path: str | os.PathLike, *,
-                  classes: tuple[str, ...] | list[str] | None = None, clips: int = 1,
-                  crops: int = 1, num_frames: int, size: int, temporal: str = "segment",
-                  stride: int = 4, span: int | None = None, topk: int = 5, batch_size: int = 8,
+def predict_video(model: torch.nn.Module, path: str | os.PathLike, view: TestView, *,
+                  classes: tuple[str, ...] | list[str] | None = None,
+                  layout: ViewLayout = ViewLayout(), topk: int = 5, batch_size: int = 8,
                   device: str | torch.device = "cpu", amp: bool = False,
                   threads: int = 0) -> Prediction:
-    """Mean softmax over the video's clips x crops test views and its ``topk`` classes.
+    """Mean softmax over the video's ``layout`` test views and its ``topk`` classes.
 
-    ``model`` must be on ``device``. Without ``classes`` the names are "class <i>". Ties rank the
-    lower class index first (a stable sort), as in ``dvfl_train.metrics``. A file that cannot be
-    decoded raises ``VideoDecodeError`` naming it.
+    ``model`` must be on ``device``; the scores come from evaluation's own loop
+    (``score_videos``) over a one-video index. Without ``classes`` the names are "class <i>".
+    Ties rank the lower class index first (a stable sort), as in ``dvfl_train.metrics``. A file
+    that cannot be decoded raises ``VideoDecodeError`` naming it.
     """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
-    layout = ViewLayout(clips, crops)
-    sampler = test_sampler(clips=clips, crops=crops, num_frames=num_frames, temporal=temporal,
-                           stride=stride, span=span)
-    views = load_video_views(path, sampler, size, threads=threads)
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            parts = []
-            for start in range(0, views.shape[0], batch_size):
-                x = views[start:start + batch_size].to(device)
-                with torch.autocast("cuda", dtype=torch.bfloat16,
-                                    enabled=amp and device.type == "cuda"):
-                    logits = model(x)
-                parts.append(logits.float().softmax(dim=1).cpu())
-    finally:
-        model.train(was_training)
-    probs = torch.cat(parts).mean(dim=0).numpy()
-    num_classes = probs.shape[0]
-    if classes is None:
-        names = tuple(f"class {i}" for i in range(num_classes))
-    elif len(classes) != num_classes:
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    if classes is not None and num_classes and len(classes) != num_classes:
         raise ValueError(f"{len(classes)} class names for a model with {num_classes} outputs")
-    else:
-        names = tuple(classes)
+    if not num_classes:  # a bare callable: learn the width from one forward
+        num_classes = len(classes) if classes is not None else _width(model, view, device)
+    one = DatasetIndex(kind="file", split=0, subset="predict",
+                       classes=tuple(f"class {i}" for i in range(num_classes)),
+                       videos=(VideoEntry(path=str(path), label=0, video_id=str(path)),), root="")
+    (probs,), _, failed = score_videos([model], one, view, layout=layout,
+                                       num_classes=num_classes, batch_size=batch_size,
+                                       device=device, amp=amp, threads=threads)
+    if failed:
+        raise VideoDecodeError(str(path), failed[0][1])
+    probs = probs[0]
+    names = tuple(classes) if classes is not None else one.classes
     order = np.argsort(-probs, kind="stable")[:min(topk, num_classes)]
     top = tuple((names[i], float(probs[i])) for i in order)
     log.info("%s: %s (%s)", path, top[0][0], layout.describe())
     return Prediction(path=str(path), top=top, probs=probs, views=layout.label,
                       num_views=layout.num_views)
+
+
+def _width(model: torch.nn.Module, view: TestView, device: str | torch.device) -> int:
+    x = torch.zeros(1, view.num_frames, 3, view.size, view.size, device=torch.device(device))
+    with torch.inference_mode():
+        return int(model(x).shape[1])

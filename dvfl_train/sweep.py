@@ -36,7 +36,10 @@ from typing import TYPE_CHECKING, Any
 from dvfl_cache.errors import DvflError
 from dvfl_cache.runtime import resolve_device
 
-from dvfl_train.config import RESUMABLE_CHANGES, ConfigError, FitConfig, load_config
+from dvfl_train.config import RESUMABLE_CHANGES, ConfigError, load_config
+from dvfl_train.sweep_plan import (PLOT_FILES, RUNS, SWEEP_FILE, TRAIN_FILE, GridPoint,
+                                   SweepConfig, SweepError, expand_grid, group_points,
+                                   parse_layout, read_json)
 
 if TYPE_CHECKING:
     from dvfl_train.sweep_report import RunResult
@@ -45,105 +48,6 @@ __all__ = ["GridPoint", "SweepConfig", "SweepError", "SweepEvent", "expand_grid"
            "group_points", "parse_layout", "read_json", "run_sweep"]
 
 log = logging.getLogger(__name__)
-
-SWEEP_FILE = "sweep.json"
-TRAIN_FILE = "sweep_train.json"   # per run: its group and that group's training wall time
-RUNS = "runs"
-_VERSION = 1
-PLOT_FILES = ("top1_vs_alpha.png", "top1_vs_tau.png", "curves.png")
-
-
-class SweepError(DvflError):
-    """A sweep directory or grid that cannot be run as asked."""
-
-
-# -- the grid -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GridPoint:
-    """One student of the sweep. ``tau`` is None for the CE baseline (alpha 0), where it plays
-    no part in the loss."""
-
-    alpha: float
-    tau: float | None
-    seed: int
-
-    @property
-    def baseline(self) -> bool:
-        return self.alpha == 0.0
-
-    @property
-    def name(self) -> str:
-        if self.baseline:
-            return f"ce_s{self.seed}"
-        return f"a{self.alpha:g}_t{self.tau:g}_s{self.seed}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "tau": self.tau, "seed": self.seed}
-
-
-def expand_grid(alphas: Iterable[float], taus: Iterable[float], seeds: Iterable[int], *,
-                baseline: bool = True) -> list[GridPoint]:
-    """Baselines first (one per seed), then alpha x tau x seed in the order given.
-
-    An alpha of 0 in ``alphas`` is the baseline itself (tau does nothing then), so it adds one
-    run per seed however many taus there are, even with ``baseline=False``.
-    """
-    alphas, taus, seeds = (list(dict.fromkeys(x)) for x in (alphas, taus, seeds))
-    kd = [a for a in alphas if a > 0.0]
-    bad = ([f"alpha {a} outside [0, 1]" for a in alphas if not 0.0 <= a <= 1.0]
-           + [f"tau {t} must be > 0" for t in taus if not t > 0.0]
-           + [f"seed {s} must be >= 0" for s in seeds if s < 0]
-           + ["a sweep needs at least one seed"] * (not seeds)
-           + ["KD alphas need at least one tau"] * bool(kd and not taus))
-    if bad:
-        raise ValueError("; ".join(bad))
-    points = []
-    if baseline or 0.0 in alphas:
-        points += [GridPoint(0.0, None, s) for s in seeds]
-    points += [GridPoint(float(a), float(t), s) for a in kd for t in taus for s in seeds]
-    if not points:
-        raise ValueError("the grid is empty: give KD alphas (> 0) or keep the baseline")
-    return points
-
-
-def group_points(points: Sequence[GridPoint], parallel: int | None) -> list[list[GridPoint]]:
-    """Consecutive groups of at most ``parallel`` students (None: one group of all)."""
-    if parallel is not None and parallel < 1:
-        raise ValueError(f"parallel must be >= 1, got {parallel}")
-    size = len(points) if parallel is None else parallel
-    return [list(points[i:i + size]) for i in range(0, len(points), max(size, 1))]
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """A sweep: the shared run config (``base.out_dir`` is the sweep folder, ``base.seed`` the
-    data seed of every student), the grid, group size and test-view layouts."""
-
-    base: FitConfig
-    points: tuple[GridPoint, ...]
-    parallel: int | None = None
-    eval_views: tuple[str, ...] = ("1", "4x3")
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.base.out_dir)
-
-    def run_dir(self, point: GridPoint) -> Path:
-        return self.out_dir / RUNS / point.name
-
-    def spec(self, point: GridPoint):
-        from dvfl_train.student import StudentSpec
-
-        return StudentSpec(alpha=point.alpha, tau=self.base.tau if point.tau is None else point.tau,
-                           beta=self.base.beta, seed=point.seed, out_dir=str(self.run_dir(point)),
-                           name=point.name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": _VERSION, "points": [p.to_dict() for p in self.points],
-                "parallel": self.parallel, "eval_views": list(self.eval_views),
-                "base": self.base.to_dict()}
-
 
 @dataclass(frozen=True)
 class SweepEvent:
@@ -296,15 +200,6 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False
     return results
 
 
-def parse_layout(text: str):
-    from dvfl_train.evaluate import parse_views
-
-    try:
-        return parse_views(text)
-    except ValueError as exc:
-        raise SweepError(f"--eval-views: {exc}") from None
-
-
 def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
     """Each run's best.pt at every layout not yet evaluated, on the full test subset.
 
@@ -337,14 +232,13 @@ def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
                 check_classes(best, model, classes, index)
                 models.append(model.to(device))
                 infos.append(info)
-            geometry = {k: infos[0][k] for k in ("num_frames", "size", "temporal", "stride",
-                                                 "span")}
+            view = infos[0]["view"]
             for p, info in zip(group, infos):
-                if any(info[k] != v for k, v in geometry.items()):
+                if info["view"] != view:
                     raise SweepError(f"{cfg.run_dir(p) / 'best.pt'}: trained on other clips "
                                      f"than {group[0].name}; not a run of this sweep")
             started = time.perf_counter()
-            results = evaluate_many(models, index, clips=lay.clips, crops=lay.crops, **geometry,
+            results = evaluate_many(models, index, view, layout=lay,
                                     batch_size=cfg.base.batch_size, workers=cfg.base.workers,
                                     device=device, amp=cfg.base.amp)
             share = (time.perf_counter() - started) / len(group)
@@ -359,15 +253,6 @@ def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
                 log.debug("%s %s: %s", p.name, lay.label, result.summary())
                 emit(SweepEvent("eval", name=p.name, views=lay.label,
                                 message=result.summary()))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise SweepError(f"{path}: cannot read ({exc})") from None
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:

@@ -365,13 +365,10 @@ def _validate(active: list[Student], cfg: FitConfig, vindex, dist: _Dist,
     from dvfl_train.evaluate import evaluate_many
 
     started = time.perf_counter()
-    common = dict(num_frames=cfg.num_frames, size=cfg.size,
-                  temporal=str(cfg.sampler.get("temporal", "segment")),
-                  stride=int(cfg.sampler.get("stride", 4)), span=cfg.test_span,
-                  batch_size=cfg.batch_size, workers=cfg.workers, device=dist.device,
-                  amp=cfg.amp)
     # one decode of the validation videos for every student
-    results = evaluate_many([s.net for s in active], vindex, **common)
+    results = evaluate_many([s.net for s in active], vindex, cfg.test_view(),
+                            batch_size=cfg.batch_size, workers=cfg.workers, device=dist.device,
+                            amp=cfg.amp)
     seconds = time.perf_counter() - started
     log.debug("epoch %d: validated %d student(s) on %d videos in %.1f s", epoch, len(active),
              len(vindex), seconds)

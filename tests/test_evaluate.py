@@ -20,7 +20,7 @@ from dvfl_cache.models import create_model, save_checkpoint
 from dvfl_train.checkpoint import RunDir, training_state
 from dvfl_train.cli import main
 from dvfl_train.config import FitConfig
-from dvfl_train.evaluate import (ViewLayout, check_classes, evaluate, evaluate_many,
+from dvfl_train.evaluate import (TestView, ViewLayout, check_classes, evaluate, evaluate_many,
                                  load_for_eval, parse_views, report_with_misses)
 
 FRAMES, SIZE, CLASSES = 2, 32, ("a", "b", "c", "d")
@@ -99,8 +99,7 @@ def test_parse_views_refuses(text):
 
 @pytest.mark.parametrize("clips, crops, batch_size", [(1, 1, 8), (4, 3, 8), (4, 3, 5)])
 def test_aggregation_is_mean_of_per_view_softmax(model, wide_index, clips, crops, batch_size):
-    result = evaluate(model, wide_index, clips=clips, crops=crops, num_frames=FRAMES, size=SIZE,
-                      batch_size=batch_size)
+    result = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(clips, crops), batch_size=batch_size)
     expected = manual_probs(model, wide_index, clips, crops)
     np.testing.assert_allclose(result.probs, expected, rtol=0, atol=2e-6)
     assert result.num_views == clips * crops and result.views == ViewLayout(clips, crops).label
@@ -114,9 +113,9 @@ def test_test_span_cuts_longer_views(wide_index):
     from dvfl_cache.data import SubsampledViews, subsample_view
     from dvfl_train.evaluate import test_sampler
 
-    plain = test_sampler(clips=4, crops=3, num_frames=2, span=2)
+    plain = test_sampler(TestView(num_frames=2, size=32, span=2), layout=ViewLayout(4, 3))
     assert plain == ViewSampler(mode="test", clips=4, crops=3, num_frames=2)
-    cut = test_sampler(clips=4, crops=3, num_frames=2, span=6, temporal="stride", stride=2)
+    cut = test_sampler(TestView(num_frames=2, size=32, temporal="stride", stride=2, span=6), layout=ViewLayout(4, 3))
     long = ViewSampler(mode="test", clips=4, crops=3, num_frames=6, temporal="stride", stride=2)
     assert cut == SubsampledViews(long, 2)
     assert cut.views_per_video == 12 and cut.num_frames == 2
@@ -126,7 +125,7 @@ def test_test_span_cuts_longer_views(wide_index):
             assert view == subsample_view(long.sample(0, j, v.info), 2)
             assert view.frames[1] - view.frames[0] == 10  # the 6-frame view's first and last
     with pytest.raises(ValueError, match="cannot hold"):
-        test_sampler(num_frames=4, span=3)
+        test_sampler(TestView(num_frames=4, size=32, span=3))
     with pytest.raises(ValueError, match="cannot keep 5 of 4"):
         SubsampledViews(ViewSampler(mode="test", num_frames=4), 5)
 
@@ -148,7 +147,7 @@ def test_views_of_4x3_are_the_documented_layout(wide_index):
 
 def test_mean_of_softmax_is_not_softmax_of_mean_logits(model, wide_index):
     """The views disagree enough that the aggregation test above can tell the two apart."""
-    result = evaluate(model, wide_index, clips=4, crops=3, num_frames=FRAMES, size=SIZE)
+    result = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(4, 3))
     sampler = ViewSampler(mode="test", clips=4, crops=3, num_frames=FRAMES)
     with open_video(wide_index.abspath(0)) as v:
         clips = torch.stack([apply_view(v.frames(view.frames), view, SIZE) for view in
@@ -160,13 +159,11 @@ def test_mean_of_softmax_is_not_softmax_of_mean_logits(model, wide_index):
 
 def test_evaluation_is_deterministic_and_restores_mode(model, wide_index):
     model.train()
-    a = evaluate(model, wide_index, clips=2, crops=3, num_frames=FRAMES, size=SIZE)
+    a = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3))
     assert model.training
     model.eval()
-    b = evaluate(model, wide_index, clips=2, crops=3, num_frames=FRAMES, size=SIZE,
-                 batch_size=4)
-    c = evaluate(model, wide_index, clips=2, crops=3, num_frames=FRAMES, size=SIZE,
-                 batch_size=4)
+    b = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3), batch_size=4)
+    c = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3), batch_size=4)
     np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=2e-6)
     np.testing.assert_array_equal(b.probs, c.probs)
     assert (b.report.top1, b.report.top5) == (c.report.top1, c.report.top5)
@@ -174,15 +171,15 @@ def test_evaluation_is_deterministic_and_restores_mode(model, wide_index):
 
 
 def test_worker_processes_give_the_same_numbers(model, wide_index):
-    a = evaluate(model, wide_index, num_frames=FRAMES, size=SIZE, workers=0)
-    b = evaluate(model, wide_index, num_frames=FRAMES, size=SIZE, workers=1)
+    a = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), workers=0)
+    b = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), workers=1)
     np.testing.assert_array_equal(a.probs, b.probs)
 
 
 def test_progress_counts_every_video(model, wide_index, tmp_path):
     index = with_broken(wide_index, tmp_path)
     done = []
-    evaluate(model, index, num_frames=FRAMES, size=SIZE, batch_size=2, progress=done.append)
+    evaluate(model, index, TestView(num_frames=FRAMES, size=SIZE), batch_size=2, progress=done.append)
     assert sum(done) == len(index) == 4
 
 
@@ -193,14 +190,15 @@ def test_many_models_share_one_decode_and_match_their_own_evaluation(wide_index,
     index = with_broken(wide_index, tmp_path, label=3)
     models = [tiny_model(seed=s) for s in (0, 1, 2)]
     models[1].train()
-    alone = [evaluate(m, index, clips=2, crops=3, num_frames=FRAMES, size=SIZE, batch_size=4)
+    alone = [evaluate(m, index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3), batch_size=4)
              for m in models]
+    import dvfl_cache.data.dataset as ds
+
     decodes = []
-    real = ev.load_video_views
-    monkeypatch.setattr(ev, "load_video_views", lambda *a, **k: decodes.append(a[0]) or
+    real = ds.open_video
+    monkeypatch.setattr(ds, "open_video", lambda *a, **k: decodes.append(a[0]) or
                         real(*a, **k))
-    together = evaluate_many(models, index, clips=2, crops=3, num_frames=FRAMES, size=SIZE,
-                             batch_size=4)
+    together = evaluate_many(models, index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3), batch_size=4)
     assert len(decodes) == len(index) == 4  # each video once, not once per model
     assert [m.training for m in models] == [False, True, False]
     for a, b in zip(alone, together):
@@ -210,14 +208,14 @@ def test_many_models_share_one_decode_and_match_their_own_evaluation(wide_index,
     # the models really differ, so equal results are not one model's scores copied
     assert np.abs(together[0].probs[:3] - together[1].probs[:3]).max() > 1e-3
     with pytest.raises(ValueError, match="at least one model"):
-        evaluate_many([], index, num_frames=FRAMES, size=SIZE)
+        evaluate_many([], index, TestView(num_frames=FRAMES, size=SIZE))
 
 
 # -- failures count as misses ---------------------------------------------------------------------
 
 def test_broken_video_is_a_reported_miss(model, wide_index, tmp_path):
     index = with_broken(wide_index, tmp_path, label=3)
-    result = evaluate(model, index, clips=2, crops=3, num_frames=FRAMES, size=SIZE)
+    result = evaluate(model, index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3))
     good = manual_probs(model, wide_index, 2, 3)
     assert result.num_videos == 4 and result.num_failed == 1
     path, reason = result.failed[0]
@@ -255,9 +253,9 @@ def test_report_when_every_video_failed():
 
 def test_evaluate_refuses_mismatched_model(wide_index):
     with pytest.raises(DvflError, match="5 classes.*has 4"):
-        evaluate(tiny_model(num_classes=5), wide_index, num_frames=FRAMES, size=SIZE)
+        evaluate(tiny_model(num_classes=5), wide_index, TestView(num_frames=FRAMES, size=SIZE))
     with pytest.raises(DvflError, match="takes 2-frame clips.*4 frames"):
-        evaluate(tiny_model(), wide_index, num_frames=4, size=SIZE)
+        evaluate(tiny_model(), wide_index, TestView(num_frames=4, size=SIZE))
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -275,6 +273,7 @@ def test_load_run_checkpoint(model, tmp_path):
     path = run_checkpoint(tmp_path / "run", model,
                           sampler={"temporal": "stride", "stride": 2})
     loaded, classes, info = load_for_eval(path)
+    info = {**info, **info["view"].to_dict()}
     assert classes == CLASSES
     assert {k: info[k] for k in ("kind", "num_frames", "size", "temporal", "stride", "epoch")} \
         == {"kind": "run", "num_frames": 2, "size": 32, "temporal": "stride", "stride": 2,
@@ -288,13 +287,14 @@ def test_load_run_checkpoint(model, tmp_path):
 def test_load_plain_model_checkpoint(model, tmp_path):
     save_checkpoint(tmp_path / "m.pt", model)
     loaded, classes, info = load_for_eval(tmp_path / "m.pt")
+    info = {**info, **info["view"].to_dict()}
     assert classes is None
     assert (info["kind"], info["num_frames"], info["size"], info["temporal"]) == \
         ("model", 2, 32, "segment")
     save_checkpoint(tmp_path / "named.pt", model, classes=list(CLASSES))
     assert load_for_eval(tmp_path / "named.pt")[1] == CLASSES
     loaded, _, info = load_for_eval(tmp_path / "m.pt", num_frames=4)
-    assert loaded.num_frames == 4 and info["num_frames"] == 4
+    assert loaded.num_frames == 4 and info["view"].num_frames == 4
 
 
 def test_unusable_checkpoints(model, tmp_path):
@@ -337,7 +337,7 @@ def test_eval_command_writes_json_and_counts_failures(model, synth_root, synth_t
     assert res.output.count("over 9 videos") == 2
     assert "of which 1 failed to decode and count as misses" in res.output
 
-    direct = evaluate(model, index, clips=2, crops=3, num_frames=FRAMES, size=SIZE)
+    direct = evaluate(model, index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3))
     for name, layout in (("eval_1.json", "1"), ("eval_2x3.json", "2x3")):
         record = json.loads((tmp_path / "run" / name).read_text())
         assert record["views"] == layout and record["num_videos"] == 9
@@ -396,11 +396,11 @@ def test_wrapped_model_is_evaluated_and_checked_through_the_wrapper(model, wide_
         def forward(self, x):
             return self.module(x)
 
-    plain = evaluate(model, wide_index, num_frames=FRAMES, size=SIZE)
-    wrapped = evaluate(Wrapper(model), wide_index, num_frames=FRAMES, size=SIZE)
+    plain = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE))
+    wrapped = evaluate(Wrapper(model), wide_index, TestView(num_frames=FRAMES, size=SIZE))
     np.testing.assert_array_equal(plain.probs, wrapped.probs)
     with pytest.raises(DvflError, match="5 classes"):
-        evaluate(Wrapper(tiny_model(num_classes=5)), wide_index, num_frames=FRAMES, size=SIZE)
+        evaluate(Wrapper(tiny_model(num_classes=5)), wide_index, TestView(num_frames=FRAMES, size=SIZE))
 
 
 def test_non_finite_scores_are_misses_not_failures(wide_index):
@@ -413,6 +413,6 @@ def test_non_finite_scores_are_misses_not_failures(wide_index):
             logits[:, 0] = float("nan")
             return logits
 
-    result = evaluate(Diverged(), wide_index, num_frames=FRAMES, size=SIZE)
+    result = evaluate(Diverged(), wide_index, TestView(num_frames=FRAMES, size=SIZE))
     assert result.num_failed == 0 and np.isnan(result.probs).all()
     assert (result.report.top1, result.report.top5, result.report.confusion.sum()) == (0, 0, 0)

@@ -159,15 +159,15 @@ def test_student_validates_and_tests_on_the_teacher_span(synth_root, synth_index
                                                          tmp_path, monkeypatch, caplog):
     """With --test-span 4, a 2-frame student of a 4-frame cache is validated in fit, and tested
     by eval, on the 4-frame test views cut to 2 frames; without it, a warning says so."""
-    import dvfl_train.evaluate as ev
     from dvfl_cache.data import SubsampledViews, ViewSampler, open_video, subsample_view
     from dvfl_train.cli import main
 
+    from dvfl_cache.data.dataset import AllViews
+
     used = []
-    real = ev.load_video_views
-    monkeypatch.setattr(ev, "load_video_views",
-                        lambda path, sampler, *a, **k: used.append(sampler) or
-                        real(path, sampler, *a, **k))
+    real = AllViews.draw
+    monkeypatch.setattr(AllViews, "draw",
+                        lambda self, i, info: used.append(self.sampler) or real(self, i, info))
     run = tmp_path / "spanned"
     args = _fit_args(synth_root, caches[1], run, beta=0.0)
     with caplog.at_level("WARNING", logger="dvfl_train.trainer"):

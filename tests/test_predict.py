@@ -14,7 +14,7 @@ from conftest import write_counter_video
 from dvfl_cache.data import DatasetIndex, VideoEntry
 from dvfl_cache.models import create_model, save_checkpoint
 from dvfl_train.cli import main
-from dvfl_train.evaluate import evaluate
+from dvfl_train.evaluate import TestView, ViewLayout, evaluate
 from dvfl_train.predict import predict_video
 
 FRAMES, SIZE, CLASSES = 2, 32, ("walk", "run", "jump", "sit")
@@ -50,9 +50,8 @@ def test_prediction_equals_evaluation_of_the_same_file(model, video, clips, crop
     index = DatasetIndex(kind="list", split=1, subset="test", classes=CLASSES,
                          videos=(VideoEntry(path=video.name, label=0, video_id="clip"),),
                          root=str(video.parent))
-    evaluated = evaluate(model, index, clips=clips, crops=crops, num_frames=FRAMES, size=SIZE)
-    pred = predict_video(model, video, classes=CLASSES, clips=clips, crops=crops,
-                         num_frames=FRAMES, size=SIZE, topk=3)
+    evaluated = evaluate(model, index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(clips, crops))
+    pred = predict_video(model, video, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(clips, crops), classes=CLASSES, topk=3)
     np.testing.assert_allclose(pred.probs, evaluated.probs[0], rtol=0, atol=1e-6)
     assert pred.probs.sum() == pytest.approx(1.0, abs=1e-6)
     order = np.argsort(-pred.probs)[:3]
@@ -62,13 +61,13 @@ def test_prediction_equals_evaluation_of_the_same_file(model, video, clips, crop
 
 
 def test_ties_rank_lower_class_first_and_topk_is_clamped(video):
-    pred = predict_video(ConstantLogits(), video, num_frames=FRAMES, size=SIZE, topk=10)
+    pred = predict_video(ConstantLogits(), video, TestView(num_frames=FRAMES, size=SIZE), topk=10)
     assert pred.top == tuple((f"class {i}", 0.25) for i in range(4))
 
 
 def test_predict_refuses_wrong_class_names(model, video):
     with pytest.raises(ValueError, match="3 class names for a model with 4 outputs"):
-        predict_video(model, video, classes=CLASSES[:3], num_frames=FRAMES, size=SIZE)
+        predict_video(model, video, TestView(num_frames=FRAMES, size=SIZE), classes=CLASSES[:3])
 
 
 def test_predict_command_prints_topk(model, video, tmp_path):
@@ -77,8 +76,7 @@ def test_predict_command_prints_topk(model, video, tmp_path):
                                     "--views", "4x3", "--topk", "2", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     rows = re.findall(r"^\s*(\d)\. (\S+)\s+([0-9.]+)$", res.output, re.MULTILINE)
-    expected = predict_video(model, video, classes=CLASSES, clips=4, crops=3,
-                             num_frames=FRAMES, size=SIZE, topk=2).top
+    expected = predict_video(model, video, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(4, 3), classes=CLASSES, topk=2).top
     assert [(int(r), n, float(p)) for r, n, p in rows] == \
         [(i + 1, n, round(p, 4)) for i, (n, p) in enumerate(expected)]
     assert "4 clips x 3 crops" in res.output

@@ -185,15 +185,15 @@ def test_val_subset_is_evenly_spaced(synth_root):
 def test_validation_of_many_students_equals_evaluate(synth_test_index):
     """The trainer validates a sweep's students with one `evaluate_many` pass."""
     from dvfl_cache.models import create_model
-    from dvfl_train.evaluate import evaluate, evaluate_many
+    from dvfl_train.evaluate import TestView, evaluate, evaluate_many
 
     nets = []
     for seed in (1, 2):
         torch.manual_seed(seed)
         nets.append(create_model("vfl-nano", num_classes=4, num_frames=2, **TEACHER_OPTS))
-    shared = evaluate_many(nets, synth_test_index, num_frames=2, size=32, batch_size=3)
+    shared = evaluate_many(nets, synth_test_index, TestView(num_frames=2, size=32), batch_size=3)
     for net, (report, failed) in zip(nets, ((r.report, r.num_failed) for r in shared)):
-        alone = evaluate(net, synth_test_index, num_frames=2, size=32, batch_size=3).report
+        alone = evaluate(net, synth_test_index, TestView(num_frames=2, size=32), batch_size=3).report
         assert failed == 0 and net.training
         assert (report.top1, report.top5, report.count) == (alone.top1, alone.top5, alone.count)
         np.testing.assert_array_equal(report.confusion, alone.confusion)

@@ -103,7 +103,7 @@ def test_fit_writes_a_complete_run_directory(synth_root, tmp_path):
     assert state["epoch"] == 2 and state["classes"] == ["PanLeft", "PanRight", "PanUp",
                                                         "PanDown"]
     model, classes, info = load_for_eval(out / "best.pt")
-    assert (info["num_frames"], info["size"], model.num_classes) == (2, 32, 4)
+    assert (info["view"].num_frames, info["view"].size, model.num_classes) == (2, 32, 4)
     assert classes == tuple(state["classes"]) and model.config["embed_dim"] == 8
 
 

@@ -23,22 +23,24 @@ def _one_view(ctx, param, value):
     return _views(ctx, param, (value,))[0]
 
 
-def _geometry(info: dict, frames, size, temporal, stride, test_span) -> dict:
-    """The checkpoint's clip geometry with the command-line overrides applied."""
-    span = info["span"] if test_span is None else (test_span or None)
-    if span is not None and span < info["num_frames"]:
+def _geometry(info: dict, frames, size, temporal, stride, test_span):
+    """The checkpoint's TestView with the command-line overrides applied."""
+    import dataclasses
+
+    view = info["view"]
+    span = view.span if test_span is None else (test_span or None)
+    if span is not None and span < view.num_frames:
         raise click.BadParameter(f"a test span of {span} frames cannot hold the model's "
-                                 f"{info['num_frames']} frames", param_hint="--test-span")
-    return {"num_frames": info["num_frames"], "size": size or info["size"],
-            "temporal": temporal or info["temporal"], "stride": stride or info["stride"],
-            "span": span}
+                                 f"{view.num_frames} frames", param_hint="--test-span")
+    return dataclasses.replace(view, size=size or view.size, temporal=temporal or view.temporal,
+                               stride=stride or view.stride, span=span)
 
 
-def _describe(geometry: dict) -> str:
-    text = (f"{geometry['num_frames']} frames x {geometry['size']} px, {geometry['temporal']} "
+def _describe(geometry) -> str:
+    text = (f"{geometry.num_frames} frames x {geometry.size} px, {geometry.temporal} "
             "sampling")
-    if geometry["span"] is not None:
-        text += f", each test view {geometry['span']} frames cut to {geometry['num_frames']}"
+    if geometry.span is not None:
+        text += f", each test view {geometry.span} frames cut to {geometry.num_frames}"
     return text
 
 
@@ -119,7 +121,7 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
     dev = resolve_device(device)
     set_compute_threads(device=dev, workers=workers, threads=threads)
     model.to(dev)
-    gmacs = count_gmacs(model, frames=geometry["num_frames"], size=geometry["size"])
+    gmacs = count_gmacs(model, frames=geometry.num_frames, size=geometry.size)
     out_dir = Path(out) if out else Path(checkpoint).resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -127,9 +129,8 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
     for layout in layouts:
         with tqdm(total=len(index), unit="video", desc=f"eval {layout.label}",
                   leave=False) as bar:
-            result = evaluate(model, index, clips=layout.clips, crops=layout.crops,
-                              batch_size=batch_size, workers=workers, device=dev, amp=amp,
-                              progress=bar.update, **geometry)
+            result = evaluate(model, index, geometry, layout=layout, batch_size=batch_size,
+                              workers=workers, device=dev, amp=amp, progress=bar.update)
         path = write_eval_json(
             result, out_dir / f"eval_{layout.label}.json", classes=index.classes,
             checkpoint=str(checkpoint), epoch=info.get("epoch"), arch=info.get("arch"),
@@ -176,8 +177,8 @@ def predict_cmd(video: str, checkpoint: str, layout, topk: int, frames: int | No
     geometry = _geometry(info, frames, size, temporal, stride, test_span)
     dev = resolve_device(device)
     model.to(dev)
-    pred = predict_video(model, video, classes=classes, clips=layout.clips, crops=layout.crops,
-                         topk=topk, device=dev, amp=amp, **geometry)
+    pred = predict_video(model, video, geometry, classes=classes, layout=layout, topk=topk,
+                         device=dev, amp=amp)
     click.echo(f"{video}: {layout.describe()}, {_describe(geometry)}")
     width = max(len(name) for name, _ in pred.top)
     for rank, (name, p) in enumerate(pred.top, 1):
