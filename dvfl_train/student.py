@@ -120,9 +120,7 @@ class Student:
 
     spec: StudentSpec
     cfg: FitConfig
-    net: nn.Module                 # the bare network (what checkpoints hold)
-    student_net: StudentNet        # network + projection (what the optimizer drives)
-    module: nn.Module              # student_net, DDP-wrapped when data-parallel
+    model: nn.Module               # the one handle: StudentNet, DDP-wrapped when data-parallel
     optimizer: torch.optim.Optimizer
     rng: _RngSlot
     run: RunDir | None = None      # rank 0 only
@@ -136,6 +134,16 @@ class Student:
     lr: float = 0.0
     last_record: dict[str, Any] | None = None
     session_epochs: int = 0        # epochs trained by this call
+
+    @property
+    def parts(self) -> StudentNet:
+        """The network and its projection, under any DDP wrapper."""
+        return getattr(self.model, "module", self.model)
+
+    @property
+    def net(self) -> nn.Module:
+        """The bare network: what checkpoints hold and validation scores."""
+        return self.parts.net
 
 
 def derive_seed(*key: int) -> int:
@@ -173,8 +181,8 @@ def build_student(cfg: FitConfig, spec: StudentSpec, *, num_classes: int, device
     optimizer = build_optimizer(student_net, lr=cfg.scaled_lrs()[1],
                                 weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                 name=cfg.optimizer)
-    return Student(spec=spec, cfg=cfg, net=net, student_net=student_net, module=student_net,
-                   optimizer=optimizer, rng=_RngSlot(device))
+    return Student(spec=spec, cfg=cfg, model=student_net, optimizer=optimizer,
+                   rng=_RngSlot(device))
 
 
 def train_step(student: Student, clip: torch.Tensor, target: torch.Tensor, *,
@@ -191,7 +199,7 @@ def train_step(student: Student, clip: torch.Tensor, target: torch.Tensor, *,
     with student.rng.active():
         with torch.autocast(clip.device.type, dtype=torch.bfloat16,
                             enabled=amp and clip.device.type == "cuda"):
-            logits, features = student.module(clip)
+            logits, features = student.model(clip)
         use_feat = cfg.beta > 0
         parts = kd_loss(logits, teacher_logits, target, cfg.alpha, cfg.tau,
                         cfg.label_smoothing, beta=cfg.beta,
@@ -199,7 +207,7 @@ def train_step(student: Student, clip: torch.Tensor, target: torch.Tensor, *,
                         teacher_features=teacher_features if use_feat else None)
         (parts["loss"] * weight).backward()
     if cfg.clip_grad is not None:
-        torch.nn.utils.clip_grad_norm_(student.student_net.parameters(), cfg.clip_grad)
+        torch.nn.utils.clip_grad_norm_(student.model.parameters(), cfg.clip_grad)
     student.optimizer.step()
     student.step += 1
     return {k: v.detach() for k, v in parts.items()}, logits.detach()

@@ -20,27 +20,25 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from dvfl_cache.cache.store import CacheReader
-from dvfl_cache.data.decode import open_video
+from dvfl_cache.data.dataset import ClipDataset, Cut, FixedViews, SampledViews, collate_clips
 from dvfl_cache.data.index import DatasetIndex
-from dvfl_cache.data.transforms import to_float, view_pixels
-from dvfl_cache.data.views import (View, ViewSampler, subsample_positions, subsample_view,
-                                   views_from_arrays)
-from dvfl_cache.errors import CacheError, DvflError, VideoDecodeError
+from dvfl_cache.data.transforms import to_float
+from dvfl_cache.data.views import View, ViewSampler, views_from_arrays
+from dvfl_cache.errors import DvflError
 
 from dvfl_train.config import FitConfig
 
-__all__ = ["EpochPlan", "TrainClips", "batch_inputs", "collate_train", "epoch_order",
-           "load_online_teacher", "make_loader", "mix_batch", "open_cache", "plan_epoch",
-           "rank_batches", "train_index", "val_index"]
+__all__ = ["EpochPlan", "as_input", "epoch_order", "make_loader", "mix_batch", "plan_epoch",
+           "rank_batches", "student_inputs", "train_clips", "train_index", "val_index"]
 
 log = logging.getLogger(__name__)
 
@@ -84,55 +82,6 @@ def val_index(cfg: FitConfig) -> DatasetIndex:
     return index
 
 
-# -- where teacher logits come from -----------------------------------------------------------
-
-def open_cache(path: str, index: DatasetIndex, *, num_frames: int,
-               need_features: bool) -> CacheReader:
-    """The cache, refused unless it was built for exactly these videos and can serve the run."""
-    reader = CacheReader(path)
-    reader.check_compatible(dataset=index, num_classes=index.num_classes)
-    if not reader.complete:
-        raise CacheError(f"{path}: cache is unfinished (shards {reader.pending_shards()[:10]} "
-                         "pending); finish it with `dvfl-cache build --resume`")
-    if num_frames > reader.meta.num_frames:
-        raise CacheError(f"{path}: the teacher saw {reader.meta.num_frames} frames per view; a "
-                         f"student cannot replay {num_frames} of them (use --frames <= "
-                         f"{reader.meta.num_frames})")
-    if need_features and reader.meta.feature_dim is None:
-        raise CacheError(f"{path}: the feature term (beta > 0) needs teacher features; rebuild "
-                         "the cache with `dvfl-cache build --features`")
-    return reader
-
-
-def load_online_teacher(cfg: FitConfig, *, num_classes: int) -> torch.nn.Module:
-    """The teacher for online KD, frozen and in eval mode.
-
-    ``cfg.teacher`` names the architecture of ``cfg.teacher_weights``; without a name the weights
-    must be a dvfl checkpoint, which names its own. The teacher's clip geometry is its own:
-    ``num_frames`` and the ``img_size`` of its config.
-    """
-    from dvfl_cache.models import create_model, load_pretrained, model_from_checkpoint
-
-    opts = dict(cfg.teacher_opts)
-    if cfg.teacher is None:
-        teacher, report = model_from_checkpoint(cfg.teacher_weights, **opts)
-    else:
-        try:
-            teacher = create_model(cfg.teacher, **{"num_classes": num_classes, **opts})
-        except (TypeError, ValueError) as exc:
-            raise DvflError(f"teacher {cfg.teacher}: {exc}") from None
-        report = load_pretrained(teacher, cfg.teacher_weights)
-    log.info("online teacher %s", report.summary())
-    if teacher.num_classes != num_classes:
-        raise DvflError(f"{cfg.teacher_weights}: the teacher has {teacher.num_classes} classes, "
-                        f"the dataset {num_classes}")
-    if cfg.num_frames > teacher.num_frames:
-        raise DvflError(f"{cfg.teacher_weights}: the teacher takes {teacher.num_frames} frames; "
-                        f"a student of {cfg.num_frames} cannot share its views")
-    teacher.eval().requires_grad_(False)
-    return teacher
-
-
 # -- epochs -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
@@ -152,6 +101,15 @@ class EpochPlan:
     teacher_logits: np.ndarray | None = None
     teacher_features: np.ndarray | None = None
     invalid: tuple[int, ...] = field(default=())
+
+    def source(self, sampler: ViewSampler | None = None) -> FixedViews | SampledViews:
+        """The plan's views for ``ClipDataset``: the fixed (cached) views, or view number
+        ``view_number`` of each video drawn by ``sampler``."""
+        if all(v is not None for v in self.views):
+            return FixedViews(tuple(self.views))
+        if sampler is None:
+            raise ValueError("the plan has views to draw but no sampler was given")
+        return SampledViews.of_videos(sampler, self.videos.tolist(), self.view_number)
 
 
 def plan_epoch(epoch: int, index: DatasetIndex, *, reader: CacheReader | None = None,
@@ -201,114 +159,39 @@ def rank_batches(order: np.ndarray, *, batch_size: int, rank: int = 0,
 
 # -- decoding ---------------------------------------------------------------------------------
 
-class TrainClips(Dataset):
-    """Item i: the clip of ``plan.videos[i]`` for the student (and the teacher, online).
-
-    ``sampler`` draws views when the plan has none; its frame count is the teacher's (online)
-    or the student's. The student's view is ``subsample_view(view, num_frames)``; with
-    ``teacher_size`` the full view is also applied at that size, from the same decoded frames.
-    Clips are uint8 pixels (``view_pixels``), 4x less to ship from workers and to the device;
-    ``batch_inputs`` normalises them where the model runs, bit-identical to ``apply_view``.
-    """
-
-    def __init__(self, index: DatasetIndex, plan: EpochPlan, *, num_frames: int, size: int,
-                 sampler: ViewSampler | None = None, teacher_size: int | None = None):
-        if sampler is None and any(v is None for v in plan.views):
-            raise ValueError("the plan has views to draw but no sampler was given")
-        self.index, self.plan, self.sampler = index, plan, sampler
-        self.num_frames, self.size, self.teacher_size = num_frames, size, teacher_size
-
-    def __len__(self) -> int:
-        return len(self.plan.videos)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        video = int(self.plan.videos[i])
-        path = self.index.abspath(video)
-        item: dict[str, Any] = {"video": video, "label": self.index.videos[video].label,
-                                "path": path, "clip": None, "teacher_clip": None, "error": None}
-        view = self.plan.views[i]
-        try:
-            with open_video(path) as v:
-                if view is None:
-                    view = self.sampler.sample(video, self.plan.view_number, v.info)
-                positions = subsample_positions(len(view.frames), self.num_frames)
-                if self.teacher_size is None:
-                    frames = v.frames([view.frames[p] for p in positions])
-                else:
-                    frames = v.frames(list(view.frames))
-        except VideoDecodeError as exc:
-            log.debug("%s", exc)
-            item["error"] = exc.reason
-            return item
-        student_view = subsample_view(view, self.num_frames)
-        if self.teacher_size is None:
-            item["clip"] = view_pixels(frames, student_view, self.size)
-        else:
-            item["teacher_clip"] = view_pixels(frames, view, self.teacher_size)
-            item["clip"] = view_pixels(frames[positions], student_view, self.size)
-        return item
+def train_clips(index: DatasetIndex, plan: EpochPlan, cuts: Sequence[Cut], *,
+                sampler: ViewSampler | None = None) -> ClipDataset:
+    """The epoch's clips: item i is ``plan.videos[i]`` cut as ``cuts`` say (from the teacher
+    source: the student's cut, and online the teacher's), all from one decode."""
+    return ClipDataset(index, plan.source(sampler), cuts)
 
 
-def collate_train(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack what decoded; ``failures`` lists (path, reason) of what did not."""
-    good = [it for it in items if it["error"] is None]
-    batch: dict[str, Any] = {
-        "failures": [(it["path"], it["error"]) for it in items if it["error"] is not None],
-        "video": torch.tensor([it["video"] for it in good], dtype=torch.int64),
-        "label": torch.tensor([it["label"] for it in good], dtype=torch.int64),
-        "clip": torch.stack([it["clip"] for it in good]) if good else None,
-        "teacher_clip": None,
-    }
-    if good and good[0]["teacher_clip"] is not None:
-        batch["teacher_clip"] = torch.stack([it["teacher_clip"] for it in good])
-    return batch
-
-
-def make_loader(dataset: TrainClips, batches: list[list[int]], *, workers: int,
+def make_loader(dataset: ClipDataset, batches: list[list[int]], *, workers: int,
                 pin_memory: bool) -> DataLoader:
     """Yields exactly ``batches`` (positions into the dataset), in order, decoded by workers."""
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                      collate_fn=collate_train, pin_memory=pin_memory,
+                      collate_fn=collate_clips, pin_memory=pin_memory,
                       prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
-def _as_input(clip: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 pixels from ``TrainClips`` -> normalised float on ``device`` (float input, e.g. a
-    benchmark's ready-made batch, is taken as already normalised)."""
+def as_input(clip: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 pixels of a uint8 cut -> normalised float on ``device`` (bit-identical to
+    ``apply_view``); float input, e.g. a benchmark's ready-made batch, is taken as normalised."""
     clip = clip.to(device, non_blocking=True)
     return to_float(clip) if clip.dtype == torch.uint8 else clip
 
 
-def batch_inputs(batch: dict[str, Any], device: torch.device, *, num_classes: int,
-                  cfg: FitConfig, teacher: nn.Module | None, cached_logits: torch.Tensor | None,
-                  cached_features: torch.Tensor | None, need_features: bool, amp: bool):
-    """Clips, labels and teacher outputs of a batch on ``device``.
+def student_inputs(batch: dict[str, Any], device: torch.device, *, num_frames: int,
+                   size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's student clips and labels on ``device``.
 
     A rank whose share decoded to nothing still steps (DDP needs every rank in each gradient
-    all-reduce): it feeds one blank clip with loss weight 0.
+    all-reduce): it feeds one blank clip (the caller gives it loss weight 0).
     """
     if batch["clip"] is None:
-        clip = torch.zeros(1, cfg.num_frames, 3, cfg.size, cfg.size, device=device)
-        labels = torch.zeros(1, dtype=torch.int64, device=device)
-        has_teacher = teacher is not None or cached_logits is not None
-        t_logits = torch.zeros(1, num_classes, device=device) if has_teacher else None
-        width = (teacher.num_features if teacher is not None
-                 else cached_features.shape[1] if cached_features is not None else 0)
-        t_feats = torch.zeros(1, width, device=device) if need_features else None
-        return clip, labels, t_logits, t_feats
-    clip = _as_input(batch["clip"], device)
-    labels = batch["label"].to(device, non_blocking=True)
-    t_logits = t_feats = None
-    if cached_logits is not None:
-        rows = batch["video"].to(device, non_blocking=True)
-        t_logits = cached_logits[rows]
-        t_feats = cached_features[rows] if cached_features is not None else None
-    elif teacher is not None:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            features = teacher.forward_features(_as_input(batch["teacher_clip"], device))
-            t_logits = teacher.forward_head(features).float()
-        t_feats = features.float() if need_features else None
-    return clip, labels, t_logits, t_feats
+        return (torch.zeros(1, num_frames, 3, size, size, device=device),
+                torch.zeros(1, dtype=torch.int64, device=device))
+    return as_input(batch["clip"], device), batch["label"].to(device, non_blocking=True)
 
 
 # -- mixing (plain CE only) -------------------------------------------------------------------

@@ -37,8 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dvfl_cache.data.dataset import FailureLog
-from dvfl_cache.data.views import ViewSampler
+from dvfl_cache.data.dataset import Cut, FailureLog
 from dvfl_cache.errors import CheckpointError
 from dvfl_cache.runtime import resolve_device
 
@@ -46,9 +45,9 @@ from dvfl_train.checkpoint import RunDir, restore_training_state, training_state
 from dvfl_train.config import ConfigError, FitConfig
 from dvfl_train.schedule import lr_at
 from dvfl_train.student import Student, StudentSpec, build_student, derive_seed, train_step
-from dvfl_train.train_data import (TrainClips, batch_inputs, epoch_order, load_online_teacher,
-                                   make_loader, mix_batch, open_cache, plan_epoch, rank_batches,
-                                   train_index, val_index)
+from dvfl_train.teachers import open_teacher
+from dvfl_train.train_data import (epoch_order, make_loader, mix_batch, rank_batches,
+                                   student_inputs, train_clips, train_index, val_index)
 
 __all__ = ["TrainEvent", "fit", "train_students"]
 
@@ -89,6 +88,12 @@ class _Dist:
         if self.world > 1:
             torch.distributed.all_reduce(t)
         return t
+
+    def total(self, n: int) -> int:
+        """``n`` summed over the ranks."""
+        if self.world <= 1:
+            return n
+        return int(self.all_reduce(torch.tensor([n], device=self.device)).item())
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -161,99 +166,49 @@ def train_students(cfg: FitConfig, specs: list[StudentSpec], *, resume: bool = F
 def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], dist: _Dist, *,
            data_seed: int, resume: bool, overwrite: bool, log_every: int,
            progress: Progress | None) -> list[dict[str, Any]]:
-    device, rank, world = dist.device, dist.rank, dist.world
-    emit = progress or (lambda event: None)
-    index = train_index(cfg)
-    vindex = val_index(cfg)
-    num_classes = index.num_classes
-    need_features = any(s.beta > 0 for s in specs)
-    reader = teacher = sampler = None
-    teacher_size = None
-    if cfg.cache is not None:
-        reader = open_cache(cfg.cache, index, num_frames=cfg.num_frames,
-                            need_features=need_features)
-        feature_dim = reader.meta.feature_dim
-        log.info("teacher logits from %s (%s, %d views per video)", cfg.cache,
-                 reader.meta.teacher.name, reader.meta.views_per_video)
-    else:
-        if cfg.teacher_weights is not None:
-            teacher = load_online_teacher(cfg, num_classes=num_classes).to(device)
-            teacher_size = int(teacher.config["img_size"])
-        feature_dim = teacher.num_features if teacher is not None else None
-        frames = teacher.num_frames if teacher is not None else cfg.num_frames
-        try:
-            sampler = ViewSampler.from_dict({**cfg.sampler, "mode": "train", "seed": data_seed,
-                                             "num_frames": frames})
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{cfg.out_dir}: bad sampler options {cfg.sampler}: {exc}") from None
-
-    replayed = reader.meta.num_frames if reader is not None else (
-        teacher.num_frames if teacher is not None else cfg.num_frames)
-    if replayed > cfg.num_frames and cfg.test_span is None:
-        log.warning("the students replay the teacher's %d-frame views cut to %d frames but "
-                    "validate on plain %d-frame views, which may span less time; --test-span %d "
-                    "(with the teacher's --sampler-opt stride) validates on views like the "
-                    "training ones", replayed, cfg.num_frames, cfg.num_frames, replayed)
-    students = [_open_student(c, s, dist, num_classes=num_classes, feature_dim=feature_dim,
-                              resume=resume, overwrite=overwrite) for c, s in zip(configs, specs)]
-    # The schedule runs over batch positions, epoch-aligned even when an epoch is short of
-    # videos (failed views): the last batch of the last epoch is at the minimum LR.
-    steps_per_epoch = math.ceil(len(index) / cfg.batch_size)
-    last = max(cfg.epochs * steps_per_epoch - 1, 1)
-    base_lr, warmup_lr, min_lr = cfg.scaled_lrs()
-    schedule = dict(total_steps=last, warmup_steps=min(cfg.warmup_epochs * steps_per_epoch, last),
-                    base_lr=base_lr, warmup_lr=warmup_lr, min_lr=min_lr)
-    failures = FailureLog()
-    invalid_views, warned = 0, set()
+    device, emit = dist.device, progress or (lambda event: None)
+    index, vindex = train_index(cfg), val_index(cfg)
+    teacher = open_teacher(cfg, index, data_seed=data_seed,
+                           need_features=any(s.beta > 0 for s in specs), device=device)
+    _check_test_span(cfg, teacher.view_frames)
+    students = [_open_student(c, s, dist, num_classes=index.num_classes,
+                              feature_dim=teacher.feature_dim, resume=resume, overwrite=overwrite)
+                for c, s in zip(configs, specs)]
+    schedule = _Schedule.of(cfg, len(index))
+    # uint8 pixels: 4x less to ship from workers; normalised on the device (as_input)
+    cuts = teacher.cuts(Cut("clip", cfg.size, frames=cfg.num_frames, as_uint8=True))
+    failures, invalid = FailureLog(), _InvalidViews(index)
     amp = cfg.amp and device.type == "cuda"
 
     for epoch in range(min(s.done for s in students) + 1, cfg.epochs + 1):
         active = [s for s in students if s.done < epoch]
-        plan = plan_epoch(epoch, index, reader=reader, need_features=need_features)
-        invalid_views += len(plan.invalid)
-        new_invalid = sorted(set(plan.invalid) - warned)
-        if new_invalid:  # each video once per session; epoch records count them all
-            warned.update(new_invalid)
-            log.warning("skipping cached views marked invalid (the video failed when the cache "
-                        "was built): %s", ", ".join(index.videos[v].path for v in new_invalid))
+        plan = teacher.plan(epoch, index)
+        invalid.add(plan.invalid)
         batches = rank_batches(epoch_order(data_seed, epoch, len(plan.videos)),
-                               batch_size=cfg.batch_size, rank=rank, world_size=world)
-        loader = make_loader(TrainClips(index, plan, num_frames=cfg.num_frames, size=cfg.size,
-                                        sampler=sampler, teacher_size=teacher_size),
-                             batches, workers=cfg.workers, pin_memory=device.type == "cuda")
-        cached_logits = cached_features = None
-        if plan.teacher_logits is not None:
-            cached_logits = torch.from_numpy(plan.teacher_logits).to(device)
-            if plan.teacher_features is not None:
-                cached_features = torch.from_numpy(plan.teacher_features).to(device)
+                               batch_size=cfg.batch_size, rank=dist.rank, world_size=dist.world)
+        loader = make_loader(train_clips(index, plan, cuts, sampler=teacher.sampler), batches,
+                             workers=cfg.workers, pin_memory=device.type == "cuda")
         for s in active:
-            s.rng.reseed(derive_seed(s.spec.seed, epoch, rank, _DROP_PATH_TAG))
-            s.module.train()
-            s.window = torch.zeros(6, dtype=torch.float64, device=device)
-            s.totals = torch.zeros(6, dtype=torch.float64, device=device)
+            _start_epoch(s, epoch, dist)
         emit(TrainEvent("epoch_start", epoch, cfg.epochs, steps=len(batches)))
         started, clips_seen, failed_before = time.perf_counter(), 0, len(failures)
 
         for i, batch in enumerate(loader):
             failures.add(batch["failures"])
             n_local = len(batch["label"])
-            n_global = n_local
-            if world > 1:
-                n_global = int(dist.all_reduce(torch.tensor([n_local], device=device)).item())
+            n_global = dist.total(n_local)
             if n_global == 0:  # every clip of this global batch failed to decode
                 emit(TrainEvent("step", epoch, cfg.epochs, clips=0))
                 continue
-            clip, labels, t_logits, t_feats = batch_inputs(
-                batch, device, num_classes=num_classes, cfg=cfg, teacher=teacher,
-                cached_logits=cached_logits, cached_features=cached_features,
-                need_features=need_features, amp=amp)
+            clip, labels = student_inputs(batch, device, num_frames=cfg.num_frames, size=cfg.size)
+            t_logits, t_feats = teacher.targets(batch, device)
             target = labels
             if cfg.mixup > 0 or cfg.cutmix > 0:
-                clip, target = mix_batch(clip, labels, num_classes, mixup=cfg.mixup,
+                clip, target = mix_batch(clip, labels, index.num_classes, mixup=cfg.mixup,
                                          cutmix=cfg.cutmix, seed=data_seed, epoch=epoch, step=i)
             # The rank's share of the clips that decoded: the DDP average is then the global mean.
-            weight = world * n_local / n_global
-            lr = lr_at((epoch - 1) * steps_per_epoch + i, **schedule)
+            weight = dist.world * n_local / n_global
+            lr = schedule.lr(epoch, i)
             for s in active:
                 parts, logits = train_step(s, clip, target, teacher_logits=t_logits,
                                            teacher_features=t_feats, lr=lr, weight=weight, amp=amp)
@@ -264,9 +219,7 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
             emit(TrainEvent("step", epoch, cfg.epochs, clips=n_global))
 
         train_time = time.perf_counter() - started
-        failed = len(failures) - failed_before
-        if world > 1:
-            failed = int(dist.all_reduce(torch.tensor([failed], device=device)).item())
+        failed = dist.total(len(failures) - failed_before)
         val = _validate(active, cfg, vindex, dist, epoch) if _val_due(cfg, epoch) else None
         records = {}
         for k, s in enumerate(active):
@@ -279,7 +232,61 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
         emit(TrainEvent("epoch_end", epoch, cfg.epochs, records=records,
                         models={s.spec.label: s.net for s in active}))
 
-    return _summaries(students, dist, failures, invalid_views)
+    return _summaries(students, dist, failures, invalid.count)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """The LR as a pure function of (epoch, batch position).
+
+    It runs over batch positions, epoch-aligned even when an epoch is short of videos (failed
+    views): the last batch of the last epoch is at the minimum LR.
+    """
+
+    steps_per_epoch: int
+    params: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, cfg: FitConfig, num_videos: int) -> _Schedule:
+        steps = math.ceil(num_videos / cfg.batch_size)
+        last = max(cfg.epochs * steps - 1, 1)
+        base_lr, warmup_lr, min_lr = cfg.scaled_lrs()
+        return cls(steps, dict(total_steps=last, warmup_steps=min(cfg.warmup_epochs * steps, last),
+                               base_lr=base_lr, warmup_lr=warmup_lr, min_lr=min_lr))
+
+    def lr(self, epoch: int, i: int) -> float:
+        return lr_at((epoch - 1) * self.steps_per_epoch + i, **self.params)
+
+
+class _InvalidViews:
+    """Counts cached views marked invalid; warns about each video once per session (epoch
+    records count them all)."""
+
+    def __init__(self, index):
+        self.index, self.count, self.warned = index, 0, set()
+
+    def add(self, videos: tuple[int, ...]) -> None:
+        self.count += len(videos)
+        new = sorted(set(videos) - self.warned)
+        if new:
+            self.warned.update(new)
+            log.warning("skipping cached views marked invalid (the video failed when the cache "
+                        "was built): %s", ", ".join(self.index.videos[v].path for v in new))
+
+
+def _check_test_span(cfg: FitConfig, replayed: int) -> None:
+    if replayed > cfg.num_frames and cfg.test_span is None:
+        log.warning("the students replay the teacher's %d-frame views cut to %d frames but "
+                    "validate on plain %d-frame views, which may span less time; --test-span %d "
+                    "(with the teacher's --sampler-opt stride) validates on views like the "
+                    "training ones", replayed, cfg.num_frames, cfg.num_frames, replayed)
+
+
+def _start_epoch(s: Student, epoch: int, dist: _Dist) -> None:
+    s.rng.reseed(derive_seed(s.spec.seed, epoch, dist.rank, _DROP_PATH_TAG))
+    s.model.train()
+    s.window = torch.zeros(6, dtype=torch.float64, device=dist.device)
+    s.totals = torch.zeros(6, dtype=torch.float64, device=dist.device)
 
 
 def _open_student(cfg: FitConfig, spec: StudentSpec, dist: _Dist, *, num_classes: int,
@@ -305,11 +312,11 @@ def _open_student(cfg: FitConfig, spec: StudentSpec, dist: _Dist, *, num_classes
     if state is not None:
         with s.rng.active():
             s.done, s.step, s.best = restore_training_state(state, s.net, s.optimizer)
-        if s.student_net.proj is not None:
+        if s.parts.proj is not None:
             if "projector" not in state:
                 raise CheckpointError(f"{cfg.out_dir}/last.pt: no 'projector' for the feature "
                                       "term")
-            s.student_net.proj.load_state_dict(state["projector"])
+            s.parts.proj.load_state_dict(state["projector"])
         s.best_epoch = state.get("best_epoch")
         s.train_time = float(state.get("train_time_s", 0.0))
         if run is not None:
@@ -319,8 +326,8 @@ def _open_student(cfg: FitConfig, spec: StudentSpec, dist: _Dist, *, num_classes
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        s.module = DistributedDataParallel(
-            s.student_net, device_ids=[dist.device] if dist.device.type == "cuda" else None)
+        s.model = DistributedDataParallel(
+            s.model, device_ids=[dist.device] if dist.device.type == "cuda" else None)
     return s
 
 
@@ -405,8 +412,8 @@ def _finish_epoch(s: Student, record: dict[str, Any], index, epoch: int) -> None
                                best_metric=s.best, config=s.cfg)
     state.update(classes=list(index.classes), best_epoch=s.best_epoch,
                  train_time_s=s.train_time)
-    if s.student_net.proj is not None:
-        state["projector"] = s.student_net.proj.state_dict()
+    if s.parts.proj is not None:
+        state["projector"] = s.parts.proj.state_dict()
     s.run.save("last", state)
     if record.get("best"):
         s.run.save("best", state)

@@ -72,7 +72,8 @@ def test_rank_batches_split_every_global_batch_disjointly():
 def test_cached_plan_replays_the_stored_views_subsampled(synth_index, cache):
     from dvfl_cache.cache.store import CacheReader
     from dvfl_cache.data import apply_view, decode_frames, subsample_view, views_from_arrays
-    from dvfl_train.train_data import TrainClips, plan_epoch
+    from dvfl_cache.data.dataset import Cut
+    from dvfl_train.train_data import plan_epoch, train_clips
 
     reader = CacheReader(cache)
     plan = plan_epoch(2, synth_index, reader=reader)  # epoch 2 replays view 1
@@ -83,15 +84,15 @@ def test_cached_plan_replays_the_stored_views_subsampled(synth_index, cache):
     np.testing.assert_array_equal(plan.teacher_logits, block["logits"])
     assert plan_epoch(3, synth_index, reader=reader).view_number == 0  # (3 - 1) mod 2
 
-    ds = TrainClips(synth_index, plan, num_frames=2, size=24)
+    ds = train_clips(synth_index, plan, [Cut("clip", 24, frames=2, as_uint8=True)])
     for i in (0, 5):
         stored = plan.views[i]
         student = subsample_view(stored, 2)
         assert student.frames == (stored.frames[0], stored.frames[3])  # first and last of 4
         item = ds[i]
         want = apply_view(decode_frames(synth_index.abspath(i), student.frames), student, 24)
-        assert item["error"] is None and item["teacher_clip"] is None
-        assert item["clip"].dtype == torch.uint8  # normalised on the device by batch_inputs
+        assert item["error"] is None and item.get("teacher_clip") is None
+        assert item["clip"].dtype == torch.uint8  # normalised on the device by as_input
         assert torch.equal(to_float(item["clip"]), want)
 
 
@@ -99,14 +100,16 @@ def test_online_views_are_the_cached_views(synth_index, cache):
     """The online teacher's view of (video, epoch) is the cached one, pixel for pixel."""
     from dvfl_cache.cache.store import CacheReader
     from dvfl_cache.data import ViewSampler, apply_view, decode_frames, subsample_view
-    from dvfl_train.train_data import TrainClips, plan_epoch
+    from dvfl_cache.data.dataset import Cut
+    from dvfl_train.train_data import plan_epoch, train_clips
 
     reader = CacheReader(cache)
     cached = plan_epoch(2, synth_index, reader=reader)
     fresh = plan_epoch(2, synth_index)
     assert fresh.view_number == 1 and all(v is None for v in fresh.views)
     sampler = ViewSampler(mode="train", seed=0, num_frames=4)
-    ds = TrainClips(synth_index, fresh, num_frames=2, size=24, sampler=sampler, teacher_size=32)
+    ds = train_clips(synth_index, fresh, [Cut("clip", 24, frames=2, as_uint8=True),
+                                          Cut("teacher_clip", 32, as_uint8=True)], sampler=sampler)
     for i in (1, 6):
         view = cached.views[i]
         item = ds[i]
@@ -133,7 +136,7 @@ def test_invalid_cached_rows_are_skipped_and_counted(synth_root, tmp_path):
 
 
 def test_open_cache_refuses_what_does_not_fit(synth_index, synth_test_index, cache):
-    from dvfl_train.train_data import open_cache
+    from dvfl_train.teachers import open_cache
 
     open_cache(str(cache), synth_index, num_frames=4, need_features=False)
     with pytest.raises(CacheError, match=r"subset 'train' \(run expects 'test'\)"):

@@ -3,7 +3,7 @@
     python tools/bench_train.py [--device cuda] [--size 224 --frames 8 --batch 8]
 
 Steps run on one pre-decoded in-memory batch, so decoding does not blur the ratios, and through
-the trainer's own code (``batch_inputs`` + ``train_step``). Modes are interleaved step by step
+the trainer's own code (``student_inputs``, the teacher sources' ``targets``, ``train_step``). Modes are interleaved step by step
 and each reports its median, so drift in machine load hits every mode alike. The KD term is
 also timed alone (lookup + loss forward/backward, 100 repeats): on a busy machine whole-step
 ratios are noisy, and that number bounds what the cache adds to a CE step.
@@ -48,7 +48,8 @@ def main() -> None:
 
     from dvfl_cache.models import count_gmacs, create_model
     from dvfl_train.config import FitConfig
-    from dvfl_train.train_data import batch_inputs
+    from dvfl_train.teachers import CachedTeacher, NoTeacher, OnlineTeacher
+    from dvfl_train.train_data import student_inputs
     from dvfl_train.student import StudentSpec, build_student, train_step
 
     device = torch.device(args.device)
@@ -77,11 +78,19 @@ def main() -> None:
              "label": torch.randint(args.classes, (args.batch,), generator=g)}
     block = torch.randn(args.videos, args.classes, generator=g).half().float().to(device)
 
+    sources = {
+        "none": NoTeacher(num_classes=args.classes, view_frames=args.frames, sampler=None),
+        "online": OnlineTeacher(teacher, sampler=None, num_classes=args.classes, amp=amp),
+        "cached": CachedTeacher(None, num_classes=args.classes,
+                                view_frames=args.frames).to(device),
+    }
+    sources["cached"].use_block(block)
+
     def inputs(teacher_on: bool, cached: bool):
-        return batch_inputs(batch, device, num_classes=args.classes, cfg=kd_cfg,
-                            teacher=teacher if teacher_on else None,
-                            cached_logits=block if cached else None, cached_features=None,
-                            need_features=False, amp=amp)
+        source = sources["online" if teacher_on else "cached" if cached else "none"]
+        x, y = student_inputs(batch, device, num_frames=args.frames, size=args.size)
+        t, f = source.targets(batch, device)
+        return x, y, t, f
 
     lr = 1e-3
 

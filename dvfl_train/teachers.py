@@ -1,0 +1,213 @@
+"""Where the teacher's targets come from: one object per run, cached, online or none.
+
+The training loop asks a teacher source three things, and nothing else:
+
+    plan = teacher.plan(epoch, index)        which views the epoch trains on (EpochPlan)
+    cuts = teacher.cuts(student_cut)         what to decode from each view (the student's cut,
+                                             and online the teacher's full view at its size)
+    logits, features = teacher.targets(batch, device)   the batch's targets on the device
+
+- ``NoTeacher``: plain CE. Views are drawn by ``ViewSampler(mode="train")`` (view e - 1 of
+  every video at epoch e); there are no targets.
+- ``CachedTeacher``: epoch e replays cached view (e - 1) mod V. Its logits (and features) are
+  one contiguous ``epoch_block`` read, kept on the device; a batch finds its rows by video id.
+- ``OnlineTeacher``: views drawn like ``NoTeacher``'s at the teacher's frames; the teacher runs
+  on the full view at its own size, decoded once with the student's cut of the same frames.
+
+Mixed views (a row holding a mix of two clips) belong here and in the clip dataset: a cached
+plan's views will carry the mix record, and the online teacher's cut will be the mixed clip,
+so the loop stays as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from dvfl_cache.cache.store import CacheReader
+from dvfl_cache.data.dataset import Cut
+from dvfl_cache.data.index import DatasetIndex
+from dvfl_cache.data.views import ViewSampler
+from dvfl_cache.errors import CacheError, DvflError
+
+from dvfl_train.config import ConfigError, FitConfig
+from dvfl_train.train_data import EpochPlan, as_input, plan_epoch
+
+__all__ = ["CachedTeacher", "NoTeacher", "OnlineTeacher", "TeacherSource", "load_online_teacher",
+           "open_cache", "open_teacher"]
+
+log = logging.getLogger(__name__)
+
+TEACHER_CUT = "teacher_clip"
+
+
+class TeacherSource:
+    """Base: no teacher. ``view_frames``: the frame count of the views the run trains on."""
+
+    kind = "none"
+
+    def __init__(self, *, num_classes: int, view_frames: int, sampler: ViewSampler | None,
+                 feature_dim: int | None = None, need_features: bool = False):
+        self.num_classes, self.view_frames, self.sampler = num_classes, view_frames, sampler
+        self.feature_dim, self.need_features = feature_dim, need_features
+
+    def plan(self, epoch: int, index: DatasetIndex) -> EpochPlan:
+        return plan_epoch(epoch, index)
+
+    def cuts(self, student: Cut) -> tuple[Cut, ...]:
+        return (student,)
+
+    def targets(self, batch: dict, device: torch.device
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(logits (B, C), features (B, D) or None), float32 on ``device``; None without one."""
+        return None, None
+
+    def _blank(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Targets of the one blank clip a rank feeds when its share decoded to nothing."""
+        feats = (torch.zeros(1, self.feature_dim or 0, device=device) if self.need_features
+                 else None)
+        return torch.zeros(1, self.num_classes, device=device), feats
+
+
+class NoTeacher(TeacherSource):
+    """Plain CE training: sampled views, no targets."""
+
+
+class CachedTeacher(TeacherSource):
+    """Teacher logits (and features) stored in a dvfl cache, replayed view for view."""
+
+    kind = "cached"
+
+    def __init__(self, reader: CacheReader | None, *, num_classes: int, view_frames: int,
+                 feature_dim: int | None = None, need_features: bool = False):
+        super().__init__(num_classes=num_classes, view_frames=view_frames, sampler=None,
+                         feature_dim=feature_dim, need_features=need_features)
+        self.reader = reader
+        self._logits: torch.Tensor | None = None
+        self._features: torch.Tensor | None = None
+        self._device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> CachedTeacher:
+        self._device = torch.device(device)
+        return self
+
+    def plan(self, epoch: int, index: DatasetIndex) -> EpochPlan:
+        plan = plan_epoch(epoch, index, reader=self.reader, need_features=self.need_features)
+        features = (None if plan.teacher_features is None
+                    else torch.from_numpy(plan.teacher_features))
+        self.use_block(torch.from_numpy(plan.teacher_logits), features)
+        return plan
+
+    def use_block(self, logits: torch.Tensor, features: torch.Tensor | None = None) -> None:
+        """Serve targets from these rows (one per index position), e.g. an epoch's block."""
+        self._logits = logits.to(self._device)
+        self._features = None if features is None else features.to(self._device)
+
+    def targets(self, batch, device):
+        if batch["clip"] is None:
+            return self._blank(device)
+        rows = batch["video"].to(device, non_blocking=True)
+        return self._logits[rows], (None if self._features is None else self._features[rows])
+
+
+class OnlineTeacher(TeacherSource):
+    """A frozen teacher network run on each batch (online KD)."""
+
+    kind = "online"
+
+    def __init__(self, model: nn.Module, *, sampler: ViewSampler, num_classes: int,
+                 need_features: bool = False, amp: bool = False):
+        super().__init__(num_classes=num_classes, view_frames=model.num_frames, sampler=sampler,
+                         feature_dim=model.num_features, need_features=need_features)
+        self.model, self.amp = model, amp
+        self.size = int(model.config["img_size"])
+
+    def cuts(self, student: Cut) -> tuple[Cut, ...]:
+        return (student, Cut(TEACHER_CUT, self.size, as_uint8=student.as_uint8))
+
+    def targets(self, batch, device):
+        if batch["clip"] is None:
+            return self._blank(device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                             enabled=self.amp and device.type == "cuda"):
+            features = self.model.forward_features(as_input(batch[TEACHER_CUT], device))
+            logits = self.model.forward_head(features).float()
+        return logits, (features.float() if self.need_features else None)
+
+
+# -- opening one ------------------------------------------------------------------------------
+
+def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_features: bool,
+                 device: torch.device) -> TeacherSource:
+    """The run's teacher source: ``cfg.cache``, else ``cfg.teacher_weights``, else none."""
+    num_classes = index.num_classes
+    if cfg.cache is not None:
+        reader = open_cache(cfg.cache, index, num_frames=cfg.num_frames,
+                            need_features=need_features)
+        log.info("teacher logits from %s (%s, %d views per video)", cfg.cache,
+                 reader.meta.teacher.name, reader.meta.views_per_video)
+        return CachedTeacher(reader, num_classes=num_classes, view_frames=reader.meta.num_frames,
+                             feature_dim=reader.meta.feature_dim,
+                             need_features=need_features).to(device)
+    model = None
+    if cfg.teacher_weights is not None:
+        model = load_online_teacher(cfg, num_classes=num_classes).to(device)
+    frames = model.num_frames if model is not None else cfg.num_frames
+    try:
+        sampler = ViewSampler.from_dict({**cfg.sampler, "mode": "train", "seed": data_seed,
+                                         "num_frames": frames})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{cfg.out_dir}: bad sampler options {cfg.sampler}: {exc}") from None
+    if model is None:
+        return NoTeacher(num_classes=num_classes, view_frames=frames, sampler=sampler)
+    return OnlineTeacher(model, sampler=sampler, num_classes=num_classes,
+                         need_features=need_features, amp=cfg.amp)
+
+
+def open_cache(path: str, index: DatasetIndex, *, num_frames: int,
+               need_features: bool) -> CacheReader:
+    """The cache, refused unless it was built for exactly these videos and can serve the run."""
+    reader = CacheReader(path)
+    reader.check_compatible(dataset=index, num_classes=index.num_classes)
+    if not reader.complete:
+        raise CacheError(f"{path}: cache is unfinished (shards {reader.pending_shards()[:10]} "
+                         "pending); finish it with `dvfl-cache build --resume`")
+    if num_frames > reader.meta.num_frames:
+        raise CacheError(f"{path}: the teacher saw {reader.meta.num_frames} frames per view; a "
+                         f"student cannot replay {num_frames} of them (use --frames <= "
+                         f"{reader.meta.num_frames})")
+    if need_features and reader.meta.feature_dim is None:
+        raise CacheError(f"{path}: the feature term (beta > 0) needs teacher features; rebuild "
+                         "the cache with `dvfl-cache build --features`")
+    return reader
+
+
+def load_online_teacher(cfg: FitConfig, *, num_classes: int) -> nn.Module:
+    """The teacher for online KD, frozen and in eval mode.
+
+    ``cfg.teacher`` names the architecture of ``cfg.teacher_weights``; without a name the weights
+    must be a dvfl checkpoint, which names its own. The teacher's clip geometry is its own:
+    ``num_frames`` and the ``img_size`` of its config.
+    """
+    from dvfl_cache.models import create_model, load_pretrained, model_from_checkpoint
+
+    opts = dict(cfg.teacher_opts)
+    if cfg.teacher is None:
+        teacher, report = model_from_checkpoint(cfg.teacher_weights, **opts)
+    else:
+        try:
+            teacher = create_model(cfg.teacher, **{"num_classes": num_classes, **opts})
+        except (TypeError, ValueError) as exc:
+            raise DvflError(f"teacher {cfg.teacher}: {exc}") from None
+        report = load_pretrained(teacher, cfg.teacher_weights)
+    log.info("online teacher %s", report.summary())
+    if teacher.num_classes != num_classes:
+        raise DvflError(f"{cfg.teacher_weights}: the teacher has {teacher.num_classes} classes, "
+                        f"the dataset {num_classes}")
+    if cfg.num_frames > teacher.num_frames:
+        raise DvflError(f"{cfg.teacher_weights}: the teacher takes {teacher.num_frames} frames; "
+                        f"a student of {cfg.num_frames} cannot share its views")
+    teacher.eval().requires_grad_(False)
+    return teacher
