@@ -1,21 +1,20 @@
 """Errors a user can act on: each prints as one line naming the file and the problem.
 
-They subclass click.ClickException so the CLI shows the message without a traceback while
-library callers can still catch them by type.
+Library code raises them and knows nothing of the command line; the CLI layer
+(``dvfl_cache.lazycli``) turns any ``DvflError`` into that one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
 
-import click
 
-
-class DvflError(click.ClickException):
+class DvflError(Exception):
     """Base of every user-facing dvfl error."""
 
     def __init__(self, message: str):
         super().__init__(message)
+        self.message = message
 
-    def __str__(self) -> str:  # ClickException.__str__ is fine, but keep it explicit
+    def __str__(self) -> str:
         return self.message
 
 

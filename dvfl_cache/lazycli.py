@@ -10,9 +10,21 @@ import logging
 
 import click
 
+from dvfl_cache.errors import DvflError
+
 
 class LazyGroup(click.Group):
-    """Sub-commands given as ``name -> "module:attribute"``, imported on first use."""
+    """Sub-commands given as ``name -> "module:attribute"``, imported on first use.
+
+    Also the one place where a library ``DvflError`` becomes a command-line error: one line
+    on stderr ("Error: ..."), exit status 1, no traceback.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DvflError as exc:
+            raise click.ClickException(str(exc)) from None
 
     def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from dvfl_cache.errors import CheckpointError, DvflError
-from dvfl_cache.models.weights import FORMAT, FORMAT_VERSION
+from dvfl_cache.models.weights import FORMAT, FORMAT_VERSION, check_plain
 
 from dvfl_train.config import RESUMABLE_CHANGES, FitConfig, load_config
 
@@ -172,7 +172,7 @@ class RunDir:
         ``state`` must hold only tensors and JSON values (checked here, so a bad value fails now
         rather than at load time after hours of training).
         """
-        _check_plain(state, "state")
+        check_plain(state, "state")
         path = self.checkpoint_path(name)
         _atomic_write(path, "wb", lambda fh: torch.save(state, fh))
         return path
@@ -299,23 +299,6 @@ def _is_our_tmp(name: str) -> bool:
     stem = name.removesuffix(_TMP_SUFFIX)
     return stem != name and (stem in _RUN_FILES or (stem.endswith(".pt")
                                                     and bool(_NAME_RE.match(stem[:-3]))))
-
-
-def _check_plain(value: Any, where: str) -> None:
-    """Refuse anything ``torch.load(weights_only=True)`` would refuse to read back."""
-    if value is None or isinstance(value, (torch.Tensor, str, bool, int, float)):
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, (str, int)):
-                raise ValueError(f"{where}: key {key!r} is not a str or int")
-            _check_plain(item, f"{where}[{key!r}]")
-        return
-    raise ValueError(f"{where}: {type(value).__name__} is not a tensor or a JSON value")
 
 
 def _json_scalar(obj: Any) -> Any:

@@ -10,6 +10,14 @@ weight decay 1e-4, gradient clipping at norm 5, alpha 0.3 and tau 10. The minimu
 0.001 (the released configs' MIN_LR, scaled like the others) so the cosine ends where the
 warm-up began. ``batch_size`` is the *global* batch over all processes. Mixup and cutmix default
 to off: a mixed clip has no cached teacher logits, so they only apply to plain CE training.
+Nesterov momentum (the reference's) is opt-in so that runs keep the round-1 recipe unless asked.
+
+This module imports neither torch nor click: the command line is derived from the fields'
+metadata (``dvfl_cache.settings``) and ``--help`` stays fast.
+
+Versions: 1 (round 1) had no ``nesterov`` field and ran SGD with momentum 0.9 (the field
+existed but had no option). ``from_dict`` fills the fields a version lacks with the values that
+reproduce it (``_ADDED``), so round-1 runs resume and evaluate unchanged.
 """
 
 from __future__ import annotations
@@ -25,12 +33,41 @@ from pathlib import Path
 from typing import Any
 
 from dvfl_cache.errors import DvflError
+from dvfl_cache.settings import setting
 
-from dvfl_train.schedule import OPTIMIZERS, scaled_lr
+__all__ = ["CONFIG_VERSION", "OPTIMIZERS", "REFERENCE_BATCH", "ConfigError", "FitConfig",
+           "load_config", "scaled_lr"]
 
-__all__ = ["CONFIG_VERSION", "ConfigError", "FitConfig", "load_config"]
+CONFIG_VERSION = 2
 
-CONFIG_VERSION = 1
+# Fields added after version 1: the version that added each, and the value that reproduces a
+# run written by an older version.
+_ADDED: dict[str, tuple[int, Any]] = {"nesterov": (2, False)}
+
+OPTIMIZERS = ("sgd", "adamw")
+"""Optimizer names; ``dvfl_train.schedule.build_optimizer`` builds them."""
+
+REFERENCE_BATCH = 512
+"""The global batch the recipe's learning rates are quoted for."""
+
+
+def scaled_lr(base: float, batch: int) -> float:
+    """``base * batch / 512``: the linear scaling rule the recipe quotes its LRs under."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    return base * batch / REFERENCE_BATCH
+
+
+def _dataset_kinds() -> tuple[str, ...]:
+    from dvfl_cache.data.readers import KINDS
+
+    return KINDS
+
+
+def _model_names() -> tuple[str, ...]:
+    from dvfl_cache.models.registry import MODEL_NAMES
+
+    return MODEL_NAMES
 
 # Fields that may change when a run is resumed without changing what it computes.
 RESUMABLE_CHANGES = frozenset({"workers", "device", "out_dir"})
@@ -44,58 +81,117 @@ class ConfigError(DvflError):
 
 @dataclass(frozen=True)
 class FitConfig:
-    """One student training run. Paths are stored as given (str), so the record stays JSON."""
+    """One student training run. Paths are stored as given (str), so the record stays JSON.
+
+    Each field declares its command-line option (``setting(flag=...)``); `dvfl-train fit` and
+    `sweep` derive their options from here and ``from_cli`` is the only translation."""
 
     # data
-    dataset: str                      # dataset kind, as DatasetIndex.kind ("ucf101", ...)
-    data_root: str
-    out_dir: str                      # the run directory
-    split: int = 1
-    train_index: str | None = None    # a saved DatasetIndex; None = build from data_root
-    val_index: str | None = None
-    num_frames: int = 8
-    size: int = 224
-    sampler: dict[str, Any] = field(default_factory=dict, hash=False)  # ViewSampler overrides
+    dataset: str = setting(flag="--dataset", choices=_dataset_kinds,
+                           help="Dataset kind; its split's train/test lists under --root give "
+                                "the videos.")
+    data_root: str = setting(flag="--root", path="dir",
+                             help="Dataset folder (or where the videos of --index now are).")
+    out_dir: str = setting(flag="--out", help="Run directory.")
+    split: int = setting(1, flag="--split", help="Split number.")
+    train_index: str | None = setting(None, flag="--index", path="file",
+                                      help="Training index JSON (`dvfl-cache index`) instead of "
+                                           "the split's train list.")
+    val_index: str | None = setting(None, flag="--val-index", path="file",
+                                    help="Validation index JSON; default: the split's test "
+                                         "list, as the paper does.")
+    num_frames: int = setting(8, flag="--frames", low=1,
+                              help="Frames per student clip (fewer than the cache's: subsampled "
+                                   "from the same views).")
+    size: int = setting(224, flag="--size", low=8, help="Student input resolution (square).")
+    sampler: dict[str, Any] = setting(
+        flag="--sampler-opt", key_values=True, default_factory=dict, hash=False,
+        help="ViewSampler option for fresh views and validation (repeatable), e.g. "
+             "temporal=stride, flip=0.")
     # student
-    model: str = "vfl-nano"
-    model_opts: dict[str, Any] = field(default_factory=dict, hash=False)
-    drop_path: float | None = None    # None = the model's default
-    init: str | None = None           # initial weights (e.g. ImageNet FocalNet), None = random
+    model: str = setting("vfl-nano", flag="--model", choices=_model_names,
+                         help="Student architecture.")
+    model_opts: dict[str, Any] = setting(
+        flag="--model-opt", key_values=True, default_factory=dict, hash=False,
+        help="Override a student constructor option (repeatable), e.g. embed_dim=32 or "
+             "depths=1,1,2,1.")
+    drop_path: float | None = setting(None, flag="--drop-path", low=0, high=1, high_open=True,
+                                      help="Stochastic depth rate (default: the model's, 0.2 "
+                                           "for vfl-nano).")
+    init: str | None = setting(None, flag="--init", path="file",
+                               help="Initial weights: ImageNet FocalNet, Video-FocalNet or dvfl "
+                                    "checkpoint (fresh classifier head).")
     # teacher: a cache, or a model run online; neither for plain CE training
-    cache: str | None = None
-    teacher: str | None = None        # registry name; None = taken from teacher_weights
-    teacher_weights: str | None = None
-    teacher_opts: dict[str, Any] = field(default_factory=dict, hash=False)  # online teacher
+    cache: str | None = setting(None, flag="--cache",
+                                help="Teacher-logit cache: directory, .zip or URL.")
+    teacher: str | None = setting(None, flag="--teacher",
+                                  help="Online KD: teacher architecture (default: named by "
+                                       "--teacher-weights).")
+    teacher_weights: str | None = setting(None, flag="--teacher-weights", path="file",
+                                          help="Online KD: the teacher's trained weights "
+                                               "(teacher in the loop, no cache).")
+    teacher_opts: dict[str, Any] = setting(
+        flag="--teacher-opt", key_values=True, default_factory=dict, hash=False,
+        help="Override an online teacher's constructor option (repeatable).")
     # loss
-    alpha: float = 0.3
-    tau: float = 10.0
-    beta: float = 0.0                 # representation term (fewer-frames recipe)
-    label_smoothing: float = 0.0
-    mixup: float = 0.0                # Beta(mixup, mixup) mixing; 0 = off
-    cutmix: float = 0.0
+    alpha: float = setting(0.3, flag="--alpha", low=0, high=1,
+                           help="Weight of the KD term (0: cross-entropy only).")
+    tau: float = setting(10.0, flag="--tau", low=0, low_open=True,
+                         help="Distillation temperature.")
+    beta: float = setting(0.0, flag="--beta", low=0,
+                          help="Weight of the feature term (needs teacher features).")
+    label_smoothing: float = setting(0.0, flag="--label-smoothing", low=0, high=1,
+                                     high_open=True, help="Label smoothing of the CE term.")
+    mixup: float = setting(0.0, flag="--mixup", low=0,
+                           help="Mixup Beta parameter (0: off; CE-only runs).")
+    cutmix: float = setting(0.0, flag="--cutmix", low=0,
+                            help="Cutmix Beta parameter (0: off; CE-only runs).")
     # optimisation (LRs quoted for a global batch of 512)
-    optimizer: str = "sgd"            # sgd (the DVFL-Net recipe) | adamw (Video-FocalNet's)
-    epochs: int = 120
-    warmup_epochs: int = 20
-    batch_size: int = 24
-    base_lr: float = 0.1
-    warmup_lr: float = 0.001
-    min_lr: float = 0.001
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    clip_grad: float | None = 5.0     # max gradient norm; None = no clipping
+    optimizer: str = setting("sgd", flag="--optimizer", choices=OPTIMIZERS,
+                             help="sgd with --momentum (the DVFL-Net recipe) or adamw "
+                                  "(Video-FocalNet's; use --weight-decay 0.05 with it).")
+    epochs: int = setting(120, flag="--epochs", low=1, help="Training epochs.")
+    warmup_epochs: int = setting(20, flag="--warmup-epochs", low=0,
+                                 help="Epochs of linear LR warm-up.")
+    batch_size: int = setting(24, flag="--batch-size", low=1,
+                              help="Global batch over all processes.")
+    base_lr: float = setting(0.1, flag="--lr", low=0, low_open=True,
+                             help="Base LR for a batch of 512 (scaled linearly with "
+                                  "--batch-size).")
+    warmup_lr: float = setting(0.001, flag="--warmup-lr", low=0,
+                               help="LR at the first warm-up step, for a batch of 512.")
+    min_lr: float = setting(0.001, flag="--min-lr", low=0,
+                            help="LR at the end of the cosine, for a batch of 512.")
+    weight_decay: float = setting(1e-4, flag="--weight-decay", low=0,
+                                  help="Weight decay of weights (not norms, biases, "
+                                       "layer-scales).")
+    momentum: float = setting(0.9, flag="--momentum", low=0, high=1, high_open=True,
+                              help="SGD momentum.")
+    nesterov: bool = setting(False, flag="--nesterov/--no-nesterov",
+                             help="Nesterov momentum for sgd (the reference recipe's).")
+    clip_grad: float | None = setting(5.0, flag="--clip-grad", low=0, low_open=True,
+                                      help="Max gradient norm.")
     # evaluation during training
-    val_every: int = 1                # epochs between validations
-    val_subset: int | None = None     # validate on this many videos; None = all
+    val_every: int = setting(1, flag="--val-every", low=1,
+                             help="Epochs between validations (the last always validates).")
+    val_subset: int | None = setting(None, flag="--val-subset", low=1,
+                                     help="Validate on this many videos, evenly spaced through "
+                                          "the index.")
     # validation/test views of test_span frames cut to num_frames, as a student replaying a
     # T-frame teacher's views saw them in training; None = plain num_frames-frame views
-    test_span: int | None = None
+    test_span: int | None = setting(
+        None, flag="--test-span", low=1, metavar="N",
+        help="Validate (and let `eval` test) on N-frame views cut to --frames, the way a "
+             "student replaying an N-frame teacher's views sees them; use the teacher's frames "
+             "and --sampler-opt stride. Default: plain --frames views.")
     # runtime
-    seed: int = 0                     # model init, drop path, and the data order by default
-    data_seed: int | None = None      # data order (views, batches, mixup); None = seed
-    workers: int = 4
-    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps
-    amp: bool = True                  # bf16 autocast on CUDA; ignored elsewhere
+    seed: int = setting(0, flag="--seed", low=0,
+                        help="Seeds the student's init, drop path and the data order.")
+    data_seed: int | None = setting(None)  # data order (views, batches, mixup); None = seed
+    workers: int = setting(4, flag="--workers", low=0, help="Decoding processes.")
+    device: str = setting("auto", flag="--device", help="auto, cpu, cuda, cuda:N or mps.")
+    amp: bool = setting(True, flag="--amp/--no-amp", help="bf16 autocast on CUDA; ignored "
+                                                          "elsewhere.")
 
     def scaled_lrs(self) -> tuple[float, float, float]:
         """(base, warm-up, minimum) LR for this run's global batch, by the linear scaling rule."""
@@ -122,22 +218,31 @@ class FitConfig:
     def from_dict(cls, data: dict[str, Any], *, source: str = "run config") -> FitConfig:
         """Parse a dict (e.g. a ``config.json``); errors say which field of ``source`` is wrong.
 
-        Types are checked, not coerced (an int is accepted where a float is expected). A missing
-        ``version`` is taken as the current one so hand-written configs stay short.
+        Types are checked, not coerced (an int is accepted where a float is expected). An older
+        ``version`` gets the values that reproduce it for the fields it lacks; a missing one is
+        taken as the current version so hand-written configs stay short.
         """
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object, found {type(data).__name__}")
         data = dict(data)
-        version = data.pop("version", CONFIG_VERSION)
-        if version != CONFIG_VERSION:
+        version = data.pop("version", None)
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                    or not 1 <= version <= CONFIG_VERSION):
             newer = isinstance(version, int) and version > CONFIG_VERSION
             hint = "written by a newer dvfl; upgrade dvfl" if newer else "not a dvfl config"
-            raise ConfigError(f"{source}: config version {version!r} is not {CONFIG_VERSION} "
+            raise ConfigError(f"{source}: config version {version!r} is not 1..{CONFIG_VERSION} "
                               f"({hint})")
+        for name, (since, old_value) in _ADDED.items():
+            if version is not None and version < since:
+                if name in data:
+                    raise ConfigError(f"{source}: field {name!r} is from config version {since}, "
+                                      f"but the file says version {version}")
+                data[name] = old_value
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {', '.join(map(repr, unknown))}")
+            raise ConfigError(f"{source}: unknown field(s) {', '.join(map(repr, unknown))} "
+                              "(written by a newer dvfl? upgrade dvfl)")
         missing = [name for name, f in fields.items() if name not in data
                    and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING]
@@ -146,6 +251,35 @@ class FitConfig:
         hints = typing.get_type_hints(cls)
         values = {name: _parse(name, value, hints[name], source) for name, value in data.items()}
         return cls(**values)
+
+    @classmethod
+    def from_cli(cls, params: dict[str, Any]) -> FitConfig:
+        """The validated config of a command's options (keyword arguments named after fields).
+
+        The only translation from the command line. Two rules need more than a default: the
+        dataset kind and root default to those of ``--index``, and an ``alpha`` left unset
+        (None) is the recipe's 0.3 when there is a teacher (``cache`` or ``teacher_weights``)
+        and 0 (plain cross-entropy) otherwise.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in params.items() if k in names}
+        if values.get("train_index") is not None:
+            from dvfl_cache.data.index import load_index
+
+            index = load_index(values["train_index"], root=values.get("data_root"))
+            values["dataset"] = values.get("dataset") or index.kind
+            values["data_root"] = values.get("data_root") or index.root
+        if values.get("dataset") is None or values.get("data_root") is None:
+            raise ConfigError("name the training videos: --dataset KIND --root DIR, or --index "
+                              "FILE.json")
+        if values.get("alpha", 0.0) is None:
+            teacher = values.get("cache") or values.get("teacher_weights")
+            values["alpha"] = _FIELDS["alpha"].default if teacher else 0.0
+        values["data_root"] = str(values["data_root"])
+        values["out_dir"] = str(values["out_dir"])
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
 
     def validate(self) -> None:
         """Refuse contradictions and out-of-range values, listing every problem in one error."""
@@ -200,6 +334,9 @@ class FitConfig:
         need(self.optimizer in OPTIMIZERS,
              f"optimizer={self.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
         need(0.0 <= self.momentum < 1.0, f"momentum={self.momentum} must be in [0, 1)")
+        need(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0.0),
+             f"nesterov needs optimizer=sgd with momentum > 0 (got {self.optimizer}, "
+             f"momentum={self.momentum})")
         need(self.clip_grad is None or self.clip_grad > 0.0,
              f"clip_grad={self.clip_grad} must be > 0 (or None for no clipping)")
 
@@ -224,6 +361,9 @@ class FitConfig:
 
         if problems:
             raise ConfigError(f"invalid run config for {self.out_dir}: " + "; ".join(problems))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(FitConfig)}
 
 
 def load_config(path: str | Path) -> FitConfig:

@@ -180,7 +180,7 @@ def build_student(cfg: FitConfig, spec: StudentSpec, *, num_classes: int, device
     student_net.to(device)
     optimizer = build_optimizer(student_net, lr=cfg.scaled_lrs()[1],
                                 weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                                name=cfg.optimizer)
+                                nesterov=cfg.nesterov, name=cfg.optimizer)
     return Student(spec=spec, cfg=cfg, model=student_net, optimizer=optimizer,
                    rng=_RngSlot(device))
 

@@ -28,12 +28,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dvfl_cache.errors import DvflError
 from dvfl_cache.runtime import resolve_device
 
 from dvfl_train.config import RESUMABLE_CHANGES, ConfigError, load_config

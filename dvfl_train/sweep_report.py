@@ -12,15 +12,17 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dvfl_cache.tables import mean_std as _mean_std
+from dvfl_cache.tables import md_table as _md_table
+from dvfl_cache.tables import pct as _pct
 from dvfl_train.config import FitConfig
-from dvfl_train.sweep import TRAIN_FILE, SweepConfig, SweepError, parse_layout, read_json
+from dvfl_train.sweep_plan import TRAIN_FILE, SweepConfig, SweepError, parse_layout, read_json
 
 __all__ = ["AggregateRow", "RunResult", "aggregate", "collect_results", "plot_curves",
            "plot_grid", "results_markdown", "teacher_accuracy", "write_results"]
@@ -104,13 +106,6 @@ class AggregateRow:
     std: dict[str, tuple[float | None, float | None]]
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float | None]:
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, None
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
 def aggregate(rows: Sequence[RunResult]) -> list[AggregateRow]:
     """Rows grouped by (alpha, tau), in first-seen order (the baseline first)."""
     keys = list(dict.fromkeys((r.alpha, r.tau) for r in rows))
@@ -156,17 +151,6 @@ def _csv(rows: Sequence[RunResult], layouts: list[str]) -> str:
                                           r.best_epoch, r.epochs, r.train_wall_s, r.eval_s,
                                           r.wall_s)])
     return buf.getvalue()
-
-
-def _pct(x: float | None, sd: float | None = None) -> str:
-    if x is None:
-        return "–"
-    return f"{100 * x:.2f}" + ("" if sd is None else f" ± {100 * sd:.2f}")
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def results_markdown(cfg: SweepConfig, rows: Sequence[RunResult],

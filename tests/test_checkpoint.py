@@ -14,7 +14,7 @@ import dvfl_train.checkpoint as ckpt
 from dvfl_cache.errors import CheckpointError, DvflError
 from dvfl_train.checkpoint import (RunDir, RunDirError, capture_rng, restore_rng,
                                    restore_training_state, training_state)
-from dvfl_train.config import ConfigError, FitConfig, load_config
+from dvfl_train.config import CONFIG_VERSION, ConfigError, FitConfig, load_config
 from dvfl_train.schedule import build_optimizer
 
 
@@ -32,7 +32,7 @@ def test_config_round_trip_through_json():
                drop_path=0.1, clip_grad=None, val_subset=50, alpha=0.7, tau=4, amp=False,
                teacher_weights=None, train_index="idx/train.json", device="cuda:1")
     d = json.loads(json.dumps(cfg.to_dict(), allow_nan=False))
-    assert d["version"] == 1
+    assert d["version"] == CONFIG_VERSION
     back = FitConfig.from_dict(d)
     assert back == cfg
     assert back.tau == 4.0 and isinstance(back.tau, float)
@@ -63,7 +63,7 @@ def test_defaults_are_the_recipe():
     ({"model_opts": [1]}, "'model_opts' expects an object"),
     ({"model_opts": None}, "'model_opts' expects an object"),
     ({"alpah": 0.3}, "unknown field.*'alpah'"),
-    ({"version": 2}, "newer dvfl"),
+    ({"version": CONFIG_VERSION + 1}, "newer dvfl"),
     ({"version": "x"}, "not a dvfl config"),
 ])
 def test_from_dict_names_the_bad_field(change, match):

@@ -124,7 +124,7 @@ def test_plots_are_pngs_and_missing_matplotlib_only_warns(tmp_path, monkeypatch,
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    with caplog.at_level(logging.WARNING, logger="dvfl_train.sweep"):
+    with caplog.at_level(logging.WARNING, logger="dvfl_train.sweep_report"):
         assert plot_grid(_fake_rows(), tmp_path / "none", layouts=["1"]) == []
         assert plot_curves(_fake_rows(), tmp_path / "none.png") == []
     assert 'pip install "dvfl[plot]"' in caplog.text
@@ -137,7 +137,7 @@ def test_plots_are_pngs_and_missing_matplotlib_only_warns(tmp_path, monkeypatch,
     caplog.clear()
     cfg = _sweep_cfg(tmp_path, tmp_path / "c.zarr", tmp_path / "sw", [GridPoint(0.0, None, 0)])
     cfg.out_dir.mkdir()
-    with caplog.at_level(logging.WARNING, logger="dvfl_train.sweep"):
+    with caplog.at_level(logging.WARNING, logger="dvfl_train.sweep_report"):
         written = write_results(cfg, _fake_rows())
     assert [p.name for p in written] == ["results.csv", "results.md"]
     assert caplog.text.count("dvfl[plot]") == 1

@@ -260,11 +260,6 @@ def test_cache_of_another_subset_is_refused(synth_root, synth_test_index, kd_cac
 def test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache(synth_root, kd_cache,
                                                                   tmp_path):
     from dvfl_train.cli import main
-    from dvfl_train.commands.fit import DEFAULTS
-    from dvfl_train.config import FitConfig
-
-    defaults = {f.name: f.default for f in dataclasses.fields(FitConfig)}
-    assert {k: defaults[k] for k in DEFAULTS} == DEFAULTS
     from dvfl_train.commands.fit import fit_cmd
     from dvfl_train.schedule import OPTIMIZERS
 

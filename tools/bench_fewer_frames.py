@@ -66,6 +66,8 @@ from typing import Any
 
 import torch
 
+from dvfl_cache.tables import mean_std
+
 VARIANTS = ("ce", "kd", "kd+rep")
 # Two stages with tubelets: at 32-64 px four stages end on 1x1-2x2 tokens, and without tubelets a
 # freshly initialised Video-FocalNet is blind to frame order (its temporal modulator starts near
@@ -117,10 +119,6 @@ def _throughput(models: dict[str, tuple[torch.nn.Module, int, int]], *, batch: i
                 model(inputs[name])
                 times[name].append(time.perf_counter() - start)
     return {name: batch / statistics.median(t) for name, t in times.items()}
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def main() -> None:
@@ -328,12 +326,11 @@ def main() -> None:
           "clips/s (batch 8, CPU) |")
     print("|---:|---|---:|---|---:|---:|---:|")
     for row in rows:
-        mean, std = _mean_std(row["top1"])
+        mean, std = mean_std(row["top1"])
         per_seed = ", ".join(f"{100 * t:.1f}" for t in row["top1"])
-        pm = f"{100 * mean:.1f} ± {100 * std:.1f}" if len(row["top1"]) > 1 else f"{100 * mean:.1f}"
-        dmean, dstd = _mean_std(row["top1_default_view"])
-        dpm = (f"{100 * dmean:.1f} ± {100 * dstd:.1f}" if len(row["top1_default_view"]) > 1
-               else f"{100 * dmean:.1f}")
+        pm = f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+        dmean, dstd = mean_std(row["top1_default_view"])
+        dpm = f"{100 * dmean:.1f}" + ("" if dstd is None else f" ± {100 * dstd:.1f}")
         print(f"| {row['frames']} | {row['loss']} | {pm} | {per_seed} | {dpm} | "
               f"{row['gmacs']:.4f} | {row['clips_per_s']:.0f} |")
     print("gap to the teacher recovered over CE at the same frames: " + ", ".join(

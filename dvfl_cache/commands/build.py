@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import click
 
-from dvfl_cache.commands.options import (dataset_options, index_from_options, parse_key_values,
+from dvfl_cache.commands.options import (check_model_options, dataset_options, field_values,
+                                         index_from_options, key_values_option, options_from,
                                          threads_option)
+from dvfl_cache.data.views import ViewSampler
+
+# The ViewSampler fields `build` exposes; their options come from the fields' metadata.
+SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "gray_p")
 
 
 @click.command("build")
@@ -16,28 +21,16 @@ from dvfl_cache.commands.options import (dataset_options, index_from_options, pa
               help="Teacher weights: a dvfl checkpoint or a released Video-FocalNet .pth.")
 @click.option("--random-weights", is_flag=True,
               help="Use a randomly initialised teacher (tests, benchmarks) instead of --weights.")
-@click.option("--teacher-opt", "teacher_opts", multiple=True, metavar="KEY=VALUE",
-              help="Override a teacher constructor option (repeatable), e.g. embed_dim=32.")
+@key_values_option("--teacher-opt", "teacher_opts",
+                   help="Override a teacher constructor option (repeatable), e.g. embed_dim=32 "
+                        "or depths=1,1,2,1.")
 @click.option("--views-per-video", type=click.IntRange(1), default=1, show_default=True,
               help="Views cached per video; epoch e of training replays view e mod V.")
-@click.option("--sampler", type=click.Choice(["segment", "stride"]), default="segment",
-              show_default=True, help="Temporal sampler (TSN segments or fixed stride).")
-@click.option("--stride", type=click.IntRange(1), default=4, show_default=True,
-              help="Frame stride for --sampler stride.")
 @click.option("--frames", type=click.IntRange(1), default=8, show_default=True,
               help="Frames per teacher clip.")
 @click.option("--size", type=click.IntRange(8), default=224, show_default=True,
               help="Teacher input resolution (square).")
-@click.option("--flip", "flip_p", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Horizontal flip probability (use 0 for Something-Something-v2).")
-@click.option("--area", default="0.08,1", show_default=True, metavar="MIN,MAX",
-              help="Random-resized-crop area range, as fractions of the frame (raise MIN for "
-                   "small videos, where an 8% crop keeps few pixels).")
-@click.option("--jitter", default=None, metavar="B,C,S,H",
-              help="Colour jitter strengths (brightness, contrast, saturation, hue), drawn "
-                   "once per clip.")
-@click.option("--gray", "gray_p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Grayscale probability.")
+@options_from(ViewSampler, SAMPLER_OPTIONS)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), required=True, help="Store directory to write.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
@@ -54,9 +47,9 @@ from dvfl_cache.commands.options import (dataset_options, index_from_options, pa
 @click.option("--resume", is_flag=True, help="Finish an interrupted build of the same cache.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, teacher, weights,
-              random_weights, teacher_opts, views_per_video, sampler, stride, frames, size,
-              flip_p, area, jitter, gray_p, seed, out, dtype, features, views_per_shard, batch_size,
-              workers, device, threads, resume, overwrite):
+              random_weights, teacher_opts, views_per_video, frames, size, seed, out, dtype,
+              features, views_per_shard, batch_size, workers, device, threads, resume, overwrite,
+              **sampler):
     """Run the teacher once over every sampled view and store its raw logits.
 
     Resumable (--resume) after any crash; under `torchrun --nproc-per-node N dvfl-cache build
@@ -69,16 +62,12 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
     from dvfl_cache.cache.build import BuildConfig, build_cache
     from dvfl_cache.runtime import resolve_device, set_compute_threads
 
-    sampler_opts = {"temporal": sampler, "stride": stride, "flip": flip_p, "gray_p": gray_p}
-    lo, hi = _numbers(area, 2, "--area", "two numbers MIN,MAX")
-    if not 0 < lo <= hi <= 1:
-        raise click.BadParameter(f"need 0 < MIN <= MAX <= 1, got {area!r}", param_hint="--area")
-    sampler_opts["area"] = [lo, hi]
-    if jitter:
-        sampler_opts["jitter"] = _numbers(jitter, 4, "--jitter", "four numbers B,C,S,H")
+    sampler_opts = {k: list(v) if isinstance(v, tuple) else v
+                    for k, v in field_values(ViewSampler, sampler).items()}
+    check_model_options(teacher, teacher_opts, "--teacher-opt")
     index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
     cfg = BuildConfig(out=out, teacher=teacher, weights=weights, random_weights=random_weights,
-                      teacher_opts=parse_key_values(teacher_opts, "--teacher-opt"),
+                      teacher_opts=teacher_opts,
                       views_per_video=views_per_video, sampler=sampler_opts, frames=frames,
                       size=size, seed=seed, dtype=dtype, features=features,
                       views_per_shard=views_per_shard, batch_size=batch_size, workers=workers,
@@ -105,14 +94,3 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
                        f"marked missing:", err=True)
             for v, reason in sorted(result.failed.items()):
                 click.echo(f"  {index.videos[v].path}: {reason}", err=True)
-
-
-def _numbers(text: str, count: int, flag: str, what: str) -> list[float]:
-    """`count` comma-separated numbers, or a usage error naming the option."""
-    try:
-        values = [float(x) for x in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != count:
-        raise click.BadParameter(f"expected {what}, got {text!r}", param_hint=flag)
-    return values

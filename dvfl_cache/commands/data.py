@@ -6,7 +6,7 @@ import os
 
 import click
 
-KINDS = ("ucf101", "hmdb51", "ucf50", "kinetics400", "ssv2", "list")  # = readers.KINDS
+from dvfl_cache.data.readers import KINDS
 
 
 def _default_workers() -> int:

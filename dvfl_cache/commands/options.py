@@ -1,13 +1,135 @@
-"""Options shared by commands that read a dataset, and KEY=VALUE model options."""
+"""Click options derived from dataclass settings, and the options of commands that read a
+dataset.
+
+``options_from(cls, names)`` turns fields declared with ``dvfl_cache.settings.setting`` into
+click options: the option's Python name is the field's, so a command's keyword arguments are
+the dataclass's and no translation table exists anywhere.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 
-from dvfl_cache.commands.data import KINDS
+from dvfl_cache.data.readers import KINDS
+from dvfl_cache.errors import DvflError
+from dvfl_cache.settings import parse_key_values as _parse_key_values
+
+
+def group(*options: Callable) -> Callable:
+    """One decorator applying ``options`` in the order listed (as they appear in --help)."""
+    def decorate(f: Callable) -> Callable:
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return decorate
+
+
+def options_from(cls: type, names: Sequence[str], **changes: dict[str, Any]) -> Callable:
+    """Click options for the fields ``names`` of the dataclass ``cls``, from their metadata.
+
+    ``changes[name]`` replaces metadata keys for one command (``default``, ``help``,
+    ``required``) where a command gives a field another meaning or default.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return group(*(_option(fields[n], hints[n], changes.get(n, {})) for n in names))
+
+
+def field_values(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``params`` (a command's keyword arguments) that are fields of ``cls``,
+    removed from ``params``."""
+    return {f.name: params.pop(f.name) for f in dataclasses.fields(cls) if f.name in params}
+
+
+def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable:
+    meta = {**f.metadata, **change}
+    if not meta.get("flag"):
+        raise TypeError(f"field {f.name} has no command-line flag")
+    if "default" in change:
+        default = change["default"]
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        default = None
+    kind = _strip_none(hint)
+    kw: dict[str, Any] = dict(help=meta.get("help") or None, metavar=meta.get("metavar"),
+                              required=meta.get("required", False))
+    if meta.get("key_values"):
+        return click.option(meta["flag"], f.name, multiple=True, callback=_key_values,
+                            **{**kw, "metavar": "KEY=VALUE"})
+    if kind is bool:
+        return click.option(meta["flag"], f.name, default=default, show_default=True,
+                            **{k: v for k, v in kw.items() if k != "metavar"})
+    low, high, low_open, high_open = meta.get("range") or (None, None, False, False)
+    if meta.get("choices") is not None:
+        choices = meta["choices"]
+        kw["type"] = click.Choice(list(choices() if callable(choices) else choices))
+    elif meta.get("path"):
+        kw["type"] = click.Path(exists=True, dir_okay=meta["path"] == "dir",
+                                file_okay=meta["path"] == "file")
+    elif typing.get_origin(kind) is tuple:
+        kw["type"] = _Numbers(len(typing.get_args(kind)), low=low, high=high, low_open=low_open,
+                              high_open=high_open, ordered=meta.get("ordered", False))
+        kw["metavar"] = kw["metavar"] or ",".join(["N"] * len(typing.get_args(kind)))
+    elif kind is int:
+        kw["type"] = (int if low is None and high is None else
+                      click.IntRange(low, high, min_open=low_open, max_open=high_open))
+    elif kind is float:
+        kw["type"] = (float if low is None and high is None else
+                      click.FloatRange(low, high, min_open=low_open, max_open=high_open))
+    shown = (",".join(f"{x:g}" for x in default) if isinstance(default, tuple) else
+             default is not None)
+    return click.option(meta["flag"], f.name, default=default, show_default=shown, **kw)
+
+
+def _strip_none(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
+
+def _key_values(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict:
+    try:
+        return _parse_key_values(value, param.opts[0])
+    except DvflError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+class _Numbers(click.ParamType):
+    """``count`` comma-separated numbers, each within the field's range (and MIN <= MAX when
+    ``ordered``): --area 0.08,1 or --jitter 0.4,0.4,0.4,0.1."""
+
+    name = "numbers"
+
+    def __init__(self, count: int, *, low, high, low_open, high_open, ordered):
+        self.count, self.ordered = count, ordered
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            values = tuple(float(x) for x in str(value).split(","))
+        except ValueError:
+            values = ()
+        if len(values) != self.count:
+            self.fail(f"expected {self.count} comma-separated numbers, got {value!r}", param, ctx)
+        for x in values:
+            if ((self.low is not None and (x < self.low or (self.low_open and x == self.low)))
+                    or (self.high is not None
+                        and (x > self.high or (self.high_open and x == self.high)))):
+                self.fail(f"{x:g} is outside {'(' if self.low_open else '['}{self.low}, "
+                          f"{self.high}{')' if self.high_open else ']'} in {value!r}", param, ctx)
+        if self.ordered and list(values) != sorted(values):
+            self.fail(f"need MIN <= MAX, got {value!r}", param, ctx)
+        return values
 
 
 def dataset_options(*, subset: str = "train", subset_help: str = "") -> Callable:
@@ -50,15 +172,19 @@ def index_from_options(kind, root, split, subset, index_path, videos_dir, annota
                          videos_dir=videos_dir, annotations=annotations)
 
 
-def parse_key_values(pairs: tuple[str, ...], flag: str) -> dict:
-    """KEY=VALUE pairs -> dict; values are JSON when they parse (8, 0.1, [1,1,2,1], true)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+def key_values_option(flag: str, name: str, help: str) -> Callable:
+    """A repeatable KEY=VALUE option parsed by the one rule (``dvfl_cache.settings``)."""
+    return click.option(flag, name, multiple=True, metavar="KEY=VALUE", callback=_key_values,
+                        help=help)
+
+
+def check_model_options(name: str, options: dict[str, Any], flag: str) -> None:
+    """Unknown constructor options and values of the wrong type as a usage error of ``flag``."""
+    from dvfl_cache.models.registry import MODEL_NAMES, ModelOptionError, check_model_options
+
+    if name not in MODEL_NAMES:
+        return  # a checkpoint path: its loader checks its own options
+    try:
+        check_model_options(name, options, flag=flag)
+    except ModelOptionError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from dvfl_cache.tables import pct
+
 
 def _human_bytes(n: int | None) -> str:
     if n is None:
@@ -23,7 +25,7 @@ def _human_bytes(n: int | None) -> str:
 
 
 def _pct(x: float | None) -> str:
-    return "n/a (no valid rows)" if x is None else f"{100 * x:.2f}%"
+    return pct(x, unit="%", missing="n/a (no valid rows)")
 
 
 def _print_info(d: dict[str, Any]) -> None:

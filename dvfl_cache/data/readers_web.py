@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 
 from dvfl_cache.data.index import DatasetIndex, VideoEntry
-from dvfl_cache.data.readers import (DiskFiles, check_subset, finish, locate, read_lines,
-                                     require_dir)
+from dvfl_cache.data.readers_local import (DiskFiles, check_subset, finish, locate,
+                                           read_lines, require_dir)
 from dvfl_cache.errors import IndexFormatError
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dvfl_cache.settings import setting
+
 if TYPE_CHECKING:
     from dvfl_cache.data.decode import VideoInfo
 
 IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
 FULL_CROP = (0.0, 0.0, 1.0, 1.0)
+
+TEMPORAL = ("segment", "stride")
 
 # Aspect keys of the per-view random streams; fixed forever, since caches depend on them.
 _TEMPORAL, _CROP, _FLIP, _COLOUR = 0, 1, 2, 3
@@ -155,18 +159,27 @@ class ViewSampler:
     right for 3).
     """
 
-    temporal: str = "segment"
+    # `setting` metadata gives `dvfl-cache build` its sampler options (--sampler, --stride, ...)
+    temporal: str = setting("segment", flag="--sampler", choices=TEMPORAL,
+                            help="Temporal sampler (TSN segments or fixed stride).")
     num_frames: int = 8
-    stride: int = 4
+    stride: int = setting(4, flag="--stride", low=1, help="Frame stride for --sampler stride.")
     mode: str = "train"
     short_side: int = 256
     crop_size: int = 224
-    area: tuple[float, float] = (0.08, 1.0)
+    area: tuple[float, float] = setting(
+        (0.08, 1.0), flag="--area", low=0, low_open=True, high=1, ordered=True,
+        metavar="MIN,MAX", help="Random-resized-crop area range, as fractions of the frame (raise "
+                                "MIN for small videos, where an 8% crop keeps few pixels).")
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    flip: float = setting(0.5, flag="--flip", low=0, high=1,
+                          help="Horizontal flip probability (use 0 for Something-Something-v2).")
+    jitter: tuple[float, float, float, float] = setting(
+        (0.0, 0.0, 0.0, 0.0), flag="--jitter", low=0, metavar="B,C,S,H",
+        help="Colour jitter strengths (brightness, contrast, saturation, hue), drawn once per "
+             "clip.")
     jitter_p: float = 0.8
-    gray_p: float = 0.0
+    gray_p: float = setting(0.0, flag="--gray", low=0, high=1, help="Grayscale probability.")
     clips: int = 1
     crops: int = 1
     seed: int = 0

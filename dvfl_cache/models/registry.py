@@ -7,7 +7,11 @@ Importing this module does not import torch, so the CLI can offer the names as c
 from __future__ import annotations
 
 import inspect
+import json
 from typing import TYPE_CHECKING, Any
+
+from dvfl_cache.errors import DvflError
+from dvfl_cache.settings import check_options
 
 if TYPE_CHECKING:
     from dvfl_cache.models.video_focalnet import VideoFocalNet
@@ -40,16 +44,57 @@ def model_defaults(name: str) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, list) else v for k, v in merged.items()}
 
 
+class ModelOptionError(DvflError, TypeError):
+    """A constructor option the model does not have, or a value of the wrong type."""
+
+
+def check_model_options(name: str, overrides: dict[str, Any], *, flag: str = "option") -> None:
+    """Refuse unknown options and values whose type differs from the constructor default's
+    (an int is a float, a list of ints fits a sequence of ints), in one line naming the key."""
+    from dvfl_cache.models.video_focalnet import VideoFocalNet
+
+    params = inspect.signature(VideoFocalNet).parameters
+    try:
+        check_options(overrides, params, what=f"model {name!r}")
+    except DvflError as exc:
+        raise ModelOptionError(str(exc)) from None
+    for key, value in overrides.items():
+        default = params[key].default
+        if not _same_kind(value, default):
+            raise ModelOptionError(f"{flag} {key}={json.dumps(value)}: model {name!r} expects "
+                                   f"{_kind(default)}")
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        return (isinstance(value, (list, tuple)) and bool(value)
+                and all(_same_kind(v, default[0]) for v in value))
+    return isinstance(value, type(default))
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, (list, tuple)):
+        return f"a comma list like {','.join(map(str, default))}"
+    return {int: "an integer", float: "a number", str: "a string"}.get(type(default),
+                                                                      type(default).__name__)
+
+
 def create_model(name: str, **overrides: Any) -> VideoFocalNet:
     """Build a registered variant; any constructor option can be overridden by keyword."""
     from dvfl_cache.models.video_focalnet import VideoFocalNet
 
     options = model_defaults(name)
-    accepted = set(inspect.signature(VideoFocalNet).parameters)
-    unknown = sorted(set(overrides) - accepted)
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
-                        f"accepted: {', '.join(sorted(accepted))}")
+    check_model_options(name, overrides)
     model = VideoFocalNet(**{**options, **overrides})
     model.arch = name
     return model

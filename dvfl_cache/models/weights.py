@@ -330,18 +330,28 @@ def from_reference(config: Mapping[str, Any],
 # --------------------------------------------------------------------------- our checkpoints
 
 
-def _check_plain(value: Any, where: str) -> None:
-    """Fail at save time on values that weights-only loading would refuse later."""
+class NotPlainError(TypeError, ValueError):
+    """A value a weights-only checkpoint cannot hold (a wrong type, hence a bad value)."""
+
+
+def check_plain(value: Any, where: str) -> None:
+    """Fail at save time on values that ``torch.load(weights_only=True)`` would refuse later:
+    only tensors, JSON scalars, lists/tuples and dicts with str or int keys (``NotPlainError``
+    naming the path to the bad value). Used by every checkpoint writer."""
+    if value is None or isinstance(value, (torch.Tensor, str, bool, int, float)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+        return
     if isinstance(value, Mapping):
-        for k, v in value.items():
-            _check_plain(k, where)
-            _check_plain(v, f"{where}[{k!r}]")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
-    elif not (value is None or isinstance(value, (str, int, float, bool, torch.Tensor))):
-        raise TypeError(f"save_checkpoint: {where} is a {type(value).__name__}; store only "
-                        f"tensors and plain data so weights-only loading can read it")
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise NotPlainError(f"{where}: key {key!r} is not a str or int")
+            check_plain(item, f"{where}[{key!r}]")
+        return
+    raise NotPlainError(f"{where}: {type(value).__name__} is not a tensor or plain data, which "
+                        "weights-only loading could not read")
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, /, **extra: Any) -> None:
@@ -350,7 +360,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, /, **extra:
     if clash:
         raise ValueError(f"save_checkpoint: extra keys {', '.join(clash)} are reserved")
     for key, value in extra.items():
-        _check_plain(value, key)
+        check_plain(value, f"save_checkpoint: {key}")
     config = getattr(model, "config", None)
     if config is None:
         raise TypeError("save_checkpoint: model has no 'config'; use a VideoFocalNet")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dvfl_cache.commands.options import dataset_options, index_from_options, threads_option
+from dvfl_cache.tables import pct, text_table
 
 
 def _views(ctx, param, values):
@@ -44,17 +45,9 @@ def _describe(geometry) -> str:
     return text
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
 def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    header = ("views", "top-1 (%)", "top-5 (%)", "mean class acc (%)", "videos", "failed",
-              "GMACs/view")
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    fmt = lambda row: "  ".join(  # noqa: E731
-        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-    return [fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, rows)]
+    return text_table(("views", "top-1 (%)", "top-5 (%)", "mean class acc (%)", "videos",
+                       "failed", "GMACs/view"), rows)
 
 
 _frames_opt = click.option("--frames", type=click.IntRange(1), default=None,
@@ -139,8 +132,8 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
             gmacs_per_view=gmacs)
         results.append((result, path))
         report = result.report
-        rows.append((layout.describe(), _pct(report.top1), _pct(report.top5),
-                     _pct(report.mean_class_accuracy), str(result.num_videos),
+        rows.append((layout.describe(), pct(report.top1), pct(report.top5),
+                     pct(report.mean_class_accuracy), str(result.num_videos),
                      str(result.num_failed), f"{gmacs:.3g}"))
 
     click.echo(f"{checkpoint}: {index.kind} split {index.split} {index.subset}, "

@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
-from dvfl_train.commands.train_options import (DEFAULTS, EpochProgress, data_model_options,
-                                               fit_config, loss_schedule_options,
-                                               runtime_options)
+from dvfl_cache.commands.options import options_from
+from dvfl_train.commands.train_options import (EpochProgress, data_model_options, fit_config,
+                                               loss_schedule_options, runtime_options)
+from dvfl_train.config import FitConfig
 
-__all__ = ["DEFAULTS", "fit_cmd"]
+__all__ = ["fit_cmd"]
+
+_ALPHA = next(f.default for f in dataclasses.fields(FitConfig) if f.name == "alpha")
 
 
 @click.command("fit")
 @data_model_options
-@click.option("--alpha", type=click.FloatRange(0, 1), default=None,
-              help=f"Weight of the KD term (0: cross-entropy only). Default: {DEFAULTS['alpha']} "
-                   "with --cache or --teacher-weights, else 0 (plain cross-entropy).")
-@click.option("--tau", type=click.FloatRange(0, min_open=True), default=DEFAULTS["tau"],
-              show_default=True, help="Distillation temperature.")
+@options_from(FitConfig, ("alpha", "tau"), alpha={
+    "default": None, "help": f"Weight of the KD term (0: cross-entropy only). Default: {_ALPHA} "
+                             "with --cache or --teacher-weights, else 0 (plain cross-entropy)."})
 @loss_schedule_options
-@click.option("--seed", type=click.IntRange(0), default=DEFAULTS["seed"], show_default=True,
-              help="Seeds the student's init, drop path and the data order.")
+@options_from(FitConfig, ("seed",))
 @runtime_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Run directory.")
+@options_from(FitConfig, ("out_dir",), out_dir={"required": True})
 @click.option("--overwrite", is_flag=True, help="Start over in an existing run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after its last epoch.")
 @click.option("--log-every", type=click.IntRange(1), default=10, show_default=True,
               help="Steps between metrics.jsonl step records.")
-def fit_cmd(alpha, tau, seed, out_dir, overwrite, resume, log_every, **shared):
+def fit_cmd(overwrite, resume, log_every, threads, **settings):
     """Train a student, distilling from --cache (or an online --teacher-weights), or with
     cross-entropy alone (--alpha 0, e.g. to fine-tune a teacher).
 
@@ -41,10 +42,7 @@ def fit_cmd(alpha, tau, seed, out_dir, overwrite, resume, log_every, **shared):
     from dvfl_cache.runtime import resolve_device, set_compute_threads
     from dvfl_train.trainer import fit
 
-    if alpha is None:
-        alpha = DEFAULTS["alpha"] if (shared["cache"] or shared["teacher_weights"]) else 0.0
-    threads = shared.pop("threads")
-    cfg = fit_config(out_dir=out_dir, alpha=alpha, tau=tau, seed=seed, **shared)
+    cfg = fit_config(settings)
     set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers,
                         threads=threads)
 
@@ -57,7 +55,7 @@ def fit_cmd(alpha, tau, seed, out_dir, overwrite, resume, log_every, **shared):
         return
     if summary["best_val_top1"] is not None:
         click.echo(f"best val top-1 {100 * summary['best_val_top1']:.2f}% at epoch "
-                   f"{summary['best_epoch']}; run in {out_dir}")
+                   f"{summary['best_epoch']}; run in {cfg.out_dir}")
     if summary["failed_videos"]:
         click.echo(f"{len(summary['failed_videos'])} video(s) failed to decode and were "
                    "skipped:", err=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from dvfl_train.commands.train_options import (DEFAULTS, EpochProgress, data_model_options,
-                                               fit_config, loss_schedule_options,
-                                               runtime_options)
+from dvfl_cache.commands.options import options_from
+from dvfl_train.commands.train_options import (EpochProgress, data_model_options, fit_config,
+                                               loss_schedule_options, runtime_options)
+from dvfl_train.config import FitConfig
 
 __all__ = ["sweep_cmd"]
 
@@ -55,11 +56,12 @@ def _layouts(ctx, param, value):
 @click.option("--no-baseline", is_flag=True,
               help="No CE-only baseline (alpha 0, one per seed).")
 @loss_schedule_options
-@click.option("--seed", type=click.IntRange(0), default=DEFAULTS["seed"], show_default=True,
-              help="Data seed: views, batch order; shared by every student of the sweep.")
+@options_from(FitConfig, ("seed",), seed={
+    "help": "Data seed: views, batch order; shared by every student of the sweep."})
 @runtime_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Sweep folder: runs/<name>/ per student, results.csv, results.md, plots.")
+@options_from(FitConfig, ("out_dir",), out_dir={
+    "required": True,
+    "help": "Sweep folder: runs/<name>/ per student, results.csv, results.md, plots."})
 @click.option("--parallel", type=click.IntRange(1), default=None,
               help="Students trained side by side on each decoded batch; default: all of them.")
 @click.option("--eval-views", default="1,4x3", show_default=True, callback=_layouts,
@@ -70,8 +72,8 @@ def _layouts(ctx, param, value):
                    "the others continue after their last finished epoch.")
 @click.option("--log-every", type=click.IntRange(1), default=10, show_default=True,
               help="Steps between metrics.jsonl step records.")
-def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_views, overwrite,
-              resume, log_every, **shared):
+def sweep_cmd(alphas, taus, seeds, no_baseline, parallel, eval_views, overwrite, resume,
+              log_every, threads, **settings):
     """Train one student per (alpha, tau, seed) from --cache, plus a CE baseline, sharing each
     decoded batch between them; evaluate every best.pt and tabulate.
 
@@ -85,17 +87,18 @@ def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_vi
     from dvfl_train.sweep import SweepConfig, expand_grid, run_sweep
 
     try:
-        points = expand_grid(alphas, taus, seeds if seeds is not None else [seed],
+        points = expand_grid(alphas, taus, seeds if seeds is not None else [settings["seed"]],
                              baseline=not no_baseline)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    threads = shared.pop("threads")
-    cfg = fit_config(out_dir=out_dir, alpha=max(p.alpha for p in points), tau=taus[0],
-                     seed=seed, **shared)
-    set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers,
-                        threads=threads)
+    # alpha and tau are per student (the grid points); the shared config leaves them unset
+    # (None: FitConfig's rule) and every student's own config is validated below.
+    cfg = fit_config({**settings, "alpha": None})
     sweep = SweepConfig(base=cfg, points=tuple(points), parallel=parallel,
                         eval_views=eval_views)
+    sweep.validate()
+    set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers,
+                        threads=threads)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     epochs = EpochProgress(enabled=main_rank, named=True)
 
@@ -119,4 +122,4 @@ def sweep_cmd(alphas, taus, seeds, no_baseline, seed, out_dir, parallel, eval_vi
     for row in rows:
         accs = ", ".join(f"{v}: {100 * t1:.2f}%" for v, (t1, _) in row.acc.items())
         click.echo(f"{row.name}: top-1 {accs}")
-    click.echo(f"wrote {out_dir}/results.csv and {out_dir}/results.md")
+    click.echo(f"wrote {cfg.out_dir}/results.csv and {cfg.out_dir}/results.md")

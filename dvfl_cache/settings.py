@@ -1,0 +1,78 @@
+"""A setting is declared once: a frozen-dataclass field whose metadata says how users set it.
+
+``setting(default, flag="--lr", help=..., choices=..., low=...)`` is ``dataclasses.field`` plus
+the command-line face of the field. The click options are derived from it by
+``dvfl_cache.commands.options.options_from`` (names, defaults, help, choices and ranges), so the
+dataclass is the only place a default or a help text is written. This module imports neither
+click nor torch: configs that use it stay cheap to import and plain to read.
+
+``parse_key_values`` is the one KEY=VALUE rule of every ``--*-opt`` option: a value is JSON
+when it parses (``8``, ``0.1``, ``true``, ``[1,1,2,1]``), a bare comma list is a list
+(``depths=1,1,2,1``), a bare word is a string (``temporal=stride``); text that starts like
+JSON (``[``, ``{``, ``"``) but does not parse is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dvfl_cache.errors import DvflError
+
+__all__ = ["check_options", "parse_key_values", "setting"]
+
+
+def setting(default: Any = dataclasses.MISSING, *, flag: str | None = None, help: str = "",
+            choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+            low: float | None = None, high: float | None = None, low_open: bool = False,
+            high_open: bool = False, path: str | None = None, metavar: str | None = None,
+            key_values: bool = False, ordered: bool = False, default_factory: Any = dataclasses.MISSING,
+            hash: bool | None = None) -> Any:
+    """A dataclass field with its command-line face in ``metadata``.
+
+    ``flag`` is the option name (``None``: not on the command line; ``"--amp/--no-amp"`` for a
+    boolean pair). ``choices`` may be a callable so a registry is read when the options are
+    made. ``path`` is "file" or "dir" (must exist). ``key_values`` makes a repeatable
+    KEY=VALUE option collected into a dict. A tuple field is a comma list of its length on the
+    command line; ``low``/``high`` bound each item and ``ordered`` asks for MIN <= MAX.
+    """
+    meta = {"flag": flag, "help": help, "choices": choices, "range": (low, high, low_open,
+                                                                     high_open),
+            "path": path, "metavar": metavar, "key_values": key_values, "ordered": ordered}
+    return dataclasses.field(default=default, default_factory=default_factory, hash=hash,
+                             metadata=meta)
+
+
+def parse_key_values(pairs: Iterable[str], flag: str) -> dict[str, Any]:
+    """KEY=VALUE pairs -> dict (the rule in the module docstring); a malformed pair is a
+    ``DvflError`` naming ``flag``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = str(pair).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise DvflError(f"{flag}: expected KEY=VALUE, got {pair!r}")
+        out[key] = _value(key, text, flag)
+    return out
+
+
+def _value(key: str, text: str, flag: str) -> Any:
+    for candidate in (text, f"[{text}]"):
+        try:
+            return json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+    if text.lstrip()[:1] in ("[", "{", '"'):
+        raise DvflError(f"{flag}: {key}: {text!r} is not a JSON value")
+    return text
+
+
+def check_options(given: Iterable[str], accepted: Iterable[str], *, what: str) -> None:
+    """The one unknown-option check: ``DvflError`` listing the unknown and the accepted names."""
+    accepted = set(accepted)
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise DvflError(f"unknown option(s) {', '.join(unknown)} for {what}; accepted: "
+                        f"{', '.join(sorted(accepted))}")
