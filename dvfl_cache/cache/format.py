@@ -4,6 +4,10 @@ The root attributes of the Zarr group are exactly `CacheMeta.to_dict()`: plain J
 pickles, so anyone with `zarr` (and no dvfl) can read what was cached and how. Every field is
 parsed by a small function whose error names the field, what was expected and what was found,
 because a cache is often years older than the code reading it. See docs/cache-format.md.
+
+Parsing happens once, the zarr way: the constructors parse their fields (``__post_init__``)
+and ``from_dict`` only finds the fields in the JSON and hands them over, with ``source`` (the
+store's path) for the errors to name.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -150,12 +154,13 @@ class TeacherInfo:
     name: str
     config: dict[str, Any]
     weights_sha256: str | None
+    source: InitVar[str] = "TeacherInfo"
 
-    def __post_init__(self) -> None:
-        src = "TeacherInfo"
-        _parse_str(self.name, src, "teacher.name")
-        object.__setattr__(self, "config", _parse_json_object(self.config, src, "teacher.config"))
-        _parse_sha256(self.weights_sha256, src, "teacher.weights_sha256", optional=True)
+    def __post_init__(self, source: str) -> None:
+        _parse_str(self.name, source, "teacher.name")
+        object.__setattr__(self, "config", _parse_json_object(self.config, source,
+                                                              "teacher.config"))
+        _parse_sha256(self.weights_sha256, source, "teacher.weights_sha256", optional=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "config": self.config, "weights_sha256": self.weights_sha256}
@@ -164,10 +169,8 @@ class TeacherInfo:
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "cache") -> TeacherInfo:
         p = "teacher."
         _check_keys(d, ("name", "config", "weights_sha256"), source, p)
-        return cls(name=_parse_str(_get(d, "name", source, p), source, p + "name"),
-                   config=_parse_json_object(_get(d, "config", source, p), source, p + "config"),
-                   weights_sha256=_parse_sha256(_get(d, "weights_sha256", source, p), source,
-                                                p + "weights_sha256", optional=True))
+        return cls(**{k: _get(d, k, source, p) for k in ("name", "config", "weights_sha256")},
+                   source=source)
 
 
 @dataclass(frozen=True)
@@ -179,14 +182,15 @@ class DatasetInfo:
     subset: str
     index_digest: str
     classes: tuple[str, ...]
+    source: InitVar[str] = "DatasetInfo"
 
-    def __post_init__(self) -> None:
-        src = "DatasetInfo"
-        _parse_str(self.kind, src, "dataset.kind")
-        _parse_split(self.split, src, "dataset.split")
-        _parse_str(self.subset, src, "dataset.subset")
-        _parse_sha256(self.index_digest, src, "dataset.index_digest", optional=False)
-        object.__setattr__(self, "classes", _parse_classes(self.classes, src, "dataset.classes"))
+    def __post_init__(self, source: str) -> None:
+        _parse_str(self.kind, source, "dataset.kind")
+        _parse_split(self.split, source, "dataset.split")
+        _parse_str(self.subset, source, "dataset.subset")
+        _parse_sha256(self.index_digest, source, "dataset.index_digest", optional=False)
+        object.__setattr__(self, "classes", _parse_classes(self.classes, source,
+                                                           "dataset.classes"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "split": self.split, "subset": self.subset,
@@ -195,14 +199,9 @@ class DatasetInfo:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "cache") -> DatasetInfo:
         p = "dataset."
-        _check_keys(d, ("kind", "split", "subset", "index_digest", "classes"), source, p)
-        return cls(
-            kind=_parse_str(_get(d, "kind", source, p), source, p + "kind"),
-            split=_parse_split(_get(d, "split", source, p), source, p + "split"),
-            subset=_parse_str(_get(d, "subset", source, p), source, p + "subset"),
-            index_digest=_parse_sha256(_get(d, "index_digest", source, p), source,
-                                       p + "index_digest", optional=False),
-            classes=_parse_classes(_get(d, "classes", source, p), source, p + "classes"))
+        keys = ("kind", "split", "subset", "index_digest", "classes")
+        _check_keys(d, keys, source, p)
+        return cls(**{k: _get(d, k, source, p) for k in keys}, source=source)
 
 
 @dataclass(frozen=True)
@@ -212,12 +211,13 @@ class SamplerInfo:
     name: str
     params: dict[str, Any]
     seed: int
+    source: InitVar[str] = "SamplerInfo"
 
-    def __post_init__(self) -> None:
-        src = "SamplerInfo"
-        _parse_str(self.name, src, "sampler.name")
-        object.__setattr__(self, "params", _parse_json_object(self.params, src, "sampler.params"))
-        _parse_int(self.seed, src, "sampler.seed")
+    def __post_init__(self, source: str) -> None:
+        _parse_str(self.name, source, "sampler.name")
+        object.__setattr__(self, "params", _parse_json_object(self.params, source,
+                                                              "sampler.params"))
+        _parse_int(self.seed, source, "sampler.seed")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "params": self.params, "seed": self.seed}
@@ -226,9 +226,8 @@ class SamplerInfo:
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "cache") -> SamplerInfo:
         p = "sampler."
         _check_keys(d, ("name", "params", "seed"), source, p)
-        return cls(name=_parse_str(_get(d, "name", source, p), source, p + "name"),
-                   params=_parse_json_object(_get(d, "params", source, p), source, p + "params"),
-                   seed=_parse_int(_get(d, "seed", source, p), source, p + "seed"))
+        return cls(**{k: _get(d, k, source, p) for k in ("name", "params", "seed")},
+                   source=source)
 
 
 @dataclass(frozen=True)
@@ -250,9 +249,10 @@ class CacheMeta:
     views_per_shard: int = DEFAULT_VIEWS_PER_SHARD
     dvfl_version: str = __version__
     created: str = field(default_factory=_now)
+    source: InitVar[str] = "CacheMeta"
 
-    def __post_init__(self) -> None:
-        src = "CacheMeta"
+    def __post_init__(self, source: str) -> None:
+        src = source
         for name, typ in (("teacher", TeacherInfo), ("dataset", DatasetInfo),
                           ("sampler", SamplerInfo)):
             if not isinstance(getattr(self, name), typ):
@@ -333,27 +333,13 @@ class CacheMeta:
         if num_classes != len(dataset.classes):
             raise _bad(source, "num_classes", f"{len(dataset.classes)} (the number of "
                        "dataset.classes)", num_classes)
-        dtype = _get(d, "dtype", source, "")
-        if dtype not in LOGIT_DTYPES:
-            raise _bad(source, "dtype", " or ".join(map(repr, LOGIT_DTYPES)), dtype)
+        scalars = ("num_videos", "views_per_video", "num_frames", "dtype", "feature_dim",
+                   "views_per_shard", "dvfl_version", "created")
         return cls(
             teacher=TeacherInfo.from_dict(_get(d, "teacher", source, ""), source=source),
             dataset=dataset,
             sampler=SamplerInfo.from_dict(_get(d, "sampler", source, ""), source=source),
-            num_videos=_parse_int(_get(d, "num_videos", source, ""), source, "num_videos",
-                                  minimum=1),
-            views_per_video=_parse_int(_get(d, "views_per_video", source, ""), source,
-                                       "views_per_video", minimum=1),
-            num_frames=_parse_int(_get(d, "num_frames", source, ""), source, "num_frames",
-                                  minimum=1),
-            dtype=dtype,
-            feature_dim=_parse_opt_int(_get(d, "feature_dim", source, ""), source, "feature_dim",
-                                       minimum=1),
-            views_per_shard=_parse_int(_get(d, "views_per_shard", source, ""), source,
-                                       "views_per_shard", minimum=1),
-            dvfl_version=_parse_str(_get(d, "dvfl_version", source, ""), source, "dvfl_version"),
-            created=_parse_created(_get(d, "created", source, ""), source, "created"),
-        )
+            **{k: _get(d, k, source, "") for k in scalars}, source=source)
 
     def differences(self, other: CacheMeta, *,
                     ignore: Iterable[str] = PROVENANCE_ONLY) -> list[tuple[str, Any, Any]]:
