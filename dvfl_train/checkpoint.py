@@ -26,11 +26,12 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from dvfl_cache.atomic import TMP_SUFFIX, atomic_path, write_atomic
 from dvfl_cache.errors import CheckpointError, DvflError
 from dvfl_cache.models.weights import FORMAT, FORMAT_VERSION, check_plain
 
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-_TMP_SUFFIX = ".tmp"
 _RUN_FILES = (CONFIG, METRICS, SUMMARY, "last.pt", "best.pt")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -174,7 +174,8 @@ class RunDir:
         """
         check_plain(state, "state")
         path = self.checkpoint_path(name)
-        _atomic_write(path, "wb", lambda fh: torch.save(state, fh))
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(state, fh)
         return path
 
     def load(self, name: str, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -212,7 +213,7 @@ class RunDir:
         self._write_text(SUMMARY, json.dumps(summary, indent=2, default=_json_scalar) + "\n")
 
     def _write_text(self, name: str, text: str) -> None:
-        _atomic_write(self.path / name, "w", lambda fh: fh.write(text))
+        write_atomic(self.path / name, text)
 
 
 # -- state helpers ---------------------------------------------------------------------------
@@ -284,19 +285,9 @@ def restore_rng(states: dict[str, torch.Tensor]) -> None:
                         "CUDA randomness is not restored", len(cuda), torch.cuda.device_count())
 
 
-def _atomic_write(path: Path, mode: str, write: Callable[[IO[Any]], object]) -> None:
-    """Write beside ``path``, fsync, then rename over it: readers see the old or the new file."""
-    tmp = path.with_name(path.name + _TMP_SUFFIX)
-    with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _is_our_tmp(name: str) -> bool:
     """A temporary file of :meth:`RunDir.save` or of a JSON file this module writes."""
-    stem = name.removesuffix(_TMP_SUFFIX)
+    stem = name.removesuffix(TMP_SUFFIX)
     return stem != name and (stem in _RUN_FILES or (stem.endswith(".pt")
                                                     and bool(_NAME_RE.match(stem[:-3]))))
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from dvfl_cache.atomic import write_atomic
 from dvfl_cache.data.dataset import AllViews, ClipDataset, collate_clips
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.views import SubsampledViews, TestView, ViewSampler
@@ -413,10 +414,7 @@ def write_eval_json(result: EvalResult, path: str | os.PathLike, *,
     path = Path(path)
     record = result.to_dict(classes)
     record.update(extra)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(_compact_json(record), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, _compact_json(record))
 
 
 def _compact_json(record: dict[str, Any]) -> str:

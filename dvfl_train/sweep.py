@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dvfl_cache.atomic import write_json_atomic
 from dvfl_cache.runtime import resolve_device
 
 from dvfl_train.config import RESUMABLE_CHANGES, ConfigError, load_config
@@ -255,8 +256,6 @@ def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, record)
 
 

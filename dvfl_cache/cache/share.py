@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from dvfl_cache.atomic import atomic_path
 from dvfl_cache.cache.format import SHARD_DONE, CacheMeta
 from dvfl_cache.cache.location import locate
 from dvfl_cache.cache.store import CacheReader, CacheWriter
@@ -38,10 +38,6 @@ def _check_output(out: Path, *, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _tmp_for(out: Path) -> Path:
-    return out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
 
 
 def pack(store: str | os.PathLike, out: str | os.PathLike, *, allow_incomplete: bool = False,
@@ -69,16 +65,12 @@ def pack(store: str | os.PathLike, out: str | os.PathLike, *, allow_incomplete: 
                   if not f.endswith(".partial")]  # leftovers of killed writes, not data
     # Root metadata first: a reader streaming the zip meets the description before the data.
     files.sort(key=lambda f: (f != "zarr.json", f))
-    tmp = _tmp_for(out)
-    try:
+    with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
             for rel in files:
                 z.write(root / rel, arcname=Path(rel).as_posix())
                 if progress is not None:
                     progress(1)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("packed %s -> %s (%d files)", store, out, len(files))
     return {"zip": str(out), "files": len(files), "bytes": out.stat().st_size,
             "complete": bool(done.all())}
@@ -93,8 +85,7 @@ def export_hdf5(store: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
 
     out = Path(out)
     _check_output(out, overwrite=overwrite)
-    tmp = _tmp_for(out)
-    try:
+    with atomic_path(out) as tmp:
         with CacheReader(store, storage_options=storage_options) as reader, \
                 h5py.File(tmp, "w") as h:
             m = reader.meta
@@ -113,9 +104,6 @@ def export_hdf5(store: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
                     h[name][rows.start:rows.stop] = reader.read(name, rows.start, rows.stop)
                 if progress is not None:
                     progress(1)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("exported %s -> %s", store, out)
     return {"hdf5": str(out), "shards": int(done.sum()), "bytes": out.stat().st_size}
 

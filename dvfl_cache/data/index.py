@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from dvfl_cache.atomic import write_atomic
 from dvfl_cache.errors import IndexFormatError
 
 log = logging.getLogger(__name__)
@@ -139,11 +140,7 @@ def save_index(index: DatasetIndex, path: str | os.PathLike) -> None:
     """Write the index as UTF-8 JSON (atomically, so a crash never leaves half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(index.to_dict(), f, ensure_ascii=False, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(index.to_dict(), ensure_ascii=False, indent=1) + "\n")
 
 
 def _field(d: dict, name: str, kind: type | tuple[type, ...], where: str):

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from dvfl_cache.atomic import atomic_path
 from dvfl_cache.errors import CheckpointError
 from dvfl_cache.models.video_focalnet import VideoFocalNet
 
@@ -366,13 +367,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, /, **extra:
         raise TypeError("save_checkpoint: model has no 'config'; use a VideoFocalNet")
     obj = {"format": FORMAT, "version": FORMAT_VERSION, "arch": getattr(model, "arch", None),
            "model_config": dict(config), "model": model.state_dict(), **extra}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def model_from_checkpoint(path: str | os.PathLike, *, fresh_head: bool = False,
