@@ -1,9 +1,10 @@
 """Classification metrics: top-k, per-class accuracy and the confusion matrix.
 
-Ranks are defined without help from ``torch.topk``, whose order among equal scores is unspecified:
-a class ranks above another if its score is higher, or equal with a lower class index (the order a
-stable descending sort gives). So the prediction is the first maximal class (``argmax``), and
-results are identical on every device and every run. Scores may be logits or probabilities:
+Ranks are defined without help from ``torch.topk``, whose order among equal scores is unspecified,
+by the one rule of ``dvfl_cache.topk`` (also the cache's teacher accuracy): a class ranks above
+another if its score is higher, or equal with a lower class index (the order a stable descending
+sort gives). So the prediction is the first maximal class (``argmax``), and results are identical
+on every device and every run. Scores may be logits or probabilities:
 softmax does not change the order. NaN scores are refused, since they compare false to everything
 and would otherwise count as correct.
 """
@@ -16,6 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dvfl_cache.topk import rank_of_target
+from dvfl_cache.topk import topk_correct as _topk_correct
+
 __all__ = ["AccuracyReport", "accuracy_report", "topk_correct"]
 
 
@@ -24,17 +28,9 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor,
     """Number of samples whose true class is among the k best, for each k in ``ks``.
 
     A k larger than the number of classes counts every sample (top-5 of 3 classes is 100%).
+    The rule is ``dvfl_cache.topk``'s, shared with the cache's teacher accuracy.
     """
-    if logits.ndim != 2 or target.shape != (logits.shape[0],):
-        raise ValueError(f"expected logits (N, C) and target (N,), got {tuple(logits.shape)} and "
-                         f"{tuple(target.shape)}")
-    if any(k < 1 for k in ks):
-        raise ValueError(f"every k must be >= 1, got {ks}")
-    _check_targets(target.detach().cpu().numpy(), logits.shape[1])
-    if torch.isnan(logits).any():
-        raise ValueError("scores contain NaN")
-    rank = _rank_of_target(logits.detach(), target.long())
-    return {k: int((rank < k).sum()) for k in ks}
+    return _topk_correct(_numpy(logits), _numpy(target), ks)
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,12 +75,8 @@ def accuracy_report(probs_or_logits: torch.Tensor | np.ndarray, targets: torch.T
         raise ValueError(f"targets must be ({scores.shape[0]},), got {labels.shape}")
     if scores.shape[0] == 0:
         raise ValueError("no predictions to score")
-    _check_targets(labels, num_classes)
-    if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN")
-
+    rank = rank_of_target(_numpy(scores), labels)
     labels = labels.astype(np.int64)
-    rank = _rank_of_target(scores, torch.from_numpy(labels)).numpy()
     pred = scores.argmax(dim=1).numpy()  # first maximal class: the rank-0 class by our rule
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labels, pred), 1)
@@ -97,17 +89,8 @@ def accuracy_report(probs_or_logits: torch.Tensor | np.ndarray, targets: torch.T
                           confusion=confusion)
 
 
-def _rank_of_target(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each true class: higher scores, then equal scores at lower indices."""
-    true = scores.gather(1, target[:, None])
-    classes = torch.arange(scores.shape[1], device=scores.device)
-    ahead = (scores > true) | ((scores == true) & (classes[None, :] < target[:, None]))
-    return ahead.sum(dim=1)
-
-
-def _check_targets(labels: np.ndarray, num_classes: int) -> None:
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"targets must be integer class indices, got dtype {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"targets must be in [0, {num_classes}), found "
-                         f"{int(labels.min())}..{int(labels.max())}")
+def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).numpy()
+    return np.asarray(x)

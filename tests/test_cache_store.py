@@ -437,3 +437,26 @@ def test_reader_pickles_and_reopens(store):
     clone = pickle.loads(pickle.dumps(reader))
     assert clone._root is None  # handles never travel
     np.testing.assert_array_equal(clone.epoch_block(2)["logits"], before)
+
+
+def test_teacher_accuracy_breaks_ties_as_student_evaluation_does(tmp_path):
+    """Tied logits: the lower class index ranks first, in `info` as in `accuracy_report` (an
+    argpartition, the old rule of `info`, ranks class 5 first here)."""
+    from dvfl_train.metrics import accuracy_report
+
+    path = tmp_path / "ties.zarr"
+    writer = CacheWriter.create(path, make_meta())
+    tied = np.float32([0, 0, 0, 0, 1, 1])  # order by the rule: 4, 5, 0, 1, 2, 3
+    labels = []
+    for s in writer.pending_shards():
+        arrays, failures = synthetic_shard(writer.meta, s)
+        arrays["logits"][:] = tied
+        writer.write_shard(s, arrays, failures)
+        labels.append(arrays["label"][arrays["valid"] == 1])
+    labels = np.concatenate(labels)
+    d = info(path)
+    assert d["teacher_top1"] == pytest.approx((labels == 4).mean())
+    assert d["teacher_top5"] == pytest.approx((labels != 3).mean())
+    assert 0 < d["teacher_top1"] < d["teacher_top5"] < 1
+    rep = accuracy_report(np.tile(tied, (len(labels), 1)), labels, 6)
+    assert (rep.top1, rep.top5) == pytest.approx((d["teacher_top1"], d["teacher_top5"]))
