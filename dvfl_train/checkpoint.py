@@ -32,25 +32,20 @@ import numpy as np
 import torch
 
 from dvfl_cache.atomic import TMP_SUFFIX, atomic_path, write_atomic
-from dvfl_cache.errors import CheckpointError, DvflError
+from dvfl_cache.errors import CheckpointError
 from dvfl_cache.models.weights import FORMAT, FORMAT_VERSION, check_plain
 
 from dvfl_train.config import RESUMABLE_CHANGES, FitConfig, load_config
+from dvfl_train.runfiles import (BEST, CONFIG, LAST, METRICS, RUN_FILES, SUMMARY, RunDirError,
+                                 checkpoint_file, metric_lines, read_metrics)
 
-__all__ = ["RunDir", "RunDirError", "capture_rng", "restore_rng", "restore_training_state",
+__all__ = ["BEST", "CONFIG", "LAST", "METRICS", "SUMMARY", "RunDir", "RunDirError",
+           "checkpoint_file", "read_metrics", "capture_rng", "restore_rng", "restore_training_state",
            "training_state"]
 
 log = logging.getLogger(__name__)
 
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
-_RUN_FILES = (CONFIG, METRICS, SUMMARY, "last.pt", "best.pt")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-class RunDirError(DvflError):
-    """A run directory that cannot be created, resumed or overwritten as asked."""
 
 
 class RunDir:
@@ -84,7 +79,7 @@ class RunDir:
                               "directory")
         if existing and overwrite:
             for name in existing:
-                if name in _RUN_FILES:
+                if name in RUN_FILES:
                     (self.path / name).unlink()
                     log.info("overwrite: removed %s", self.path / name)
         for name in ours_tmp:
@@ -139,22 +134,7 @@ class RunDir:
         return dropped
 
     def _metric_lines(self) -> list[tuple[dict[str, Any] | None, str]]:
-        """(record, raw line) per line; record None for a line that is not complete JSON."""
-        path = self.path / METRICS
-        if not path.exists():
-            return []
-        out: list[tuple[dict[str, Any] | None, str]] = []
-        for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError:
-                log.warning("%s:%d: skipping a torn line", path, number)
-                out.append((None, raw))
-                continue
-            if not isinstance(rec, dict) or not isinstance(rec.get("epoch"), int):
-                raise RunDirError(f"{path}:{number}: not a metrics record with an integer epoch")
-            out.append((rec, raw))
-        return out
+        return metric_lines(self.path / METRICS)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -196,10 +176,10 @@ class RunDir:
         Without ``last.pt`` (killed during the first epoch) every metrics line is dropped and the
         run starts from scratch.
         """
-        if not self.has("last"):
+        if not self.has(LAST):
             self.truncate_metrics(after_epoch=None)
             return None
-        state = self.load("last", map_location=map_location)
+        state = self.load(LAST, map_location=map_location)
         epoch = state.get("epoch")
         if not isinstance(epoch, int):
             raise CheckpointError(f"{self.checkpoint_path('last')}: no integer 'epoch' to resume "
@@ -288,7 +268,7 @@ def restore_rng(states: dict[str, torch.Tensor]) -> None:
 def _is_our_tmp(name: str) -> bool:
     """A temporary file of :meth:`RunDir.save` or of a JSON file this module writes."""
     stem = name.removesuffix(TMP_SUFFIX)
-    return stem != name and (stem in _RUN_FILES or (stem.endswith(".pt")
+    return stem != name and (stem in RUN_FILES or (stem.endswith(".pt")
                                                     and bool(_NAME_RE.match(stem[:-3]))))
 
 

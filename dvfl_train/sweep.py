@@ -37,6 +37,7 @@ from dvfl_cache.atomic import write_json_atomic
 from dvfl_cache.runtime import resolve_device
 
 from dvfl_train.config import RESUMABLE_CHANGES, ConfigError, load_config
+from dvfl_train.runfiles import BEST, CONFIG, LAST, SUMMARY, checkpoint_file
 from dvfl_train.sweep_plan import (PLOT_FILES, RUNS, SWEEP_FILE, TRAIN_FILE, GridPoint,
                                    SweepConfig, SweepError, expand_grid, group_points,
                                    parse_layout, read_json)
@@ -108,7 +109,7 @@ def _prepare_dir(cfg: SweepConfig, *, resume: bool, overwrite: bool) -> None:
     if overwrite:
         for point in cfg.points:
             run = cfg.run_dir(point)
-            if (run / "config.json").exists():  # only our own files, only in run folders
+            if (run / CONFIG).exists():  # only our own files, only in run folders
                 for f in [run / TRAIN_FILE, *run.glob("eval_*.json")]:
                     f.unlink(missing_ok=True)
         for name in ("results.csv", "results.md", *PLOT_FILES):
@@ -121,12 +122,12 @@ def _trained(cfg: SweepConfig, point: GridPoint) -> bool:
     """Finished in an earlier session: a summary, all epochs, and the same config."""
     run = cfg.run_dir(point)
     try:
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        stored = load_config(run / "config.json")
+        summary = json.loads((run / SUMMARY).read_text(encoding="utf-8"))
+        stored = load_config(run / CONFIG)
     except (OSError, ValueError, ConfigError):
         return False
     wanted = cfg.spec(point).config(cfg.base)
-    return (summary.get("epochs") == cfg.base.epochs and (run / "best.pt").exists()
+    return (summary.get("epochs") == cfg.base.epochs and checkpoint_file(run, BEST).exists()
             and _comparable(stored.to_dict()) == _comparable(wanted.to_dict()))
 
 
@@ -167,7 +168,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False
         previous = {}
         if main and resume:  # earlier sessions' wall time counts for students resuming from them
             previous = {p: read_json(cfg.run_dir(p) / TRAIN_FILE) for p in group
-                        if (cfg.run_dir(p) / "last.pt").exists()}
+                        if checkpoint_file(cfg.run_dir(p), LAST).exists()}
         started = time.perf_counter()
 
         def record_wall(points: Iterable[GridPoint], names=names, previous=previous,
@@ -224,7 +225,7 @@ def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
                 index = val_index(dataclasses.replace(cfg.base, val_subset=None))
             models, infos = [], []
             for p in group:
-                best = cfg.run_dir(p) / "best.pt"
+                best = checkpoint_file(cfg.run_dir(p), BEST)
                 if not best.exists():
                     raise SweepError(f"{best}: no best checkpoint to evaluate (did training "
                                      "finish?)")
@@ -235,7 +236,7 @@ def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
             view = infos[0]["view"]
             for p, info in zip(group, infos):
                 if info["view"] != view:
-                    raise SweepError(f"{cfg.run_dir(p) / 'best.pt'}: trained on other clips "
+                    raise SweepError(f"{checkpoint_file(cfg.run_dir(p))}: trained on other clips "
                                      f"than {group[0].name}; not a run of this sweep")
             started = time.perf_counter()
             results = evaluate_many(models, index, view, layout=lay,

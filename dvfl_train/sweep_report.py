@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from dvfl_cache.tables import mean_std as _mean_std
 from dvfl_cache.tables import md_table as _md_table
 from dvfl_cache.tables import pct as _pct
 from dvfl_train.config import FitConfig
+from dvfl_train.runfiles import SUMMARY, read_metrics
 from dvfl_train.sweep_plan import TRAIN_FILE, SweepConfig, SweepError, parse_layout, read_json
 
 __all__ = ["AggregateRow", "RunResult", "aggregate", "collect_results", "plot_curves",
@@ -65,9 +65,9 @@ def collect_results(cfg: SweepConfig) -> list[RunResult]:
     rows = []
     for p in cfg.points:
         run = cfg.run_dir(p)
-        summary = read_json(run / "summary.json")
+        summary = read_json(run / SUMMARY)
         if not summary:
-            raise SweepError(f"{run / 'summary.json'}: missing; resume the sweep to finish it")
+            raise SweepError(f"{run / SUMMARY}: missing; resume the sweep to finish it")
         acc, eval_s = {}, 0.0
         for label in layouts:
             record = read_json(run / f"eval_{label}.json")
@@ -76,16 +76,8 @@ def collect_results(cfg: SweepConfig) -> list[RunResult]:
                                  "evaluate it")
             acc[label] = (float(record["top1"]), float(record["top5"]))
             eval_s += float(record.get("eval_time_s", 0.0))
-        curve = []
-        metrics = run / "metrics.jsonl"
-        if metrics.exists():
-            for line in metrics.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line of a killed run
-                if rec.get("type") == "epoch" and "val_top1" in rec:
-                    curve.append((int(rec["epoch"]), float(rec["val_top1"])))
+        curve = [(rec["epoch"], float(rec["val_top1"]))
+                 for rec in read_metrics(run, kind="epoch") if "val_top1" in rec]
         rows.append(RunResult(name=p.name, alpha=p.alpha, tau=p.tau, seed=p.seed,
                               epochs=int(summary.get("epochs", 0)),
                               best_val_top1=summary.get("best_val_top1"),

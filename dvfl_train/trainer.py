@@ -41,7 +41,8 @@ from dvfl_cache.data.dataset import Cut, FailureLog
 from dvfl_cache.errors import CheckpointError
 from dvfl_cache.runtime import resolve_device
 
-from dvfl_train.checkpoint import RunDir, restore_training_state, training_state
+from dvfl_train.checkpoint import (BEST, LAST, SUMMARY, RunDir, checkpoint_file, read_metrics,
+                                   restore_training_state, training_state)
 from dvfl_train.config import ConfigError, FitConfig
 from dvfl_train.schedule import lr_at
 from dvfl_train.student import Student, StudentSpec, build_student, derive_seed, train_step
@@ -299,7 +300,7 @@ def _open_student(cfg: FitConfig, spec: StudentSpec, dist: _Dist, *, num_classes
         state = run.resume_state() if resume else None
     dist.barrier()  # rank 0 has created, overwritten or truncated the directory
     if dist.rank != 0 and resume:
-        path = Path(cfg.out_dir) / "last.pt"
+        path = checkpoint_file(cfg.out_dir, LAST)
         if path.exists():
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
@@ -314,13 +315,13 @@ def _open_student(cfg: FitConfig, spec: StudentSpec, dist: _Dist, *, num_classes
             s.done, s.step, s.best = restore_training_state(state, s.net, s.optimizer)
         if s.parts.proj is not None:
             if "projector" not in state:
-                raise CheckpointError(f"{cfg.out_dir}/last.pt: no 'projector' for the feature "
-                                      "term")
+                raise CheckpointError(f"{checkpoint_file(cfg.out_dir, LAST)}: no 'projector' for "
+                                      "the feature term")
             s.parts.proj.load_state_dict(state["projector"])
         s.best_epoch = state.get("best_epoch")
         s.train_time = float(state.get("train_time_s", 0.0))
         if run is not None:
-            epochs = [r for r in run.read_metrics() if r.get("type") == "epoch"]
+            epochs = read_metrics(run.path, kind="epoch")
             s.last_record = epochs[-1] if epochs else None
         log.info("%s: resuming after epoch %d (step %d)", spec.label, s.done, s.step)
     if dist.world > 1:
@@ -414,9 +415,9 @@ def _finish_epoch(s: Student, record: dict[str, Any], index, epoch: int) -> None
                  train_time_s=s.train_time)
     if s.parts.proj is not None:
         state["projector"] = s.parts.proj.state_dict()
-    s.run.save("last", state)
+    s.run.save(LAST, state)
     if record.get("best"):
-        s.run.save("best", state)
+        s.run.save(BEST, state)
     val = (f", val top-1 {100 * record['val_top1']:.2f}%" if "val_top1" in record else "")
     log.debug("%s epoch %d/%d: loss %.4f, lr %.3g%s, %.1f clips/s", s.spec.label, epoch,
              s.cfg.epochs, record["loss"], record["lr"], val, record["clips_per_s"])
@@ -437,7 +438,7 @@ def _summaries(students: list[Student], dist: _Dist, failures: FailureLog,
     reasons = dict(log_all.failures)
     out = []
     for s in students:
-        path = Path(s.cfg.out_dir) / "summary.json"
+        path = Path(s.cfg.out_dir) / SUMMARY
         if s.session_epochs == 0 and path.exists():  # finished in an earlier session
             out.append(json.loads(path.read_text(encoding="utf-8")))
             continue
