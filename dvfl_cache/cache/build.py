@@ -234,8 +234,8 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     rows = [r for s in shards for r in writer.shard_rows(s)]
     if on_start is not None:
         on_start(len(rows))
-    log.info("rank %d/%d: %d shards (%d views) to build on %s", rank, world, len(shards),
-             len(rows), device)
+    log.info("rank %d/%d: %d shards (%d views) to build on %s, batches of %d, %d decoding "
+             "workers", rank, world, len(shards), len(rows), device, cfg.batch_size, cfg.workers)
     labels = np.array([v.label for v in index.videos], np.int32)
 
     lock = threading.Lock()
@@ -270,6 +270,7 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
                     feats = feats.float().cpu().numpy() if cfg.features else None
                     va = batch["view_arrays"]
                     n = len(logits)
+                    log.debug("teacher on %d views", n)
                     for i in range(n):
                         row = int(batch["view"][i]) * meta.num_videos + int(batch["video"][i])
                         assembler.add(row, logits=logits[i],
