@@ -33,7 +33,7 @@ Defaults, fixed before the run that docs/benchmarks.md reports:
 Test views. The teacher is scored on the library's 1-view test view (``evaluate``: 16 frames 2
 apart from frame 0, centred square of 224/256 of the short side). A k-frame student is scored on
 that same view subsampled to k frames by ``subsample_view``, the way it saw every training view
-(k = 4: frames 0, 10, 20, 30): ``evaluate_many(..., span=16)``, one decode for all students of
+(k = 4: frames 0, 10, 20, 30): ``evaluate_many`` with ``TestView(span=16)``, one decode for all students of
 a k. The library's default test view for a k-frame model with this sampler is k frames 2 apart
 around the middle (k = 4: frames 12-18), a sixth of the span its training views had; the
 trainer's end-of-training validation uses it (no ``test_span`` here), and its numbers are kept
@@ -51,6 +51,7 @@ The claim under test: the 4-frame student with both terms recovers most of the g
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -257,12 +258,11 @@ def main() -> None:
         top1: dict[tuple[int, str, int], float] = {}
         models: dict[str, tuple[torch.nn.Module, int, int]] = {}
         teacher, _, info = load_for_eval(teacher_ckpt)
-        views = dict(temporal=info["temporal"], stride=info["stride"],
-                     batch_size=args.batch_size, workers=args.workers)
-        teacher_top1 = evaluate(teacher, test_idx, num_frames=info["num_frames"],
-                                size=info["size"], **views).report.top1
-        models["teacher"] = (teacher, info["num_frames"], info["size"])
-        gmacs = {"teacher": count_gmacs(teacher, frames=info["num_frames"], size=info["size"])}
+        tview = info["view"]
+        views = dict(batch_size=args.batch_size, workers=args.workers)
+        teacher_top1 = evaluate(teacher, test_idx, tview, **views).report.top1
+        models["teacher"] = (teacher, tview.num_frames, tview.size)
+        gmacs = {"teacher": count_gmacs(teacher, frames=tview.num_frames, size=tview.size)}
         for k in frames_list:
             keys = [(k, variant, seed) for variant in VARIANTS for seed in seeds]
             students = []
@@ -273,8 +273,9 @@ def main() -> None:
                                      "not the last")
                 students.append(model)
             # the teacher's test view cut to k frames, decoded once for every student
-            results = evaluate_many(students, test_idx, num_frames=k, size=args.size,
-                                    span=info["num_frames"], **views)
+            cut = dataclasses.replace(tview, num_frames=k, size=args.size,
+                                      span=tview.num_frames)
+            results = evaluate_many(students, test_idx, cut, **views)
             for key, result in zip(keys, results):
                 top1[key] = result.report.top1
             models[f"{k}f"] = (students[0], k, args.size)  # one architecture for all of them
