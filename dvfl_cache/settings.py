@@ -59,7 +59,7 @@ def parse_key_values(pairs: Iterable[str], flag: str) -> dict[str, Any]:
 
 
 def _value(key: str, text: str, flag: str) -> Any:
-    for candidate in (text, f"[{text}]"):
+    for candidate in (text, f"[{text}]") if "," in text else (text,):
         try:
             return json.loads(candidate)
         except json.JSONDecodeError:

@@ -177,6 +177,9 @@ def test_fit_options_reach_config_json(synth_root, files, tmp_path, threads):
             steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             steps = [r for r in steps if r["type"] == "step"]
             assert len(steps) == 2  # --log-every 1: both steps of 8 videos in batches of 4
+            # --momentum and --nesterov reach the optimizer itself, not just the record
+            group = torch.load(out / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]
+            assert (group["momentum"], group["nesterov"]) == (0.8, True)
             torch.set_num_threads(1)
         if run == "C":
             assert config["alpha"] == 0.0  # no teacher: --alpha defaults to plain CE

@@ -170,3 +170,33 @@ def test_video_focalnet_groups():
         assert p.ndim >= 2 and ".norm" not in name and not name.startswith("norm."), name
     for name in no_decay["param_names"]:
         assert name.endswith((".bias", "gamma_1", "gamma_2")) or "norm" in name, name
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_step_is_plain_or_nesterov_momentum(nesterov):
+    """First two SGD steps on a constant gradient g (no weight decay), momentum m, LR lr:
+    plain: buf1 = g, p1 = p0 - lr g; buf2 = (1 + m) g, p2 = p1 - lr (1 + m) g.
+    Nesterov: p1 = p0 - lr (1 + m) g; p2 = p1 - lr (g + m (1 + m) g)."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    opt = build_optimizer(model, lr=0.5, weight_decay=0.0, momentum=0.5, nesterov=nesterov)
+    assert opt.param_groups[0]["nesterov"] is nesterov
+    positions = []
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.ones(1, 1)).sum().backward()  # d(w * 1)/dw = 1
+        opt.step()
+        positions.append(model.weight.item())
+    m = 0.5
+    if nesterov:
+        expected = [1 - 0.5 * (1 + m), 1 - 0.5 * (1 + m) - 0.5 * (1 + m * (1 + m))]
+    else:
+        expected = [1 - 0.5, 1 - 0.5 - 0.5 * (1 + m)]
+    assert positions == pytest.approx(expected, abs=1e-7)
+
+
+def test_nesterov_is_refused_for_adamw():
+    with pytest.raises(ValueError, match="nesterov applies to sgd only"):
+        build_optimizer(torch.nn.Linear(1, 1), lr=0.1, weight_decay=0.0, nesterov=True,
+                        name="adamw")
