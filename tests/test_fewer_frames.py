@@ -68,18 +68,19 @@ def test_two_frame_student_distils_from_a_four_frame_cache(synth_root, synth_ind
     from dvfl_cache.cache.store import CacheReader
     from dvfl_cache.data import decode_frames, subsample_positions, views_from_arrays
     from dvfl_cache.models import count_gmacs, create_model
-    import dvfl_train.train_data as train_data
+    from dvfl_cache.data.dataset import Cut
     from dvfl_train.cli import main
 
     # Record what the student was actually fed: the view and the decoded uint8 frames.
     fed: list[tuple] = []
-    real_view_pixels = train_data.view_pixels
+    real_render = Cut.render
 
-    def recording_view_pixels(frames, view, size, **kw):
-        fed.append((view, np.array(frames)))
-        return real_view_pixels(frames, view, size, **kw)
+    def recording_render(self, frames, view):
+        if self.as_uint8:  # the training cut (validation renders float clips)
+            fed.append((view, np.array(frames)))
+        return real_render(self, frames, view)
 
-    monkeypatch.setattr(train_data, "view_pixels", recording_view_pixels)
+    monkeypatch.setattr(Cut, "render", recording_render)
     run = tmp_path / "student"
     result = CliRunner().invoke(main, _fit_args(synth_root, caches[0], run),
                                 catch_exceptions=False)
@@ -119,7 +120,11 @@ def test_two_frame_student_distils_from_a_four_frame_cache(synth_root, synth_ind
     # Evaluation prints GMACs beside accuracy; the same weights at 4 frames cost twice as much.
     two = _eval(run / "best.pt", synth_root, tmp_path / "eval2")
     four = _eval(run / "best.pt", synth_root, tmp_path / "eval4", "--frames", "4")
-    assert 0.0 <= two["top1"] <= 1.0 and two["num_videos"] == 8
+    # top-1 is the confusion matrix's diagonal over the videos, whose rows are the 2 test videos
+    # of each of the 4 classes (every video decoded)
+    assert two["num_videos"] == 8 and two["num_failed"] == 0
+    assert [sum(row) for row in two["confusion"]] == [2, 2, 2, 2]
+    assert two["top1"] == sum(two["confusion"][i][i] for i in range(4)) / 8
     assert two["gmacs_per_view"] / four["gmacs_per_view"] == pytest.approx(0.5, rel=0.05)
     student = create_model("vfl-nano", num_classes=4, num_frames=STUDENT_FRAMES, img_size=SIZE,
                            embed_dim=4, depths=[1, 1, 1, 1])
