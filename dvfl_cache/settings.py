@@ -69,10 +69,11 @@ def _value(key: str, text: str, flag: str) -> Any:
     return text
 
 
-def check_options(given: Iterable[str], accepted: Iterable[str], *, what: str) -> None:
-    """The one unknown-option check: ``DvflError`` listing the unknown and the accepted names."""
+def check_options(given: Iterable[str], accepted: Iterable[str], *, what: str,
+                  error: type[Exception] = DvflError) -> None:
+    """The one unknown-option check: ``error`` listing the unknown and the accepted names."""
     accepted = set(accepted)
     unknown = sorted(set(given) - accepted)
     if unknown:
-        raise DvflError(f"unknown option(s) {', '.join(unknown)} for {what}; accepted: "
-                        f"{', '.join(sorted(accepted))}")
+        raise error(f"unknown option(s) {', '.join(unknown)} for {what}; accepted: "
+                    f"{', '.join(sorted(accepted))}")

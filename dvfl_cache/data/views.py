@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dvfl_cache.settings import setting
+from dvfl_cache.settings import check_options, setting
 
 if TYPE_CHECKING:
     from dvfl_cache.data.decode import VideoInfo
@@ -213,10 +213,7 @@ class ViewSampler:
 
     @classmethod
     def from_dict(cls, d: dict) -> ViewSampler:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ViewSampler option(s) {sorted(unknown)}")
+        check_options(d, (f.name for f in fields(cls)), what="ViewSampler", error=ValueError)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     # -- sampling ------------------------------------------------------------------------

@@ -54,10 +54,7 @@ def check_model_options(name: str, overrides: dict[str, Any], *, flag: str = "op
     from dvfl_cache.models.video_focalnet import VideoFocalNet
 
     params = inspect.signature(VideoFocalNet).parameters
-    try:
-        check_options(overrides, params, what=f"model {name!r}")
-    except DvflError as exc:
-        raise ModelOptionError(str(exc)) from None
+    check_options(overrides, params, what=f"model {name!r}", error=ModelOptionError)
     for key, value in overrides.items():
         default = params[key].default
         if not _same_kind(value, default):

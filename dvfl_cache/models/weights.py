@@ -29,6 +29,7 @@ import torch
 from dvfl_cache.atomic import atomic_path
 from dvfl_cache.errors import CheckpointError
 from dvfl_cache.models.video_focalnet import VideoFocalNet
+from dvfl_cache.settings import check_options
 
 log = logging.getLogger(__name__)
 
@@ -308,10 +309,8 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, *,
 
 
 def _check_options(config: Mapping[str, Any], where: str) -> None:
-    accepted = set(inspect.signature(VideoFocalNet).parameters)
-    unknown = sorted(set(config) - accepted)
-    if unknown:
-        raise TypeError(f"{where}: unknown VideoFocalNet option(s) {', '.join(unknown)}")
+    check_options(config, inspect.signature(VideoFocalNet).parameters,
+                  what=f"{where} (VideoFocalNet)", error=TypeError)
 
 
 def from_reference(config: Mapping[str, Any],
