@@ -353,6 +353,12 @@ class FitConfig:
              f"device={self.device!r} must be auto, cpu, mps, cuda or cuda:N")
         need(not self.teacher_opts or self.teacher_weights is not None,
              "teacher_opts only apply to an online teacher (teacher_weights)")
+        try:  # numpy only: the sampler options must make a ViewSampler before any data is read
+            from dvfl_cache.data.views import ViewSampler
+
+            ViewSampler.from_dict({**self.sampler, "num_frames": self.num_frames})
+        except (TypeError, ValueError) as exc:
+            problems.append(f"sampler options {self.sampler}: {exc}")
         for name in ("sampler", "model_opts", "teacher_opts"):
             try:
                 json.dumps(getattr(self, name), allow_nan=False)

@@ -213,3 +213,14 @@ def test_the_config_module_imports_neither_torch_nor_click():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("option, message", [("strid=2", "unknown option(s) strid for ViewSampler"),
+                                             ("temporal=zigzag", "temporal sampler must be")])
+def test_bad_sampler_options_are_refused_before_any_data_is_read(option, message, tmp_path):
+    from dvfl_train.cli import main
+
+    result = CliRunner().invoke(main, ["fit", "--dataset", "ucf101", "--root", str(tmp_path),
+                                       "--out", str(tmp_path / "run"), "--sampler-opt", option])
+    _one_line(result, 1, "Error: invalid run config", message)
+    assert not (tmp_path / "run").exists()
