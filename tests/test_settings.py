@@ -213,6 +213,12 @@ def test_the_config_module_imports_neither_torch_nor_click():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert out.stdout.strip() == "[]"
+    # and the commands whose options come from the settings still start without torch
+    code = ("import sys, dvfl_cache.commands.build, dvfl_train.commands.fit, "
+            "dvfl_train.commands.sweep; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("option, message", [("strid=2", "unknown option(s) strid for ViewSampler"),

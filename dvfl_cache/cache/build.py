@@ -21,7 +21,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dvfl_cache.cache.format import (DEFAULT_VIEWS_PER_SHARD, CacheMeta, DatasetInfo,
-                                     SamplerInfo, TeacherInfo, fp16_kl_error)
+from dvfl_cache.cache.build_config import BuildConfig
+from dvfl_cache.cache.format import CacheMeta, DatasetInfo, SamplerInfo, TeacherInfo, fp16_kl_error
 from dvfl_cache.cache.store import CacheReader, CacheWriter
 from dvfl_cache.data.dataset import ClipDataset, SampledViews, collate_clips
 from dvfl_cache.data.index import DatasetIndex
@@ -39,30 +39,6 @@ from dvfl_cache.errors import DvflError
 from dvfl_cache.runtime import resolve_device
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Everything `dvfl-cache build` needs; stored (via CacheMeta) with the cache."""
-
-    out: str
-    teacher: str = "vfn-base"
-    weights: str | None = None
-    random_weights: bool = False
-    teacher_opts: Mapping[str, Any] = field(default_factory=dict)
-    views_per_video: int = 1
-    sampler: Mapping[str, Any] = field(default_factory=dict)  # ViewSampler options
-    frames: int = 8
-    size: int = 224
-    seed: int = 0
-    dtype: str = "float16"
-    features: bool = False
-    views_per_shard: int = DEFAULT_VIEWS_PER_SHARD
-    batch_size: int = 32
-    workers: int = 4
-    device: str | None = None  # None: cuda if available, else cpu
-    resume: bool = False
-    overwrite: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
+from dvfl_cache.cache.build_config import BuildConfig
 from dvfl_cache.commands.options import (check_model_options, dataset_options, field_values,
-                                         index_from_options, key_values_option, options_from,
-                                         threads_option)
+                                         index_from_options, options_from, threads_option)
 from dvfl_cache.data.views import ViewSampler
 
 # The ViewSampler fields `build` exposes; their options come from the fields' metadata.
@@ -15,41 +15,17 @@ SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "gray_p")
 
 @click.command("build")
 @dataset_options(subset="train")
-@click.option("--teacher", default="vfn-base", show_default=True,
-              help="Registered model name, or a dvfl checkpoint that names its architecture.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Teacher weights: a dvfl checkpoint or a released Video-FocalNet .pth.")
-@click.option("--random-weights", is_flag=True,
-              help="Use a randomly initialised teacher (tests, benchmarks) instead of --weights.")
-@key_values_option("--teacher-opt", "teacher_opts",
-                   help="Override a teacher constructor option (repeatable), e.g. embed_dim=32 "
-                        "or depths=1,1,2,1.")
-@click.option("--views-per-video", type=click.IntRange(1), default=1, show_default=True,
-              help="Views cached per video; epoch e of training replays view e mod V.")
-@click.option("--frames", type=click.IntRange(1), default=8, show_default=True,
-              help="Frames per teacher clip.")
-@click.option("--size", type=click.IntRange(8), default=224, show_default=True,
-              help="Teacher input resolution (square).")
+@options_from(BuildConfig, ("teacher", "weights", "random_weights", "teacher_opts",
+                            "views_per_video", "frames", "size"))
 @options_from(ViewSampler, SAMPLER_OPTIONS)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(), required=True, help="Store directory to write.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
-              show_default=True, help="Logit storage type.")
-@click.option("--features", is_flag=True,
-              help="Also store the teacher's pooled pre-logit embedding per view.")
-@click.option("--views-per-shard", type=click.IntRange(1), default=4096, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(0), default=4, show_default=True,
-              help="Decoding processes.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if "
-                                             "available).")
+@options_from(BuildConfig, ("seed",))
+@options_from(BuildConfig, ("out",), out={"required": True})
+@options_from(BuildConfig, ("dtype", "features", "views_per_shard", "batch_size", "workers",
+                            "device"))
 @threads_option
-@click.option("--resume", is_flag=True, help="Finish an interrupted build of the same cache.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
-def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, teacher, weights,
-              random_weights, teacher_opts, views_per_video, frames, size, seed, out, dtype,
-              features, views_per_shard, batch_size, workers, device, threads, resume, overwrite,
-              **sampler):
+@options_from(BuildConfig, ("resume", "overwrite"))
+def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, threads,
+              **settings):
     """Run the teacher once over every sampled view and store its raw logits.
 
     Resumable (--resume) after any crash; under `torchrun --nproc-per-node N dvfl-cache build
@@ -59,20 +35,15 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
 
     from tqdm import tqdm
 
-    from dvfl_cache.cache.build import BuildConfig, build_cache
+    from dvfl_cache.cache.build import build_cache
     from dvfl_cache.runtime import resolve_device, set_compute_threads
 
-    sampler_opts = {k: list(v) if isinstance(v, tuple) else v
-                    for k, v in field_values(ViewSampler, sampler).items()}
-    check_model_options(teacher, teacher_opts, "--teacher-opt")
+    sampler = {k: list(v) if isinstance(v, tuple) else v
+               for k, v in ((k, settings.pop(k)) for k in SAMPLER_OPTIONS)}
+    cfg = BuildConfig(**field_values(BuildConfig, settings), sampler=sampler)
+    check_model_options(cfg.teacher, cfg.teacher_opts, "--teacher-opt")
     index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
-    cfg = BuildConfig(out=out, teacher=teacher, weights=weights, random_weights=random_weights,
-                      teacher_opts=teacher_opts,
-                      views_per_video=views_per_video, sampler=sampler_opts, frames=frames,
-                      size=size, seed=seed, dtype=dtype, features=features,
-                      views_per_shard=views_per_shard, batch_size=batch_size, workers=workers,
-                      device=device, resume=resume, overwrite=overwrite)
-    set_compute_threads(device=resolve_device(device), workers=workers, threads=threads)
+    set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers, threads=threads)
     rank = int(os.environ.get("RANK", "0"))
     bar = tqdm(desc=f"build[{rank}]" if "WORLD_SIZE" in os.environ else "build", unit="view",
                disable=rank != 0, dynamic_ncols=True)

@@ -63,9 +63,10 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
     if meta.get("key_values"):
         return click.option(meta["flag"], f.name, multiple=True, callback=_key_values,
                             **{**kw, "metavar": "KEY=VALUE"})
-    if kind is bool:
-        return click.option(meta["flag"], f.name, default=default, show_default=True,
-                            **{k: v for k, v in kw.items() if k != "metavar"})
+    if kind is bool:  # "--x/--no-x" is a pair; a lone "--x" a flag that turns the default over
+        pair = "/" in meta["flag"]
+        return click.option(meta["flag"], f.name, default=default, is_flag=not pair or None,
+                            show_default=pair, **{k: v for k, v in kw.items() if k != "metavar"})
     low, high, low_open, high_open = meta.get("range") or (None, None, False, False)
     if meta.get("choices") is not None:
         choices = meta["choices"]

@@ -1,0 +1,59 @@
+"""BuildConfig: everything `dvfl-cache build` needs, one frozen record, each field declaring its
+command-line option (``dvfl_cache.settings``). Kept apart from the build loop so that the
+command's options come from here without importing torch (``--help`` stays fast).
+
+The sampler's own options (``--sampler --stride --flip --area --jitter --gray``) are declared on
+``ViewSampler``'s fields; here ``sampler`` holds the chosen ones as a dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dvfl_cache.cache.format import DEFAULT_VIEWS_PER_SHARD, LOGIT_DTYPES
+from dvfl_cache.settings import setting
+
+__all__ = ["BuildConfig"]
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `dvfl-cache build` needs; stored (via CacheMeta) with the cache."""
+
+    out: str = setting(flag="--out", help="Store directory to write.")
+    teacher: str = setting("vfn-base", flag="--teacher",
+                           help="Registered model name, or a dvfl checkpoint that names its "
+                                "architecture.")
+    weights: str | None = setting(None, flag="--weights", path="file",
+                                  help="Teacher weights: a dvfl checkpoint or a released "
+                                       "Video-FocalNet .pth.")
+    random_weights: bool = setting(False, flag="--random-weights",
+                                   help="Use a randomly initialised teacher (tests, benchmarks) "
+                                        "instead of --weights.")
+    teacher_opts: Mapping[str, Any] = setting(
+        flag="--teacher-opt", key_values=True, default_factory=dict,
+        help="Override a teacher constructor option (repeatable), e.g. embed_dim=32 or "
+             "depths=1,1,2,1.")
+    views_per_video: int = setting(1, flag="--views-per-video", low=1,
+                                   help="Views cached per video; epoch e of training replays "
+                                        "view e mod V.")
+    sampler: Mapping[str, Any] = setting(default_factory=dict)  # ViewSampler options
+    frames: int = setting(8, flag="--frames", low=1, help="Frames per teacher clip.")
+    size: int = setting(224, flag="--size", low=8, help="Teacher input resolution (square).")
+    seed: int = setting(0, flag="--seed", help="Seed of the views (and of a random teacher).")
+    dtype: str = setting("float16", flag="--dtype", choices=LOGIT_DTYPES,
+                         help="Logit storage type.")
+    features: bool = setting(False, flag="--features",
+                             help="Also store the teacher's pooled pre-logit embedding per view.")
+    views_per_shard: int = setting(DEFAULT_VIEWS_PER_SHARD, flag="--views-per-shard", low=1,
+                                   help="Rows per shard: the unit of work, resume and writes.")
+    batch_size: int = setting(32, flag="--batch-size", low=1, help="Views per teacher batch.")
+    workers: int = setting(4, flag="--workers", low=0, help="Decoding processes.")
+    device: str | None = setting(None, flag="--device",
+                                 help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+    resume: bool = setting(False, flag="--resume",
+                           help="Finish an interrupted build of the same cache.")
+    overwrite: bool = setting(False, flag="--overwrite",
+                              help="Replace an existing store at --out.")
