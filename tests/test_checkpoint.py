@@ -353,3 +353,16 @@ def test_summary_is_json(tmp_path):
     run = RunDir(tmp_path)
     run.write_summary({"top1": np.float64(0.75), "epochs": 3})
     assert json.loads((tmp_path / "summary.json").read_text()) == {"top1": 0.75, "epochs": 3}
+
+
+def test_test_view_of_a_config_without_sampler_or_span():
+    """A config that never set the sampler or a test span tests as it always did: plain
+    segment views, stride 4, at its frames and size."""
+    from dvfl_cache.data.views import TestView
+
+    d = _cfg(num_frames=4, size=48).to_dict()
+    d.pop("test_span", None)
+    d["sampler"] = {}
+    assert FitConfig.from_dict(d).test_view() == TestView(num_frames=4, size=48)
+    spanned = _cfg(num_frames=2, test_span=8, sampler={"temporal": "stride", "stride": 2})
+    assert spanned.test_view() == TestView(2, 224, temporal="stride", stride=2, span=8)

@@ -174,3 +174,54 @@ def test_cli_synth_defaults_match_the_config():
     assert cfg.classes == defaults["classes"] == 6
     assert (cfg.videos_per_class, cfg.frames, cfg.fps, cfg.seed) == (
         defaults["videos_per_class"], defaults["frames"], defaults["fps"], defaults["seed"])
+
+
+def test_cuts_of_one_decode_equal_their_own_views(synth_index, monkeypatch):
+    """Two cuts (a 2-frame student cut at 16 px, the full view at 24 px) from one decode."""
+    import dvfl_cache.data.dataset as dataset
+    from dvfl_cache.data.dataset import Cut, SampledViews
+    from dvfl_cache.data.views import subsample_view
+
+    opened = []
+    real = dataset.open_video
+    monkeypatch.setattr(dataset, "open_video", lambda p, **k: opened.append(p) or real(p, **k))
+    source = SampledViews.of_videos(SAMPLER, [4, 1], view=3)
+    ds = ClipDataset(synth_index, source, [Cut("small", 16, frames=2, as_uint8=True),
+                                           Cut("full", 24)])
+    item = ds[0]
+    assert len(opened) == 1 and item["video"] == 4 and item["view"] == 3
+    view = SAMPLER.sample(4, 3, _info(synth_index, 4))
+    small = subsample_view(view, 2)
+    assert torch.equal(to_float(item["small"]),
+                       apply_view(decode_frames(synth_index.abspath(4), small.frames), small, 16))
+    assert torch.equal(item["full"], apply_view(decode_frames(synth_index.abspath(4),
+                                                              view.frames), view, 24))
+    batch = collate_clips([item, ds[1]])
+    assert batch["small"].shape == (2, 2, 3, 16, 16) and batch["full"].shape == (2, 4, 3, 24, 24)
+    assert batch["video"].tolist() == [4, 1] and batch["failed_at"] == []
+
+
+def test_cache_rows_and_stacked_test_views(synth_index, broken_index):
+    from dvfl_cache.data.dataset import AllViews, SampledViews
+
+    rows = SampledViews.rows(SAMPLER, [0, 9, 17], num_videos=8)
+    assert rows.items == ((0, 0), (1, 1), (1, 2))  # row r * 8 + v is view r of video v
+    test = ViewSampler(num_frames=2, mode="test", clips=2, crops=3)
+    ds = ClipDataset(synth_index, AllViews(test, len(synth_index)), 16)
+    item = ds[2]
+    views = [test.sample(2, k, _info(synth_index, 2)) for k in range(6)]
+    assert item["clip"].shape == (6, 2, 3, 16, 16) and views_from_arrays(item["view_arrays"]) == views
+    for k in (0, 5):
+        want = apply_view(decode_frames(synth_index.abspath(2), views[k].frames), views[k], 16)
+        assert torch.equal(item["clip"][k], want)
+    broken = ClipDataset(broken_index, SampledViews.rows(SAMPLER, [len(broken_index) * 2 - 1],
+                                                         len(broken_index)), 16)
+    batch = collate_clips([broken[0]])
+    assert batch["clip"] is None and batch["failed_at"] == [(len(broken_index) - 1, 1)]
+
+
+def _info(index, video):
+    from dvfl_cache.data.decode import open_video
+
+    with open_video(index.abspath(video)) as v:
+        return v.info

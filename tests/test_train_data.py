@@ -200,3 +200,49 @@ def test_validation_of_many_students_equals_evaluate(synth_test_index):
         assert failed == 0 and net.training
         assert (report.top1, report.top5, report.count) == (alone.top1, alone.top5, alone.count)
         np.testing.assert_array_equal(report.confusion, alone.confusion)
+
+
+def test_teacher_sources_give_each_batch_its_targets(synth_index, synth_root, cache, tmp_path):
+    """Cached: the block rows of the batch's videos; online: the teacher on the teacher cut of
+    the same decode; none: no targets. Each gives blank targets for a rank's empty share."""
+    from dvfl_cache.cache.store import CacheReader
+    from dvfl_cache.data.dataset import Cut, collate_clips
+    from dvfl_cache.data.views import ViewSampler
+    from dvfl_cache.models import model_from_checkpoint
+    from dvfl_train.teachers import CachedTeacher, NoTeacher, OnlineTeacher
+    from dvfl_train.train_data import as_input, train_clips
+
+    cpu = torch.device("cpu")
+    student = Cut("clip", 24, frames=2, as_uint8=True)
+    cached = CachedTeacher(CacheReader(cache), num_classes=4, view_frames=4)
+    plan = cached.plan(2, synth_index)
+    batch = collate_clips([train_clips(synth_index, plan, cached.cuts(student))[i]
+                           for i in (5, 2)])
+    logits, feats = cached.targets(batch, cpu)
+    block = CacheReader(cache).epoch_block(1)["logits"]
+    assert torch.equal(logits, torch.from_numpy(block[[5, 2]])) and feats is None
+    assert cached.cuts(student) == (student,) and cached.sampler is None
+
+    teacher, _ = model_from_checkpoint(_teacher_checkpoint(tmp_path / "t.pt"))
+    teacher.eval()
+    sampler = ViewSampler(mode="train", seed=0, num_frames=4)
+    online = OnlineTeacher(teacher, sampler=sampler, num_classes=4, need_features=True)
+    cuts = online.cuts(student)
+    assert [c.name for c in cuts] == ["clip", "teacher_clip"] and cuts[1].size == 32
+    fresh = online.plan(2, synth_index)
+    batch = collate_clips([train_clips(synth_index, fresh, cuts, sampler=sampler)[i]
+                           for i in (5, 2)])
+    logits, feats = online.targets(batch, cpu)
+    with torch.no_grad():
+        want = teacher.forward_features(as_input(batch["teacher_clip"], cpu))
+    torch.testing.assert_close(feats, want, rtol=0, atol=0)
+    torch.testing.assert_close(logits, teacher.forward_head(want), rtol=0, atol=0)
+    # the online teacher saw the cached teacher's views: same logits up to float rounding
+    torch.testing.assert_close(logits, torch.from_numpy(block[[5, 2]]), rtol=1e-4, atol=1e-4)
+
+    none = NoTeacher(num_classes=4, view_frames=2, sampler=sampler)
+    assert none.targets(batch, cpu) == (None, None)
+    empty = {**batch, "clip": None}
+    assert cached.targets(empty, cpu)[0].shape == (1, 4)
+    blank_logits, blank_feats = online.targets(empty, cpu)
+    assert blank_logits.shape == (1, 4) and blank_feats.shape == (1, teacher.num_features)

@@ -278,3 +278,16 @@ def test_sampler_view_fn_pickles():
 
     fn = SamplerViewFn(_train(), view=3)
     assert pickle.loads(pickle.dumps(fn))(1, INFO) == _train().sample(1, 3, INFO)
+
+
+def test_test_view_is_one_value_with_its_sampler():
+    from dvfl_cache.data.views import SubsampledViews, TestView
+
+    view = TestView(num_frames=2, size=32, temporal="stride", stride=3, span=6)
+    assert TestView.from_dict(view.to_dict()) == view
+    assert view.sampler(4, 3) == SubsampledViews(
+        ViewSampler(mode="test", num_frames=6, temporal="stride", stride=3, clips=4, crops=3), 2)
+    assert TestView(2, 32, span=2).sampler() == ViewSampler(mode="test", num_frames=2)
+    assert view.with_frames(4).span == 6 and view.with_frames(8).span is None
+    with pytest.raises(ValueError, match="cannot hold"):
+        TestView(4, 32, span=3)
