@@ -40,8 +40,8 @@ from dvfl_train.runfiles import (BEST, CONFIG, LAST, METRICS, RUN_FILES, SUMMARY
                                  checkpoint_file, metric_lines, read_metrics)
 
 __all__ = ["BEST", "CONFIG", "LAST", "METRICS", "SUMMARY", "RunDir", "RunDirError",
-           "checkpoint_file", "read_metrics", "capture_rng", "restore_rng", "restore_training_state",
-           "training_state"]
+           "checkpoint_file", "read_metrics", "capture_rng", "restore_rng",
+           "restore_training_state", "training_state"]
 
 log = logging.getLogger(__name__)
 

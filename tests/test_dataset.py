@@ -210,7 +210,8 @@ def test_cache_rows_and_stacked_test_views(synth_index, broken_index):
     ds = ClipDataset(synth_index, AllViews(test, len(synth_index)), 16)
     item = ds[2]
     views = [test.sample(2, k, _info(synth_index, 2)) for k in range(6)]
-    assert item["clip"].shape == (6, 2, 3, 16, 16) and views_from_arrays(item["view_arrays"]) == views
+    assert item["clip"].shape == (6, 2, 3, 16, 16)
+    assert views_from_arrays(item["view_arrays"]) == views
     for k in (0, 5):
         want = apply_view(decode_frames(synth_index.abspath(2), views[k].frames), views[k], 16)
         assert torch.equal(item["clip"][k], want)

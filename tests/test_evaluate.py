@@ -99,7 +99,8 @@ def test_parse_views_refuses(text):
 
 @pytest.mark.parametrize("clips, crops, batch_size", [(1, 1, 8), (4, 3, 8), (4, 3, 5)])
 def test_aggregation_is_mean_of_per_view_softmax(model, wide_index, clips, crops, batch_size):
-    result = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(clips, crops), batch_size=batch_size)
+    result = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE),
+                      layout=ViewLayout(clips, crops), batch_size=batch_size)
     expected = manual_probs(model, wide_index, clips, crops)
     np.testing.assert_allclose(result.probs, expected, rtol=0, atol=2e-6)
     assert result.num_views == clips * crops and result.views == ViewLayout(clips, crops).label
@@ -115,7 +116,8 @@ def test_test_span_cuts_longer_views(wide_index):
 
     plain = test_sampler(TestView(num_frames=2, size=32, span=2), layout=ViewLayout(4, 3))
     assert plain == ViewSampler(mode="test", clips=4, crops=3, num_frames=2)
-    cut = test_sampler(TestView(num_frames=2, size=32, temporal="stride", stride=2, span=6), layout=ViewLayout(4, 3))
+    cut = test_sampler(TestView(num_frames=2, size=32, temporal="stride", stride=2, span=6),
+                       layout=ViewLayout(4, 3))
     long = ViewSampler(mode="test", clips=4, crops=3, num_frames=6, temporal="stride", stride=2)
     assert cut == SubsampledViews(long, 2)
     assert cut.views_per_video == 12 and cut.num_frames == 2
@@ -147,7 +149,8 @@ def test_views_of_4x3_are_the_documented_layout(wide_index):
 
 def test_mean_of_softmax_is_not_softmax_of_mean_logits(model, wide_index):
     """The views disagree enough that the aggregation test above can tell the two apart."""
-    result = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(4, 3))
+    result = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE),
+                      layout=ViewLayout(4, 3))
     sampler = ViewSampler(mode="test", clips=4, crops=3, num_frames=FRAMES)
     with open_video(wide_index.abspath(0)) as v:
         clips = torch.stack([apply_view(v.frames(view.frames), view, SIZE) for view in
@@ -162,8 +165,10 @@ def test_evaluation_is_deterministic_and_restores_mode(model, wide_index):
     a = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3))
     assert model.training
     model.eval()
-    b = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3), batch_size=4)
-    c = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3), batch_size=4)
+    b = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE),
+                 layout=ViewLayout(2, 3), batch_size=4)
+    c = evaluate(model, wide_index, TestView(num_frames=FRAMES, size=SIZE),
+                 layout=ViewLayout(2, 3), batch_size=4)
     np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=2e-6)
     np.testing.assert_array_equal(b.probs, c.probs)
     assert (b.report.top1, b.report.top5) == (c.report.top1, c.report.top5)
@@ -179,7 +184,8 @@ def test_worker_processes_give_the_same_numbers(model, wide_index):
 def test_progress_counts_every_video(model, wide_index, tmp_path):
     index = with_broken(wide_index, tmp_path)
     done = []
-    evaluate(model, index, TestView(num_frames=FRAMES, size=SIZE), batch_size=2, progress=done.append)
+    evaluate(model, index, TestView(num_frames=FRAMES, size=SIZE), batch_size=2,
+             progress=done.append)
     assert sum(done) == len(index) == 4
 
 
@@ -190,7 +196,8 @@ def test_many_models_share_one_decode_and_match_their_own_evaluation(wide_index,
     index = with_broken(wide_index, tmp_path, label=3)
     models = [tiny_model(seed=s) for s in (0, 1, 2)]
     models[1].train()
-    alone = [evaluate(m, index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3), batch_size=4)
+    alone = [evaluate(m, index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3),
+                      batch_size=4)
              for m in models]
     import dvfl_cache.data.dataset as ds
 
@@ -198,7 +205,8 @@ def test_many_models_share_one_decode_and_match_their_own_evaluation(wide_index,
     real = ds.open_video
     monkeypatch.setattr(ds, "open_video", lambda *a, **k: decodes.append(a[0]) or
                         real(*a, **k))
-    together = evaluate_many(models, index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(2, 3), batch_size=4)
+    together = evaluate_many(models, index, TestView(num_frames=FRAMES, size=SIZE),
+                             layout=ViewLayout(2, 3), batch_size=4)
     assert len(decodes) == len(index) == 4  # each video once, not once per model
     assert [m.training for m in models] == [False, True, False]
     for a, b in zip(alone, together):
@@ -400,7 +408,8 @@ def test_wrapped_model_is_evaluated_and_checked_through_the_wrapper(model, wide_
     wrapped = evaluate(Wrapper(model), wide_index, TestView(num_frames=FRAMES, size=SIZE))
     np.testing.assert_array_equal(plain.probs, wrapped.probs)
     with pytest.raises(DvflError, match="5 classes"):
-        evaluate(Wrapper(tiny_model(num_classes=5)), wide_index, TestView(num_frames=FRAMES, size=SIZE))
+        evaluate(Wrapper(tiny_model(num_classes=5)), wide_index,
+                 TestView(num_frames=FRAMES, size=SIZE))
 
 
 def test_non_finite_scores_are_misses_not_failures(wide_index):

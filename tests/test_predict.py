@@ -50,8 +50,10 @@ def test_prediction_equals_evaluation_of_the_same_file(model, video, clips, crop
     index = DatasetIndex(kind="list", split=1, subset="test", classes=CLASSES,
                          videos=(VideoEntry(path=video.name, label=0, video_id="clip"),),
                          root=str(video.parent))
-    evaluated = evaluate(model, index, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(clips, crops))
-    pred = predict_video(model, video, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(clips, crops), classes=CLASSES, topk=3)
+    evaluated = evaluate(model, index, TestView(num_frames=FRAMES, size=SIZE),
+                         layout=ViewLayout(clips, crops))
+    pred = predict_video(model, video, TestView(num_frames=FRAMES, size=SIZE),
+                         layout=ViewLayout(clips, crops), classes=CLASSES, topk=3)
     np.testing.assert_allclose(pred.probs, evaluated.probs[0], rtol=0, atol=1e-6)
     assert pred.probs.sum() == pytest.approx(1.0, abs=1e-6)
     order = np.argsort(-pred.probs)[:3]
@@ -76,7 +78,8 @@ def test_predict_command_prints_topk(model, video, tmp_path):
                                     "--views", "4x3", "--topk", "2", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     rows = re.findall(r"^\s*(\d)\. (\S+)\s+([0-9.]+)$", res.output, re.MULTILINE)
-    expected = predict_video(model, video, TestView(num_frames=FRAMES, size=SIZE), layout=ViewLayout(4, 3), classes=CLASSES, topk=2).top
+    expected = predict_video(model, video, TestView(num_frames=FRAMES, size=SIZE),
+                             layout=ViewLayout(4, 3), classes=CLASSES, topk=2).top
     assert [(int(r), n, float(p)) for r, n, p in rows] == \
         [(i + 1, n, round(p, 4)) for i, (n, p) in enumerate(expected)]
     assert "4 clips x 3 crops" in res.output

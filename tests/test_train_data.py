@@ -196,7 +196,8 @@ def test_validation_of_many_students_equals_evaluate(synth_test_index):
         nets.append(create_model("vfl-nano", num_classes=4, num_frames=2, **TEACHER_OPTS))
     shared = evaluate_many(nets, synth_test_index, TestView(num_frames=2, size=32), batch_size=3)
     for net, (report, failed) in zip(nets, ((r.report, r.num_failed) for r in shared)):
-        alone = evaluate(net, synth_test_index, TestView(num_frames=2, size=32), batch_size=3).report
+        alone = evaluate(net, synth_test_index, TestView(num_frames=2, size=32),
+                         batch_size=3).report
         assert failed == 0 and net.training
         assert (report.top1, report.top5, report.count) == (alone.top1, alone.top5, alone.count)
         np.testing.assert_array_equal(report.confusion, alone.confusion)

@@ -33,8 +33,8 @@ Defaults, fixed before the run that docs/benchmarks.md reports:
 Test views. The teacher is scored on the library's 1-view test view (``evaluate``: 16 frames 2
 apart from frame 0, centred square of 224/256 of the short side). A k-frame student is scored on
 that same view subsampled to k frames by ``subsample_view``, the way it saw every training view
-(k = 4: frames 0, 10, 20, 30): ``evaluate_many`` with ``TestView(span=16)``, one decode for all students of
-a k. The library's default test view for a k-frame model with this sampler is k frames 2 apart
+(k = 4: frames 0, 10, 20, 30): ``evaluate_many`` with ``TestView(span=16)``, one decode for
+all students of a k. The library's default test view for a k-frame model with this sampler is k frames 2 apart
 around the middle (k = 4: frames 12-18), a sixth of the span its training views had; the
 trainer's end-of-training validation uses it (no ``test_span`` here), and its numbers are kept
 in the JSON (``top1_default_view``) to show the difference, not as the result.

@@ -3,8 +3,8 @@
     python tools/bench_train.py [--device cuda] [--size 224 --frames 8 --batch 8]
 
 Steps run on one pre-decoded in-memory batch, so decoding does not blur the ratios, and through
-the trainer's own code (``student_inputs``, the teacher sources' ``targets``, ``train_step``). Modes are interleaved step by step
-and each reports its median, so drift in machine load hits every mode alike. The KD term is
+the trainer's own code (``student_inputs``, the teacher sources' ``targets``, ``train_step``).
+Modes are interleaved step by step and each reports its median, so drift in machine load hits every mode alike. The KD term is
 also timed alone (lookup + loss forward/backward, 100 repeats): on a busy machine whole-step
 ratios are noisy, and that number bounds what the cache adds to a CE step.
 
