@@ -19,9 +19,10 @@ the run: its item carries the error, `collate_clips` drops it from the batch and
 (path, reason) and where it was (video, view), and the caller counts and lists the failures at
 the end (`FailureLog`).
 
-A source returns a tuple of `View`s per item; a later view type (a mixed view with a partner
-clip) plugs in by a source that returns it and a render step that knows it, without another
-dataset.
+A source returns a tuple of `View`s per item, and `ClipDataset.decode(path, draw)` turns one
+clip's views into its cuts. A later kind of item (a mixed view: a row's clip and its partner's,
+mixed with a lambda or a box) plugs in as a source that also names the partner and one more
+`decode` call whose cuts are mixed cut by cut, without another dataset.
 """
 
 from __future__ import annotations
@@ -224,27 +225,35 @@ class ClipDataset(Dataset):
         item.update(label=self.index.videos[video].label, video=video,
                     view=self.source.view_number(i), view_arrays=None, error=None,
                     path=self.index.abspath(video), cuts=names)
+        views, outputs, item["error"] = self.decode(item["path"],
+                                                    lambda info: self.source.draw(i, info))
+        if views:
+            item["view_arrays"] = views_to_arrays(views)
+            if not self.source.stacked:
+                item["view"] = views[0].view
+        for name, out in outputs.items():
+            item[name] = torch.stack(out) if self.source.stacked else out[0]
+        return item
+
+    def decode(self, path: str, draw: Callable[[VideoInfo], tuple[View, ...]]
+               ) -> tuple[tuple[View, ...], dict[str, list[torch.Tensor]], str | None]:
+        """Open ``path``, draw its views, decode the frames every cut of them needs once, and
+        render each cut: (views, {cut name: one tensor per view}, None), or the views drawn so
+        far, {} and the reason when the video fails. One call per clip an item needs, so an
+        item made of two clips (a mixed view and its partner) decodes each the same way."""
         views: tuple[View, ...] = ()
         try:
-            with open_video(item["path"], threads=self.threads) as v:
-                views = self.source.draw(i, v.info)
+            with open_video(path, threads=self.threads) as v:
+                views = draw(v.info)
                 per_cut = [[c.view(w) for w in views] for c in self.cuts]
                 wanted = sorted({f for ws in per_cut for w in ws for f in w.frames})
                 frames = v.frames(wanted)
         except VideoDecodeError as exc:
             log.debug("%s", exc)
-            item["error"] = exc.reason
-        if views:
-            item["view_arrays"] = views_to_arrays(views)
-            if not self.source.stacked:
-                item["view"] = views[0].view
-        if item["error"] is not None:
-            return item
+            return views, {}, exc.reason
         row = {f: k for k, f in enumerate(wanted)}
-        for cut, ws in zip(self.cuts, per_cut):
-            out = [cut.render(frames[[row[f] for f in w.frames]], w) for w in ws]
-            item[cut.name] = torch.stack(out) if self.source.stacked else out[0]
-        return item
+        return views, {cut.name: [cut.render(frames[[row[f] for f in w.frames]], w) for w in ws]
+                       for cut, ws in zip(self.cuts, per_cut)}, None
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
