@@ -65,8 +65,9 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
                             **{**kw, "metavar": "KEY=VALUE"})
     if kind is bool:  # "--x/--no-x" is a pair; a lone "--x" a flag that turns the default over
         pair = "/" in meta["flag"]
-        return click.option(meta["flag"], f.name, default=default, is_flag=not pair or None,
-                            show_default=pair, **{k: v for k, v in kw.items() if k != "metavar"})
+        return click.option(meta["flag"], f.name, default=default,
+                            is_flag=None if pair else True, show_default=pair,
+                            **{k: v for k, v in kw.items() if k != "metavar"})
     low, high, low_open, high_open = meta.get("range") or (None, None, False, False)
     if meta.get("choices") is not None:
         choices = meta["choices"]
