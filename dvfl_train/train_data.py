@@ -10,7 +10,9 @@ Why this shape:
   of a sweep trained alone, therefore sees exactly the same batches.
 - One decode serves everything that needs the clip: every student of a sweep, and in online KD
   also the teacher, which sees the full view at its own frames and size while the student gets
-  the same view subsampled to its frame count (``subsample_view``) at its own size.
+  the same view subsampled to its frame count (``subsample_view``) at its own size: the one
+  ``ClipDataset`` with the plan's views and the cuts the teacher source asks for
+  (:func:`train_clips`).
 - Views come from the cache (epoch e replays view (e - 1) mod V, epochs being 1-based), or,
   without one, are drawn by ``ViewSampler(mode="train")`` as view e - 1 in the worker that
   decodes the video (it needs the frame count).

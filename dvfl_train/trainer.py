@@ -1,7 +1,11 @@
 """Student training: many students side by side from one data pipeline, one readable loop.
 
-    for epoch: plan its views -> for each batch: decode once, teacher logits by video id,
-    one step of every student -> validate -> metrics line, last.pt, best.pt
+    for epoch: the teacher source plans its views -> for each batch: decode once (the one
+    ClipDataset), the teacher source's targets, one step of every student -> validate ->
+    metrics line, last.pt, best.pt
+
+Where the targets come from (cache, online teacher, none) is one object (``teachers``); the
+loop does not branch on it.
 
 Why this shape:
 - Decoding dominates the cost of a small student, so a sweep (several alpha/tau/beta/seed
