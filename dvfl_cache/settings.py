@@ -28,8 +28,8 @@ def setting(default: Any = dataclasses.MISSING, *, flag: str | None = None, help
             choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
             low: float | None = None, high: float | None = None, low_open: bool = False,
             high_open: bool = False, path: str | None = None, metavar: str | None = None,
-            key_values: bool = False, ordered: bool = False, default_factory: Any = dataclasses.MISSING,
-            hash: bool | None = None) -> Any:
+            key_values: bool = False, ordered: bool = False,
+            default_factory: Any = dataclasses.MISSING, hash: bool | None = None) -> Any:
     """A dataclass field with its command-line face in ``metadata``.
 
     ``flag`` is the option name (``None``: not on the command line; ``"--amp/--no-amp"`` for a
