@@ -6,7 +6,7 @@ import os
 
 import click
 
-from dvfl_cache.data.readers import KINDS
+from dvfl_cache.data.readers import KINDS, SUBSETS
 
 
 def _default_workers() -> int:
@@ -38,7 +38,7 @@ def _print_failures(index) -> None:
               help="Folder where the official archives were extracted.")
 @click.option("--split", type=int, default=1, show_default=True,
               help="Split number (UCF101/HMDB51 1-3; UCF50 test group 1-25).")
-@click.option("--subset", type=click.Choice(["train", "test", "val"]), default="train",
+@click.option("--subset", type=click.Choice(SUBSETS), default="train",
               show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Index JSON file to write.")

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from dvfl_cache.data.readers import KINDS
+from dvfl_cache.data.readers import KINDS, SUBSETS
 from dvfl_cache.errors import DvflError
 from dvfl_cache.settings import parse_key_values as _parse_key_values
 
@@ -143,7 +143,7 @@ def dataset_options(*, subset: str = "train", subset_help: str = "") -> Callable
                      help="Folder where the dataset was extracted (or where an --index's "
                           "videos are now)."),
         click.option("--split", type=int, default=1, show_default=True, help="Split number."),
-        click.option("--subset", type=click.Choice(["train", "test", "val"]), default=subset,
+        click.option("--subset", type=click.Choice(SUBSETS), default=subset,
                      show_default=True, help=subset_help or "Which subset of the split."),
         click.option("--index", "index_path", type=click.Path(exists=True, dir_okay=False),
                      default=None, help="An index JSON from `dvfl-cache index` instead of "

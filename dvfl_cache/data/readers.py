@@ -14,9 +14,10 @@ from pathlib import Path
 
 from dvfl_cache.data import readers_local, readers_web
 from dvfl_cache.data.index import DatasetIndex
+from dvfl_cache.data.readers_local import SUBSETS
 from dvfl_cache.errors import IndexFormatError
 
-__all__ = ["KINDS", "READERS", "build_index"]
+__all__ = ["KINDS", "READERS", "SUBSETS", "build_index"]
 
 READERS = {
     "ucf101": readers_local.read_ucf101,

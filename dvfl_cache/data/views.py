@@ -185,7 +185,7 @@ class ViewSampler:
     seed: int = 0
 
     def __post_init__(self):
-        if self.temporal not in ("segment", "stride"):
+        if self.temporal not in TEMPORAL:
             raise ValueError(f"temporal sampler must be 'segment' or 'stride', "
                              f"not {self.temporal!r}")
         if self.mode not in ("train", "test"):

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dvfl_cache.commands.options import dataset_options, index_from_options, threads_option
+from dvfl_cache.data.views import TEMPORAL
 from dvfl_cache.tables import pct, text_table
 
 
@@ -54,7 +55,7 @@ _frames_opt = click.option("--frames", type=click.IntRange(1), default=None,
                            help="Frames per clip; default: what the checkpoint was trained on.")
 _size_opt = click.option("--size", type=click.IntRange(16), default=None,
                          help="Input side in pixels; default: the checkpoint's.")
-_temporal_opt = click.option("--temporal", type=click.Choice(["segment", "stride"]), default=None,
+_temporal_opt = click.option("--temporal", type=click.Choice(TEMPORAL), default=None,
                              help="Temporal sampling; default: the checkpoint's.")
 _stride_opt = click.option("--stride", type=click.IntRange(1), default=None,
                            help="Frame stride for --temporal stride; default: the checkpoint's.")
