@@ -124,9 +124,9 @@ def test_a_field_newer_than_the_files_version_is_one_clear_error():
         FitConfig.from_dict({**_round1_config(), "version": 2, "warp": 1})
 
 
-def test_a_round_one_checkpoint_resumes_and_evaluates(tmp_path):
-    """Version-1 configs in config.json and in a checkpoint load; a resumed run's config
-    compares equal to the one the CLI makes today."""
+def test_round_one_configs_load_from_config_json_and_from_a_checkpoint(tmp_path):
+    """Version-1 configs in config.json and in a checkpoint load, and a run directory holding
+    one accepts it back on resume (its upgraded form compares equal)."""
     import torch
 
     from dvfl_train.checkpoint import RunDir
