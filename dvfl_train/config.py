@@ -92,7 +92,7 @@ class FitConfig:
                                 "the videos.")
     data_root: str = setting(flag="--root", path="dir",
                              help="Dataset folder (or where the videos of --index now are).")
-    out_dir: str = setting(flag="--out", help="Run directory.")
+    out_dir: str = setting(flag="--out", path="out_dir", help="Run directory.")
     split: int = setting(1, flag="--split", help="Split number.")
     train_index: str | None = setting(None, flag="--index", path="file",
                                       help="Training index JSON (`dvfl-cache index`) instead of "

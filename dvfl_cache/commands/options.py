@@ -72,9 +72,9 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
     if meta.get("choices") is not None:
         choices = meta["choices"]
         kw["type"] = click.Choice(list(choices() if callable(choices) else choices))
-    elif meta.get("path"):
-        kw["type"] = click.Path(exists=True, dir_okay=meta["path"] == "dir",
-                                file_okay=meta["path"] == "file")
+    elif meta.get("path"):  # "file" / "dir" to read (must exist), "out_dir" to write
+        kw["type"] = click.Path(exists=meta["path"] != "out_dir",
+                                dir_okay=meta["path"] != "file", file_okay=meta["path"] == "file")
     elif typing.get_origin(kind) is tuple:
         kw["type"] = _Numbers(len(typing.get_args(kind)), low=low, high=high, low_open=low_open,
                               high_open=high_open, ordered=meta.get("ordered", False))
