@@ -26,6 +26,7 @@ from typing import Any
 
 from dvfl_cache.errors import DvflError
 
+from dvfl_train.losses import KD_FORMS, PRED_LOSSES, REP_LOSSES
 from dvfl_train.schedule import OPTIMIZERS, scaled_lr
 
 __all__ = ["CONFIG_VERSION", "ConfigError", "FitConfig", "load_config"]
@@ -96,6 +97,18 @@ class FitConfig:
     workers: int = 4
     device: str = "auto"              # auto | cpu | cuda | cuda:N | mps
     amp: bool = True                  # bf16 autocast on CUDA; ignored elsewhere
+    # loss forms other than dvfl's defaults (dvfl_train.losses); declared last so that the
+    # derived CLI and older config.json files pick them up with today's behaviour
+    kd_form: str = field(default="kl", metadata={"help": (
+        "KD term: kl (the true tau-KL) or reference (the published DVFL-Net code's criterion, "
+        "softmax where log-softmax belongs; for comparison only, never the default).")})
+    pred_loss: str = field(default="kl", metadata={"help": (
+        "How the student matches the teacher's predictions: kl (tau-KL) or mse (squared "
+        "distance of the probabilities, as in 'Efficient Video Classification Using Fewer "
+        "Frames').")})
+    rep_loss: str = field(default="mean", metadata={"help": (
+        "Representation term (beta): mean over elements, or sum over the feature dimension "
+        "per clip (the fewer-frames paper's squared distance).")})
 
     def scaled_lrs(self) -> tuple[float, float, float]:
         """(base, warm-up, minimum) LR for this run's global batch, by the linear scaling rule."""
@@ -161,6 +174,15 @@ class FitConfig:
         need(self.beta >= 0.0, f"beta={self.beta} must be >= 0")
         need(0.0 <= self.label_smoothing < 1.0,
              f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        need(self.kd_form in KD_FORMS,
+             f"kd_form={self.kd_form!r} must be one of {', '.join(KD_FORMS)}")
+        need(self.pred_loss in PRED_LOSSES,
+             f"pred_loss={self.pred_loss!r} must be one of {', '.join(PRED_LOSSES)}")
+        need(self.rep_loss in REP_LOSSES,
+             f"rep_loss={self.rep_loss!r} must be one of {', '.join(REP_LOSSES)}")
+        need(self.kd_form != "reference" or self.pred_loss == "kl",
+             f"kd_form='reference' is a variant of the KL term; it cannot be combined with "
+             f"pred_loss={self.pred_loss!r}")
         need(self.mixup >= 0.0, f"mixup={self.mixup} must be >= 0")
         need(self.cutmix >= 0.0, f"cutmix={self.cutmix} must be >= 0")
 
