@@ -13,8 +13,9 @@ from dvfl_cache.recipes import RecipeError, apply_recipe, get_recipe, list_recip
 
 # What DVFL-Net trains with, setting by setting, and where it comes from. "paper": arXiv
 # 2507.12426; "yaml": configs/<dataset>/video-focalnet_nano_kd.yaml; "pipeline": the train
-# pipeline of datasets/build.py; "issue 14": the project's reading of main_KD.py (not stored in
-# the search index, so not re-verified here). docs/reference-differences.md has the details.
+# pipeline of datasets/build.py and datasets/pipeline.py; "upstream": Video-FocalNets' main.py
+# and config.py, which main_KD.py extends; "issue 14": the project's reading of main_KD.py and
+# optimizer.py (not in the search index, so not re-verified). docs/reference-differences.md.
 REFERENCE_TRAIN = {
     "model": "vfl-nano",             # yaml MODEL.TYPE videofocalnet_nano
     "num_frames": 8,                 # yaml DATA.NUM_FRAMES, scripts DATA.NUM_FRAMES 8
@@ -23,35 +24,39 @@ REFERENCE_TRAIN = {
     "alpha": 0.3,                    # paper (and yaml KD.ALPHA); scripts pass 0.2
     "tau": 10.0,                     # paper, yaml KD.TEMPERATURE, scripts
     "kd_form": "kl",                 # the paper's forward KL; the code's criterion is a defect
-    "label_smoothing": 0.1,          # issue 14 (main_KD.py)
+    "label_smoothing": 0.1,          # upstream config AUG.LABEL_SMOOTH (inside the blender)
     "mixup": 0.8,                    # yaml AUG.MIXUP
-    "cutmix": 1.0,                   # issue 14 (main_KD.py)
-    "mix_prob": 1.0,                 # issue 14: every batch mixed, MIXUP_PROB 0.5 ignored
+    "cutmix": 1.0,                   # upstream config AUG.CUTMIX
+    "mix_prob": 1.0,                 # upstream main.py never passes MIXUP_PROB (yaml 0.5) on
     "optimizer": "sgd",              # yaml TRAIN.OPTIMIZER.NAME
     "momentum": 0.9,                 # issue 14
     "nesterov": True,                # issue 14
-    "base_lr": 0.1,                  # yaml TRAIN.BASE_LR (per 512, scaled)
+    "base_lr": 0.1,                  # yaml TRAIN.BASE_LR; upstream main.py scales it by batch/512
     "warmup_lr": 0.001,              # yaml TRAIN.WARMUP_LR
     "min_lr": 0.001,                 # yaml TRAIN.MIN_LR
     "epochs": 120,                   # yaml TRAIN.EPOCHS
     "warmup_epochs": 20,             # yaml TRAIN.WARMUP_EPOCHS
     "batch_size": 24,                # yaml DATA.BATCH_SIZE 8 x torchrun --nproc_per_node 3
     "weight_decay": 1e-4,            # yaml TRAIN.WEIGHT_DECAY (the code's ~0 is a defect)
-    "clip_grad": 5.0,                # Video-FocalNet TRAIN.CLIP_GRAD default (not re-verified)
+    "clip_grad": 5.0,                # upstream config TRAIN.CLIP_GRAD
 }
-REFERENCE_BUILD = {"teacher": "vfn-base", "frames": 8, "size": 224, "mixup": 0.8, "cutmix": 1.0,
-                   "mix_prob": 1.0}
+REFERENCE_BUILD = {
+    "teacher": "vfn-base",           # yaml TEACHER_MODEL.TYPE videofocalnet_base
+    "views_per_video": 120,          # the online teacher sees one fresh view per epoch, 120 epochs
+    "frames": 8, "size": 224,
+    "mixup": 0.8, "cutmix": 1.0, "mix_prob": 1.0,
+}
 REFERENCE_SAMPLER = {
     "temporal": "segment",           # pipeline: SampleFrames clip_len 1, num_clips 8 (TSN)
     "num_frames": 8,
     "short_side": 256,               # pipeline: Resize(-1, int(256 / 224 * 224))
     "crop_size": 224,                # pipeline: RandomResizedCrop then Resize 224 x 224
-    "area": (0.08, 1.0),             # mmaction RandomResizedCrop defaults
+    "area": (0.08, 1.0),             # pipeline RandomResizedCrop defaults
     "ratio": (3 / 4, 4 / 3),
     "flip": 0.5,                     # yaml AUG.FLIP_RATIO
-    "jitter": (0.4, 0.4, 0.2, 0.1),  # issue 13/14 (pipeline.py ColorJitter)
-    "jitter_p": 0.8,                 # yaml AUG.COLOR_JITTER
-    "jitter_mode": "frame",          # issue 13: new factors and order per frame
+    "jitter": (0.4, 0.4, 0.2, 0.1),  # pipeline ColorJitter's defaults
+    "jitter_p": 0.8,                 # yaml AUG.COLOR_JITTER (one coin per clip)
+    "jitter_mode": "frame",          # pipeline: torchvision ColorJitter called once per frame
     "gray_p": 0.2,                   # yaml AUG.GRAY_SCALE
 }
 PENDING = {"train.nesterov", "train.mix_prob", "build.mixup", "build.cutmix", "build.mix_prob",
