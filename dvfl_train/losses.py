@@ -53,8 +53,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
       ``p = softmax(logits / tau)``: the temperature-scaled KL term *before* the alpha weighting.
       With ``kd_form="reference"`` it is the published code's
       ``tau^2 * mean_b sum_k p_t(b, k) * (log p_t(b, k) - p_s(b, k))`` instead; with
-      ``pred_loss="mse"`` it is ``mean_b sum_k (p_t(b, k) - p_s(b, k))^2`` (no tau^2: the fewer-frames
-      paper matches plain probabilities, which is tau = 1).
+      ``pred_loss="mse"`` it is ``mean_b sum_k (p_t(b, k) - p_s(b, k))^2`` (no tau^2: the
+      fewer-frames paper matches plain probabilities, which is tau = 1).
     - ``ce_loss``: cross-entropy of the untempered student logits against ``target`` (class indices
       (B,) or a soft distribution (B, C), e.g. from mixup/cutmix), with ``label_smoothing`` mixing
       the target with the uniform distribution as ``(1 - eps) * y + eps / C``; *before* the
