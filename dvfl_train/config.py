@@ -35,14 +35,19 @@ from typing import Any
 from dvfl_cache.errors import DvflError
 from dvfl_cache.settings import setting
 
-__all__ = ["CONFIG_VERSION", "OPTIMIZERS", "REFERENCE_BATCH", "ConfigError", "FitConfig",
-           "load_config", "scaled_lr"]
+__all__ = ["CONFIG_VERSION", "KD_FORMS", "OPTIMIZERS", "PRED_LOSSES", "REFERENCE_BATCH",
+           "REP_LOSSES", "ConfigError", "FitConfig", "load_config", "scaled_lr"]
 
 CONFIG_VERSION = 2
 
 # Fields added after version 1: the version that added each, and the value that reproduces a
 # run written by an older version.
-_ADDED: dict[str, tuple[int, Any]] = {"nesterov": (2, False)}
+_ADDED: dict[str, tuple[int, Any]] = {"nesterov": (2, False), "kd_form": (2, "kl"),
+                                      "pred_loss": (2, "kl"), "rep_loss": (2, "mean")}
+
+KD_FORMS = ("kl", "reference")   # the true KL, or the published code's criterion
+PRED_LOSSES = ("kl", "mse")      # how predictions are matched: tau-KL or squared distance
+REP_LOSSES = ("mean", "sum")     # representation term: mean over elements, or summed over D
 
 OPTIMIZERS = ("sgd", "adamw")
 """Optimizer names; ``dvfl_train.schedule.build_optimizer`` builds them."""
@@ -192,6 +197,20 @@ class FitConfig:
     device: str = setting("auto", flag="--device", help="auto, cpu, cuda, cuda:N or mps.")
     amp: bool = setting(True, flag="--amp/--no-amp", help="bf16 autocast on CUDA; ignored "
                                                           "elsewhere.")
+    # loss forms other than dvfl's defaults (dvfl_train.losses)
+    kd_form: str = setting(
+        "kl", flag="--kd-form", choices=KD_FORMS,
+        help="KD term: kl (the true tau-KL) or reference (the published DVFL-Net code's "
+             "criterion, softmax where log-softmax belongs; for comparison only).")
+    pred_loss: str = setting(
+        "kl", flag="--pred-loss", choices=PRED_LOSSES,
+        help="How the student matches the teacher's predictions: kl (tau-KL) or mse (squared "
+             "distance of the probabilities, as in 'Efficient Video Classification Using Fewer "
+             "Frames').")
+    rep_loss: str = setting(
+        "mean", flag="--rep-loss", choices=REP_LOSSES,
+        help="Representation term (--beta): mean over elements, or sum over the feature "
+             "dimension per clip (the fewer-frames paper's squared distance).")
 
     def scaled_lrs(self) -> tuple[float, float, float]:
         """(base, warm-up, minimum) LR for this run's global batch, by the linear scaling rule."""
@@ -304,6 +323,15 @@ class FitConfig:
         need(self.beta >= 0.0, f"beta={self.beta} must be >= 0")
         need(0.0 <= self.label_smoothing < 1.0,
              f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        need(self.kd_form in KD_FORMS,
+             f"kd_form={self.kd_form!r} must be one of {', '.join(KD_FORMS)}")
+        need(self.pred_loss in PRED_LOSSES,
+             f"pred_loss={self.pred_loss!r} must be one of {', '.join(PRED_LOSSES)}")
+        need(self.rep_loss in REP_LOSSES,
+             f"rep_loss={self.rep_loss!r} must be one of {', '.join(REP_LOSSES)}")
+        need(self.kd_form != "reference" or self.pred_loss == "kl",
+             f"kd_form='reference' is a variant of the KL term; it cannot be combined with "
+             f"pred_loss={self.pred_loss!r}")
         need(self.mixup >= 0.0, f"mixup={self.mixup} must be >= 0")
         need(self.cutmix >= 0.0, f"cutmix={self.cutmix} must be >= 0")
 

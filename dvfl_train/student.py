@@ -204,7 +204,8 @@ def train_step(student: Student, clip: torch.Tensor, target: torch.Tensor, *,
         parts = kd_loss(logits, teacher_logits, target, cfg.alpha, cfg.tau,
                         cfg.label_smoothing, beta=cfg.beta,
                         student_features=features if use_feat else None,
-                        teacher_features=teacher_features if use_feat else None)
+                        teacher_features=teacher_features if use_feat else None,
+                        kd_form=cfg.kd_form, pred_loss=cfg.pred_loss, rep_loss=cfg.rep_loss)
         (parts["loss"] * weight).backward()
     if cfg.clip_grad is not None:
         torch.nn.utils.clip_grad_norm_(student.model.parameters(), cfg.clip_grad)

@@ -215,3 +215,120 @@ def test_misuse_raises_value_error(kwargs, match):
 def test_feature_shape_mismatch():
     with pytest.raises(ValueError, match="differ in shape"):
         feature_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# -- the published code's criterion (kd_form="reference") ---------------------------------------
+
+def _ref_published(s: list[list[float]], t: list[list[float]], tau: float) -> float:
+    """classification/criterion.py of DVFL-Net, in plain floats: p_s where log p_s belongs."""
+    total = 0.0
+    for s_row, t_row in zip(s, t):
+        p_s = _softmax([x / tau for x in s_row])
+        p_t = _softmax([x / tau for x in t_row])
+        total += sum(a * (math.log(a) - b) for a, b in zip(p_t, p_s))
+    return tau * tau * total / len(s)
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_reference_form_two_class_value_and_gradient(tau):
+    # p_s = (1/2, 1/2), p_t = (3/4, 1/4): term = 3/4 ln 3/4 + 1/4 ln 1/4 - 1/2 per clip.
+    s = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    t = torch.tensor([[tau * math.log(3.0), 0.0]])
+    out = kd_loss(s, t, torch.tensor([0]), alpha=1.0, tau=tau, kd_form="reference")
+    term = 0.75 * math.log(0.75) + 0.25 * math.log(0.25) - 0.5
+    assert out["kd_loss"].item() == pytest.approx(tau * tau * term, rel=1e-6)
+    out["loss"].backward()
+    # d/ds_j = -(tau / B) p_s(j) (p_t(j) - <p_t, p_s>) with <p_t, p_s> = 1/2
+    expected = torch.tensor([[-tau * 0.5 * 0.25, tau * 0.5 * 0.25]])
+    torch.testing.assert_close(s.grad, expected, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0, 10.0])
+def test_reference_form_matches_published_formula_and_gradient(tau):
+    g = torch.Generator().manual_seed(7)
+    batch = 4
+    s = (torch.randn(batch, 5, generator=g) * 3).requires_grad_()
+    t = torch.randn(batch, 5, generator=g) * 3
+    y = torch.tensor([0, 1, 2, 3])
+    out = kd_loss(s, t, y, alpha=0.3, tau=tau, kd_form="reference")
+    kd = _ref_published(s.tolist(), t.tolist(), tau)
+    ce = _ref_ce(s.tolist(), y.tolist())
+    assert out["kd_loss"].item() == pytest.approx(kd, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(0.3 * kd + 0.7 * ce, rel=1e-5)
+    s.grad = None
+    kd_loss(s, t, y, alpha=1.0, tau=tau, kd_form="reference")["loss"].backward()
+    p_s, p_t = torch.softmax(s.detach() / tau, 1), torch.softmax(t / tau, 1)
+    inner = (p_s * p_t).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(s.grad, -tau * p_s * (p_t - inner) / batch, rtol=1e-5, atol=1e-7)
+
+
+def test_reference_form_is_not_a_divergence_and_default_is_unchanged():
+    s = torch.tensor([[0.0, 0.0]])
+    y = torch.tensor([0])
+    # a student equal to its teacher still pays ln(1/2) - 1/2 per clip: the term is no divergence
+    same = kd_loss(s, s.clone(), y, alpha=1.0, tau=1.0, kd_form="reference")["kd_loss"].item()
+    assert same == pytest.approx(math.log(0.5) - 0.5, rel=1e-6)
+    assert kd_loss(s, s.clone(), y, alpha=1.0, tau=1.0)["kd_loss"].item() == pytest.approx(
+        0.0, abs=1e-7)
+    g = torch.Generator().manual_seed(8)
+    s, t = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    y = torch.tensor([0, 1, 2])
+    default = kd_loss(s, t, y, alpha=0.4, tau=3.0)
+    explicit = kd_loss(s, t, y, alpha=0.4, tau=3.0, kd_form="kl", pred_loss="kl", rep_loss="mean")
+    for key in default:
+        assert torch.equal(default[key], explicit[key])  # bit-identical
+
+
+# -- the fewer-frames paper's forms (pred_loss="mse", rep_loss="sum") ---------------------------
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_mse_prediction_term_value_and_gradient(tau):
+    # p_s = (1/2, 1/2), p_t = (3/4, 1/4): sum_k (p_t - p_s)^2 = 2 / 16, no tau^2 factor.
+    s = torch.tensor([[0.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    t = torch.tensor([[tau * math.log(3.0), 0.0], [0.0, 0.0]])
+    out = kd_loss(s, t, torch.tensor([0, 1]), alpha=1.0, tau=tau, pred_loss="mse")
+    assert out["kd_loss"].item() == pytest.approx((0.125 + 0.0) / 2, rel=1e-6)
+    out["loss"].backward()
+    # d/ds_j = -(2 / (tau B)) p_s(j) (d_j - <d, p_s>), d = p_t - p_s = (1/4, -1/4), <d, p_s> = 0
+    expected = torch.tensor([[-2 * 0.5 * 0.25 / (tau * 2), 2 * 0.5 * 0.25 / (tau * 2)],
+                             [0.0, 0.0]])
+    torch.testing.assert_close(s.grad, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_mse_prediction_term_matches_definition():
+    g = torch.Generator().manual_seed(9)
+    s, t = torch.randn(5, 6, generator=g) * 2, torch.randn(5, 6, generator=g) * 2
+    y = [0, 1, 2, 3, 4]
+    out = kd_loss(s, t, torch.tensor(y), alpha=0.5, tau=1.0, pred_loss="mse")
+    expected = sum(sum((a - b) ** 2 for a, b in zip(_softmax(tr), _softmax(sr)))
+                   for sr, tr in zip(s.tolist(), t.tolist())) / 5
+    assert out["kd_loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(
+        0.5 * expected + 0.5 * _ref_ce(s.tolist(), y), rel=1e-5)
+
+
+def test_summed_representation_term_value_and_gradient():
+    zs = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    zt = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    # per clip: 1 + 4 = 5 and 4 + 9 = 13; mean over the batch = 9 (the mean over elements is 4.5)
+    assert feature_loss(zs, zt, reduction="sum").item() == pytest.approx(9.0)
+    assert feature_loss(zs, zt).item() == pytest.approx(4.5)
+    s = torch.zeros(2, 3)
+    out = kd_loss(s, s.clone(), torch.tensor([0, 1]), alpha=0.0, tau=1.0, beta=0.5,
+                  student_features=zs, teacher_features=zt, rep_loss="sum")
+    assert out["feat_loss"].item() == pytest.approx(9.0)
+    assert out["loss"].item() == pytest.approx(math.log(3.0) + 0.5 * 9.0, rel=1e-6)
+    out["loss"].backward()
+    torch.testing.assert_close(zs.grad, 0.5 * 2 * (zs.detach() - zt) / 2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"kd_form": "kld"}, "kd_form must be one of kl, reference"),
+    ({"pred_loss": "l1"}, "pred_loss must be one of kl, mse"),
+    ({"rep_loss": "max"}, "rep_loss must be one of mean, sum"),
+    ({"kd_form": "reference", "pred_loss": "mse"}, "cannot be combined"),
+])
+def test_unknown_forms_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kd_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.tensor([0, 1]), alpha=0.5, tau=2.0,
+                **kwargs)

@@ -91,7 +91,8 @@ def test_sizes_match_spec_table(name, params101, params400, gmacs):
     assert abs(count_params(model) - params101) <= 0.01e6
     assert abs(count_params(wide) - params400) <= 0.01e6
     measured = count_gmacs(model, frames=8, size=224)
-    assert abs(measured - gmacs) / gmacs < 0.01, measured
+    # the spec table gives one decimal (nano 27.141 -> 27.1, 0.15% apart): match it to that
+    assert round(measured, 1) == gmacs, measured
 
 
 def test_exact_parameter_counts():

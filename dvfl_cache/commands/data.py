@@ -52,9 +52,19 @@ def _print_failures(index) -> None:
               help="Open every video and record frame count, fps, size and errors.")
 @click.option("--workers", type=int, default=_default_workers(), show_default=True,
               help="Processes for --probe.")
+@click.option("--hold-out", "hold_out", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, help="Hold out this fraction of the training subset, whole groups "
+              "at a time (UCF gNN, HMDB51 source videos), into --hold-out-out; --out gets the "
+              "rest. For choosing checkpoints without test videos (fit --val-index).")
+@click.option("--hold-out-out", type=click.Path(dir_okay=False), default=None,
+              help="Index JSON file for the held-out videos (with --hold-out).")
+@click.option("--hold-out-seed", type=int, default=0, show_default=True,
+              help="Which groups are held out (with --hold-out).")
 def index_cmd(kind, root, split, subset, out, videos_dir, annotations, class_names, probe,
-              workers):
+              workers, hold_out, hold_out_out, hold_out_seed):
     """Read a dataset's annotations into an index JSON (classes + videos + digest)."""
+    if (hold_out is None) != (hold_out_out is None):
+        raise click.UsageError("--hold-out FRACTION and --hold-out-out FILE go together")
     from dvfl_cache.data.index import save_index
     from dvfl_cache.data.readers import build_index
 
@@ -67,6 +77,12 @@ def index_cmd(kind, root, split, subset, out, videos_dir, annotations, class_nam
 
         with tqdm(total=len(index), desc="probe", unit="video") as bar:
             index = probe_index(index, workers=workers, progress=bar.update)
+    if hold_out is not None:
+        from dvfl_cache.data.holdout import hold_out as split_off
+
+        index, held = split_off(index, hold_out, seed=hold_out_seed)
+        save_index(held, hold_out_out)
+        click.echo(f"{hold_out_out}: {len(held)} held-out videos, {held.digest}")
     save_index(index, out)
     click.echo(f"{out}: {kind} split {split} {subset}: {len(index)} videos, "
                f"{index.num_classes} classes, {index.digest}")
