@@ -13,7 +13,7 @@ outputs from the start (and the `i`-th frame `ffmpeg` shows), whatever the frame
 
 Frames come out as players show them: a display matrix (phone video: `rotate` 90/180/270) is
 applied and `info` reports the displayed size. FFmpeg exposes the matrix on decoded frames
-only, so opening a video decodes its first frame to read it.
+only, so opening a video decodes its first keyframe, alone, to read it.
 
 To decode, we seek to the keyframe at or before the first wanted frame, decode forward, and
 name each output frame by its timestamp. If a seek goes wrong (lands past its target, skips a
@@ -92,6 +92,7 @@ class OpenVideo:
     def _scan(self) -> None:
         pts, keys, n_corrupt, n_empty = [], [], 0, 0
         discarded: set = set()
+        first_key = None
         ok_ts = True
         try:
             for pkt in self._container.demux(self._stream):
@@ -101,6 +102,8 @@ class OpenVideo:
                 if pkt.is_corrupt:
                     n_corrupt += 1
                     continue
+                if first_key is None and pkt.is_keyframe:
+                    first_key = pkt
                 if pkt.is_discard:  # before an edit list's start: a reference, never shown
                     discarded.add(pkt.pts)
                     continue
@@ -129,7 +132,7 @@ class OpenVideo:
                       "%d edit-list discarded packets)", self.path, self._meta_frames, len(pts),
                       n_corrupt, n_empty, len(discarded))
         self._rot = 0
-        rotation = self._read_rotation()
+        rotation = self._read_rotation(first_key)
         self._rot = rotation // 90
         w, h = int(self._stream.codec_context.width), int(self._stream.codec_context.height)
         if self._rot % 2:
@@ -137,15 +140,31 @@ class OpenVideo:
         self.info = VideoInfo(num_frames=len(pts), fps=self._fps(len(pts)), width=w, height=h,
                               rotation=rotation, edit_skipped=len(discarded))
 
-    def _read_rotation(self) -> int:
+    def _read_rotation(self, key_packet) -> int:
         """The display rotation (counter-clockwise degrees, a multiple of 90) of the stream.
 
-        The display matrix reaches PyAV only as side data of decoded frames, so decode the
-        first one. ffmpeg applies the same rotation (its `autorotate` default).
+        The display matrix reaches PyAV only as side data of decoded frames, so decode one:
+        a copy of the first keyframe packet, alone and drained at once (a copy, because an
+        edit list may mark the packet "discard" and the decoder would drop its frame; alone,
+        because waiting for the B-frame delay costs several frames). Only if that gives no
+        frame, decode from the start. ffmpeg applies the same rotation (`autorotate`).
         """
-        frames = self._decoded(seek_pts=None)
-        frame = next(frames, None)
-        frames.close()
+        frame = None
+        if key_packet is not None:
+            ctx = self._stream.codec_context
+            alone = self._av.Packet(bytes(key_packet))
+            alone.pts, alone.dts, alone.time_base = (key_packet.pts, key_packet.dts,
+                                                     key_packet.time_base)
+            alone.is_keyframe = True
+            try:
+                frame = next(iter([*ctx.decode(alone), *ctx.decode(None)]), None)
+            except self._av.error.FFmpegError as e:
+                log.debug("%s: first keyframe alone did not decode: %s", self.path, e)
+            ctx.flush_buffers()
+        if frame is None:
+            frames = self._decoded(seek_pts=None)
+            frame = next(frames, None)
+            frames.close()
         if frame is None:
             return 0
         degrees = float(frame.rotation)
