@@ -19,6 +19,7 @@ from conftest import counter_frame, counter_index, write_counter_video
 from dvfl_cache.data.decode import (DECODER_VERSION, numbering_changed, open_video,
                                     stale_videos_error, video_info)
 from dvfl_cache.data.probe import probe_video
+from dvfl_cache.errors import VideoDecodeError
 
 av = pytest.importorskip("av")
 N = 30
@@ -178,6 +179,14 @@ def test_rotated_video_is_returned_upright_with_displayed_size(tmp_path, degrees
         level = frame[flat & inner].astype(float)
         assert abs(level.mean() - counter_frame(i)[0, 0, 0]) < 2 and level.std() < 3
         assert frame[~flat & inner].std() > 30  # the noise half is on the other side
+
+
+def test_rotation_other_than_quarter_turns_is_one_clear_error(tmp_path):
+    path = write_rotated(tmp_path / "rot45.mp4", 45)
+    with pytest.raises(VideoDecodeError) as e:
+        video_info(path)
+    assert str(path) in str(e.value) and "rotates by 45 degrees" in e.value.reason
+    assert probe_video(path).error == e.value.reason
 
 
 @needs_ffmpeg

@@ -131,7 +131,6 @@ class OpenVideo:
             log.debug("%s: container says %d frames, %d are decodable (%d corrupt, %d empty, "
                       "%d edit-list discarded packets)", self.path, self._meta_frames, len(pts),
                       n_corrupt, n_empty, len(discarded))
-        self._rot = 0
         rotation = self._read_rotation(first_key)
         self._rot = rotation // 90
         w, h = int(self._stream.codec_context.width), int(self._stream.codec_context.height)
@@ -165,7 +164,8 @@ class OpenVideo:
             frames = self._decoded(seek_pts=None)
             frame = next(frames, None)
             frames.close()
-        if frame is None:
+        if frame is None:  # frames() will say what is wrong with this video
+            log.debug("%s: no frame decodes; rotation taken as 0", self.path)
             return 0
         degrees = float(frame.rotation)
         turns = round(degrees / 90)
