@@ -141,13 +141,13 @@ def test_decoder_that_outputs_discarded_frames_is_still_numbered_right(source, t
 # ---------------------------------------------------------------------------- rotation
 
 
-def write_rotated(path, degrees: int, n: int = 8):
+def write_rotated(path, degrees: int, n: int = 8, *, hflip: bool = False):
     if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
         pytest.skip("this PyAV cannot write a display matrix (set_display_rotation)")
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=25, options={"g": "4", "crf": "10"})
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        s.set_display_rotation(degrees)
+        s.set_display_rotation(degrees, hflip=hflip)
         for i in range(n):
             for p in s.encode(av.VideoFrame.from_ndarray(counter_frame(i), format="rgb24")):
                 c.mux(p)
@@ -181,11 +181,15 @@ def test_rotated_video_is_returned_upright_with_displayed_size(tmp_path, degrees
         assert frame[~flat & inner].std() > 30  # the noise half is on the other side
 
 
-def test_rotation_other_than_quarter_turns_is_one_clear_error(tmp_path):
-    path = write_rotated(tmp_path / "rot45.mp4", 45)
+@pytest.mark.parametrize("degrees,hflip,says", [(45, False, "rotates by 45 degrees"),
+                                                 (0, True, "mirrors the picture"),
+                                                 (90, True, "mirrors the picture")])
+def test_unsupported_display_matrix_is_one_clear_error(tmp_path, degrees, hflip, says):
+    """Not silently the wrong way round: a mirror alone reads back as a 180 degree turn."""
+    path = write_rotated(tmp_path / "odd.mp4", degrees, hflip=hflip)
     with pytest.raises(VideoDecodeError) as e:
         video_info(path)
-    assert str(path) in str(e.value) and "rotates by 45 degrees" in e.value.reason
+    assert str(path) in str(e.value) and says in e.value.reason
     assert probe_video(path).error == e.value.reason
 
 

@@ -167,6 +167,13 @@ class OpenVideo:
         if frame is None:  # frames() will say what is wrong with this video
             log.debug("%s: no frame decodes; rotation taken as 0", self.path)
             return 0
+        for side in frame.side_data:
+            if side.type.name == "DISPLAYMATRIX":
+                a, b, _, c, d = np.frombuffer(bytes(side), np.int32)[:5].astype(np.int64)
+                if a * d - b * c < 0:  # players mirror such video; frames would come out wrong
+                    raise VideoDecodeError(self.path, "display matrix mirrors the picture; only "
+                                                      "rotations by multiples of 90 degrees are "
+                                                      "supported")
         degrees = float(frame.rotation)
         turns = round(degrees / 90)
         if abs(degrees - 90 * turns) > 1:
