@@ -142,17 +142,31 @@ def test_decoder_that_outputs_discarded_frames_is_still_numbered_right(source, t
 
 
 def write_rotated(path, degrees: int, n: int = 8, *, hflip: bool = False):
-    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
-        pytest.skip("this PyAV cannot write a display matrix (set_display_rotation)")
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=25, options={"g": "4", "crf": "10"})
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        s.set_display_rotation(degrees, hflip=hflip)
-        for i in range(n):
-            for p in s.encode(av.VideoFrame.from_ndarray(counter_frame(i), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    """An MP4 whose track header carries the display matrix of `degrees` (counter-clockwise),
+    mirrored left-right after that if `hflip`.
+
+    The matrix is written into the `tkhd` box (ISO/IEC 14496-12 8.3.2: nine big-endian 32-bit
+    values, 16.16 fixed point but 2.30 for the last column), which is where phones put it and
+    where FFmpeg reads it from; patching the box works with every PyAV version.
+    """
+    import math
+    import struct
+
+    write_counter_video(path, n, codec="libx264", options={"g": "4", "crf": "10"})
+    rad = math.radians(degrees)
+    cos, sin = round(math.cos(rad), 9), round(math.sin(rad), 9)
+    a, b, c, d = cos, -sin, sin, cos  # FFmpeg's av_display_rotation_set layout
+    if hflip:
+        a, b = -a, -b
+    matrix = [round(v * 65536) for v in (a, b)] + [0] + [round(v * 65536) for v in (c, d)] \
+        + [0, 0, 0, 1 << 30]
+    data = bytearray(path.read_bytes())
+    at = data.index(b"tkhd")
+    # after the type: version/flags, then times/id/duration (20 bytes in v0, 32 in v1), then
+    # 8 reserved, layer, alternate group, volume, 2 reserved
+    at += 4 + 4 + (32 if data[at + 4] == 1 else 20) + 16
+    data[at:at + 36] = struct.pack(">9i", *matrix)
+    path.write_bytes(bytes(data))
     return path
 
 
