@@ -2,9 +2,9 @@
 
 The files are made here with PyAV: an edit-list cut is a stream copy that starts at the
 keyframe before the cut point and shifts timestamps so the cut frame is at 0 (what
-`ffmpeg -ss S -i in.mp4 -c copy` does); a rotated file carries a display matrix. Where the
-ffmpeg command-line tools are installed (`.ci/run` installs them), ffmpeg's own cut and
-decode are the oracle as well.
+`ffmpeg -ss S -i in.mp4 -c copy` does); a rotated file gets its display matrix in the MP4
+track header, as phones write it. Where the ffmpeg command-line tools are installed (`.ci/run`
+installs them), ffmpeg's own cut and decode are the oracle as well.
 """
 
 from __future__ import annotations
