@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dvfl-installed
 
-.PHONY: venv test test-slow demo clean
+.PHONY: venv test test-slow test-floors demo clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+# The oldest zarr and PyAV that setup.cfg allows, each in a throwaway venv (also in test-slow).
+test-floors: $(STAMP)
+	$(PY) -m pytest -m slow tests/test_floors.py
 
 # The whole pipeline on synthetic videos into demo/ (docs/demo.md); after a kill, run it again
 # and it continues. Options: make demo DEMO_ARGS="--seeds 0,1,2 --out other".

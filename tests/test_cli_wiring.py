@@ -74,6 +74,8 @@ SHARED = {
         "workers": ("0", 0),
         "device": ("cpu", "cpu"),
         "amp": (False, False),
+        "kd_form": ("reference", "reference"),
+        "rep_loss": ("sum", "sum"),
     },
     "B": {
         "teacher": ("vfl-nano", "vfl-nano"),
@@ -81,6 +83,7 @@ SHARED = {
         "teacher_opts": (["embed_dim=8", "depths=1,1,1,1", "num_frames=4"],
                          {**TINY, "num_frames": 4}),
         "optimizer": ("adamw", "adamw"),
+        "pred_loss": ("mse", "mse"),
     },
     "C": {
         "mixup": ("0.2", 0.2),

@@ -299,6 +299,29 @@ def test_list_errors(tmp_path):
         build_index("list", root, annotations=lst)
 
 
+def test_list_ids_are_unique_per_path_and_unchanged_where_they_do_not_collide(tmp_path):
+    root = tmp_path / "vids"
+    paths = ["a.mp4", "a.webm", "d/b.avi", "c.mp4", "c.mp4.avi", "c.mp4.mkv", "x.mp4",
+             "x.webm", "x.mp4.avi"]
+    for p in paths:
+        touch(root / p)
+    lst = touch(tmp_path / "l.txt", "".join(f"{p} 0\n" for p in paths).encode())
+    idx = build_index("list", root, annotations=lst)
+    assert [v.video_id for v in idx.videos] == [
+        "a.mp4", "a.webm",  # both were "a": "listed twice" before
+        "d/b",  # no collision: today's id
+        "c", "c.mp4.avi", "c.mp4.mkv",  # "c" is alone; the other two were both "c.mp4"
+        # x.mp4 takes its whole path, which is the stem of x.mp4.avi: that one moves too
+        "x.mp4", "x.webm", "x.mp4.avi"]
+    # the ids (hence the digest) of a list without collisions are what they always were
+    plain = touch(tmp_path / "p.txt", b"a.mp4 0\nd/b.avi 0\n")
+    idx = build_index("list", root, annotations=plain)
+    assert [v.video_id for v in idx.videos] == ["a", "d/b"]
+    assert idx.digest == index_digest(kind="list", split=1, subset="train", classes=["0"],
+                                      videos=[VideoEntry("a.mp4", 0, "a"),
+                                              VideoEntry("d/b.avi", 0, "d/b")])
+
+
 def test_unknown_kind_and_root(tmp_path):
     with pytest.raises(IndexFormatError, match="unknown dataset kind 'ucf102'"):
         build_index("ucf102", tmp_path)

@@ -5,8 +5,15 @@ frames they no longer hold, and variable-frame-rate files make `timestamp * fps`
 wrong frame. So opening a video demuxes it once (packets only, no decoding; a few ms) and
 keeps, in presentation order, the timestamp of every packet that will produce a frame: empty
 packets (AVI drop markers) and packets the demuxer flags corrupt (the cut-off tail of a
-truncated file) are left out. Frame `i` is the `i`-th of those, which is also the `i`-th frame
-a decoder outputs from the start, whatever the frame rate.
+truncated file) are left out, and so are packets an MP4 edit list marks "discard": a clip cut
+with `ffmpeg -ss S -i in.mp4 -c copy` keeps the GOP before its start point (negative
+timestamps, decoded only as references), and players, `ffprobe -count_frames` and the decoder
+itself skip them. Frame `i` is the `i`-th of those, which is also the `i`-th frame a decoder
+outputs from the start (and the `i`-th frame `ffmpeg` shows), whatever the frame rate.
+
+Frames come out as players show them: a display matrix (phone video: `rotate` 90/180/270) is
+applied and `info` reports the displayed size. FFmpeg exposes the matrix on decoded frames
+only, so opening a video decodes its first keyframe, alone, to read it.
 
 To decode, we seek to the keyframe at or before the first wanted frame, decode forward, and
 name each output frame by its timestamp. If a seek goes wrong (lands past its target, skips a
@@ -18,6 +25,11 @@ default converter spreads each small frame over all cores, which is several time
 fights the DataLoader workers for CPUs.
 
 Nothing is cached across calls; every `open_video` demuxes afresh.
+
+`DECODER_VERSION` numbers what "frame i of this file" means. Version 1 (round 1) counted
+edit-list discards as frames and ignored rotation; version 2 does neither. Only videos with an
+edit list that drops frames or a rotation decode differently, so `numbering_changed` tells a
+store built by version 1 which of its videos it can still trust (`stale_videos_error`).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,15 +48,23 @@ from dvfl_cache.errors import VideoDecodeError
 
 log = logging.getLogger(__name__)
 
+DECODER_VERSION = 2
+
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What sampling needs to know: the decodable frame count, mean rate and size."""
+    """What sampling needs to know: the decodable frame count, mean rate and displayed size.
+
+    `rotation` (degrees counter-clockwise, 0/90/180/270) is already applied to `width`,
+    `height` and every frame; `edit_skipped` counts the packets an edit list hides.
+    """
 
     num_frames: int
     fps: float
     width: int
     height: int
+    rotation: int = 0
+    edit_skipped: int = 0
 
 
 class OpenVideo:
@@ -70,6 +91,8 @@ class OpenVideo:
 
     def _scan(self) -> None:
         pts, keys, n_corrupt, n_empty = [], [], 0, 0
+        discarded: set = set()
+        first_key = None
         ok_ts = True
         try:
             for pkt in self._container.demux(self._stream):
@@ -78,6 +101,11 @@ class OpenVideo:
                     continue
                 if pkt.is_corrupt:
                     n_corrupt += 1
+                    continue
+                if first_key is None and pkt.is_keyframe:
+                    first_key = pkt
+                if pkt.is_discard:  # before an edit list's start: a reference, never shown
+                    discarded.add(pkt.pts)
                     continue
                 if pkt.pts is None:
                     ok_ts = False
@@ -89,9 +117,7 @@ class OpenVideo:
             log.debug("%s: demux stopped early: %s", self.path, e)
         if not pts:
             raise VideoDecodeError(self.path, "no decodable video frames")
-        self.info = VideoInfo(num_frames=len(pts), fps=self._fps(len(pts)),
-                              width=int(self._stream.codec_context.width),
-                              height=int(self._stream.codec_context.height))
+        self._discarded = discarded
         if ok_ts and len(set(pts)) == len(pts):
             self._pts = sorted(pts)
             self._index_of = {p: i for i, p in enumerate(self._pts)}
@@ -102,8 +128,58 @@ class OpenVideo:
             self._index_of = {}
             self._keys = [0]
         if self._meta_frames and self._meta_frames != len(pts):
-            log.debug("%s: container says %d frames, %d are decodable (%d corrupt, %d empty "
-                      "packets)", self.path, self._meta_frames, len(pts), n_corrupt, n_empty)
+            log.debug("%s: container says %d frames, %d are decodable (%d corrupt, %d empty, "
+                      "%d edit-list discarded packets)", self.path, self._meta_frames, len(pts),
+                      n_corrupt, n_empty, len(discarded))
+        rotation = self._read_rotation(first_key)
+        self._rot = rotation // 90
+        w, h = int(self._stream.codec_context.width), int(self._stream.codec_context.height)
+        if self._rot % 2:
+            w, h = h, w
+        self.info = VideoInfo(num_frames=len(pts), fps=self._fps(len(pts)), width=w, height=h,
+                              rotation=rotation, edit_skipped=len(discarded))
+
+    def _read_rotation(self, key_packet) -> int:
+        """The display rotation (counter-clockwise degrees, a multiple of 90) of the stream.
+
+        The display matrix reaches PyAV only as side data of decoded frames, so decode one:
+        a copy of the first keyframe packet, alone and drained at once (a copy, because an
+        edit list may mark the packet "discard" and the decoder would drop its frame; alone,
+        because waiting for the B-frame delay costs several frames). Only if that gives no
+        frame, decode from the start. ffmpeg applies the same rotation (`autorotate`).
+        """
+        frame = None
+        if key_packet is not None:
+            ctx = self._stream.codec_context
+            alone = self._av.Packet(bytes(key_packet))
+            alone.pts, alone.dts, alone.time_base = (key_packet.pts, key_packet.dts,
+                                                     key_packet.time_base)
+            alone.is_keyframe = True
+            try:
+                frame = next(iter([*ctx.decode(alone), *ctx.decode(None)]), None)
+            except self._av.error.FFmpegError as e:
+                log.debug("%s: first keyframe alone did not decode: %s", self.path, e)
+            ctx.flush_buffers()
+        if frame is None:
+            frames = self._decoded(seek_pts=None)
+            frame = next(frames, None)
+            frames.close()
+        if frame is None:  # frames() will say what is wrong with this video
+            log.debug("%s: no frame decodes; rotation taken as 0", self.path)
+            return 0
+        for side in frame.side_data:
+            if side.type.name == "DISPLAYMATRIX":
+                a, b, _, c, d = np.frombuffer(bytes(side), np.int32)[:5].astype(np.int64)
+                if a * d - b * c < 0:  # players mirror such video; frames would come out wrong
+                    raise VideoDecodeError(self.path, "display matrix mirrors the picture; only "
+                                                      "rotations by multiples of 90 degrees are "
+                                                      "supported")
+        degrees = float(frame.rotation)
+        turns = round(degrees / 90)
+        if abs(degrees - 90 * turns) > 1:
+            raise VideoDecodeError(self.path, f"display matrix rotates by {degrees:g} degrees; "
+                                              f"only multiples of 90 are supported")
+        return (90 * turns) % 360
 
     def _fps(self, n: int) -> float:
         for rate in (self._stream.average_rate, self._stream.guessed_rate,
@@ -131,7 +207,10 @@ class OpenVideo:
             yield from stream.decode(pkt)
 
     def _to_rgb(self, frame) -> np.ndarray:
-        return frame.to_ndarray(format="rgb24", threads=1)
+        rgb = frame.to_ndarray(format="rgb24", threads=1)
+        if self._rot:  # np.rot90 turns counter-clockwise, as the display matrix does
+            rgb = np.ascontiguousarray(np.rot90(rgb, self._rot))
+        return rgb
 
     def frames(self, indices: Sequence[int]) -> np.ndarray:
         """RGB frames at `indices` (any order, repeats allowed) as uint8 (T, H, W, 3)."""
@@ -176,6 +255,8 @@ class OpenVideo:
             first = True
             for frame in self._decoded(seek_pts=self._pts[key] if key > 0 else None):
                 idx = self._index_of.get(frame.pts)
+                if idx is None and frame.pts in self._discarded:
+                    continue  # a decoder that outputs edit-list references: not a frame
                 if idx is None:
                     log.debug("%s: decoded a frame with unknown pts %s", self.path, frame.pts)
                     return None
@@ -209,7 +290,9 @@ class OpenVideo:
     def _by_counting(self, want: list[int]) -> dict[int, np.ndarray]:
         got: dict[int, np.ndarray] = {}
         wanted = set(want)
-        for idx, frame in enumerate(self._decoded(seek_pts=None)):
+        shown = (f for f in self._decoded(seek_pts=None)
+                 if f.pts is None or f.pts not in self._discarded)
+        for idx, frame in enumerate(shown):
             if idx in wanted:
                 got[idx] = self._to_rgb(frame)
                 if len(got) == len(wanted):
@@ -251,3 +334,52 @@ def decode_frames(path: str | os.PathLike, indices: Sequence[int], *,
 def video_info(path: str | os.PathLike) -> VideoInfo:
     with open_video(path) as v:
         return v.info
+
+
+def numbering_changed(path: str | os.PathLike) -> str | None:
+    """Why frame i of this video differs between decoder version 1 and this one, or None.
+
+    Version 1 counted edit-list discards as frames (shifting every index) and ignored the
+    display rotation. A video that cannot be opened has no numbering: None (its rows fail
+    anyway and are counted as failures).
+    """
+    try:
+        with open_video(path) as v:
+            info = v.info
+    except VideoDecodeError:
+        return None
+    reasons = []
+    if info.edit_skipped:
+        reasons.append(f"edit list hides {info.edit_skipped} leading frames")
+    if info.rotation:
+        reasons.append(f"rotated {info.rotation} degrees for display")
+    return ", ".join(reasons) or None
+
+
+def stale_videos_error(store_version: int | None, paths: Sequence[str | os.PathLike], *,
+                       workers: int = 1, show: int = 5) -> str | None:
+    """One error line if a store decoded by `store_version` would be replayed on other pixels.
+
+    `store_version` is the DECODER_VERSION recorded in the store (None or 1: built before it
+    was recorded). Stores of this version cost nothing; older ones open every video in
+    `paths` (a demux and one frame each; `workers` processes) and name those whose
+    numbering changed, with the fix.
+    """
+    if (store_version or 1) >= DECODER_VERSION:
+        return None
+    paths = [os.fspath(p) for p in paths]
+    if workers > 1 and len(paths) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            reasons = list(pool.map(numbering_changed, paths,
+                                    chunksize=max(1, min(16, len(paths) // (4 * workers)))))
+    else:
+        reasons = [numbering_changed(p) for p in paths]
+    stale = [(p, r) for p, r in zip(paths, reasons) if r is not None]
+    if not stale:
+        return None
+    named = "; ".join(f"{p} ({r})" for p, r in stale[:show])
+    more = f" and {len(stale) - show} more" if len(stale) > show else ""
+    return (f"{len(stale)} of {len(paths)} videos decode to other frames than when this store "
+            f"was built (decoder version {store_version or 1}, now {DECODER_VERSION}): "
+            f"{named}{more}; rebuild their rows with `dvfl-cache build ... --repair` or "
+            f"rebuild the store")

@@ -343,6 +343,25 @@ def split_list_line(line: str) -> tuple[str, str] | None:
     return None
 
 
+def list_ids(paths: list[str]) -> list[str]:
+    """Video ids of a list: the path without extension, or the whole path where that collides.
+
+    `a.mp4` and `a.webm` in one list would both be `a`; they get `a.mp4` and `a.webm`, and
+    every id that collides with nothing stays what it always was, so the index digests of
+    existing caches do not change. A path listed twice keeps colliding (an error in `finish`).
+    """
+    ids = [os.path.splitext(p)[0] for p in paths]
+    while True:
+        counts: dict[str, int] = {}
+        for i in ids:
+            counts[i] = counts.get(i, 0) + 1
+        clash = [k for k, (i, p) in enumerate(zip(ids, paths)) if counts[i] > 1 and i != p]
+        if not clash:
+            return ids
+        for k in clash:  # a whole path differs from every other path, so this ends
+            ids[k] = paths[k]
+
+
 def read_list(root: Path, *, split: int, subset: str, videos_dir=None, annotations=None,
               class_names=None) -> DatasetIndex:
     """A `path label` / `path,label` list (MMAction2, PySlowFast, Video-FocalNets, DVFL-Net).
@@ -370,7 +389,7 @@ def read_list(root: Path, *, split: int, subset: str, videos_dir=None, annotatio
         classes = read_class_names(Path(class_names).expanduser())
     else:
         classes = [str(i) for i in range(max((e[2] for e in entries), default=-1) + 1)]
-    videos, skipped = [], []
+    found, skipped = [], []
     for lineno, path, label in entries:
         if not 0 <= label < len(classes):
             raise IndexFormatError(f"{list_file}:{lineno}: label {label} outside "
@@ -384,6 +403,9 @@ def read_list(root: Path, *, split: int, subset: str, videos_dir=None, annotatio
         if not (vdir / rel).is_file():
             skipped.append((rel, "missing"))
             continue
-        videos.append(VideoEntry(path=rel, label=label, video_id=os.path.splitext(rel)[0]))
+        found.append((rel, label))
+    ids = list_ids([rel for rel, _ in found])
+    videos = [VideoEntry(path=rel, label=label, video_id=vid)
+              for (rel, label), vid in zip(found, ids)]
     return finish(kind="list", split=split, subset=subset, classes=classes, videos=videos,
                   root=vdir, skipped=skipped, source=list_file)
