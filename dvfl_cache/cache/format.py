@@ -20,10 +20,16 @@ from typing import Any
 import numpy as np
 
 from dvfl_cache import __version__
+from dvfl_cache.data.mix import MixConfig, mix_arrays_spec
 from dvfl_cache.errors import CacheError
 
 FORMAT_NAME = "dvfl-teacher-cache"
-FORMAT_VERSION = 1
+# 2: mixed rows (mix_* / partner_* columns), per-frame jitter columns, and the root fields
+# mix, teacher_precision and decoder_version. Version-1 stores are still read (and written
+# back, e.g. by import, as version 1).
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
+UNVERSIONED_DECODER = 0  # decoder_version of frames decoded before the decoder was versioned
 
 LOGIT_DTYPES = ("float16", "float32")
 DEFAULT_VIEWS_PER_SHARD = 4096
@@ -40,11 +46,21 @@ VIEW_ARRAYS: dict[str, tuple[str, tuple[str | int, ...]]] = {
     "jitter": ("float32", (4,)),
     "gray": ("uint8", ()),
 }
+# Per-frame jitter columns (sampler jitter_mode "frame"): name -> (dtype, trailing shape).
+FRAME_JITTER_ARRAYS: dict[str, tuple[str, tuple[str | int, ...]]] = {
+    "frame_jitter": ("float32", ("T", 4)),
+    "jitter_order": ("uint8", ("T", 4)),
+}
 SHARD_DONE = "shard_done"
 FAILURES_GROUP = "failures"
 
 # Fields that may differ between two runs that produce the same cache contents.
 PROVENANCE_ONLY = ("created", "dvfl_version")
+_V1_KEYS = ("format", "format_version", "teacher", "dataset", "sampler", "num_videos",
+            "views_per_video", "num_frames", "num_classes", "dtype", "feature_dim",
+            "views_per_shard", "dvfl_version", "created")
+_V2_KEYS = (*_V1_KEYS, "mix", "teacher_precision", "decoder_version")
+AUTOCAST_DTYPES = ("bfloat16", "float16")
 
 # A digest is 64 lower-case hex characters, optionally prefixed "sha256:" (the data layer's
 # index digest carries the prefix); it is stored and compared exactly as given.
@@ -135,6 +151,36 @@ def _parse_created(v: Any, source: str, name: str) -> str:
     except ValueError:
         raise _bad(source, name, "an ISO 8601 time string", v) from None
     return v
+
+
+def _parse_mix(v: Any, source: str, name: str) -> MixConfig | None:
+    if v is None:
+        return None
+    if not isinstance(v, Mapping) or set(v) != {"mixup", "cutmix", "prob", "seed"}:
+        raise _bad(source, name, "null or an object with mixup, cutmix, prob and seed", v)
+    for k in ("mixup", "cutmix", "prob"):
+        if isinstance(v[k], bool) or not isinstance(v[k], (int, float)):
+            raise _bad(source, f"{name}.{k}", "a number", v[k])
+    _parse_int(v["seed"], source, f"{name}.seed")
+    try:
+        cfg = MixConfig(**v)
+    except ValueError as e:
+        raise _bad(source, name, str(e), v) from None
+    if not cfg.enabled:
+        raise _bad(source, name, "null for a cache without mixing", v)
+    return cfg
+
+
+def _parse_precision(v: Any, source: str, name: str) -> dict[str, Any] | None:
+    """{"device": "cpu"|"cuda"|..., "autocast": null|"bfloat16"|"float16"}; null: unrecorded."""
+    if v is None:
+        return None
+    if not isinstance(v, Mapping) or set(v) != {"device", "autocast"}:
+        raise _bad(source, name, "null or an object with device and autocast", v)
+    _parse_str(v["device"], source, f"{name}.device")
+    if v["autocast"] is not None and v["autocast"] not in AUTOCAST_DTYPES:
+        raise _bad(source, f"{name}.autocast", "null, 'bfloat16' or 'float16'", v["autocast"])
+    return {"device": v["device"], "autocast": v["autocast"]}
 
 
 def _now() -> str:
@@ -250,9 +296,28 @@ class CacheMeta:
     views_per_shard: int = DEFAULT_VIEWS_PER_SHARD
     dvfl_version: str = __version__
     created: str = field(default_factory=_now)
+    # version 2 fields (a version-1 store reads back with these defaults)
+    mix: MixConfig | None = None
+    teacher_precision: dict[str, Any] | None = None
+    decoder_version: int = UNVERSIONED_DECODER
+    format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         src = "CacheMeta"
+        if self.format_version not in FORMAT_VERSIONS:
+            raise _bad(src, "format_version", f"one of {FORMAT_VERSIONS}", self.format_version)
+        if self.mix is not None and not isinstance(self.mix, MixConfig):
+            raise _bad(src, "mix", "a MixConfig or None", self.mix)
+        if self.mix is not None and not self.mix.enabled:
+            object.__setattr__(self, "mix", None)  # both alphas 0: a cache without mixing
+        object.__setattr__(self, "teacher_precision",
+                           _parse_precision(self.teacher_precision, src, "teacher_precision"))
+        _parse_int(self.decoder_version, src, "decoder_version", minimum=0)
+        if self.format_version == 1 and (self.mix is not None or self.jitter_mode != "clip"
+                                         or self.teacher_precision is not None
+                                         or self.decoder_version != UNVERSIONED_DECODER):
+            raise _bad(src, "format_version", "2 for mixing, per-frame jitter, a teacher "
+                       "precision or a decoder version", 1)
         for name, typ in (("teacher", TeacherInfo), ("dataset", DatasetInfo),
                           ("sampler", SamplerInfo)):
             if not isinstance(getattr(self, name), typ):
@@ -280,8 +345,16 @@ class CacheMeta:
     def num_shards(self) -> int:
         return -(-self.num_rows // self.views_per_shard)
 
+    @property
+    def jitter_mode(self) -> str:
+        """"clip" or "frame": declared once, in the sampler's parameters (absent: "clip")."""
+        return self.sampler.params.get("jitter_mode", "clip")
+
     def row_arrays(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-        """Every per-row array as name -> (dtype, trailing shape), in on-disk order."""
+        """Every per-row array as name -> (dtype, trailing shape), in on-disk order.
+
+        Per-frame jitter and mix columns exist only in stores that use them.
+        """
         out: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
             "logits": (np.dtype(self.dtype), (self.num_classes,))}
         if self.feature_dim is not None:
@@ -290,12 +363,21 @@ class CacheMeta:
         out["valid"] = (np.dtype("uint8"), ())
         for name, (dt, trail) in VIEW_ARRAYS.items():
             out[name] = (np.dtype(dt), tuple(self.num_frames if t == "T" else t for t in trail))
+        per_frame = self.jitter_mode == "frame"
+        if per_frame:
+            for name, (dt, trail) in FRAME_JITTER_ARRAYS.items():
+                out[name] = (np.dtype(dt),
+                             tuple(self.num_frames if t == "T" else t for t in trail))
+        if self.mix is not None:
+            for name, (dt, trail) in mix_arrays_spec(self.num_frames,
+                                                     per_frame=per_frame).items():
+                out[name] = (np.dtype(dt), trail)
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "teacher": self.teacher.to_dict(),
             "dataset": self.dataset.to_dict(),
             "sampler": self.sampler.to_dict(),
@@ -309,6 +391,11 @@ class CacheMeta:
             "dvfl_version": self.dvfl_version,
             "created": self.created,
         }
+        if self.format_version >= 2:
+            d.update(mix=None if self.mix is None else self.mix.to_dict(),
+                     teacher_precision=self.teacher_precision,
+                     decoder_version=self.decoder_version)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "cache") -> CacheMeta:
@@ -324,9 +411,14 @@ class CacheMeta:
         if version > FORMAT_VERSION:
             raise CacheError(f"{source}: written by a newer dvfl (cache format version {version}, "
                              f"this dvfl {__version__} reads up to {FORMAT_VERSION}); upgrade dvfl")
-        _check_keys(d, ("format", "format_version", "teacher", "dataset", "sampler",
-                        "num_videos", "views_per_video", "num_frames", "num_classes", "dtype",
-                        "feature_dim", "views_per_shard", "dvfl_version", "created"), source, "")
+        _check_keys(d, _V1_KEYS if version == 1 else _V2_KEYS, source, "")
+        v2: dict[str, Any] = {}
+        if version >= 2:
+            v2 = {"mix": _parse_mix(_get(d, "mix", source, ""), source, "mix"),
+                  "teacher_precision": _parse_precision(_get(d, "teacher_precision", source, ""),
+                                                        source, "teacher_precision"),
+                  "decoder_version": _parse_int(_get(d, "decoder_version", source, ""), source,
+                                                "decoder_version", minimum=0)}
         dataset = DatasetInfo.from_dict(_get(d, "dataset", source, ""), source=source)
         num_classes = _parse_int(_get(d, "num_classes", source, ""), source, "num_classes",
                                  minimum=1)
@@ -353,6 +445,7 @@ class CacheMeta:
                                        "views_per_shard", minimum=1),
             dvfl_version=_parse_str(_get(d, "dvfl_version", source, ""), source, "dvfl_version"),
             created=_parse_created(_get(d, "created", source, ""), source, "created"),
+            format_version=version, **v2,
         )
 
     def differences(self, other: CacheMeta, *,

@@ -61,7 +61,7 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
         values = m.num_rows * (m.num_classes + (m.feature_dim or 0))
         return {
             "store": str(reader.location),
-            "format": f"{FORMAT_NAME} v{FORMAT_VERSION}",
+            "format": f"{FORMAT_NAME} v{m.format_version}",
             "teacher": m.teacher.name,
             "teacher_weights_sha256": m.teacher.weights_sha256,
             "dataset": f"{m.dataset.kind} split {m.dataset.split} {m.dataset.subset}",
@@ -246,12 +246,21 @@ def _check_shard(reader: CacheReader, s: int, names: list[str], seen_labels: np.
     if record is None:
         out.append("failure record failures/%d is missing" % s)
     elif "valid" in data:
-        failed = {int(f["video"]) for f in record.get("failures", [])}
+        records = record.get("failures", [])
+        failed = {int(f["video"]) for f in records if "row" not in f}
+        failed_rows = {int(f["row"]) for f in records if "row" in f}
         vids = r % m.num_videos
-        invalid = set(vids[data["valid"] == 0].tolist())
+        invalid = {int(vids[i]) for i in np.flatnonzero(data["valid"] == 0)
+                   if rows.start + int(i) not in failed_rows}
         if invalid - failed:
             out.append(f"videos {sorted(invalid - failed)[:10]} have invalid rows but no "
                        "failure record")
+        valid_rows = sorted(x for x in failed_rows
+                            if not (rows.start <= x < rows.stop)
+                            or data["valid"][x - rows.start] == 1)
+        if valid_rows:
+            out.append(f"rows {valid_rows[:10]} are recorded as failed (partner) but are "
+                       "valid or outside the shard")
         valid_failed = failed & set(vids[data["valid"] == 1].tolist())
         if valid_failed:
             out.append(f"videos {sorted(valid_failed)[:10]} are recorded as failed but have "

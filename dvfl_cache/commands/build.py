@@ -36,6 +36,17 @@ from dvfl_cache.commands.options import (dataset_options, index_from_options, pa
 @click.option("--jitter", default=None, metavar="B,C,S,H",
               help="Colour jitter strengths (brightness, contrast, saturation, hue), drawn "
                    "once per clip.")
+@click.option("--jitter-mode", type=click.Choice(["clip", "frame"]), default="clip",
+              show_default=True,
+              help="Colour jitter factors drawn once per clip, or per frame with a random "
+                   "operation order (the reference recipe).")
+@click.option("--mixup", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Mixup Beta(A, A) alpha; the teacher runs on the mixed clip. 0 = off.")
+@click.option("--cutmix", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Cutmix Beta(A, A) alpha (even odds with mixup when both are > 0). 0 = off.")
+@click.option("--mix-prob", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Fraction of rows mixed once --mixup or --cutmix is > 0 (per row, drawn "
+                   "from the seed: the same for any batch size or number of ranks).")
 @click.option("--gray", "gray_p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Grayscale probability.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -55,7 +66,7 @@ from dvfl_cache.commands.options import (dataset_options, index_from_options, pa
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, teacher, weights,
               random_weights, teacher_opts, views_per_video, sampler, stride, frames, size,
-              flip_p, area, jitter, gray_p, seed, out, dtype, features, views_per_shard, batch_size,
+              flip_p, area, jitter, jitter_mode, mixup, cutmix, mix_prob, gray_p, seed, out, dtype, features, views_per_shard, batch_size,
               workers, device, threads, resume, overwrite):
     """Run the teacher once over every sampled view and store its raw logits.
 
@@ -69,7 +80,8 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
     from dvfl_cache.cache.build import BuildConfig, build_cache
     from dvfl_cache.runtime import resolve_device, set_compute_threads
 
-    sampler_opts = {"temporal": sampler, "stride": stride, "flip": flip_p, "gray_p": gray_p}
+    sampler_opts = {"temporal": sampler, "stride": stride, "flip": flip_p, "gray_p": gray_p,
+                    "jitter_mode": jitter_mode}
     lo, hi = _numbers(area, 2, "--area", "two numbers MIN,MAX")
     if not 0 < lo <= hi <= 1:
         raise click.BadParameter(f"need 0 < MIN <= MAX <= 1, got {area!r}", param_hint="--area")
@@ -82,7 +94,8 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
                       views_per_video=views_per_video, sampler=sampler_opts, frames=frames,
                       size=size, seed=seed, dtype=dtype, features=features,
                       views_per_shard=views_per_shard, batch_size=batch_size, workers=workers,
-                      device=device, resume=resume, overwrite=overwrite)
+                      device=device, resume=resume, overwrite=overwrite, mixup=mixup,
+                      cutmix=cutmix, mix_prob=mix_prob)
     set_compute_threads(device=resolve_device(device), workers=workers, threads=threads)
     rank = int(os.environ.get("RANK", "0"))
     bar = tqdm(desc=f"build[{rank}]" if "WORLD_SIZE" in os.environ else "build", unit="view",
@@ -105,6 +118,12 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
                        f"marked missing:", err=True)
             for v, reason in sorted(result.failed.items()):
                 click.echo(f"  {index.videos[v].path}: {reason}", err=True)
+        if result.failed_rows:
+            click.echo(f"{len(result.failed_rows)} mixed row(s) marked missing because their "
+                       "partner failed to decode:", err=True)
+            for row, f in sorted(result.failed_rows.items()):
+                click.echo(f"  row {row} (video {f['video']}): partner {f['partner']} "
+                           f"{f.get('path', '')}: {f['reason']}", err=True)
 
 
 def _numbers(text: str, count: int, flag: str, what: str) -> list[float]:

@@ -18,8 +18,9 @@ from torch.utils.data import Dataset
 
 from dvfl_cache.data.decode import VideoInfo, open_video
 from dvfl_cache.data.index import DatasetIndex
+from dvfl_cache.data.mix import Mix, MixDraw, mix_pixels
 from dvfl_cache.data.transforms import to_float, view_pixels
-from dvfl_cache.data.views import View, views_to_arrays
+from dvfl_cache.data.views import View, ViewSampler, subsample_view, views_to_arrays
 from dvfl_cache.errors import VideoDecodeError
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,28 @@ class ClipDataset(Dataset):
         item["view"] = view.view
         item["view_arrays"] = views_to_arrays([view])
         return item
+
+
+def mixed_clip(index: DatasetIndex, own: torch.Tensor, mix: Mix | MixDraw, size: int, *,
+               sampler: ViewSampler | None = None, frames: int | None = None,
+               threads: int = 1) -> tuple[torch.Tensor, Mix]:
+    """A row's own uint8 pixels `own` (T, 3, size, size) mixed with its partner's view.
+
+    The one place a partner is decoded, for the build (given a `MixDraw` and the `sampler`,
+    the partner's view is drawn from its video here) and for a student replaying a stored `Mix`
+    (`frames` cuts the partner's view like the own one, via `subsample_view`). Returns the
+    mixed uint8 pixels and the full `Mix` record; a partner that cannot be decoded raises
+    `VideoDecodeError` naming the partner's file.
+    """
+    if isinstance(mix, MixDraw) and sampler is None:
+        raise ValueError("mixed_clip: drawing a partner view needs the sampler")
+    path = index.abspath(mix.partner if isinstance(mix, MixDraw) else mix.partner.video)
+    with open_video(path, threads=threads) as v:
+        if isinstance(mix, MixDraw):
+            mix = mix.with_partner(sampler.sample(mix.partner, mix.view, v.info))
+        partner = mix.partner if frames is None else subsample_view(mix.partner, frames)
+        pixels = v.frames(partner.frames)
+    return mix_pixels(own, view_pixels(pixels, partner, size), mix), mix
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
