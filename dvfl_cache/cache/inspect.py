@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from dvfl_cache.cache.format import FORMAT_NAME, FORMAT_VERSION, SHARD_DONE
+from dvfl_cache.cache.format import FORMAT_NAME, SHARD_DONE
 from dvfl_cache.cache.location import Location
 from dvfl_cache.cache.store import CacheReader, shard_error
 from dvfl_cache.errors import CacheError
@@ -74,6 +74,11 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
             "dtype": m.dtype,
             "feature_dim": m.feature_dim,
             "sampler": m.sampler.to_dict(),
+            "jitter_mode": m.jitter_mode,
+            "mix": None if m.mix is None else m.mix.to_dict(),
+            "mixed_rows": mixed_rows(reader),
+            "teacher_precision": m.teacher_precision,
+            "decoder_version": m.decoder_version,
             "shards_done": int(done.sum()),
             "shards_total": m.num_shards,
             "complete": bool(done.all()),
@@ -85,6 +90,20 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
             "dvfl_version": m.dvfl_version,
             "created": m.created,
         }
+
+
+def mixed_rows(reader: CacheReader) -> dict[str, int] | None:
+    """Valid rows per mix operation over the finished shards (None: not a mixed cache)."""
+    if reader.meta.mix is None:
+        return None
+    counts = {"none": 0, "mixup": 0, "cutmix": 0}
+    for s in np.flatnonzero(reader.shard_done()).tolist():
+        rows = reader.shard_rows(s)
+        valid = reader.read("valid", rows.start, rows.stop) == 1
+        op = reader.read("mix_op", rows.start, rows.stop)[valid]
+        for code, name in enumerate(counts):
+            counts[name] += int((op == code).sum())
+    return counts
 
 
 def size_on_disk(loc: Location) -> int | None:
@@ -127,11 +146,12 @@ def stale_temp_files(loc: Location) -> list[str]:
     return sorted(out)
 
 
-def verify(path_or_url: str | os.PathLike, *, index: str | os.PathLike | None = None,
+def verify(path_or_url: str | os.PathLike, *, index: Any = None,
            storage_options: dict[str, Any] | None = None,
            progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Read every chunk (checking checksums), completeness, shapes, finite logits, the row
-    layout, failure records and, given a dataset index file, the videos and labels.
+    layout, failure records and, given a dataset index (a file or a DatasetIndex), the videos
+    and labels.
 
     Returns a summary; raises CacheError listing every problem found.
     """
@@ -149,8 +169,8 @@ def verify(path_or_url: str | os.PathLike, *, index: str | os.PathLike | None = 
 
         idx_labels = None
         if index is not None:
-            idx = _load_index(index)
-            problems += _index_problems(m, idx, index)
+            idx = index if hasattr(index, "videos") else _load_index(index)
+            problems += _index_problems(m, idx, index if not hasattr(index, "videos") else "the given index")
             if len(idx.videos) == m.num_videos:
                 idx_labels = np.array([v.label for v in idx.videos], dtype=np.int64)
 
@@ -174,7 +194,7 @@ def verify(path_or_url: str | os.PathLike, *, index: str | os.PathLike | None = 
         if problems:
             _fail(reader.location, problems)
         return {"store": str(reader.location), "shards_checked": int(done.sum()),
-                "rows_checked": rows_checked, "index": None if index is None else str(index),
+                "rows_checked": rows_checked, "index": None if index is None or hasattr(index, "videos") else str(index),
                 "stale_temp_files": stale_temp_files(reader.location)}
 
 
