@@ -144,8 +144,14 @@ def test_batch_size_does_not_change_a_mixed_cache(synth_root, tmp_path):
     run_cli(build_args(synth_root, tmp_path / "b3", *MIX))
     run_cli(build_args(synth_root, tmp_path / "b8", *MIX, "--batch-size", "8",
                        "--mix-prob", "1"))
+    from dvfl_cache.cache.store import CacheReader
+    from dvfl_cache.data.mix import MixConfig
+
+    meta = CacheReader(tmp_path / "b3").meta
+    assert meta.mix == MixConfig(mixup=0.8, cutmix=1.0, prob=1.0, seed=0)
+    assert meta.jitter_mode == "frame" and meta.sampler.params["gray_p"] == 0.2
     a, b = store_arrays(tmp_path / "b3"), store_arrays(tmp_path / "b8")
-    assert set(a) == set(b)
+    assert set(a) == set(b) and set(a["mix_op"].tolist()) == {1, 2}
     for name in RECORDS:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-5)
@@ -172,7 +178,7 @@ def test_mix_prob_and_clip_mode_options_reach_the_store(synth_root, tmp_path):
     run_cli(build_args(synth_root, tmp_path / "half", "--mixup", "0.8", "--mix-prob", "0.5",
                        "--views-per-video", "4"))
     r = CacheReader(tmp_path / "half")
-    assert r.meta.mix.prob == 0.5 and r.meta.mix.cutmix == 0.0
+    assert (r.meta.mix.mixup, r.meta.mix.cutmix, r.meta.mix.prob) == (0.8, 0.0, 0.5)
     assert r.meta.jitter_mode == "clip"
     a = store_arrays(tmp_path / "half")
     assert "frame_jitter" not in a and 4 < int((a["mix_op"] == 1).sum()) < 28
@@ -257,6 +263,20 @@ def test_verify_recompute_passes_and_catches_one_shifted_mixed_row(mixed_store, 
     assert "Traceback" not in res.output
     res = CliRunner().invoke(cache_cli, ["verify", str(out), "--recompute", "2"])
     assert res.exit_code == 2 and "--teacher" in res.output
+
+
+def test_a_mixed_cache_exports_and_imports_whole(mixed_store, tmp_path):
+    from dvfl_cache.cache.share import export_hdf5, import_hdf5
+    from dvfl_cache.cache.store import CacheReader
+
+    out, _, _ = mixed_store
+    export_hdf5(out, tmp_path / "m.h5")
+    import_hdf5(tmp_path / "m.h5", tmp_path / "back.zarr")
+    a, b = store_arrays(out), store_arrays(tmp_path / "back.zarr")
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert CacheReader(tmp_path / "back.zarr").meta == CacheReader(out).meta
 
 
 # ------------------------------------------------------------------ version 1
