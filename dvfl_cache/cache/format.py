@@ -304,6 +304,12 @@ class CacheMeta:
 
     def __post_init__(self) -> None:
         src = "CacheMeta"
+        for name, typ in (("teacher", TeacherInfo), ("dataset", DatasetInfo),
+                          ("sampler", SamplerInfo)):
+            if not isinstance(getattr(self, name), typ):
+                raise _bad(src, name, typ.__name__, getattr(self, name))
+        if self.jitter_mode not in ("clip", "frame"):
+            raise _bad(src, "sampler.params.jitter_mode", "'clip' or 'frame'", self.jitter_mode)
         if self.format_version not in FORMAT_VERSIONS:
             raise _bad(src, "format_version", f"one of {FORMAT_VERSIONS}", self.format_version)
         if self.mix is not None and not isinstance(self.mix, MixConfig):
@@ -318,10 +324,6 @@ class CacheMeta:
                                          or self.decoder_version != UNVERSIONED_DECODER):
             raise _bad(src, "format_version", "2 for mixing, per-frame jitter, a teacher "
                        "precision or a decoder version", 1)
-        for name, typ in (("teacher", TeacherInfo), ("dataset", DatasetInfo),
-                          ("sampler", SamplerInfo)):
-            if not isinstance(getattr(self, name), typ):
-                raise _bad(src, name, typ.__name__, getattr(self, name))
         _parse_int(self.num_videos, src, "num_videos", minimum=1)
         _parse_int(self.views_per_video, src, "views_per_video", minimum=1)
         _parse_int(self.num_frames, src, "num_frames", minimum=1)
@@ -428,10 +430,14 @@ class CacheMeta:
         dtype = _get(d, "dtype", source, "")
         if dtype not in LOGIT_DTYPES:
             raise _bad(source, "dtype", " or ".join(map(repr, LOGIT_DTYPES)), dtype)
+        sampler = SamplerInfo.from_dict(_get(d, "sampler", source, ""), source=source)
+        if sampler.params.get("jitter_mode", "clip") not in ("clip", "frame"):
+            raise _bad(source, "sampler.params.jitter_mode", "'clip' or 'frame'",
+                       sampler.params["jitter_mode"])
         return cls(
             teacher=TeacherInfo.from_dict(_get(d, "teacher", source, ""), source=source),
             dataset=dataset,
-            sampler=SamplerInfo.from_dict(_get(d, "sampler", source, ""), source=source),
+            sampler=sampler,
             num_videos=_parse_int(_get(d, "num_videos", source, ""), source, "num_videos",
                                   minimum=1),
             views_per_video=_parse_int(_get(d, "views_per_video", source, ""), source,

@@ -169,8 +169,9 @@ def verify(path_or_url: str | os.PathLike, *, index: Any = None,
 
         idx_labels = None
         if index is not None:
-            idx = index if hasattr(index, "videos") else _load_index(index)
-            problems += _index_problems(m, idx, index if not hasattr(index, "videos") else "the given index")
+            given = hasattr(index, "videos")  # a DatasetIndex rather than a file
+            idx = index if given else _load_index(index)
+            problems += _index_problems(m, idx, "the given index" if given else index)
             if len(idx.videos) == m.num_videos:
                 idx_labels = np.array([v.label for v in idx.videos], dtype=np.int64)
 
@@ -194,7 +195,8 @@ def verify(path_or_url: str | os.PathLike, *, index: Any = None,
         if problems:
             _fail(reader.location, problems)
         return {"store": str(reader.location), "shards_checked": int(done.sum()),
-                "rows_checked": rows_checked, "index": None if index is None or hasattr(index, "videos") else str(index),
+                "rows_checked": rows_checked,
+                "index": None if index is None or hasattr(index, "videos") else str(index),
                 "stale_temp_files": stale_temp_files(reader.location)}
 
 

@@ -249,8 +249,8 @@ class CacheWriter:
         {"video": int, "reason": str, "path": str (optional)}; their rows must be valid=0.
         A mixed row whose partner failed is listed by itself: {"video", "row": int,
         "partner": int, "reason", "path" (the partner's)}; that row must be valid=0. Every
-        invalid row belongs to a listed video or is a listed row. Rewriting a shard is harmless: the flag
-        is cleared first, so a crash mid-rewrite leaves the shard pending, not half-done.
+        invalid row belongs to a listed video or is a listed row. Rewriting a shard is harmless:
+        the flag is cleared first, so a crash mid-rewrite leaves the shard pending, not half-done.
         """
         rows = self.shard_rows(s)
         prepared = self._check_arrays(s, rows, arrays)
@@ -353,8 +353,8 @@ def _check_failures(path: Path, s: int, failures: Iterable[Mapping[str, Any]], r
     failed = {r["video"] for r in records if "row" not in r}
     failed_rows = {r["row"] for r in records if "row" in r}
     bad = np.flatnonzero(valid == 0)
-    unexplained = sorted({int(video[i]) for i in bad
-                          if int(video[i]) not in failed and rows.start + int(i) not in failed_rows})
+    unexplained = sorted({int(video[i]) for i in bad if int(video[i]) not in failed
+                          and rows.start + int(i) not in failed_rows})
     if unexplained:
         raise CacheError(f"{where}: videos {unexplained[:10]} have invalid rows but no failure "
                          "record saying why")

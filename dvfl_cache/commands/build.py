@@ -66,8 +66,9 @@ from dvfl_cache.commands.options import (dataset_options, index_from_options, pa
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, teacher, weights,
               random_weights, teacher_opts, views_per_video, sampler, stride, frames, size,
-              flip_p, area, jitter, jitter_mode, mixup, cutmix, mix_prob, gray_p, seed, out, dtype, features, views_per_shard, batch_size,
-              workers, device, threads, resume, overwrite):
+              flip_p, area, jitter, jitter_mode, mixup, cutmix, mix_prob, gray_p, seed, out,
+              dtype, features, views_per_shard, batch_size, workers, device, threads, resume,
+              overwrite):
     """Run the teacher once over every sampled view and store its raw logits.
 
     Resumable (--resume) after any crash; under `torchrun --nproc-per-node N dvfl-cache build
