@@ -299,6 +299,20 @@ def test_a_version_1_store_still_opens_verifies_and_recomputes(synth_root, synth
     assert "recomputed on 4 rows (0 mixed)" in res.output
 
 
+def test_resuming_a_version_1_store_is_one_clear_line(synth_root, tmp_path):
+    import zipfile
+
+    out = tmp_path / "v1.zarr"
+    with zipfile.ZipFile(V1_STORE) as z:
+        z.extractall(out)
+    # the same build settings, with --views-per-shard 8 and --dtype float16 as it was built
+    args = build_args(synth_root, out, "--resume", "--views-per-shard", "8", "--dtype", "float16",
+                      "--batch-size", "4")
+    res = CliRunner().invoke(cache_cli, args)
+    assert res.exit_code == 1 and "format version 1" in res.output and "Traceback" not in \
+        res.output
+
+
 def test_a_version_1_store_still_trains(synth_root, tmp_path):
     from dvfl_train.config import FitConfig
     from dvfl_train.trainer import fit

@@ -120,6 +120,11 @@ class CacheWriter:
         self._store = zarr.storage.LocalStore(self.path)
         self._root = _open_group(self._store, Location("dir", str(self.path)), mode="r+")
         stored = CacheMeta.from_dict(self._root.attrs.asdict(), source=str(self.path))
+        if stored.format_version != meta.format_version:
+            raise CacheError(f"{self.path}: the existing cache is in format version "
+                             f"{stored.format_version} and this dvfl writes version "
+                             f"{meta.format_version}; finish it with the dvfl that started it, "
+                             "or pass --overwrite to rebuild it")
         diffs = meta.differences(stored)
         if diffs:
             field, want, have = diffs[0]
