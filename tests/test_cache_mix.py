@@ -56,21 +56,13 @@ def _sha(t: torch.Tensor) -> str:
 
 def replay(index, arrays: dict, row: int, size: int, frames: int | None = None) -> torch.Tensor:
     """A stored row's clip, rebuilt the way a student's loader does (uint8 pixels)."""
-    from dvfl_cache.data import decode_frames
-    from dvfl_cache.data.dataset import mixed_clip
+    from dvfl_cache.data.dataset import replay_clip
     from dvfl_cache.data.mix import mixes_from_arrays
-    from dvfl_cache.data.transforms import view_pixels
-    from dvfl_cache.data.views import subsample_view, views_from_arrays
+    from dvfl_cache.data.views import views_from_arrays
 
     one = {k: a[row:row + 1] for k, a in arrays.items()}
-    view = views_from_arrays(one)[0]
-    mix = mixes_from_arrays(one, one["view"])[0]
-    if frames is not None:
-        view = subsample_view(view, frames)
-    own = view_pixels(decode_frames(index.abspath(view.video), view.frames), view, size)
-    if mix is None:
-        return own
-    return mixed_clip(index, own, mix, size, frames=frames)[0]
+    return replay_clip(index, views_from_arrays(one)[0], mixes_from_arrays(one, one["view"])[0],
+                       size, frames=frames)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 Checksums prove the bytes are the ones written; only a recompute proves they are the teacher's
 output on the clip the row describes, which is what a user of a shared cache has to trust
 (mixed rows most of all: their clip is rebuilt from two videos, two view records, an operation,
-lambda and box). Rows are rebuilt exactly as a student's loader does (stored view records ->
-`view_pixels` -> `mixed_clip`), so a pass also proves the replay path.
+lambda and box). Rows are rebuilt exactly as a student's loader does (stored records ->
+`replay_clip`), so a pass also proves the replay path.
 
 The tolerance depends on how the stored logits were made and stored: the teacher's recorded
 precision (float32 on a CPU is deterministic to ~1e-6; a GPU under bfloat16 autocast is only
@@ -90,10 +90,9 @@ def recompute(store: str | os.PathLike, index: DatasetIndex, *, teacher: str, n:
     import torch
 
     from dvfl_cache.cache.build import load_teacher
-    from dvfl_cache.data.dataset import mixed_clip
-    from dvfl_cache.data.decode import decode_frames
+    from dvfl_cache.data.dataset import replay_clip
     from dvfl_cache.data.mix import mixes_from_arrays
-    from dvfl_cache.data.transforms import to_float, view_pixels
+    from dvfl_cache.data.transforms import to_float
     from dvfl_cache.data.views import views_from_arrays
     from dvfl_cache.runtime import resolve_device
 
@@ -130,11 +129,7 @@ def recompute(store: str | os.PathLike, index: DatasetIndex, *, teacher: str, n:
     for start in range(0, len(rows), batch_size):
         clips = []
         for view, mix in zip(views[start:start + batch_size], mixes[start:start + batch_size]):
-            pixels = view_pixels(decode_frames(index.abspath(view.video), view.frames), view,
-                                 size)
-            if mix is not None:
-                pixels, _ = mixed_clip(index, pixels, mix, size)
-            clips.append(to_float(pixels))
+            clips.append(to_float(replay_clip(index, view, mix, size)))
         with torch.inference_mode():
             logits = model(torch.stack(clips).to(dev)).float().cpu().numpy()
         out[start:start + len(clips)] = logits

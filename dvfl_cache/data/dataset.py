@@ -113,6 +113,20 @@ def mixed_clip(index: DatasetIndex, own: torch.Tensor, mix: Mix | MixDraw, size:
     return mix_pixels(own, view_pixels(pixels, partner, size), mix), mix
 
 
+def replay_clip(index: DatasetIndex, view: View, mix: Mix | None, size: int, *,
+                frames: int | None = None, threads: int = 1) -> torch.Tensor:
+    """A stored row's uint8 pixels (T', 3, size, size), exactly as the teacher saw them when
+    `frames` and `size` are the teacher's: own view (cut to `frames` by `subsample_view`), then
+    the stored `Mix` (None: unmixed) applied with `mixed_clip` at the same cut."""
+    if frames is not None:
+        view = subsample_view(view, frames)
+    with open_video(index.abspath(view.video), threads=threads) as v:
+        own = view_pixels(v.frames(view.frames), view, size)
+    if mix is None:
+        return own
+    return mixed_clip(index, own, mix, size, frames=frames, threads=threads)[0]
+
+
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.stack, straight into shared memory inside a DataLoader worker.
 
