@@ -1,4 +1,4 @@
-"""Video data: dataset indexes, decoding, views, transforms, the clip dataset, synthetic data.
+"""Video data: indexes, decoding, views, transforms, mixing, the clip dataset, synthetic data.
 
 Names are imported lazily so `import dvfl_cache.data.index` stays light (no torch, no av).
 """
@@ -18,6 +18,10 @@ _EXPORTS = {
     "subsample_positions": "views", "SubsampledViews": "views",
     "apply_view": "transforms",
     "ClipDataset": "dataset", "collate_clips": "dataset", "FailureLog": "dataset",
+    "mixed_clip": "dataset", "replay_clip": "dataset",
+    "MixConfig": "mix", "MixDraw": "mix", "Mix": "mix", "draw_mix": "mix",
+    "mix_pixels": "mix", "mix_targets": "mix", "mixes_to_arrays": "mix",
+    "mixes_from_arrays": "mix",
     "probe_index": "probe", "probe_video": "probe",
     "SynthConfig": "synth", "write_synth": "synth", "CLASS_NAMES": "synth",
 }
