@@ -330,3 +330,24 @@ def test_a_mixed_cache_is_refused_by_the_trainer_for_now(mixed_store, synth_root
                     cache=str(out))
     with pytest.raises(CacheError, match="mixed cache"):
         fit(cfg)
+
+
+def test_the_trainer_replays_per_frame_jitter_from_an_unmixed_cache(synth_root, synth_index,
+                                                                    tmp_path):
+    from dvfl_train.train_data import plan_epoch
+
+    from dvfl_cache.cache.store import CacheReader
+    from dvfl_cache.data.decode import open_video
+    from dvfl_cache.data.views import ViewSampler
+
+    out = tmp_path / "frame.zarr"
+    run_cli(build_args(synth_root, out, "--jitter", "0.4,0.4,0.4,0.1", "--jitter-mode", "frame"))
+    reader = CacheReader(out)
+    assert reader.meta.mix is None and reader.meta.jitter_mode == "frame"
+    plan = plan_epoch(2, synth_index, reader=reader)  # epoch 2 replays view 1
+    sampler = ViewSampler.from_dict({k: v for k, v in reader.meta.sampler.params.items()
+                                     if k != "size"})
+    for view in plan.views:
+        with open_video(synth_index.abspath(view.video)) as v:
+            assert view == sampler.sample(view.video, 1, v.info)  # per-frame records included
+        assert view.per_frame
