@@ -41,7 +41,7 @@ def meta(**changes) -> CacheMeta:
                              index_digest="1" * 64, classes=("a", "b"))),
     meta(teacher=TeacherInfo(name="random", config={}, weights_sha256=None)),
     meta(mix=MixConfig(mixup=0.8, cutmix=1.0, prob=0.5, seed=2),
-         teacher_precision={"device": "cuda", "autocast": "bfloat16"}, decoder_version=3,
+         teacher_precision={"device": "cuda", "autocast": "bfloat16"}, decoder_version="pyav-3",
          sampler=SamplerInfo(name="segment", params={"jitter_mode": "frame"}, seed=7)),
     meta(format_version=1),
 ])
@@ -138,7 +138,8 @@ BAD = [
     ("teacher_precision", {"device": "cpu"}, "field 'teacher_precision'"),
     ("teacher_precision", {"device": "cuda", "autocast": "int8"},
      "field 'teacher_precision.autocast'"),
-    ("decoder_version", -1, "field 'decoder_version': expected an integer >= 0"),
+    ("decoder_version", -1, "field 'decoder_version': expected an integer >= 0 or a non-empty"),
+    ("decoder_version", "", "field 'decoder_version'"),
     ("decoder_version", _DELETE, "field 'decoder_version' is missing"),
     ("sampler.params", {"jitter_mode": "pixel"}, "sampler.params.jitter_mode"),
 ]

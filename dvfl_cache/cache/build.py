@@ -317,11 +317,11 @@ def teacher_precision(device: torch.device) -> dict[str, Any]:
     return {"device": device.type, "autocast": "bfloat16" if device.type == "cuda" else None}
 
 
-def decoder_version() -> int:
+def decoder_version() -> int | str:
     """The frame decoder's version (decode.DECODER_VERSION once it exists)."""
     from dvfl_cache.data import decode
 
-    return int(getattr(decode, "DECODER_VERSION", UNVERSIONED_DECODER))
+    return getattr(decode, "DECODER_VERSION", UNVERSIONED_DECODER)
 
 
 def build_cache(cfg: BuildConfig, index: DatasetIndex, *,

@@ -183,6 +183,15 @@ def _parse_precision(v: Any, source: str, name: str) -> dict[str, Any] | None:
     return {"device": v["device"], "autocast": v["autocast"]}
 
 
+def _parse_decoder_version(v: Any, source: str, name: str) -> int | str:
+    """An integer >= 0 or a non-empty string: whatever decode.DECODER_VERSION is."""
+    if isinstance(v, str) and v:
+        return v
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _bad(source, name, "an integer >= 0 or a non-empty string", v)
+    return v
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -299,7 +308,7 @@ class CacheMeta:
     # version 2 fields (a version-1 store reads back with these defaults)
     mix: MixConfig | None = None
     teacher_precision: dict[str, Any] | None = None
-    decoder_version: int = UNVERSIONED_DECODER
+    decoder_version: int | str = UNVERSIONED_DECODER
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -318,7 +327,7 @@ class CacheMeta:
             object.__setattr__(self, "mix", None)  # both alphas 0: a cache without mixing
         object.__setattr__(self, "teacher_precision",
                            _parse_precision(self.teacher_precision, src, "teacher_precision"))
-        _parse_int(self.decoder_version, src, "decoder_version", minimum=0)
+        _parse_decoder_version(self.decoder_version, src, "decoder_version")
         if self.format_version == 1 and (self.mix is not None or self.jitter_mode != "clip"
                                          or self.teacher_precision is not None
                                          or self.decoder_version != UNVERSIONED_DECODER):
@@ -419,8 +428,8 @@ class CacheMeta:
             v2 = {"mix": _parse_mix(_get(d, "mix", source, ""), source, "mix"),
                   "teacher_precision": _parse_precision(_get(d, "teacher_precision", source, ""),
                                                         source, "teacher_precision"),
-                  "decoder_version": _parse_int(_get(d, "decoder_version", source, ""), source,
-                                                "decoder_version", minimum=0)}
+                  "decoder_version": _parse_decoder_version(_get(d, "decoder_version", source, ""),
+                                                            source, "decoder_version")}
         dataset = DatasetInfo.from_dict(_get(d, "dataset", source, ""), source=source)
         num_classes = _parse_int(_get(d, "num_classes", source, ""), source, "num_classes",
                                  minimum=1)
