@@ -351,3 +351,23 @@ def test_the_trainer_replays_per_frame_jitter_from_an_unmixed_cache(synth_root, 
         with open_video(synth_index.abspath(view.video)) as v:
             assert view == sampler.sample(view.video, 1, v.info)  # per-frame records included
         assert view.per_frame
+
+
+def test_a_mixed_build_resumes_to_the_same_store(synth_root, tmp_path):
+    import zarr
+
+    ref, out = tmp_path / "ref.zarr", tmp_path / "out.zarr"
+    run_cli(build_args(synth_root, ref, *MIX))
+    shutil.copytree(ref, out)
+    g = zarr.open_group(str(out), mode="r+")
+    for s in (1, 3):  # as if killed before these shards were written
+        g["shard_done"][s] = 0
+        for name in ("logits", "mix_op", "partner_frames", "frame_jitter"):
+            arr = g[name]
+            arr[s * 4:(s + 1) * 4] = np.zeros((4, *arr.shape[1:]), arr.dtype)
+    res = run_cli(build_args(synth_root, out, *MIX, "--resume"))
+    assert "8 views in 2 shards written by this process" in res.output
+    a, b = store_arrays(out), store_arrays(ref)
+    for name in RECORDS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-5)
