@@ -35,7 +35,7 @@ from dvfl_cache.data.dataset import ClipDataset, Cut, FixedViews, SampledViews, 
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.transforms import to_float
 from dvfl_cache.data.views import View, ViewSampler, views_from_arrays
-from dvfl_cache.errors import DvflError
+from dvfl_cache.errors import CacheError, DvflError
 
 from dvfl_train.config import FitConfig
 
@@ -123,15 +123,21 @@ def plan_epoch(epoch: int, index: DatasetIndex, *, reader: CacheReader | None = 
         return EpochPlan(epoch=epoch, view_number=epoch - 1,
                          videos=np.arange(len(index), dtype=np.int64),
                          views=(None,) * len(index))
+    if reader.meta.mix is not None:
+        # Its logits are the teacher's on mixed clips; replaying only the own view would
+        # pair them with the wrong input. The student-side replay of mixed rows comes next.
+        raise CacheError(f"{reader.location}: a mixed cache (mixup/cutmix rows) cannot be "
+                         "trained from by this dvfl yet; build the cache without --mixup/--cutmix")
     r = (epoch - 1) % reader.meta.views_per_video
-    names = ["logits", "valid", "video", "view", "frames", "crop", "flip", "jitter", "gray"]
+    view_names = [k for k in ("video", "view", "frames", "crop", "flip", "jitter", "gray",
+                              "frame_jitter", "jitter_order") if k in reader.meta.row_arrays()]
+    names = ["logits", "valid", *view_names]
     if need_features:
         names.append("features")
     block = reader.epoch_block(r, names=names)  # one contiguous read per array
     valid = block["valid"].astype(bool)
     ok = np.flatnonzero(valid)
-    views = views_from_arrays({k: block[k][ok] for k in
-                               ("video", "view", "frames", "crop", "flip", "jitter", "gray")})
+    views = views_from_arrays({k: block[k][ok] for k in view_names})
     invalid = tuple(int(v) for v in np.flatnonzero(~valid))
     return EpochPlan(epoch=epoch, view_number=r, videos=ok.astype(np.int64), views=tuple(views),
                      teacher_logits=block["logits"].astype(np.float32),

@@ -18,6 +18,7 @@ from dvfl_cache.cache.format import (
     TeacherInfo,
     fp16_kl_error,
 )
+from dvfl_cache.data.mix import MixConfig
 from dvfl_cache.errors import CacheError
 
 
@@ -39,12 +40,33 @@ def meta(**changes) -> CacheMeta:
     meta(dataset=DatasetInfo(kind="hmdb51", split="official", subset="test",
                              index_digest="1" * 64, classes=("a", "b"))),
     meta(teacher=TeacherInfo(name="random", config={}, weights_sha256=None)),
+    meta(mix=MixConfig(mixup=0.8, cutmix=1.0, prob=0.5, seed=2),
+         teacher_precision={"device": "cuda", "autocast": "bfloat16"}, decoder_version="pyav-3",
+         sampler=SamplerInfo(name="segment", params={"jitter_mode": "frame"}, seed=7)),
+    meta(format_version=1),
 ])
 def test_round_trip_through_json(m):
     d = json.loads(json.dumps(m.to_dict()))
     assert CacheMeta.from_dict(d) == m
     assert CacheMeta.from_dict(m.to_dict()) == m
-    assert d["format"] == FORMAT_NAME and d["format_version"] == FORMAT_VERSION
+    assert d["format"] == FORMAT_NAME and d["format_version"] == m.format_version
+    if m.format_version == 1:  # a version-1 store keeps exactly its version-1 attributes
+        assert "mix" not in d and "teacher_precision" not in d and "decoder_version" not in d
+
+
+def test_version_2_columns_exist_only_when_used():
+    base = set(meta().row_arrays())
+    frame = meta(sampler=SamplerInfo(name="segment", params={"jitter_mode": "frame"}, seed=7))
+    assert set(frame.row_arrays()) - base == {"frame_jitter", "jitter_order"}
+    assert frame.row_arrays()["frame_jitter"] == (np.dtype("float32"), (4, 4))
+    mixed = meta(mix=MixConfig(cutmix=1.0))
+    extra = set(mixed.row_arrays()) - base
+    assert extra == {"mix_op", "mix_lambda", "mix_box", "partner_video", "partner_frames",
+                     "partner_crop", "partner_flip", "partner_jitter", "partner_gray"}
+    assert meta(mix=MixConfig()).mix is None  # both alphas 0: no mixing
+    assert meta().format_version == FORMAT_VERSION == 2
+    with pytest.raises(CacheError, match="format_version"):
+        meta(format_version=1, mix=MixConfig(mixup=1.0))
 
 
 def test_config_tuples_are_normalised_so_round_trip_is_exact():
@@ -109,6 +131,17 @@ BAD = [
     ("created", "yesterday", "field 'created': expected an ISO 8601 time string"),
     ("dvfl_version", _DELETE, "field 'dvfl_version' is missing"),
     ("surprise", 1, "unexpected field(s) surprise"),
+    ("mix", {"mixup": 0.8}, "field 'mix': expected null or an object with mixup, cutmix"),
+    ("mix", {"mixup": 0.8, "cutmix": 0, "prob": 2.0, "seed": 0}, "probability must be in"),
+    ("mix", {"mixup": "a", "cutmix": 0, "prob": 1.0, "seed": 0}, "field 'mix.mixup'"),
+    ("mix", {"mixup": 0, "cutmix": 0, "prob": 1.0, "seed": 0}, "null for a cache without"),
+    ("teacher_precision", {"device": "cpu"}, "field 'teacher_precision'"),
+    ("teacher_precision", {"device": "cuda", "autocast": "int8"},
+     "field 'teacher_precision.autocast'"),
+    ("decoder_version", -1, "field 'decoder_version': expected an integer >= 0 or a non-empty"),
+    ("decoder_version", "", "field 'decoder_version'"),
+    ("decoder_version", _DELETE, "field 'decoder_version' is missing"),
+    ("sampler.params", {"jitter_mode": "pixel"}, "sampler.params.jitter_mode"),
 ]
 
 
@@ -119,6 +152,12 @@ def test_bad_values_name_the_field(path, value, message):
         CacheMeta.from_dict(d, source="store.zarr")
     assert message in str(e.value)
     assert str(e.value).startswith("store.zarr: ")
+
+
+def test_a_version_1_document_with_version_2_fields_is_refused():
+    d = {**meta(format_version=1).to_dict(), "decoder_version": 0}
+    with pytest.raises(CacheError, match="unexpected field"):
+        CacheMeta.from_dict(d)
 
 
 def test_newer_version_advises_upgrade():

@@ -249,6 +249,10 @@ BUILD_META = {
     "area": ("0.5,0.75", "sampler.params.area", [0.5, 0.75]),
     "jitter": ("0.1,0.2,0.3,0.05", "sampler.params.jitter", [0.1, 0.2, 0.3, 0.05]),
     "gray_p": ("0.3", "sampler.params.gray_p", 0.3),
+    "jitter_mode": ("frame", "sampler.params.jitter_mode", "frame"),
+    "mixup": ("0.5", "mix.mixup", 0.5),
+    "cutmix": ("0.7", "mix.cutmix", 0.7),
+    "mix_prob": ("0.5", "mix.prob", 0.5),
     "seed": ("9", "sampler.seed", 9),
     "dtype": ("float32", "dtype", "float32"),
     "features": (True, "feature_dim", 64),
@@ -310,16 +314,18 @@ def test_build_options_reach_the_cache_metadata(synth_root, tmp_path, caplog, th
     assert any("0 decoding workers" in r.getMessage() for r in caplog.records)
     # --size: replaying a stored view at 64 px through the same seeded teacher gives its logits
     from dvfl_cache.cache.build import load_teacher
-    from dvfl_cache.data import apply_view, decode_frames, views_from_arrays
+    from dvfl_cache.data import mixes_from_arrays, replay_clip, views_from_arrays
     from dvfl_cache.data.readers import build_index
+    from dvfl_cache.data.transforms import to_float
 
     reader = CacheReader(tmp_path / "c.zarr")
     block = reader.epoch_block(0)
     view = views_from_arrays(block)[0]
+    mix = mixes_from_arrays(block, block["view"])[0]  # --mixup/--cutmix: row 0 may be mixed
     teacher, _ = load_teacher("vfn-tiny", weights=None, random_weights=True, num_classes=4,
                               num_frames=3, opts={**TINY, "img_size": 32}, seed=9)
     index = build_index("ucf101", synth_root, split=2, subset="test")
-    clip = apply_view(decode_frames(index.abspath(view.video), view.frames), view, 64)
+    clip = to_float(replay_clip(index, view, mix, 64))
     with torch.inference_mode():
         logits = teacher(clip[None])[0].numpy()
     assert abs(block["logits"][0] - logits).max() < 1e-5

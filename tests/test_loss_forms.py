@@ -58,7 +58,7 @@ def test_train_step_uses_the_configured_forms(kw):
     feats = torch.randn(3, 6, generator=g) if cfg.beta else None
     target = torch.tensor([0, 1, 2])
     with torch.no_grad():
-        _, projected = student.module(clip)
+        _, projected = student.model(clip)
     parts, logits = train_step(student, clip, target, teacher_logits=teacher,
                                teacher_features=feats, lr=0.0)
     forms = {"kd_form": cfg.kd_form, "pred_loss": cfg.pred_loss, "rep_loss": cfg.rep_loss}

@@ -11,6 +11,9 @@ Why this shape:
   view), and stored with the logits; the student replays the stored records, never re-draws.
 - The teacher's random init (with `random_weights`) is seeded, so a resumed build of a random
   teacher is the same function as the uninterrupted one.
+- Mixing (`mixup` / `cutmix` / `mix_prob`) is drawn per row from (seed, video, view) by
+  `dvfl_cache.data.mix.draw_mix`, never from the batch, and the teacher runs on the mixed clip
+  built by `dvfl_cache.data.dataset.mixed_clip`, the function a student's loader replays with.
 """
 
 from __future__ import annotations
@@ -21,21 +24,24 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from dvfl_cache.cache.build_config import BuildConfig
-from dvfl_cache.cache.format import CacheMeta, DatasetInfo, SamplerInfo, TeacherInfo, fp16_kl_error
+from dvfl_cache.cache.format import (UNVERSIONED_DECODER, CacheMeta, DatasetInfo, SamplerInfo,
+                                     TeacherInfo, fp16_kl_error)
 from dvfl_cache.cache.store import CacheReader, CacheWriter
-from dvfl_cache.data.dataset import ClipDataset, SampledViews, collate_clips
+from dvfl_cache.data.dataset import ClipDataset, collate_clips, mixed_clip
 from dvfl_cache.data.index import DatasetIndex
-from dvfl_cache.data.views import ViewSampler
-from dvfl_cache.errors import DvflError
+from dvfl_cache.data.mix import MixConfig, draw_mix, mixes_to_arrays
+from dvfl_cache.data.transforms import to_float
+from dvfl_cache.data.views import SamplerViewFn, ViewSampler
+from dvfl_cache.errors import DvflError, VideoDecodeError
 from dvfl_cache.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,7 @@ class BuildResult:
     failed: dict[int, str]  # video -> reason, over the whole store once complete
     complete: bool
     fp16_kl: dict[str, float] | None
+    failed_rows: dict[int, dict] = field(default_factory=dict)  # mixed rows, partner failed
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -116,6 +123,69 @@ def make_sampler(cfg: BuildConfig) -> ViewSampler:
         raise DvflError(f"bad sampler options {dict(cfg.sampler)}: {e}") from None
 
 
+def mix_item(item: dict, index: DatasetIndex, sampler: ViewSampler, mix: MixConfig,
+             size: int) -> dict:
+    """Mix a decoded build item (uint8 `clip`) with its drawn partner; float `clip` out.
+
+    Adds `mix_arrays` (one row of `mixes_to_arrays`). A partner that fails to decode makes
+    the row fail: `error` names the partner, `partner` is its video and `path` its file.
+    """
+    per_frame = sampler.jitter_mode == "frame"
+    draw = None
+    if item["error"] is None:
+        draw = draw_mix(mix, item["video"], item["view"], len(index))
+    record = None
+    if draw is not None:
+        try:
+            item["clip"], record = mixed_clip(index, item["clip"], draw, size, sampler=sampler)
+        except VideoDecodeError as e:
+            log.debug("%s", e)
+            item.update(clip=None, error=f"partner video {draw.partner}: {e.reason}",
+                        partner=draw.partner, path=e.path)
+    if item["clip"] is not None:
+        item["clip"] = to_float(item["clip"])
+    item["mix_arrays"] = mixes_to_arrays([record], num_frames=sampler.num_frames,
+                                         per_frame=per_frame)
+    return item
+
+
+class _RowDataset(Dataset):
+    """Item i is row `rows[i]`: view `row // V` of video `row % V`, drawn and decoded."""
+
+    def __init__(self, index: DatasetIndex, sampler: ViewSampler, size: int, rows: list[int],
+                 mix: MixConfig | None = None):
+        self.rows = rows
+        self.num_videos = len(index)
+        self.index, self.sampler, self.size, self.mix = index, sampler, size, mix
+        self._by_view: dict[int, ClipDataset] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        view, video = divmod(self.rows[i], self.num_videos)
+        ds = self._by_view.get(view)
+        if ds is None:
+            ds = self._by_view[view] = ClipDataset(self.index, SamplerViewFn(self.sampler, view),
+                                                   self.size, as_uint8=self.mix is not None)
+        item = ds[video]
+        item["view"] = view
+        if self.mix is not None:
+            item = mix_item(item, self.index, self.sampler, self.mix, self.size)
+        return item
+
+
+def _collate(items: list[dict]) -> dict:
+    batch = collate_clips(items)
+    batch["failed"] = [(it["video"], it["view"], it["path"], it["error"], it.get("partner"))
+                       for it in items if it["error"] is not None]
+    good = [it for it in items if it["error"] is None]
+    if good and "mix_arrays" in good[0]:
+        batch["view_arrays"].update({k: np.concatenate([it["mix_arrays"][k] for it in good])
+                                     for k in good[0]["mix_arrays"]})
+    return batch
+
+
 class _ShardAssembler:
     """Fills one shard's arrays row by row and hands it to the writer when every row is in."""
 
@@ -133,7 +203,8 @@ class _ShardAssembler:
         return self.open[s]
 
     def add(self, row: int, *, logits: np.ndarray | None, feats: np.ndarray | None,
-            view_arrays: dict | None, failure: tuple[int, str, str] | None) -> None:
+            view_arrays: dict | None,
+            failure: tuple[int, str, str, int | None] | None) -> None:
         s = row // self.writer.meta.views_per_shard
         sh = self._shard(s)
         i = row - sh["start"]
@@ -147,8 +218,13 @@ class _ShardAssembler:
             a["valid"][i] = 1
             sh["logits32"].append(logits)
         else:
-            video, path, reason = failure
-            sh["failures"].setdefault(video, {"video": video, "path": path, "reason": reason})
+            video, path, reason, partner = failure
+            if partner is None:
+                sh["failures"].setdefault(video, {"video": video, "path": path,
+                                                  "reason": reason})
+            else:  # this mixed row only: its partner failed, its own video may be fine
+                sh["failures"][("row", row)] = {"video": video, "row": row, "partner": partner,
+                                                "path": path, "reason": reason}
         sh["left"] -= 1
         if sh["left"] == 0:
             del self.open[s]
@@ -175,6 +251,7 @@ def prepare(cfg: BuildConfig, index: DatasetIndex) -> tuple[torch.nn.Module, Cac
     """Teacher, store metadata and sampler for `cfg`; nothing is written."""
     if cfg.views_per_video < 1:
         raise DvflError("--views-per-video must be >= 1")
+    mix = make_mix(cfg, index)
     sampler = make_sampler(cfg)
     teacher, tinfo = load_teacher(cfg.teacher, weights=cfg.weights,
                                   random_weights=cfg.random_weights,
@@ -188,8 +265,37 @@ def prepare(cfg: BuildConfig, index: DatasetIndex) -> tuple[torch.nn.Module, Cac
                             seed=cfg.seed),
         num_videos=len(index), views_per_video=cfg.views_per_video, num_frames=cfg.frames,
         dtype=cfg.dtype, feature_dim=teacher.num_features if cfg.features else None,
-        views_per_shard=cfg.views_per_shard)
+        views_per_shard=cfg.views_per_shard, mix=mix,
+        teacher_precision=teacher_precision(resolve_device(cfg.device)),
+        decoder_version=decoder_version())
     return teacher, meta, sampler
+
+
+def make_mix(cfg: BuildConfig, index: DatasetIndex) -> MixConfig | None:
+    """The build's mixing settings (None: no mixing), refused in one line before any work."""
+    if not 0.0 <= cfg.mix_prob <= 1.0:
+        raise DvflError(f"--mix-prob must be in [0, 1], got {cfg.mix_prob}")
+    if cfg.mixup < 0 or cfg.cutmix < 0:
+        raise DvflError(f"--mixup and --cutmix must be >= 0, got {cfg.mixup} and {cfg.cutmix}")
+    mix = MixConfig(mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob, seed=cfg.seed)
+    if not mix.enabled:
+        return None
+    if len(index) < 2:
+        raise DvflError(f"mixing (--mixup/--cutmix) needs at least 2 videos to pair; the "
+                        f"{index.kind} {index.subset} index has {len(index)}")
+    return mix
+
+
+def teacher_precision(device: torch.device) -> dict[str, Any]:
+    """How the teacher runs in `build_cache` (the recompute tolerance of `verify` reads it)."""
+    return {"device": device.type, "autocast": "bfloat16" if device.type == "cuda" else None}
+
+
+def decoder_version() -> int | str:
+    """The frame decoder's version (decode.DECODER_VERSION once it exists)."""
+    from dvfl_cache.data import decode
+
+    return getattr(decode, "DECODER_VERSION", UNVERSIONED_DECODER)
 
 
 def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
@@ -223,19 +329,18 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
             pending.append(pool.submit(writer.write_shard, s, arrays, failures, fp16_kl=kl))
 
     assembler = _ShardAssembler(writer, labels, cfg.features, submit)
-    # Row r * V + v is view r of video v, drawn when the video is opened.
-    rows_ds = ClipDataset(index, SampledViews.rows(sampler, rows, len(index)), cfg.size)
-    loader = DataLoader(rows_ds, batch_size=cfg.batch_size,
-                        shuffle=False, num_workers=cfg.workers, collate_fn=collate_clips,
+    loader = DataLoader(_RowDataset(index, sampler, cfg.size, rows, meta.mix),
+                        batch_size=cfg.batch_size,
+                        shuffle=False, num_workers=cfg.workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
-    use_bf16 = device.type == "cuda"
+    use_bf16 = meta.teacher_precision["autocast"] == "bfloat16"
     try:
         with torch.inference_mode():
             for batch in loader:
-                for (video, view), (path, reason) in zip(batch["failed_at"], batch["failures"]):
+                for video, view, path, reason, partner in batch["failed"]:
                     assembler.add(view * meta.num_videos + video, logits=None, feats=None,
-                                  view_arrays=None, failure=(video, path, reason))
+                                  view_arrays=None, failure=(video, path, reason, partner))
                 n = 0
                 if batch["clip"] is not None:
                     clip = batch["clip"].to(device, non_blocking=True)
@@ -272,12 +377,16 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     reader = CacheReader(cfg.out)
     result = BuildResult(path=str(cfg.out), rows_written=len(rows), shards_written=len(shards),
                          shards_total=meta.num_shards, failed=reader.failed_videos(),
-                         complete=reader.complete, fp16_kl=reader.fp16_kl())
+                         complete=reader.complete, fp16_kl=reader.fp16_kl(),
+                         failed_rows=reader.failed_rows())
     if result.failed:
         lines = "\n".join(f"  video {v} ({index.videos[v].path}): {r}"
                           for v, r in sorted(result.failed.items()))
         log.warning("%d video(s) failed to decode; their views are marked missing:\n%s",
                     len(result.failed), lines)
+    if result.failed_rows:
+        log.warning("%d mixed row(s) marked missing because their partner failed to decode",
+                    len(result.failed_rows))
     return result
 
 

@@ -47,6 +47,16 @@ class BuildConfig:
                          help="Logit storage type.")
     features: bool = setting(False, flag="--features",
                              help="Also store the teacher's pooled pre-logit embedding per view.")
+    mixup: float = setting(0.0, flag="--mixup", low=0,
+                           help="Mixup Beta(A, A) alpha; the teacher runs on the mixed clip. "
+                                "0 = off.")
+    cutmix: float = setting(0.0, flag="--cutmix", low=0,
+                            help="Cutmix Beta(A, A) alpha (even odds with mixup when both are "
+                                 "> 0). 0 = off.")
+    mix_prob: float = setting(1.0, flag="--mix-prob", low=0, high=1,
+                              help="Fraction of rows mixed once --mixup or --cutmix is > 0 (per "
+                                   "row, drawn from the seed: the same for any batch size or "
+                                   "number of ranks).")
     views_per_shard: int = setting(DEFAULT_VIEWS_PER_SHARD, flag="--views-per-shard", low=1,
                                    help="Rows per shard: the unit of work, resume and writes.")
     batch_size: int = setting(32, flag="--batch-size", low=1, help="Views per teacher batch.")

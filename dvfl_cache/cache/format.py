@@ -24,10 +24,16 @@ from typing import Any
 import numpy as np
 
 from dvfl_cache import __version__
+from dvfl_cache.data.mix import MixConfig, mix_arrays_spec
 from dvfl_cache.errors import CacheError
 
 FORMAT_NAME = "dvfl-teacher-cache"
-FORMAT_VERSION = 1
+# 2: mixed rows (mix_* / partner_* columns), per-frame jitter columns, and the root fields
+# mix, teacher_precision and decoder_version. Version-1 stores are still read (and written
+# back, e.g. by import, as version 1).
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
+UNVERSIONED_DECODER = 0  # decoder_version of frames decoded before the decoder was versioned
 
 LOGIT_DTYPES = ("float16", "float32")
 DEFAULT_VIEWS_PER_SHARD = 4096
@@ -44,11 +50,21 @@ VIEW_ARRAYS: dict[str, tuple[str, tuple[str | int, ...]]] = {
     "jitter": ("float32", (4,)),
     "gray": ("uint8", ()),
 }
+# Per-frame jitter columns (sampler jitter_mode "frame"): name -> (dtype, trailing shape).
+FRAME_JITTER_ARRAYS: dict[str, tuple[str, tuple[str | int, ...]]] = {
+    "frame_jitter": ("float32", ("T", 4)),
+    "jitter_order": ("uint8", ("T", 4)),
+}
 SHARD_DONE = "shard_done"
 FAILURES_GROUP = "failures"
 
 # Fields that may differ between two runs that produce the same cache contents.
 PROVENANCE_ONLY = ("created", "dvfl_version")
+_V1_KEYS = ("format", "format_version", "teacher", "dataset", "sampler", "num_videos",
+            "views_per_video", "num_frames", "num_classes", "dtype", "feature_dim",
+            "views_per_shard", "dvfl_version", "created")
+_V2_KEYS = (*_V1_KEYS, "mix", "teacher_precision", "decoder_version")
+AUTOCAST_DTYPES = ("bfloat16", "float16")
 
 # A digest is 64 lower-case hex characters, optionally prefixed "sha256:" (the data layer's
 # index digest carries the prefix); it is stored and compared exactly as given.
@@ -138,6 +154,45 @@ def _parse_created(v: Any, source: str, name: str) -> str:
         _dt.datetime.fromisoformat(v)
     except ValueError:
         raise _bad(source, name, "an ISO 8601 time string", v) from None
+    return v
+
+
+def _parse_mix(v: Any, source: str, name: str) -> MixConfig | None:
+    if v is None:
+        return None
+    if not isinstance(v, Mapping) or set(v) != {"mixup", "cutmix", "prob", "seed"}:
+        raise _bad(source, name, "null or an object with mixup, cutmix, prob and seed", v)
+    for k in ("mixup", "cutmix", "prob"):
+        if isinstance(v[k], bool) or not isinstance(v[k], (int, float)):
+            raise _bad(source, f"{name}.{k}", "a number", v[k])
+    _parse_int(v["seed"], source, f"{name}.seed")
+    try:
+        cfg = MixConfig(**v)
+    except ValueError as e:
+        raise _bad(source, name, str(e), v) from None
+    if not cfg.enabled:
+        raise _bad(source, name, "null for a cache without mixing", v)
+    return cfg
+
+
+def _parse_precision(v: Any, source: str, name: str) -> dict[str, Any] | None:
+    """{"device": "cpu"|"cuda"|..., "autocast": null|"bfloat16"|"float16"}; null: unrecorded."""
+    if v is None:
+        return None
+    if not isinstance(v, Mapping) or set(v) != {"device", "autocast"}:
+        raise _bad(source, name, "null or an object with device and autocast", v)
+    _parse_str(v["device"], source, f"{name}.device")
+    if v["autocast"] is not None and v["autocast"] not in AUTOCAST_DTYPES:
+        raise _bad(source, f"{name}.autocast", "null, 'bfloat16' or 'float16'", v["autocast"])
+    return {"device": v["device"], "autocast": v["autocast"]}
+
+
+def _parse_decoder_version(v: Any, source: str, name: str) -> int | str:
+    """An integer >= 0 or a non-empty string: whatever decode.DECODER_VERSION is."""
+    if isinstance(v, str) and v:
+        return v
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _bad(source, name, "an integer >= 0 or a non-empty string", v)
     return v
 
 
@@ -249,6 +304,11 @@ class CacheMeta:
     views_per_shard: int = DEFAULT_VIEWS_PER_SHARD
     dvfl_version: str = __version__
     created: str = field(default_factory=_now)
+    # version 2 fields (a version-1 store reads back with these defaults)
+    mix: MixConfig | None = None
+    teacher_precision: dict[str, Any] | None = None
+    decoder_version: int | str = UNVERSIONED_DECODER
+    format_version: int = FORMAT_VERSION
     source: InitVar[str] = "CacheMeta"
 
     def __post_init__(self, source: str) -> None:
@@ -257,6 +317,22 @@ class CacheMeta:
                           ("sampler", SamplerInfo)):
             if not isinstance(getattr(self, name), typ):
                 raise _bad(src, name, typ.__name__, getattr(self, name))
+        if self.jitter_mode not in ("clip", "frame"):
+            raise _bad(src, "sampler.params.jitter_mode", "'clip' or 'frame'", self.jitter_mode)
+        if self.format_version not in FORMAT_VERSIONS:
+            raise _bad(src, "format_version", f"one of {FORMAT_VERSIONS}", self.format_version)
+        if self.mix is not None and not isinstance(self.mix, MixConfig):
+            raise _bad(src, "mix", "a MixConfig or None", self.mix)
+        if self.mix is not None and not self.mix.enabled:
+            object.__setattr__(self, "mix", None)  # both alphas 0: a cache without mixing
+        object.__setattr__(self, "teacher_precision",
+                           _parse_precision(self.teacher_precision, src, "teacher_precision"))
+        _parse_decoder_version(self.decoder_version, src, "decoder_version")
+        if self.format_version == 1 and (self.mix is not None or self.jitter_mode != "clip"
+                                         or self.teacher_precision is not None
+                                         or self.decoder_version != UNVERSIONED_DECODER):
+            raise _bad(src, "format_version", "2 for mixing, per-frame jitter, a teacher "
+                       "precision or a decoder version", 1)
         _parse_int(self.num_videos, src, "num_videos", minimum=1)
         _parse_int(self.views_per_video, src, "views_per_video", minimum=1)
         _parse_int(self.num_frames, src, "num_frames", minimum=1)
@@ -280,8 +356,16 @@ class CacheMeta:
     def num_shards(self) -> int:
         return -(-self.num_rows // self.views_per_shard)
 
+    @property
+    def jitter_mode(self) -> str:
+        """"clip" or "frame": declared once, in the sampler's parameters (absent: "clip")."""
+        return self.sampler.params.get("jitter_mode", "clip")
+
     def row_arrays(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-        """Every per-row array as name -> (dtype, trailing shape), in on-disk order."""
+        """Every per-row array as name -> (dtype, trailing shape), in on-disk order.
+
+        Per-frame jitter and mix columns exist only in stores that use them.
+        """
         out: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
             "logits": (np.dtype(self.dtype), (self.num_classes,))}
         if self.feature_dim is not None:
@@ -290,12 +374,21 @@ class CacheMeta:
         out["valid"] = (np.dtype("uint8"), ())
         for name, (dt, trail) in VIEW_ARRAYS.items():
             out[name] = (np.dtype(dt), tuple(self.num_frames if t == "T" else t for t in trail))
+        per_frame = self.jitter_mode == "frame"
+        if per_frame:
+            for name, (dt, trail) in FRAME_JITTER_ARRAYS.items():
+                out[name] = (np.dtype(dt),
+                             tuple(self.num_frames if t == "T" else t for t in trail))
+        if self.mix is not None:
+            for name, (dt, trail) in mix_arrays_spec(self.num_frames,
+                                                     per_frame=per_frame).items():
+                out[name] = (np.dtype(dt), trail)
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "teacher": self.teacher.to_dict(),
             "dataset": self.dataset.to_dict(),
             "sampler": self.sampler.to_dict(),
@@ -309,6 +402,11 @@ class CacheMeta:
             "dvfl_version": self.dvfl_version,
             "created": self.created,
         }
+        if self.format_version >= 2:
+            d.update(mix=None if self.mix is None else self.mix.to_dict(),
+                     teacher_precision=self.teacher_precision,
+                     decoder_version=self.decoder_version)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "cache") -> CacheMeta:
@@ -324,9 +422,7 @@ class CacheMeta:
         if version > FORMAT_VERSION:
             raise CacheError(f"{source}: written by a newer dvfl (cache format version {version}, "
                              f"this dvfl {__version__} reads up to {FORMAT_VERSION}); upgrade dvfl")
-        _check_keys(d, ("format", "format_version", "teacher", "dataset", "sampler",
-                        "num_videos", "views_per_video", "num_frames", "num_classes", "dtype",
-                        "feature_dim", "views_per_shard", "dvfl_version", "created"), source, "")
+        _check_keys(d, _V1_KEYS if version == 1 else _V2_KEYS, source, "")
         dataset = DatasetInfo.from_dict(_get(d, "dataset", source, ""), source=source)
         num_classes = _parse_int(_get(d, "num_classes", source, ""), source, "num_classes",
                                  minimum=1)
@@ -335,11 +431,17 @@ class CacheMeta:
                        "dataset.classes)", num_classes)
         scalars = ("num_videos", "views_per_video", "num_frames", "dtype", "feature_dim",
                    "views_per_shard", "dvfl_version", "created")
+        v2: dict[str, Any] = {}
+        if version >= 2:
+            v2 = {"mix": _parse_mix(_get(d, "mix", source, ""), source, "mix"),
+                  "teacher_precision": _get(d, "teacher_precision", source, ""),
+                  "decoder_version": _get(d, "decoder_version", source, "")}
         return cls(
             teacher=TeacherInfo.from_dict(_get(d, "teacher", source, ""), source=source),
             dataset=dataset,
             sampler=SamplerInfo.from_dict(_get(d, "sampler", source, ""), source=source),
-            **{k: _get(d, k, source, "") for k in scalars}, source=source)
+            **{k: _get(d, k, source, "") for k in scalars}, format_version=version, **v2,
+            source=source)
 
     def differences(self, other: CacheMeta, *,
                     ignore: Iterable[str] = PROVENANCE_ONLY) -> list[tuple[str, Any, Any]]:

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from dvfl_cache.cache.format import FORMAT_NAME, FORMAT_VERSION, SHARD_DONE
+from dvfl_cache.cache.format import FORMAT_NAME, SHARD_DONE
 from dvfl_cache.cache.location import Location
 from dvfl_cache.cache.store import CacheReader, shard_error
 from dvfl_cache.errors import CacheError
@@ -58,7 +58,7 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
         values = m.num_rows * (m.num_classes + (m.feature_dim or 0))
         return {
             "store": str(reader.location),
-            "format": f"{FORMAT_NAME} v{FORMAT_VERSION}",
+            "format": f"{FORMAT_NAME} v{m.format_version}",
             "teacher": m.teacher.name,
             "teacher_weights_sha256": m.teacher.weights_sha256,
             "dataset": f"{m.dataset.kind} split {m.dataset.split} {m.dataset.subset}",
@@ -71,6 +71,11 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
             "dtype": m.dtype,
             "feature_dim": m.feature_dim,
             "sampler": m.sampler.to_dict(),
+            "jitter_mode": m.jitter_mode,
+            "mix": None if m.mix is None else m.mix.to_dict(),
+            "mixed_rows": mixed_rows(reader),
+            "teacher_precision": m.teacher_precision,
+            "decoder_version": m.decoder_version,
             "shards_done": int(done.sum()),
             "shards_total": m.num_shards,
             "complete": bool(done.all()),
@@ -82,6 +87,20 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
             "dvfl_version": m.dvfl_version,
             "created": m.created,
         }
+
+
+def mixed_rows(reader: CacheReader) -> dict[str, int] | None:
+    """Valid rows per mix operation over the finished shards (None: not a mixed cache)."""
+    if reader.meta.mix is None:
+        return None
+    counts = {"none": 0, "mixup": 0, "cutmix": 0}
+    for s in np.flatnonzero(reader.shard_done()).tolist():
+        rows = reader.shard_rows(s)
+        valid = reader.read("valid", rows.start, rows.stop) == 1
+        op = reader.read("mix_op", rows.start, rows.stop)[valid]
+        for code, name in enumerate(counts):
+            counts[name] += int((op == code).sum())
+    return counts
 
 
 def size_on_disk(loc: Location) -> int | None:
@@ -124,11 +143,12 @@ def stale_temp_files(loc: Location) -> list[str]:
     return sorted(out)
 
 
-def verify(path_or_url: str | os.PathLike, *, index: str | os.PathLike | None = None,
+def verify(path_or_url: str | os.PathLike, *, index: Any = None,
            storage_options: dict[str, Any] | None = None,
            progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Read every chunk (checking checksums), completeness, shapes, finite logits, the row
-    layout, failure records and, given a dataset index file, the videos and labels.
+    layout, failure records and, given a dataset index (a file or a DatasetIndex), the videos
+    and labels.
 
     Returns a summary; raises CacheError listing every problem found.
     """
@@ -146,8 +166,9 @@ def verify(path_or_url: str | os.PathLike, *, index: str | os.PathLike | None = 
 
         idx_labels = None
         if index is not None:
-            idx = _load_index(index)
-            problems += _index_problems(m, idx, index)
+            given = hasattr(index, "videos")  # a DatasetIndex rather than a file
+            idx = index if given else _load_index(index)
+            problems += _index_problems(m, idx, "the given index" if given else index)
             if len(idx.videos) == m.num_videos:
                 idx_labels = np.array([v.label for v in idx.videos], dtype=np.int64)
 
@@ -171,7 +192,8 @@ def verify(path_or_url: str | os.PathLike, *, index: str | os.PathLike | None = 
         if problems:
             _fail(reader.location, problems)
         return {"store": str(reader.location), "shards_checked": int(done.sum()),
-                "rows_checked": rows_checked, "index": None if index is None else str(index),
+                "rows_checked": rows_checked,
+                "index": None if index is None or hasattr(index, "videos") else str(index),
                 "stale_temp_files": stale_temp_files(reader.location)}
 
 
@@ -243,12 +265,21 @@ def _check_shard(reader: CacheReader, s: int, names: list[str], seen_labels: np.
     if record is None:
         out.append("failure record failures/%d is missing" % s)
     elif "valid" in data:
-        failed = {int(f["video"]) for f in record.get("failures", [])}
+        records = record.get("failures", [])
+        failed = {int(f["video"]) for f in records if "row" not in f}
+        failed_rows = {int(f["row"]) for f in records if "row" in f}
         vids = r % m.num_videos
-        invalid = set(vids[data["valid"] == 0].tolist())
+        invalid = {int(vids[i]) for i in np.flatnonzero(data["valid"] == 0)
+                   if rows.start + int(i) not in failed_rows}
         if invalid - failed:
             out.append(f"videos {sorted(invalid - failed)[:10]} have invalid rows but no "
                        "failure record")
+        valid_rows = sorted(x for x in failed_rows
+                            if not (rows.start <= x < rows.stop)
+                            or data["valid"][x - rows.start] == 1)
+        if valid_rows:
+            out.append(f"rows {valid_rows[:10]} are recorded as failed (partner) but are "
+                       "valid or outside the shard")
         valid_failed = failed & set(vids[data["valid"] == 1].tolist())
         if valid_failed:
             out.append(f"videos {sorted(valid_failed)[:10]} are recorded as failed but have "

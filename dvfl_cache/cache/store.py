@@ -120,6 +120,11 @@ class CacheWriter:
         self._store = zarr.storage.LocalStore(self.path)
         self._root = _open_group(self._store, Location("dir", str(self.path)), mode="r+")
         stored = CacheMeta.from_dict(self._root.attrs.asdict(), source=str(self.path))
+        if stored.format_version != meta.format_version:
+            raise CacheError(f"{self.path}: the existing cache is in format version "
+                             f"{stored.format_version} and this dvfl writes version "
+                             f"{meta.format_version}; finish it with the dvfl that started it, "
+                             "or pass --overwrite to rebuild it")
         diffs = meta.differences(stored)
         if diffs:
             field, want, have = diffs[0]
@@ -246,13 +251,15 @@ class CacheWriter:
         """Write every array of shard `s`, its failure record, then mark it done.
 
         `failures` lists the videos of this shard that could not be decoded:
-        {"video": int, "reason": str, "path": str (optional)}; their rows must be valid=0 and
-        every invalid row must belong to one of them. Rewriting a shard is harmless: the flag
-        is cleared first, so a crash mid-rewrite leaves the shard pending, not half-done.
+        {"video": int, "reason": str, "path": str (optional)}; their rows must be valid=0.
+        A mixed row whose partner failed is listed by itself: {"video", "row": int,
+        "partner": int, "reason", "path" (the partner's)}; that row must be valid=0. Every
+        invalid row belongs to a listed video or is a listed row. Rewriting a shard is harmless:
+        the flag is cleared first, so a crash mid-rewrite leaves the shard pending, not half-done.
         """
         rows = self.shard_rows(s)
         prepared = self._check_arrays(s, rows, arrays)
-        record: dict[str, Any] = {"failures": _check_failures(self.path, s, failures,
+        record: dict[str, Any] = {"failures": _check_failures(self.path, s, failures, rows,
                                                               prepared["video"],
                                                               prepared["valid"])}
         if fp16_kl is not None:
@@ -301,37 +308,58 @@ class CacheWriter:
         if not (np.array_equal(out["video"], r % V) and np.array_equal(out["view"], r // V)):
             raise CacheError(f"{where}: 'video'/'view' do not follow the row layout "
                              "row = view * num_videos + video")
-        for name in ("valid", "flip", "gray"):
-            if out[name].max(initial=0) > 1:
+        for name in ("valid", "flip", "gray", "partner_flip", "partner_gray"):
+            if name in out and out[name].max(initial=0) > 1:
                 raise CacheError(f"{where}: array '{name}' must hold 0 or 1")
         if out["label"].min(initial=0) < 0 or out["label"].max(initial=0) >= self.meta.num_classes:
             raise CacheError(f"{where}: labels outside [0, {self.meta.num_classes})")
         return out
 
 
-def _check_failures(path: Path, s: int, failures: Iterable[Mapping[str, Any]],
+def _is_int(v: Any) -> bool:
+    return not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))
+
+
+def _check_failures(path: Path, s: int, failures: Iterable[Mapping[str, Any]], rows: range,
                     video: np.ndarray, valid: np.ndarray) -> list[dict[str, Any]]:
     where = f"{path}: shard {s}"
     records: list[dict[str, Any]] = []
     for f in failures:
         v = f.get("video") if isinstance(f, Mapping) else None
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        if not _is_int(v):
             raise CacheError(f"{where}: failure record {f!r} needs an integer 'video'")
         if not isinstance(f.get("reason"), str) or not f["reason"]:
             raise CacheError(f"{where}: failure record {f!r} needs a non-empty 'reason'")
         rec = {**f, "video": int(v)}
+        if "row" in f:
+            if not (_is_int(f["row"]) and _is_int(f.get("partner"))):
+                raise CacheError(f"{where}: row failure record {f!r} needs integer 'row' and "
+                                 "'partner'")
+            rec.update(row=int(f["row"]), partner=int(f["partner"]))
         try:
             json.dumps(rec, allow_nan=False)
         except (TypeError, ValueError):
             raise CacheError(f"{where}: failure record {f!r} is not JSON") from None
-        rows = video == int(v)
-        if not rows.any():
+        if "row" in rec:
+            r = rec["row"]
+            if r not in rows or video[r - rows.start] != rec["video"]:
+                raise CacheError(f"{where}: failure record for row {r} of video {v}, which is "
+                                 "not a row of this shard")
+            if valid[r - rows.start]:
+                raise CacheError(f"{where}: row {r} is recorded as failed but is valid")
+            records.append(rec)
+            continue
+        sel = video == int(v)
+        if not sel.any():
             raise CacheError(f"{where}: failure record for video {v}, which has no rows here")
-        if valid[rows].any():
+        if valid[sel].any():
             raise CacheError(f"{where}: video {v} is recorded as failed but has valid rows")
         records.append(rec)
-    failed = {r["video"] for r in records}
-    unexplained = sorted(set(video[valid == 0].tolist()) - failed)
+    failed = {r["video"] for r in records if "row" not in r}
+    failed_rows = {r["row"] for r in records if "row" in r}
+    bad = np.flatnonzero(valid == 0)
+    unexplained = sorted({int(video[i]) for i in bad if int(video[i]) not in failed
+                          and rows.start + int(i) not in failed_rows})
     if unexplained:
         raise CacheError(f"{where}: videos {unexplained[:10]} have invalid rows but no failure "
                          "record saying why")
@@ -501,11 +529,20 @@ class CacheReader:
         return sorted(out, key=lambda f: (f["video"], f["shard"]))
 
     def failed_videos(self) -> dict[int, str]:
-        """video -> reason (the first recorded) for every video with a failure record."""
+        """video -> reason (the first recorded) for every video that failed to decode.
+
+        Mixed rows whose partner failed are not failures of their own video: `failed_rows`.
+        """
         out: dict[int, str] = {}
         for f in self.failures():
-            out.setdefault(f["video"], f["reason"])
+            if "row" not in f:
+                out.setdefault(f["video"], f["reason"])
         return out
+
+    def failed_rows(self) -> dict[int, dict[str, Any]]:
+        """row -> record {"video", "row", "partner", "path", "reason"} for every mixed row
+        made invalid by its partner's failure."""
+        return {f["row"]: f for f in self.failures() if "row" in f}
 
     def fp16_kl(self) -> dict[str, float] | None:
         """Worst recorded float16 rounding KL per temperature over the finished shards."""

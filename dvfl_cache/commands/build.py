@@ -10,7 +10,7 @@ from dvfl_cache.commands.options import (check_model_options, dataset_options, f
 from dvfl_cache.data.views import ViewSampler
 
 # The ViewSampler fields `build` exposes; their options come from the fields' metadata.
-SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "gray_p")
+SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "jitter_mode", "gray_p")
 
 
 @click.command("build")
@@ -18,7 +18,7 @@ SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "gray_p")
 @options_from(BuildConfig, ("teacher", "weights", "random_weights", "teacher_opts",
                             "views_per_video", "frames", "size"))
 @options_from(ViewSampler, SAMPLER_OPTIONS)
-@options_from(BuildConfig, ("seed",))
+@options_from(BuildConfig, ("mixup", "cutmix", "mix_prob", "seed"))
 @options_from(BuildConfig, ("out",), out={"required": True})
 @options_from(BuildConfig, ("dtype", "features", "views_per_shard", "batch_size", "workers",
                             "device"))
@@ -65,3 +65,10 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, th
                        f"marked missing:", err=True)
             for v, reason in sorted(result.failed.items()):
                 click.echo(f"  {index.videos[v].path}: {reason}", err=True)
+        if result.failed_rows:
+            click.echo(f"{len(result.failed_rows)} mixed row(s) marked missing because their "
+                       "partner failed to decode:", err=True)
+            for row, f in sorted(result.failed_rows.items()):
+                click.echo(f"  row {row} (video {f['video']}): partner {f['partner']} "
+                           f"{f.get('path', '')}: {f['reason']}", err=True)
+

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from dvfl_cache.commands.options import dataset_options, index_from_options
 from dvfl_cache.tables import pct
 
 
@@ -37,7 +38,15 @@ def _print_info(d: dict[str, Any]) -> None:
         ("index digest", d["index_digest"]),
         ("views", f"{d['views_per_video']} per video, {d['rows']} rows, {d['num_frames']} frames"
                   f" each"),
-        ("sampler", f"{d['sampler']['name']} seed {d['sampler']['seed']}"),
+        ("sampler", f"{d['sampler']['name']} seed {d['sampler']['seed']}, jitter per "
+                    f"{d['jitter_mode']}"),
+        ("mixing", "none" if not d["mix"] else
+         f"mixup {d['mix']['mixup']}, cutmix {d['mix']['cutmix']}, prob {d['mix']['prob']}; "
+         + ", ".join(f"{k} {v}" for k, v in d["mixed_rows"].items()) + " valid rows"),
+        ("teacher ran", "not recorded (format v1)" if not d["teacher_precision"] else
+         f"on {d['teacher_precision']['device']}, autocast "
+         f"{d['teacher_precision']['autocast'] or 'off (float32)'}; decoder version "
+         f"{d['decoder_version']}"),
         ("dtype", d["dtype"] + (f", features {d['feature_dim']}" if d["feature_dim"] else "")),
         ("completeness", f"{d['shards_done']} / {d['shards_total']} shards done"
                          + ("" if d["complete"] else " (INCOMPLETE)")),
@@ -73,20 +82,45 @@ def info_cmd(store: str, as_json: bool) -> None:
 
 @click.command("verify")
 @click.argument("store")
-@click.option("--index", "index_file", type=click.Path(exists=True, dir_okay=False),
-              default=None, help="Dataset index JSON the cache must match (videos, labels).")
-def verify_cmd(store: str, index_file: str | None) -> None:
+@dataset_options(subset="train", subset_help="Subset the cache was built on.")
+@click.option("--recompute", type=click.IntRange(1), default=None, metavar="N",
+              help="Also re-run the teacher on N rows spread over the store (mixed rows "
+                   "included) and fail if its logits differ beyond the stored precision.")
+@click.option("--teacher", default=None,
+              help="With --recompute: the teacher, a registered name or a dvfl checkpoint.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --recompute: the teacher's weights (none for a random-weights cache).")
+@click.option("--device", default=None, help="With --recompute: cpu, cuda, ... (default: cuda "
+                                             "if available).")
+def verify_cmd(store: str, kind, root, split, subset, index_path, videos_dir, annotations,
+               recompute, teacher, weights, device) -> None:
     """Read every chunk of STORE and check checksums, completeness and contents."""
     from tqdm import tqdm
 
     from dvfl_cache.cache.inspect import verify
     from dvfl_cache.cache.store import CacheReader
 
+    if recompute is not None and teacher is None:
+        raise click.UsageError("--recompute needs --teacher (a model name or checkpoint)")
+    index = None
+    if index_path is not None or kind is not None or recompute is not None:
+        index = index_from_options(kind, root, split, subset, index_path, videos_dir,
+                                   annotations)
     total = CacheReader(store).meta.num_shards
     with tqdm(total=total, unit="shard", desc="verify", leave=False) as bar:
-        d = verify(store, index=index_file, progress=bar.update)
+        d = verify(store, index=index, progress=bar.update)
+    where = index_path or (f"{index.kind} {index.subset}" if index is not None else None)
     click.echo(f"OK: {d['store']}: {d['shards_checked']} shards, {d['rows_checked']} rows "
-               "verified" + (f" against {d['index']}" if d["index"] else ""))
+               "verified" + (f" against {where}" if where else ""))
+    if recompute is not None:
+        from dvfl_cache.cache.recompute import recompute as run
+
+        with tqdm(total=recompute, unit="row", desc="recompute", leave=False) as bar:
+            r = run(store, index, teacher=teacher, weights=weights, n=recompute, device=device,
+                    progress=bar.update)
+        click.echo(f"OK: teacher recomputed on {r['rows']} rows ({r['mixed_rows']} mixed): "
+                   f"largest logit difference {r['max_abs_diff']:.3g} (tolerance "
+                   f"{r['atol']:g} + {r['rtol']:g} x |logit|)")
     if d["stale_temp_files"]:
         click.echo(f"note: {len(d['stale_temp_files'])} leftover *.partial files from killed "
                    "writes (ignored by readers and pack; safe to delete)")

@@ -1,4 +1,4 @@
-"""Video data: dataset indexes, decoding, views, transforms, the clip dataset, synthetic data.
+"""Video data: indexes, decoding, views, transforms, mixing, the clip dataset, synthetic data.
 
 Names are imported lazily so `import dvfl_cache.data.index` stays light (no torch, no av).
 """
@@ -20,6 +20,10 @@ _EXPORTS = {
     "ClipDataset": "dataset", "collate_clips": "dataset", "FailureLog": "dataset",
     "Cut": "dataset", "SampledViews": "dataset", "FixedViews": "dataset", "AllViews": "dataset",
     "TestView": "views",
+    "mixed_clip": "dataset", "replay_clip": "dataset",
+    "MixConfig": "mix", "MixDraw": "mix", "Mix": "mix", "draw_mix": "mix",
+    "mix_pixels": "mix", "mix_targets": "mix", "mixes_to_arrays": "mix",
+    "mixes_from_arrays": "mix",
     "probe_index": "probe", "probe_video": "probe",
     "SynthConfig": "synth", "write_synth": "synth", "CLASS_NAMES": "synth",
 }

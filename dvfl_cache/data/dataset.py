@@ -38,8 +38,9 @@ from torch.utils.data import Dataset
 
 from dvfl_cache.data.decode import VideoInfo, open_video
 from dvfl_cache.data.index import DatasetIndex
+from dvfl_cache.data.mix import Mix, MixDraw, mix_pixels
 from dvfl_cache.data.transforms import to_float, view_pixels
-from dvfl_cache.data.views import View, subsample_view, views_to_arrays
+from dvfl_cache.data.views import View, ViewSampler, subsample_view, views_to_arrays
 from dvfl_cache.errors import VideoDecodeError
 
 __all__ = ["AllViews", "ClipDataset", "Cut", "FailureLog", "FixedViews", "SampledViews",
@@ -254,6 +255,42 @@ class ClipDataset(Dataset):
         row = {f: k for k, f in enumerate(wanted)}
         return views, {cut.name: [cut.render(frames[[row[f] for f in w.frames]], w) for w in ws]
                        for cut, ws in zip(self.cuts, per_cut)}, None
+
+
+def mixed_clip(index: DatasetIndex, own: torch.Tensor, mix: Mix | MixDraw, size: int, *,
+               sampler: ViewSampler | None = None, frames: int | None = None,
+               threads: int = 1) -> tuple[torch.Tensor, Mix]:
+    """A row's own uint8 pixels `own` (T, 3, size, size) mixed with its partner's view.
+
+    The one place a partner is decoded, for the build (given a `MixDraw` and the `sampler`,
+    the partner's view is drawn from its video here) and for a student replaying a stored `Mix`
+    (`frames` cuts the partner's view like the own one, via `subsample_view`). Returns the
+    mixed uint8 pixels and the full `Mix` record; a partner that cannot be decoded raises
+    `VideoDecodeError` naming the partner's file.
+    """
+    if isinstance(mix, MixDraw) and sampler is None:
+        raise ValueError("mixed_clip: drawing a partner view needs the sampler")
+    path = index.abspath(mix.partner if isinstance(mix, MixDraw) else mix.partner.video)
+    with open_video(path, threads=threads) as v:
+        if isinstance(mix, MixDraw):
+            mix = mix.with_partner(sampler.sample(mix.partner, mix.view, v.info))
+        partner = mix.partner if frames is None else subsample_view(mix.partner, frames)
+        pixels = v.frames(partner.frames)
+    return mix_pixels(own, view_pixels(pixels, partner, size), mix), mix
+
+
+def replay_clip(index: DatasetIndex, view: View, mix: Mix | None, size: int, *,
+                frames: int | None = None, threads: int = 1) -> torch.Tensor:
+    """A stored row's uint8 pixels (T', 3, size, size), exactly as the teacher saw them when
+    `frames` and `size` are the teacher's: own view (cut to `frames` by `subsample_view`), then
+    the stored `Mix` (None: unmixed) applied with `mixed_clip` at the same cut."""
+    if frames is not None:
+        view = subsample_view(view, frames)
+    with open_video(index.abspath(view.video), threads=threads) as v:
+        own = view_pixels(v.frames(view.frames), view, size)
+    if mix is None:
+        return own
+    return mixed_clip(index, own, mix, size, frames=frames, threads=threads)[0]
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Order: crop (on the source pixels), resize only the crop to size x size (bilinear, antialiased
 when shrinking), flip, colour jitter (brightness, contrast, saturation, hue, in that fixed
-order), grayscale, then normalise with the ImageNet mean/std. Pixels stay uint8 until the
+order for a per-clip view; per frame, each frame's own factors in its own recorded order),
+grayscale, then normalise with the ImageNet mean/std. Pixels stay uint8 until the
 final normalise (jitter rounds back to uint8), so a student replaying a cached view gets
 exactly the teacher's tensor, and the same view at another output size or frame count covers
 the same content. `view_pixels` stops before the float conversion and `to_float` does it, so
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dvfl_cache.data.views import IDENTITY_JITTER, View
+from dvfl_cache.data.views import IDENTITY_JITTER, IDENTITY_ORDER, View
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,25 +76,34 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return table.gather(0, idx).squeeze(0).movedim(0, 1)
 
 
-def adjust_colour(x: torch.Tensor, jitter: tuple[float, float, float, float]) -> torch.Tensor:
+def adjust_colour(x: torch.Tensor, jitter: tuple[float, float, float, float],
+                  order: tuple[int, ...] = IDENTITY_ORDER) -> torch.Tensor:
     """Brightness, contrast, saturation, hue on float (T, 3, H, W) in [0, 255], clamped each step.
 
     Contrast blends with each frame's mean luma; saturation with each pixel's luma; hue rotates
-    by `jitter[3]` of a full turn.
+    by `jitter[3]` of a full turn. `order` lists the operations (0 brightness, 1 contrast,
+    2 saturation, 3 hue) in the order they run; the operations do not commute.
     """
     bri, con, sat, hue = jitter
-    if bri != 1.0:
-        x = (x * bri).clamp(0, 255)
-    if con != 1.0:
-        mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
-        x = (x * con + mean * (1 - con)).clamp(0, 255)
-    if sat != 1.0:
-        x = (x * sat + _gray(x) * (1 - sat)).clamp(0, 255)
-    if hue != 0.0:
-        hsv = rgb_to_hsv(x / 255.0)
-        hsv[:, 0] = torch.remainder(hsv[:, 0] + hue, 1.0)
-        x = (hsv_to_rgb(hsv) * 255.0).clamp(0, 255)
+    for op in order:
+        if op == 0 and bri != 1.0:
+            x = (x * bri).clamp(0, 255)
+        elif op == 1 and con != 1.0:
+            mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
+            x = (x * con + mean * (1 - con)).clamp(0, 255)
+        elif op == 2 and sat != 1.0:
+            x = (x * sat + _gray(x) * (1 - sat)).clamp(0, 255)
+        elif op == 3 and hue != 0.0:
+            hsv = rgb_to_hsv(x / 255.0)
+            hsv[:, 0] = torch.remainder(hsv[:, 0] + hue, 1.0)
+            x = (hsv_to_rgb(hsv) * 255.0).clamp(0, 255)
     return x
+
+
+def _has_colour(view: View) -> bool:
+    if view.per_frame:
+        return any(tuple(j) != IDENTITY_JITTER for j in view.frame_jitter)
+    return tuple(view.jitter) != IDENTITY_JITTER
 
 
 def view_pixels(frames_uint8: np.ndarray | torch.Tensor, view: View, size: int) -> torch.Tensor:
@@ -115,9 +125,13 @@ def view_pixels(frames_uint8: np.ndarray | torch.Tensor, view: View, size: int) 
                           mode="bilinear", align_corners=False, antialias=h > size or w > size)
     if view.flip:
         x = x.flip(-1)
-    if tuple(view.jitter) != IDENTITY_JITTER or view.gray:
+    colour = _has_colour(view)
+    if colour or view.gray:
         xf = x.float()
-        if tuple(view.jitter) != IDENTITY_JITTER:
+        if colour and view.per_frame:
+            xf = torch.cat([adjust_colour(xf[i:i + 1], j, o) for i, (j, o) in
+                            enumerate(zip(view.frame_jitter, view.jitter_order))])
+        elif colour:
             xf = adjust_colour(xf, view.jitter)
         if view.gray:
             xf = _gray(xf).expand(-1, 3, -1, -1)

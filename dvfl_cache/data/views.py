@@ -1,7 +1,10 @@
 """Views: exactly what the teacher saw, so a student can replay it pixel for pixel.
 
 A `View` names the frames (indices into the decoded video), a crop box in fractions of the
-frame, a flip flag and the colour jitter / grayscale drawn once per clip. `ViewSampler` draws
+frame, a flip flag, the grayscale flag and the colour jitter: one set of factors per clip
+(`jitter_mode="clip"`), or, as the reference recipe does by calling a colour jitter once per
+frame, new factors and a new operation order for every frame (`jitter_mode="frame"`, kept in
+`frame_jitter` / `jitter_order`; the apply and grey coin flips stay per clip). `ViewSampler` draws
 views deterministically from (seed, video, view index): each aspect (frames, crop, flip,
 colour) has its own Philox stream keyed by a SeedSequence of (seed, video, view, aspect), so no
 global RNG state is touched and changing, say, the frame count does not move the crops.
@@ -28,7 +31,9 @@ FULL_CROP = (0.0, 0.0, 1.0, 1.0)
 TEMPORAL = ("segment", "stride")
 
 # Aspect keys of the per-view random streams; fixed forever, since caches depend on them.
-_TEMPORAL, _CROP, _FLIP, _COLOUR = 0, 1, 2, 3
+_TEMPORAL, _CROP, _FLIP, _COLOUR, _FRAME_COLOUR = 0, 1, 2, 3, 4
+IDENTITY_ORDER = (0, 1, 2, 3)  # brightness, contrast, saturation, hue
+JITTER_MODES = ("clip", "frame")
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,10 @@ class View:
     """One clip of one video as the teacher saw it.
 
     `crop` is (y0, x0, h, w) in fractions of the frame height/width; `jitter` is (brightness,
-    contrast, saturation, hue) factors, identity (1, 1, 1, 0).
+    contrast, saturation, hue) factors, identity (1, 1, 1, 0). Per-frame jitter: `frame_jitter`
+    holds one such tuple per frame and `jitter_order` the order the four operations run in for
+    that frame (0 brightness, 1 contrast, 2 saturation, 3 hue); `jitter` is then the identity.
+    Both are empty for a per-clip view.
     """
 
     video: int
@@ -46,21 +54,44 @@ class View:
     flip: bool = False
     jitter: tuple[float, float, float, float] = IDENTITY_JITTER
     gray: bool = False
+    frame_jitter: tuple[tuple[float, float, float, float], ...] = ()
+    jitter_order: tuple[tuple[int, int, int, int], ...] = ()
+
+    def __post_init__(self):
+        if self.frame_jitter or self.jitter_order:
+            if not len(self.frame_jitter) == len(self.jitter_order) == len(self.frames):
+                raise ValueError(f"per-frame jitter needs one factor set and one order per "
+                                 f"frame: {len(self.frames)} frames, "
+                                 f"{len(self.frame_jitter)} factor sets, "
+                                 f"{len(self.jitter_order)} orders")
+            if tuple(self.jitter) != IDENTITY_JITTER:
+                raise ValueError("a view has either per-clip or per-frame jitter, not both")
 
     @property
     def num_frames(self) -> int:
         return len(self.frames)
 
+    @property
+    def per_frame(self) -> bool:
+        return bool(self.frame_jitter)
+
 
 def views_to_arrays(views: list[View] | tuple[View, ...]) -> dict[str, np.ndarray]:
-    """Fixed-width arrays of N views (all with the same frame count T)."""
+    """Fixed-width arrays of N views (all with the same frame count T).
+
+    Per-frame views add `frame_jitter` float32 (N, T, 4) and `jitter_order` uint8 (N, T, 4);
+    per-clip views have only the seven classic arrays (so a version-1 cache is unchanged).
+    """
     views = list(views)
     t = {len(v.frames) for v in views}
     if len(t) > 1:
         raise ValueError(f"views have different frame counts {sorted(t)}; "
                          f"fixed-width arrays need one")
     width = t.pop() if t else 0
-    return {
+    modes = {v.per_frame for v in views}
+    if len(modes) > 1:
+        raise ValueError("views mix per-clip and per-frame jitter; fixed-width arrays need one")
+    out = {
         "video": np.array([v.video for v in views], np.int32).reshape(len(views)),
         "view": np.array([v.view for v in views], np.int32).reshape(len(views)),
         "frames": np.array([v.frames for v in views], np.int32).reshape(len(views), width),
@@ -69,17 +100,33 @@ def views_to_arrays(views: list[View] | tuple[View, ...]) -> dict[str, np.ndarra
         "jitter": np.array([v.jitter for v in views], np.float32).reshape(len(views), 4),
         "gray": np.array([v.gray for v in views], np.uint8).reshape(len(views)),
     }
+    if modes == {True}:
+        out["frame_jitter"] = np.array([v.frame_jitter for v in views],
+                                       np.float32).reshape(len(views), width, 4)
+        out["jitter_order"] = np.array([v.jitter_order for v in views],
+                                       np.uint8).reshape(len(views), width, 4)
+    return out
 
 
 def views_from_arrays(arrays: dict[str, np.ndarray]) -> list[View]:
     """Inverse of `views_to_arrays` (crop and jitter come back as the float32 values)."""
     n = len(arrays["video"])
+    per_frame = "frame_jitter" in arrays
+
+    def frame_fields(i: int) -> dict:
+        if not per_frame:
+            return {}
+        return {"frame_jitter": tuple(tuple(float(x) for x in f)
+                                      for f in arrays["frame_jitter"][i]),
+                "jitter_order": tuple(tuple(int(x) for x in o)
+                                      for o in arrays["jitter_order"][i])}
+
     return [View(video=int(arrays["video"][i]), view=int(arrays["view"][i]),
                  frames=tuple(int(f) for f in arrays["frames"][i]),
                  crop=tuple(float(c) for c in arrays["crop"][i]),
                  flip=bool(arrays["flip"][i]),
                  jitter=tuple(float(j) for j in arrays["jitter"][i]),
-                 gray=bool(arrays["gray"][i]))
+                 gray=bool(arrays["gray"][i]), **frame_fields(i))
             for i in range(n)]
 
 
@@ -98,9 +145,16 @@ def subsample_positions(t: int, k: int) -> list[int]:
 
 
 def subsample_view(view: View, k: int) -> View:
-    """The same view with k of its frames spread evenly over the same span (k == T: itself)."""
-    return replace(view, frames=tuple(view.frames[p] for p in
-                                      subsample_positions(len(view.frames), k)))
+    """The same view with k of its frames spread evenly over the same span (k == T: itself).
+
+    Per-frame jitter is cut with the frames, so each kept frame keeps its own colours.
+    """
+    pos = subsample_positions(len(view.frames), k)
+    return replace(view, frames=tuple(view.frames[p] for p in pos),
+                   frame_jitter=tuple(view.frame_jitter[p] for p in pos) if view.per_frame
+                   else (),
+                   jitter_order=tuple(view.jitter_order[p] for p in pos) if view.per_frame
+                   else ())
 
 
 @dataclass(frozen=True)
@@ -151,7 +205,9 @@ class ViewSampler:
     frames `stride` apart from a random start in train, evenly spaced starts in test).
     mode "train": random-resized crop (`area`, `ratio` of the frame in pixels), flip with
     probability `flip`, colour jitter with probability `jitter_p` and strengths `jitter`,
-    grayscale with probability `gray_p`.
+    grayscale with probability `gray_p`. `jitter_mode` "clip" draws one set of jitter factors
+    per clip; "frame" draws new factors and a random operation order for every frame (the apply
+    and grey coins stay per clip), as the reference recipe's per-frame ColorJitter does.
     mode "test": view v is clip v // crops and crop v % crops, `clips` x `crops` views per
     video. crops == 1: a centred square of side `crop_size / short_side` of the short side
     (short side 256, centre 224). crops > 1: squares of the full short side (short side
@@ -183,6 +239,10 @@ class ViewSampler:
     clips: int = 1
     crops: int = 1
     seed: int = 0
+    jitter_mode: str = setting(
+        "clip", flag="--jitter-mode", choices=JITTER_MODES,
+        help="Colour jitter factors drawn once per clip, or per frame with a random operation "
+             "order (the reference recipe).")
 
     def __post_init__(self):
         if self.temporal not in TEMPORAL:
@@ -190,6 +250,8 @@ class ViewSampler:
                              f"not {self.temporal!r}")
         if self.mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', not {self.mode!r}")
+        if self.jitter_mode not in JITTER_MODES:
+            raise ValueError(f"jitter_mode must be 'clip' or 'frame', not {self.jitter_mode!r}")
         if self.num_frames < 1 or self.stride < 1 or self.clips < 1 or self.crops < 1:
             raise ValueError("num_frames, stride, clips and crops must be >= 1")
         if not 0 < self.crop_size <= self.short_side:
@@ -209,6 +271,10 @@ class ViewSampler:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if self.jitter_mode == "clip":
+            # Left out at its default so per-clip samplers keep their round-1 provenance dict
+            # (and version-1 caches still compare equal on --resume).
+            del d["jitter_mode"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -228,6 +294,12 @@ class ViewSampler:
                                              info.width, info.height)
             flip = bool(_rng(self.seed, video, view, _FLIP).random() < self.flip)
             jitter, gray = self._colour(_rng(self.seed, video, view, _COLOUR))
+            if self.jitter_mode == "frame":
+                per_frame, order = self._frame_colour(
+                    _rng(self.seed, video, view, _FRAME_COLOUR), applied=jitter != IDENTITY_JITTER)
+                return View(video=video, view=view, frames=frames, crop=_f32(crop), flip=flip,
+                            gray=gray, frame_jitter=tuple(_f32(j) for j in per_frame),
+                            jitter_order=order)
             return View(video=video, view=view, frames=frames, crop=_f32(crop), flip=flip,
                         jitter=_f32(jitter), gray=gray)
         clip, crop_pos = divmod(view, self.crops)
@@ -302,14 +374,33 @@ class ViewSampler:
                                                           bool]:
         # Draw everything unconditionally so each parameter's stream position is fixed.
         apply, b, c, s, hue, gray = rng.random(6)
-        jb, jc, js, jh = self.jitter
         jitter = IDENTITY_JITTER
         if any(self.jitter) and apply < self.jitter_p:
-            jitter = (max(0.0, 1 - jb) + b * (1 + jb - max(0.0, 1 - jb)),
-                      max(0.0, 1 - jc) + c * (1 + jc - max(0.0, 1 - jc)),
-                      max(0.0, 1 - js) + s * (1 + js - max(0.0, 1 - js)),
-                      -jh + hue * 2 * jh)
+            jitter = self._factors(b, c, s, hue)
         return tuple(float(x) for x in jitter), bool(gray < self.gray_p)
+
+    def _factors(self, b: float, c: float, s: float, hue: float
+                 ) -> tuple[float, float, float, float]:
+        """Uniforms in [0, 1) -> factors uniform in [max(0, 1 - j), 1 + j] (hue in [-j, j])."""
+        jb, jc, js, jh = self.jitter
+        return (max(0.0, 1 - jb) + b * (1 + jb - max(0.0, 1 - jb)),
+                max(0.0, 1 - jc) + c * (1 + jc - max(0.0, 1 - jc)),
+                max(0.0, 1 - js) + s * (1 + js - max(0.0, 1 - js)),
+                -jh + hue * 2 * jh)
+
+    def _frame_colour(self, rng: np.random.Generator, *, applied: bool
+                      ) -> tuple[list[tuple[float, ...]], tuple[tuple[int, ...], ...]]:
+        """Per-frame factors and operation orders (identity when the clip's coin said no).
+
+        Drawn unconditionally from their own stream, `num_frames` rows of four uniforms then
+        one permutation per frame, so the coin flips (from the per-clip stream) never move them.
+        """
+        t = self.num_frames
+        u = rng.random((t, 4))
+        orders = tuple(tuple(int(i) for i in rng.permutation(4)) for _ in range(t))
+        if not applied:
+            return [IDENTITY_JITTER] * t, (IDENTITY_ORDER,) * t
+        return [self._factors(*u[i]) for i in range(t)], orders
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ __all__ = ["EpochProgress", "LOSS_SCHEDULE", "RUNTIME", "DATA_MODEL", "data_mode
 DATA_MODEL = ("dataset", "data_root", "split", "train_index", "val_index", "val_subset",
               "val_every", "test_span", "model", "model_opts", "init", "drop_path", "num_frames",
               "size", "sampler", "cache", "teacher", "teacher_weights", "teacher_opts")
-LOSS_SCHEDULE = ("beta", "label_smoothing", "mixup", "cutmix", "epochs", "warmup_epochs",
+LOSS_SCHEDULE = ("beta", "kd_form", "pred_loss", "rep_loss", "label_smoothing", "mixup", "cutmix",
+                 "epochs", "warmup_epochs",
                  "batch_size", "base_lr", "warmup_lr", "min_lr", "optimizer", "momentum",
                  "nesterov", "weight_decay", "clip_grad")
 RUNTIME = ("workers", "device", "amp")
