@@ -276,7 +276,7 @@ def explain_video(video: str | os.PathLike, checkpoints: Sequence[str | os.PathL
                               tubelet=int(model.config["tubelet_size"]), pixels=pixels,
                               top=_topk(probs, classes), maps=maps, stage=s, block=b,
                               shown={k: _unit(x) for k, x in shown.items()}))
-        log.info("%s: %s %.3f", name, *columns[-1].top[0])
+        log.debug("%s: %s %.3f", name, *columns[-1].top[0])
 
     out.mkdir(parents=True, exist_ok=True)
     tile = _tile(columns)
@@ -353,14 +353,21 @@ def _modulators_png(columns: Sequence[Column], rows: Sequence[int], path: Path, 
             j = _map_index(c, p)
             cells[0].imshow(overlay(c.pixels[p], None, c.size, cmap))
             covers = covered_frames(frames, c.tubelet)[j]
-            cells[0].set_ylabel(f"frame {f}\nmap {j + 1}"
-                                + (f": {', '.join(map(str, covers))}" if len(covers) > 1 else ""),
-                                fontsize=6)
+            cells[0].text(0.03, 0.04, f"map {j + 1}" + (f" (frames {', '.join(map(str, covers))})"
+                                                        if len(covers) > 1 else ""),
+                          fontsize=6, color="white", transform=cells[0].transAxes,
+                          bbox=dict(facecolor="black", alpha=0.6, pad=1, linewidth=0))
             for ax, kind in zip(cells[1:], KINDS):
                 ax.imshow(overlay(c.pixels[p], c.shown[kind][j], c.size, cmap))
         for ax, text in zip(axes[0, 3 * ci:3 * ci + 3],
                             (f"{c.label}\n{_stage_text(c)}", "spatial", "temporal")):
             ax.set_title(text, fontsize=7)
+    for ri, f in enumerate(rows):  # row labels, also where the first model saw nothing
+        ax = axes[ri, 0]
+        if not ax.axison:
+            ax.axis("on")
+            ax.spines[:].set_visible(False)
+        ax.set_ylabel(f"frame {f}", fontsize=7)
     fig.savefig(path, dpi=DPI)
 
 
