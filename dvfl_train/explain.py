@@ -63,7 +63,7 @@ CELL = 1.25         # inches per image cell (120 px at 96 dpi)
 HEAD = 0.75         # inches above the grid for the titles (72 px)
 BARS = 4.0          # inches of the top-5 bar panel (384 px)
 MIN_TILE = 128      # the video's tiles are at least this many pixels wide
-MAX_VIDEO_FRAMES = 900  # longer spans are played every k-th frame at fps / k
+MAX_VIDEO_FRAMES = 300  # longer spans are played every k-th frame at fps / k (and decoded so)
 ALPHA = 0.5         # heat-map opacity over the frame
 
 
@@ -279,6 +279,9 @@ def explain_video(video: str | os.PathLike, checkpoints: Sequence[str | os.PathL
         log.debug("%s: %s %.3f", name, *columns[-1].top[0])
 
     out.mkdir(parents=True, exist_ok=True)
+    paths["explain.json"].unlink(missing_ok=True)  # until the new set is complete
+    if not vinfo.fps:
+        log.warning("%s: no frame rate in the container; modulators.mp4 plays at 25 fps", video)
     tile = _tile(columns)
     _modulators_png(columns, rows, paths["modulators.png"], Path(video).name, cmap)
     _top5_png(columns, paths["top5.png"], Path(video).name)

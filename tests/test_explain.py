@@ -179,6 +179,16 @@ def test_json_stats_are_the_models_modulators(setup):
     assert got == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_long_spans_play_every_kth_frame(setup, monkeypatch, tmp_path):
+    import dvfl_train.explain as explain
+
+    monkeypatch.setattr(explain, "MAX_VIDEO_FRAMES", 10)  # the span 3..26 has 24 frames
+    result = explain_video(setup["video"], [setup["dir"] / "teacher" / "best.pt"], tmp_path)
+    assert result.video_frames == (3, 6, 9, 12, 15, 18, 21, 24)
+    with open_video(tmp_path / "modulators.mp4") as v:
+        assert v.info.num_frames == 8 and v.info.fps == pytest.approx(25 / 3)
+
+
 def test_json_top5_equals_predict(setup):
     for column, model in zip(setup["record"]["columns"], (setup["teacher"], setup["student"])):
         pred = predict_video(model, setup["video"], classes=CLASSES,
