@@ -28,8 +28,8 @@ def explain_cmd(video: str, checkpoints: tuple[str, ...], out: str, stage: int |
                 block: int | None, test_span: int | None, labels: tuple[str, ...],
                 overwrite: bool) -> None:
     """Draw what each checkpoint's focal modulators do on VIDEO, at the model's own test view
-    (the one `eval` and `predict` use): spatial and temporal modulator maps over the frames, the
-    same as a video, and the top-5 classes."""
+    (the one `eval` and `predict` use): the spatial and temporal modulator maps over the frames
+    (a figure and a video) and the top-5 classes, with the numbers in explain.json."""
     from dvfl_train.explain import explain_video
 
     result = explain_video(video, checkpoints, out, stage=stage, block=block,
