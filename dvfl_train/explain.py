@@ -63,6 +63,7 @@ CELL = 1.25         # inches per image cell (120 px at 96 dpi)
 HEAD = 0.75         # inches above the grid for the titles (72 px)
 BARS = 4.0          # inches of the top-5 bar panel (384 px)
 MIN_TILE = 128      # the video's tiles are at least this many pixels wide
+HEADER = 24         # pixels of column titles above the video's tiles
 MAX_VIDEO_FRAMES = 300  # longer spans are played every k-th frame at fps / k (and decoded so)
 ALPHA = 0.5         # heat-map opacity over the frame
 
@@ -406,20 +407,31 @@ def _top5_png(columns: Sequence[Column], path: Path, title: str) -> None:
 def _modulators_mp4(columns: Sequence[Column], played: Sequence[int], frames: np.ndarray,
                     tile: int, cmap, fps: Fraction, path: Path) -> None:
     """Every played video frame, per model as that model crops it, with the maps of its nearest
-    seen frame: tile x (3 * tile * models) pixels, one output frame per played frame."""
+    seen frame: (HEADER + tile) x (3 * tile * models) pixels, one output frame per played frame;
+    the header names the columns."""
     from dvfl_cache.data.synth import h264_available, write_video
 
-    out = np.empty((len(played), tile, 3 * tile * len(columns), 3), np.uint8)
+    width = 3 * tile * len(columns)
+    out = np.empty((len(played), HEADER + tile, width, 3), np.uint8)
+    fig = _figure(width / DPI, HEADER / DPI)  # exact: width is a multiple of 3 * 2
+    fig.patch.set_facecolor("black")
+    for ci, c in enumerate(columns):
+        for k, text in enumerate((c.label, *KINDS)):
+            fig.text((3 * ci + k + 0.5) / (3 * len(columns)), 0.5, text, ha="center",
+                     va="center", fontsize=8, color="white")
+    fig.canvas.draw()
+    out[:, :HEADER] = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    body = out[:, HEADER:]
     for ci, c in enumerate(columns):
         span = view_pixels(frames, replace(c.view, frames=tuple(played)), c.size)
         seen = list(c.view.frames)
         for i, f in enumerate(played):
             j = _map_index(c, nearest_position(seen, f))
             x0 = 3 * tile * ci
-            out[i, :, x0:x0 + tile] = overlay(span[i], None, tile, cmap)
+            body[i, :, x0:x0 + tile] = overlay(span[i], None, tile, cmap)
             for k, kind in enumerate(KINDS, 1):
-                out[i, :, x0 + k * tile:x0 + (k + 1) * tile] = overlay(span[i], c.shown[kind][j],
-                                                                       tile, cmap)
+                body[i, :, x0 + k * tile:x0 + (k + 1) * tile] = overlay(
+                    span[i], c.shown[kind][j], tile, cmap)
     write_video(path, out, fps=fps, codec="libx264" if h264_available() else "mpeg4")
 
 

@@ -145,11 +145,12 @@ def test_files_have_the_expected_sizes(setup):
     assert _png_size(out / "modulators.png") == (3 * 120 * 2, 120 * 6 + 72)
     # top5.png: 120 px per frame of the longest clip plus 384 px of bars; a row per model
     assert _png_size(out / "top5.png") == (120 * 4 + 384, 120 * 2 + 72)
-    # the video: every frame from 3 to 26 at the source's 25 fps, tiles of 128 px
+    # the video: every frame from 3 to 26 at the source's 25 fps, tiles of 128 px under a
+    # 24 px header
     with open_video(out / "modulators.mp4") as v:
-        assert (v.info.num_frames, v.info.width, v.info.height) == (24, 3 * 128 * 2, 128)
+        assert (v.info.num_frames, v.info.width, v.info.height) == (24, 3 * 128 * 2, 24 + 128)
         assert v.info.fps == pytest.approx(25)
-        first = v.frames([0])[0].astype(np.float64)
+        first = v.frames([0])[0, 24:].astype(np.float64)
     assert setup["record"]["video_frames"] == {"first": 3, "last": 26, "count": 24, "step": 1}
     # the heat maps are drawn: the overlay tiles differ from the plain frame tile
     assert np.abs(first[:, 128:256] - first[:, :128]).mean() > 10
