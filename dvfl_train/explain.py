@@ -39,7 +39,7 @@ import os
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -50,8 +50,9 @@ from dvfl_cache.data.transforms import to_float, view_pixels
 from dvfl_cache.data.views import View
 from dvfl_cache.errors import CheckpointError, DvflError
 
-__all__ = ["Column", "ExplainError", "ExplainResult", "FILES", "covered_frames", "explain_video",
-           "load_column", "magnitudes", "nearest_position", "overlay", "select_maps"]
+__all__ = ["Column", "ExplainError", "ExplainResult", "FILES", "Loaded", "covered_frames",
+           "explain_video", "load_column", "magnitudes", "nearest_position", "overlay",
+           "select_maps"]
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,18 @@ def overlay(pixels: torch.Tensor, heat: np.ndarray | None, tile: int, cmap) -> n
 # --------------------------------------------------------------------------- models
 
 
-def load_column(checkpoint: str | os.PathLike, *, test_span: int | None = None):
+class Loaded(NamedTuple):
+    """A checkpoint ready to look at a video: ``info`` as ``load_for_eval`` gives it, with the
+    test span actually used."""
+
+    model: torch.nn.Module
+    classes: tuple[str, ...]
+    sampler: Any                 # ViewSampler | SubsampledViews
+    size: int
+    info: dict[str, Any]
+
+
+def load_column(checkpoint: str | os.PathLike, *, test_span: int | None = None) -> Loaded:
     """A checkpoint's model, class names, test-view sampler and input size: the view ``eval``
     and ``predict`` use (one centre view; ``test_span`` None: the run's own, 0: plain views).
 
@@ -203,7 +215,7 @@ def load_column(checkpoint: str | os.PathLike, *, test_span: int | None = None):
         span = None  # the same views
     sampler = test_sampler(num_frames=info["num_frames"], temporal=info["temporal"],
                            stride=info["stride"], span=span)
-    return model, classes, sampler, info["size"], {**info, "span": span}
+    return Loaded(model, classes, sampler, info["size"], {**info, "span": span})
 
 
 def _topk(probs: np.ndarray, classes: Sequence[str]) -> tuple[tuple[str, float], ...]:
@@ -259,7 +271,7 @@ def explain_video(video: str | os.PathLike, checkpoints: Sequence[str | os.PathL
 
     with open_video(video, threads=0) as v:
         vinfo = v.info
-        views = [sampler.sample(0, 0, vinfo) for _, _, sampler, _, _ in loaded]
+        views = [col.sampler.sample(0, 0, vinfo) for col in loaded]
         rows = tuple(sorted({f for view in views for f in view.frames}))
         step = max(1, math.ceil((rows[-1] - rows[0] + 1) / MAX_VIDEO_FRAMES))
         played = tuple(range(rows[0], rows[-1] + 1, step))
@@ -268,14 +280,13 @@ def explain_video(video: str | os.PathLike, checkpoints: Sequence[str | os.PathL
     at = {f: i for i, f in enumerate(wanted)}
 
     columns = []
-    for name, ckpt, view, (model, classes, _, size, info) in zip(names, checkpoints, views,
-                                                                  loaded):
-        pixels = view_pixels(decoded[[at[f] for f in view.frames]], view, size)
-        probs, maps = _run(model, pixels)
+    for name, ckpt, view, col in zip(names, checkpoints, views, loaded):
+        pixels = view_pixels(decoded[[at[f] for f in view.frames]], view, col.size)
+        probs, maps = _run(col.model, pixels)
         s, b, shown = select_maps(maps, stage, block, where=str(ckpt))
-        columns.append(Column(label=name, checkpoint=str(ckpt), info=info, view=view,
-                              tubelet=int(model.config["tubelet_size"]), pixels=pixels,
-                              top=_topk(probs, classes), maps=maps, stage=s, block=b,
+        columns.append(Column(label=name, checkpoint=str(ckpt), info=col.info, view=view,
+                              tubelet=int(col.model.config["tubelet_size"]), pixels=pixels,
+                              top=_topk(probs, col.classes), maps=maps, stage=s, block=b,
                               shown={k: _unit(x) for k, x in shown.items()}))
         log.debug("%s: %s %.3f", name, *columns[-1].top[0])
 
