@@ -130,6 +130,16 @@ def test_explain_steps_show_teacher_ce_and_best_distilled_per_class(tmp_path, sy
     assert [s.done for s in _plan(out)[5:]] == [True] + [False] * (len(steps) - 1)
 
 
+def test_explain_needs_a_distilled_run_and_its_seeds_ce_run(tmp_path):
+    results = tmp_path / "results.csv"
+    results.write_text("name,alpha,tau,seed,top1_1view\nce_s0,0.0,,0,0.5\n")
+    with pytest.raises(SystemExit, match="no distilled run"):
+        demo._ce_and_best(results)
+    results.write_text("name,alpha,tau,seed,top1_1view\nce_s0,0.0,,0,0.5\na1_t2_s1,1.0,2.0,1,0.9\n")
+    with pytest.raises(SystemExit, match="no CE run of seed 1"):
+        demo._ce_and_best(results)
+
+
 def test_half_written_cache_is_not_complete(tmp_path):
     (tmp_path / "cache.zarr").mkdir()
     assert not demo._cache_complete(tmp_path / "cache.zarr")
