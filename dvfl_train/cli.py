@@ -11,11 +11,13 @@ COMMANDS = {
     "sweep": "dvfl_train.commands.sweep:sweep_cmd",
     "eval": "dvfl_train.commands.evaluate:eval_cmd",
     "predict": "dvfl_train.commands.evaluate:predict_cmd",
+    "explain": "dvfl_train.commands.explain:explain_cmd",
 }
 
 
 main = lazy_main(prog_name="dvfl-train", commands=COMMANDS,
-                 doc="Train small video students from a cached teacher; sweep alpha/tau; evaluate; profile.")
+                 doc="Train small video students from a cached teacher; sweep alpha/tau; evaluate; "
+                     "explain; profile.")
 
 
 if __name__ == "__main__":

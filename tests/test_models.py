@@ -265,9 +265,10 @@ def test_modulation_matches_plain_reference(options):
         if isinstance(mod, SpatioTemporalFocalModulation):
             u = torch.randn(2 * frames, 3, 5, mod.dim)
             with torch.no_grad():
-                ours, (spatial, temporal) = mod(u, return_modulators=True)
-                ref, ref_spatial, ref_temporal = reference_modulation(mod, u)
+                ours, (query, spatial, temporal) = mod(u, return_modulators=True)
+                ref, ref_query, ref_spatial, ref_temporal = reference_modulation(mod, u)
             torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(query, ref_query, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(spatial, ref_spatial, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(temporal, ref_temporal, rtol=1e-5, atol=1e-5)
 

@@ -11,6 +11,9 @@ stopped:
   3. dvfl-train eval    OUT/teacher/eval_1.json   its test accuracy (1 centre view)
   4. dvfl-cache build   OUT/cache.zarr/   the teacher's logits on V training views per video
   5. dvfl-train sweep   OUT/sweep/        CE-only baseline + alpha x tau students, every seed
+  6. dvfl-train explain OUT/explain/CLASS/ modulator maps of the first test video of each class:
+                                          the teacher beside the CE student and the best
+                                          distilled student (of the same seed)
 
 then prints the teacher's test accuracy, the sweep's mean ± std table and where the report and
 plots are. Why the sizes are what they are, and the numbers they gave, is in docs/demo.md; the
@@ -20,6 +23,7 @@ report is the sweep's own results.md, printed as written (never edited here).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -110,12 +114,15 @@ def _fmt(x: float) -> str:
 
 @dataclass(frozen=True)
 class Step:
-    """One command of the demo and how to tell that its output is complete."""
+    """One command of the demo and how to tell that its output is complete. A step that is not
+    ``ready`` stands for commands that can only be planned once earlier steps have run (shown by
+    --dry-run, never run)."""
 
     name: str
     argv: tuple[str, ...]
     done: bool
     output: Path
+    ready: bool = True
 
 
 class Demo:
@@ -125,6 +132,7 @@ class Demo:
         self.teacher = out / "teacher"
         self.cache = out / "cache.zarr"
         self.sweep = out / "sweep"
+        self.explain = out / "explain"
 
     # -- the commands -------------------------------------------------------------------------
 
@@ -188,7 +196,59 @@ class Demo:
             Step("teacher cache", tuple(build), _cache_complete(self.cache), self.cache),
             Step("alpha/tau sweep", tuple(sweep), (self.sweep / "results.md").is_file(),
                  self.sweep),
+            *self.explain_steps(),
         ]
+
+    def explain_steps(self) -> list[Step]:
+        """One `dvfl-train explain` per class, on the class's first test video: the teacher, the
+        CE student and the best distilled student (1-view test top-1) of the same seed.
+
+        Which videos and which student are known once the data and the sweep exist; until then
+        one placeholder step shows the command. --overwrite: a step runs only while its
+        explain.json (written last) is missing, so what it replaces is a killed run's leftovers.
+        """
+        results = self.sweep / "results.csv"
+        teacher = ["--checkpoint", str(self.teacher / "best.pt")]
+        if not ((self.data / "synth.json").is_file() and results.is_file()):
+            runs = self.sweep / "runs"
+            argv = ("dvfl-train", "explain", "<first test video of each class>", *teacher,
+                    "--checkpoint", str(runs / "ce_s<seed>" / "best.pt"), "--checkpoint",
+                    str(runs / "<best distilled run>" / "best.pt"), "--out",
+                    str(self.explain / "<class>"), "--overwrite")
+            return [Step("modulator maps (planned after the sweep)", argv, False, self.explain,
+                         ready=False)]
+        from dvfl_cache.data.readers import build_index
+
+        ce, best = _ce_and_best(results)
+        index = build_index("ucf101", self.data, split=1, subset="test")
+        first: dict[int, str] = {}
+        for i, video in enumerate(index.videos):
+            first.setdefault(video.label, index.abspath(i))
+        steps = []
+        for label, path in sorted(first.items()):
+            out = self.explain / index.classes[label]
+            argv = ("dvfl-train", "explain", path, *teacher,
+                    "--checkpoint", str(self.sweep / "runs" / ce / "best.pt"),
+                    "--checkpoint", str(self.sweep / "runs" / best / "best.pt"),
+                    "--out", str(out), "--overwrite")
+            steps.append(Step(f"modulator maps: {index.classes[label]}", argv,
+                              (out / "explain.json").is_file(), out))
+        return steps
+
+
+def _ce_and_best(results_csv: Path) -> tuple[str, str]:
+    """Run names of the best distilled student by 1-view test top-1 (the first on a tie) and of
+    the CE student of its seed, from the sweep's results.csv."""
+    with open(results_csv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    kd = [r for r in rows if float(r["alpha"]) > 0]
+    if not kd or "top1_1view" not in rows[0]:
+        raise SystemExit(f"{results_csv}: no distilled run with a 1-view top-1 to explain")
+    best = max(kd, key=lambda r: float(r["top1_1view"]))  # max keeps the first of equals
+    ce = next((r for r in rows if float(r["alpha"]) == 0 and r["seed"] == best["seed"]), None)
+    if ce is None:
+        raise SystemExit(f"{results_csv}: no CE run of seed {best['seed']} to compare with")
+    return ce["name"], best["name"]
 
 
 def _cache_complete(path: Path) -> bool:
@@ -222,6 +282,9 @@ def _children_cpu() -> float:
 def run_step(step: Step, *, dry_run: bool) -> dict[str, float] | None:
     """Run one step (print it first); returns its wall and CPU seconds, None when skipped."""
     shown = shlex.join(step.argv)
+    if not step.ready and not dry_run:
+        raise SystemExit(f"demo step '{step.name}' cannot be planned yet: the steps before it "
+                         "did not finish")
     if step.done:
         print(f"\n== {step.name}: done earlier ({step.output}), skipped", flush=True)
         return None
@@ -273,6 +336,11 @@ def summary(demo: Demo, timings: dict[str, dict[str, float]]) -> str:
         plots = sorted(demo.sweep.glob("*.png"))
         lines += ["", f"report: {report}", f"table:  {demo.sweep / 'results.csv'}"]
         lines += [f"plot:   {p}" for p in plots] or ["plots:  none (matplotlib missing)"]
+    maps = sorted(demo.explain.glob("*/modulators.png"))
+    if maps:
+        lines += ["", f"modulator maps (teacher | CE student | best distilled student), "
+                  f"{len(maps)} test videos:"] + [f"  {p.parent}/{{modulators,top5}}.png, "
+                                                   "modulators.mp4" for p in maps]
     if timings:
         wall = sum(t["wall_s"] for t in timings.values())
         cpu = sum(t["cpu_s"] for t in timings.values())
@@ -300,11 +368,14 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--seeds: need at least one seed >= 0, got {args.seeds!r}")
     demo = Demo(args.out, TINY if args.tiny else DEFAULT, seeds)
     timings: dict[str, dict[str, float]] = {}
-    for i in range(len(demo.steps())):
-        step = demo.steps()[i]  # planned now: whether it is done depends on the steps before
-        t = run_step(step, dry_run=args.dry_run)
+    i = 0
+    # Planned again before each step: whether it is done, and the explain steps themselves,
+    # depend on the steps before.
+    while i < len(steps := demo.steps()):
+        t = run_step(steps[i], dry_run=args.dry_run)
         if t is not None:
-            timings[step.name] = t
+            timings[steps[i].name] = t
+        i += 1
     if not args.dry_run:
         print(summary(demo, timings), flush=True)
 

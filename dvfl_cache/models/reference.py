@@ -17,9 +17,9 @@ from dvfl_cache.models.video_focalnet import SpatioTemporalFocalModulation
 
 
 def reference_modulation(mod: SpatioTemporalFocalModulation, x: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (out, spatial modulator, temporal modulator); x and out are (B*T, H, W, D), the
-    modulators (B, T, H, W, D) like ``forward(..., return_modulators=True)``."""
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (out, query, spatial modulator, temporal modulator); x and out are (B*T, H, W, D),
+    the others (B, T, H, W, D) like ``forward(..., return_modulators=True)``."""
     n, height, width, dim = x.shape
     frames, levels = mod.num_frames, mod.focal_level
     batch = n // frames
@@ -55,7 +55,8 @@ def reference_modulation(mod: SpatioTemporalFocalModulation, x: torch.Tensor
         out = mod.ln(out)
     out = mod.proj_drop(mod.proj(out))
     shape = (batch, frames, height, width, dim)
-    return (out, modulator.permute(0, 2, 3, 1).reshape(shape),
+    return (out, q.permute(0, 2, 3, 1).reshape(shape),
+            modulator.permute(0, 2, 3, 1).reshape(shape),
             modulator_t.permute(0, 2, 3, 1).reshape(shape))
 
 
@@ -70,5 +71,5 @@ def use_reference_modulation(model: torch.nn.Module) -> torch.nn.Module:
 
 def _reference_forward(mod: SpatioTemporalFocalModulation, x: torch.Tensor, *,
                        return_modulators: bool = False):
-    out, spatial, temporal = reference_modulation(mod, x)
-    return (out, (spatial, temporal)) if return_modulators else out
+    out, query, spatial, temporal = reference_modulation(mod, x)
+    return (out, (query, spatial, temporal)) if return_modulators else out

@@ -81,10 +81,12 @@ def _gated_sum(acc: torch.Tensor | None, ctx: torch.Tensor, gate: torch.Tensor) 
 
 @dataclass(frozen=True)
 class Modulators:
-    """Modulator maps of one block, channels last: ``spatial``/``temporal`` are (B, T, H, W, D)."""
+    """What one block's modulation multiplied, channels last, each (B, T, H, W, D): the block's
+    output before ``proj`` (and ``ln``) is exactly ``query * spatial * temporal``."""
 
     stage: int
     block: int
+    query: torch.Tensor
     spatial: torch.Tensor
     temporal: torch.Tensor
 
@@ -167,7 +169,7 @@ class SpatioTemporalFocalModulation(nn.Module):
         out = self.proj_drop(self.proj(out))
         if return_modulators:
             shape = (n // frames, frames, height, width, dim)
-            return out, (modulator.view(shape), modulator_t.view(shape))
+            return out, (q.view(shape), modulator.view(shape), modulator_t.view(shape))
         return out
 
     def extra_repr(self) -> str:
@@ -277,8 +279,8 @@ class BasicLayer(nn.Module):
             self.downsample = PatchEmbed(dim, out_dim, kernel=2, stride=2)
 
     def forward(self, x: torch.Tensor, height: int, width: int,
-                modulators: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None):
-        """Blocks then downsampling; with a ``modulators`` list, appends (block, spatial,
+                modulators: list[tuple[int, torch.Tensor, ...]] | None = None):
+        """Blocks then downsampling; with a ``modulators`` list, appends (block, query, spatial,
         temporal) maps to it (the caller's list, not module state)."""
         want_maps = modulators is not None
         for j, block in enumerate(self.blocks):
@@ -288,8 +290,8 @@ class BasicLayer(nn.Module):
             else:
                 x = block(x, height, width, want_maps)
             if want_maps:
-                x, (spatial, temporal) = x
-                modulators.append((j, spatial, temporal))
+                x, (query, spatial, temporal) = x
+                modulators.append((j, query, spatial, temporal))
         if self.downsample is not None:
             x, height, width = self.downsample(x.reshape(x.shape[0], height, width, x.shape[2]))
         return x, height, width
@@ -372,8 +374,9 @@ class VideoFocalNet(nn.Module):
     def forward_features(self, x: torch.Tensor, *, return_modulators: bool = False):
         """Pooled pre-logit embedding (B, num_features): final norm, token mean, frame mean.
 
-        With ``return_modulators`` also returns one ``Modulators`` per block, in order, for the
-        paper's modulator visualisations; the normal path does no extra work.
+        With ``return_modulators`` also returns one ``Modulators`` per block, in order (query and
+        both modulators, so a caller can check they are what the block used), for the paper's
+        modulator visualisations; the normal path does no extra work.
         """
         self._check_input(x)
         batch = x.shape[0]
@@ -384,7 +387,7 @@ class VideoFocalNet(nn.Module):
             stage_maps = [] if return_modulators else None
             x, height, width = layer(x, height, width, stage_maps)
             if return_modulators:
-                maps.extend(Modulators(i, j, s, t) for j, s, t in stage_maps)
+                maps.extend(Modulators(i, j, q, s, t) for j, q, s, t in stage_maps)
         x = self.norm(x).mean(1)
         x = x.view(batch, -1, x.shape[-1]).mean(1)
         return (x, maps) if return_modulators else x
