@@ -13,9 +13,11 @@ Where we knowingly differ from the official code, and why:
   ``forward_features(x, return_modulators=True)``.
 - The modulation layer stays channels-last throughout: no ``clone()`` of its input, no
   ``permute().contiguous()`` round trips, the 1x1 convolutions ``h``/``h_temporal`` run as
-  ``F.linear`` on their (reshaped) weights, and the dense temporal Conv1d over each position's
-  frames runs as a Conv3d with a (k, 1, 1) kernel on a (B, C, T, H, W) view, which is the same
-  sum without regrouping the tensor. Same function, same parameters, fewer copies.
+  ``F.linear`` on their (reshaped) weights, ``f_temporal`` runs as two ``F.linear`` calls on row
+  slices of its weight (so the temporal context comes out contiguous), and the dense temporal
+  Conv1d over each position's frames runs as a Conv2d with a (k, 1) kernel on the channels-last
+  view (B, C, T, H*W), which is the same sum without regrouping the tensor. Same function, same
+  parameters, fewer copies; without autograd the MLP's GELU works in place.
 - The gamma scale is skipped when layer-scale is off instead of multiplying by the constant 1.0.
 - ``use_conv_embed`` with ``tubelet_size > 1`` (no released config combines them) uses a Conv3d
   stem of kernel (tubelet, 7, 7), stride (tubelet, 4, 4), padding (0, 2, 2).
@@ -71,7 +73,12 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        hidden = self.fc1(x)
+        # Without autograd the activation overwrites fc1's output: at stage 0 that tensor is
+        # 38 MB per clip, above glibc's mmap threshold, so a second one is page-faulted afresh
+        # on every forward (about a fifth of the MLP's time at one thread).
+        hidden = self.act(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
+        return self.drop(self.fc2(self.drop(hidden)))
 
 
 def _temporal_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
