@@ -6,7 +6,8 @@
    back before each downsampling). Same module, same weights; the logits must agree within 1e-5
    or the script stops. For each thread count and batch size the two forwards alternate (ours,
    plain, ours, ...) so load from other processes hits both alike; the ratio of the medians
-   ours / plain is printed (< 1: ours is faster), with the load average before and after.
+   ours / plain is printed (< 1: ours is faster), for wall time and for the process's CPU time
+   (steadier on a shared machine), with the load average before and after.
 2. Latency of the listed variants: torch.inference_mode, warm-up runs, median of timed runs.
 
     python tools/bench_models.py [--threads 1,2] [--batches 1,4] [--runs 7] [--models vfl-nano]
@@ -32,6 +33,14 @@ def _time(fn, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def _wall_and_cpu(fn, x: torch.Tensor) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds (all threads): on a shared machine the CPU
+    time is the steadier of the two, since waiting for a core is not counted."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(x)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
@@ -46,11 +55,12 @@ def compare_with_plain(model: torch.nn.Module, x: torch.Tensor, *, warmup: int, 
             raise SystemExit(f"ours and plain_forward disagree: max |logit diff| {diff:.1e}")
         for _ in range(warmup):
             _time(model, x), _time(plain, x)
-        pairs = [(_time(model, x), _time(plain, x)) for _ in range(runs)]
-    ours = statistics.median(p[0] for p in pairs) * 1e3
-    base = statistics.median(p[1] for p in pairs) * 1e3
+        pairs = [(_wall_and_cpu(model, x), _wall_and_cpu(plain, x)) for _ in range(runs)]
+    ours, base = (statistics.median(p[i][0] for p in pairs) * 1e3 for i in (0, 1))
+    ours_cpu, base_cpu = (statistics.median(p[i][1] for p in pairs) * 1e3 for i in (0, 1))
     return {"ours_ms": ours, "plain_ms": base, "ratio": ours / base, "max_abs_diff": diff,
-            "ours_faster_runs": sum(a < b for a, b in pairs), "runs": runs}
+            "ours_cpu_ms": ours_cpu, "plain_cpu_ms": base_cpu, "cpu_ratio": ours_cpu / base_cpu,
+            "ours_faster_runs": sum(a[0] < b[0] for a, b in pairs), "runs": runs}
 
 
 def main() -> None:
@@ -81,7 +91,9 @@ def main() -> None:
                        load_after=os.getloadavg()[0])
             summary["vs_plain"].append(row)
             print(f"vfl-nano {threads} thread(s) batch {batch}: ours {row['ours_ms']:.0f} ms, "
-                  f"plain {row['plain_ms']:.0f} ms, ratio {row['ratio']:.3f} (ours faster in "
+                  f"plain {row['plain_ms']:.0f} ms, ratio {row['ratio']:.3f}; CPU time ratio "
+                  f"{row['cpu_ratio']:.3f} ({row['ours_cpu_ms']:.0f} vs {row['plain_cpu_ms']:.0f}"
+                  f" ms; ours faster in "
                   f"{row['ours_faster_runs']}/{args.runs} pairs; max |diff| "
                   f"{row['max_abs_diff']:.1e}; load {load:.2f} -> {row['load_after']:.2f})")
 
