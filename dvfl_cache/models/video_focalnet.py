@@ -165,8 +165,9 @@ class SpatioTemporalFocalModulation(nn.Module):
         # time for every position is a Conv2d with a (k, 1) kernel on the channels-last view
         # (B, D, T, H*W) of the contiguous context; see _temporal_conv for why this form.
         weight_t, bias_t = self.f_temporal.weight, self.f_temporal.bias
-        ctx_t = F.linear(x, weight_t[:dim], bias_t[:dim]).view(n // frames, frames, height * width, dim)
-        gates_t = F.linear(x, weight_t[dim:], bias_t[dim:]).view(n // frames, frames, height * width, -1)
+        grouped = (n // frames, frames, height * width, -1)
+        ctx_t = F.linear(x, weight_t[:dim], bias_t[:dim]).view(grouped)
+        gates_t = F.linear(x, weight_t[dim:], bias_t[dim:]).view(grouped)
         acc_t = None
         for level, layer in enumerate(self.focal_layers_temporal):
             ctx_t = layer[1](_temporal_conv(ctx_t, layer[0]))
