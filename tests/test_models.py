@@ -298,6 +298,25 @@ def test_network_matches_plain_forward(options):
     torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
 
 
+def test_one_thread_forward_avoids_slow_convolutions():
+    """At one thread PyTorch's CPU heuristic sends a Conv3d kernel (k, 1, 1) to its unfolding
+    path (3-4x slower; what made our nano slower than the published code at one thread): the
+    temporal convolution must stay on the oneDNN path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = create_model("vfl-nano", **TOY).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(_clip(frames=model.num_frames))
+    finally:
+        torch.set_num_threads(threads)
+    names = {event.key for event in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in names
+    assert not [name for name in names if "slow_conv" in name], sorted(names)
+
+
 @pytest.mark.parametrize("postln", [False, True])
 def test_block_follows_spec_formula(postln):
     model = _unit_scale_(create_model("vfl-nano", **TOY, use_postln=postln, use_layerscale=True))
