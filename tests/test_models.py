@@ -11,10 +11,15 @@ import torch.nn.functional as F
 
 from dvfl_cache.models import (MODEL_NAMES, VideoFocalNet, count_gmacs, count_params,
                                create_model, from_reference, model_defaults)
-from dvfl_cache.models.reference import reference_modulation
+from dvfl_cache.models.reference import plain_forward, reference_modulation
 from dvfl_cache.models.video_focalnet import SpatioTemporalFocalModulation, drop_path
 
-PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "video_focalnet_tiny.pt"
+# The shared parity case: a copy inside the checkout (shared/, which travels to a GPU machine with
+# the working tree; see tools/gpu_check.py) or the project's ../shared beside it.
+_ROOT = Path(__file__).resolve().parents[1]
+PARITY = next((p for p in (_ROOT / "shared" / "parity" / "video_focalnet_tiny.pt",
+                           _ROOT.parent / "shared" / "parity" / "video_focalnet_tiny.pt")
+               if p.is_file()), _ROOT.parent / "shared" / "parity" / "video_focalnet_tiny.pt")
 TOY = dict(embed_dim=8, num_classes=5, num_frames=2)
 
 
@@ -57,6 +62,16 @@ def test_parity_with_reference_logits(parity):
     with torch.no_grad():
         logits64 = model.double()(parity["input"].double())
     assert (logits64 - parity["logits_fp64"]).abs().max().item() < 1e-9
+
+
+def test_plain_forward_reproduces_reference_logits(parity):
+    """The benchmark's baseline (tools/bench_models.py) computes the reference function too."""
+    model = from_reference(parity["config"], parity["state_dict"]).eval()
+    with torch.no_grad():
+        logits = plain_forward(model, parity["input"])
+    assert (logits - parity["logits"]).abs().max().item() < 1e-4
+    with pytest.raises(ValueError, match="eval"):
+        plain_forward(model.train(), parity["input"])
 
 
 def test_parity_depends_on_frame_order(parity):
@@ -271,6 +286,37 @@ def test_modulation_matches_plain_reference(options):
             torch.testing.assert_close(query, ref_query, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(spatial, ref_spatial, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(temporal, ref_temporal, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "defaults")
+def test_network_matches_plain_forward(options):
+    """The whole network (stem, blocks, downsampling, head) against the plain transcription,
+    over every option; batch 3 so that clips are not confused with frames."""
+    model = _unit_scale_(create_model("vfl-nano", **{**TOY, **options})).eval()
+    x = _clip(batch=3, frames=model.num_frames)
+    with torch.no_grad():
+        ours, plain = model(x), plain_forward(model, x)
+    assert ours.shape == plain.shape == (3, model.num_classes or model.num_features)
+    torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_one_thread_forward_avoids_slow_convolutions():
+    """At one thread PyTorch's CPU heuristic sends a Conv3d kernel (k, 1, 1) to its unfolding
+    path (3-4x slower; what made our nano slower than the published code at one thread): the
+    temporal convolution must stay on the oneDNN path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = create_model("vfl-nano", **TOY).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(_clip(frames=model.num_frames))
+    finally:
+        torch.set_num_threads(threads)
+    names = {event.key for event in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in names
+    assert not [name for name in names if "slow_conv" in name], sorted(names)
 
 
 @pytest.mark.parametrize("postln", [False, True])

@@ -1,10 +1,11 @@
-"""A deliberately plain eager transcription of the spec's modulation layer.
+"""A deliberately plain eager transcription of the spec: the modulation layer and the network.
 
 Why it exists: it is the oracle the tests compare the channels-last fast path against (including
 the options the parity file does not exercise), and the baseline ``tools/bench_models.py`` times
-our forward against. It follows the spec line by line, regrouping tensors the obvious way
-(channels-first copies, (B*H*W, C, T) for the temporal Conv1d), and uses the same parameters as
-``SpatioTemporalFocalModulation``.
+our forward against (the "reference-style" forward, since the published code may not be shipped).
+It follows the spec line by line, regrouping tensors the obvious way (channels-first copies,
+(B*H*W, C, T) for the temporal Conv1d, tokens transposed back to (N, C, H, W) before each
+downsampling), and uses the parameters of our modules, so it needs no weight conversion.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import types
 
 import torch
 
-from dvfl_cache.models.video_focalnet import SpatioTemporalFocalModulation
+from dvfl_cache.models.video_focalnet import (FocalModulationBlock, SpatioTemporalFocalModulation,
+                                              VideoFocalNet)
 
 
 def reference_modulation(mod: SpatioTemporalFocalModulation, x: torch.Tensor
@@ -58,6 +60,51 @@ def reference_modulation(mod: SpatioTemporalFocalModulation, x: torch.Tensor
     return (out, q.permute(0, 2, 3, 1).reshape(shape),
             modulator.permute(0, 2, 3, 1).reshape(shape),
             modulator_t.permute(0, 2, 3, 1).reshape(shape))
+
+
+def plain_forward(model: VideoFocalNet, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) on clips (B, T, C, H, W), by the spec's data flow."""
+    if model.training:
+        raise ValueError("plain_forward follows the eval-mode network (no dropout, no drop-path)")
+    model._check_input(x)
+    batch = x.shape[0]
+    stem = model.patch_embed
+    if stem.tubelet_size > 1:
+        y = stem.proj(x.transpose(1, 2))  # (B, D, T', H', W')
+        y = y.transpose(1, 2).flatten(0, 1)
+    else:
+        y = stem.proj(x.flatten(0, 1))  # (B*T, D, H', W')
+    height, width = y.shape[2:]
+    y = y.flatten(2).transpose(1, 2)
+    if stem.norm is not None:
+        y = stem.norm(y)
+    for layer in model.layers:
+        for block in layer.blocks:
+            y = _plain_block(block, y, height, width)
+        if layer.downsample is not None:
+            y = y.transpose(1, 2).reshape(y.shape[0], -1, height, width)
+            y = layer.downsample.proj(y)
+            height, width = y.shape[2:]
+            y = layer.downsample.norm(y.flatten(2).transpose(1, 2))
+    y = model.norm(y).mean(1)
+    y = y.reshape(batch, -1, y.shape[-1]).mean(1)
+    return model.head(y)
+
+
+def _plain_block(block: FocalModulationBlock, x: torch.Tensor, height: int, width: int
+                 ) -> torch.Tensor:
+    n, tokens, dim = x.shape
+    shortcut = x
+    y = x if block.use_postln else block.norm1(x)
+    y = reference_modulation(block.modulation, y.view(n, height, width, dim))[0]
+    y = y.view(n, tokens, dim)
+    if block.use_postln:
+        y = block.norm1(y)
+    gamma_1 = 1.0 if block.gamma_1 is None else block.gamma_1
+    gamma_2 = 1.0 if block.gamma_2 is None else block.gamma_2
+    x = shortcut + gamma_1 * y
+    z = block.norm2(block.mlp(x)) if block.use_postln else block.mlp(block.norm2(x))
+    return x + gamma_2 * z
 
 
 def use_reference_modulation(model: torch.nn.Module) -> torch.nn.Module:
