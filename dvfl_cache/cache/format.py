@@ -20,14 +20,20 @@ from typing import Any
 import numpy as np
 
 from dvfl_cache import __version__
+from dvfl_cache.cache.codecs import TAUS, get_codec
 from dvfl_cache.errors import CacheError
 
 FORMAT_NAME = "dvfl-teacher-cache"
 FORMAT_VERSION = 1
 
-LOGIT_DTYPES = ("float16", "float32")
+LOGIT_DTYPES = ("float16", "float32", "q8")
+# Storage types whose logits/features go through a codec (cache/codecs.py) instead of a cast:
+# field -> codec. Such a field is stored as one array per codec part, named "<field>_<part>".
+CODED_DTYPES: dict[str, dict[str, str]] = {
+    "q8": {"logits": "q8-logit", "features": "q8-affine"},
+}
 DEFAULT_VIEWS_PER_SHARD = 4096
-DEFAULT_TAUS = (1, 5, 10, 20)
+DEFAULT_TAUS = TAUS
 
 # Per-view records written by the data layer's views_to_arrays: name -> (dtype, trailing shape).
 # "frames" is (T,), where T is CacheMeta.num_frames.
@@ -58,6 +64,10 @@ def _bad(source: str, name: str, expected: str, found: Any) -> CacheError:
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return CacheError(f"{source}: field '{name}': expected {expected}, found {shown}")
+
+
+def _one_of(choices: Iterable[str]) -> str:
+    return "one of " + ", ".join(map(repr, choices))
 
 
 def _get(d: Mapping[str, Any], key: str, source: str, prefix: str) -> Any:
@@ -261,7 +271,7 @@ class CacheMeta:
         _parse_int(self.views_per_video, src, "views_per_video", minimum=1)
         _parse_int(self.num_frames, src, "num_frames", minimum=1)
         if self.dtype not in LOGIT_DTYPES:
-            raise _bad(src, "dtype", " or ".join(map(repr, LOGIT_DTYPES)), self.dtype)
+            raise _bad(src, "dtype", _one_of(LOGIT_DTYPES), self.dtype)
         _parse_opt_int(self.feature_dim, src, "feature_dim", minimum=1)
         _parse_int(self.views_per_shard, src, "views_per_shard", minimum=1)
         _parse_str(self.dvfl_version, src, "dvfl_version")
@@ -280,16 +290,40 @@ class CacheMeta:
     def num_shards(self) -> int:
         return -(-self.num_rows // self.views_per_shard)
 
-    def row_arrays(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-        """Every per-row array as name -> (dtype, trailing shape), in on-disk order."""
-        out: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
-            "logits": (np.dtype(self.dtype), (self.num_classes,))}
+    def codec(self, name: str) -> str | None:
+        """The codec storing field `name` ("logits", "features"), None when stored as is."""
+        return CODED_DTYPES.get(self.dtype, {}).get(name)
+
+    def value_arrays(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """Every per-row array as the writer takes it and the reader returns it: coded
+        fields are float32 values here, one array each."""
+        out: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+        raw = np.dtype("float32") if self.dtype in CODED_DTYPES else np.dtype(self.dtype)
+        out["logits"] = (raw, (self.num_classes,))
         if self.feature_dim is not None:
-            out["features"] = (np.dtype(self.dtype), (self.feature_dim,))
+            out["features"] = (raw, (self.feature_dim,))
         out["label"] = (np.dtype("int32"), ())
         out["valid"] = (np.dtype("uint8"), ())
         for name, (dt, trail) in VIEW_ARRAYS.items():
             out[name] = (np.dtype(dt), tuple(self.num_frames if t == "T" else t for t in trail))
+        return out
+
+    def coded_parts(self, name: str) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """Stored array name -> (dtype, trailing shape) of coded field `name`'s parts."""
+        width = self.value_arrays()[name][1][0]
+        return {f"{name}_{part}": spec
+                for part, spec in get_codec(self.codec(name)).part_specs(width).items()}
+
+    def row_arrays(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """Every per-row array as stored, name -> (dtype, trailing shape), in on-disk order.
+
+        Equal to value_arrays() except that a coded field is replaced by its parts."""
+        out: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+        for name, spec in self.value_arrays().items():
+            if self.codec(name) is None:
+                out[name] = spec
+            else:
+                out.update(self.coded_parts(name))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -335,7 +369,7 @@ class CacheMeta:
                        "dataset.classes)", num_classes)
         dtype = _get(d, "dtype", source, "")
         if dtype not in LOGIT_DTYPES:
-            raise _bad(source, "dtype", " or ".join(map(repr, LOGIT_DTYPES)), dtype)
+            raise _bad(source, "dtype", _one_of(LOGIT_DTYPES), dtype)
         return cls(
             teacher=TeacherInfo.from_dict(_get(d, "teacher", source, ""), source=source),
             dataset=dataset,

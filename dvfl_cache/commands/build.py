@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from dvfl_cache.cache.format import LOGIT_DTYPES
 from dvfl_cache.commands.options import (dataset_options, index_from_options, parse_key_values,
                                          threads_option)
+from dvfl_cache.commands.store import storage_error_lines
 
 
 @click.command("build")
@@ -40,8 +42,10 @@ from dvfl_cache.commands.options import (dataset_options, index_from_options, pa
               help="Grayscale probability.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), required=True, help="Store directory to write.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
-              show_default=True, help="Logit storage type.")
+@click.option("--dtype", type=click.Choice(LOGIT_DTYPES), default="float16", show_default=True,
+              help="Logit (and feature) storage: float16, float32, or q8 (8-bit codes plus "
+                   "two float32 per row: 109 bytes a view at 101 classes; the error is "
+                   "measured and shown by `info`; see docs/cache-format.md).")
 @click.option("--features", is_flag=True,
               help="Also store the teacher's pooled pre-logit embedding per view.")
 @click.option("--views-per-shard", type=click.IntRange(1), default=4096, show_default=True)
@@ -100,6 +104,8 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
         if result.fp16_kl:
             worst = ", ".join(f"tau {k}: {v:.2e}" for k, v in result.fp16_kl.items())
             click.echo(f"float16 storage error, worst KL vs float32: {worst}")
+        for line in storage_error_lines(result.storage_error):
+            click.echo(f"{dtype} storage error, {line}")
         if result.failed:
             click.echo(f"{len(result.failed)} video(s) failed to decode; their views are "
                        f"marked missing:", err=True)
