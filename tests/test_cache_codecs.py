@@ -241,6 +241,20 @@ def test_q8_store_layout_and_transparent_reads(tmp_path):
     np.testing.assert_array_equal(q8.read("logits", 0, 30), by_hand.astype(np.float32))
 
 
+def test_q8_reader_refuses_pending_rows_and_raw_access_to_a_coded_field(tmp_path):
+    meta = make_meta(dtype="q8")
+    writer = CacheWriter.create(tmp_path / "q8.zarr", meta)
+    arrays, failures = synthetic_shard(meta, 0)
+    writer.write_shard(0, arrays, failures)
+    reader = CacheReader(tmp_path / "q8.zarr")
+    assert reader.read("logits", 0, 8).shape == (8, 6)
+    with pytest.raises(CacheError, match=r"unfinished shards \[1\]"):
+        reader.read("logits", 0, 9)
+    with pytest.raises(CacheError, match="'logits' is stored coded as logits_codes, "
+                                         "logits_params"):
+        reader.array("logits")
+
+
 def test_q8_store_records_its_error_and_info_and_verify_report_it(tmp_path):
     reader = write_store(tmp_path / "q8.zarr", "q8", num_classes=6, feature_dim=5)
     rec = reader.shard_record(0)["storage_error"]

@@ -74,9 +74,14 @@ def _array_problem(meta: CacheMeta, group: zarr.Group, name: str) -> str | None:
     """Why array `name` does not have the layout `meta` promises, or None."""
     if name == SHARD_DONE:
         dtype, shape = np.dtype("uint8"), (meta.num_shards,)
-    else:
+    elif name in meta.row_arrays():
         dt, trail = meta.row_arrays()[name]
         dtype, shape = dt, (meta.num_rows, *trail)
+    elif meta.codec(name) is not None:
+        return (f"'{name}' is stored coded as {', '.join(meta.coded_parts(name))} "
+                f"(dtype {meta.dtype}); read it with CacheReader.read")
+    else:
+        return f"no array '{name}' in this cache's layout"
     try:
         arr = group[name]
     except KeyError:
