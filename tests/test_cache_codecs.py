@@ -334,3 +334,14 @@ def test_build_with_dtype_q8_reads_back_close_to_the_float32_build(synth_root, t
     shown = CliRunner().invoke(cache_cli, ["info", str(tmp_path / "q8.zarr")])
     assert "storage error" in shown.output and "bytes per view" in shown.output
     assert "logits 12" in shown.output  # 4 classes + 8 bytes
+
+
+def test_nearest_level_lookup_equals_a_binary_search_including_ties():
+    from dvfl_cache.cache.codecs import _LOGIT_MIDS, _nearest_level
+
+    rng = np.random.default_rng(5)
+    u = np.concatenate([rng.uniform(0, 8032, 100_000), rng.uniform(0, 40, 10_000), _LOGIT_MIDS,
+                        np.nextafter(_LOGIT_MIDS, 0), np.nextafter(_LOGIT_MIDS, np.inf),
+                        LOGIT_TABLE, [0.0, 8032.0, 8032.25, 8040.0, 1e6]])
+    np.testing.assert_array_equal(_nearest_level(u),
+                                  np.searchsorted(_LOGIT_MIDS, u, side="left"))

@@ -19,7 +19,7 @@ doubling from one segment to the next. Level k = 32 j + m (j = 0..7, m = 0..31) 
 with the per-row scale S = max(z) / 8032, so the row's whole range fits and the top class is
 exact (T_0 = 0). Steps run from S near the top to 128 S at the bottom. Stored parts: `codes`
 uint8 (N, W) = the nearest level of z / S (ties to the lower level), `params` float32 (N, 2) =
-(max(l), S). Decoding: l = max - S * T[code]. Measured (tools: tests/test_cache_codecs.py):
+(max(l), S). Decoding: l = max - S * T[code]. Measured (tools/bench_codecs.py):
 worst KL <= 2.6e-4 at every tau in {1, 5, 10, 20} for std 3, 10 and 30 Gaussian logits and for
 a trained softmax classifier's logits, where per-row 8-bit affine gives 2.8e-3 at std 10 and
 1.5e-2 at std 30 (tau 1). Fewer segments (4 x 64) reach 9e-4 at std 30; more (16 x 16) lose
@@ -54,6 +54,12 @@ LOGIT_TABLE = (np.ldexp(1.0, _k // _LEVELS) * (_k % _LEVELS + _LEVELS) - _LEVELS
 # Decision thresholds between neighbouring levels: exact half-integers.
 _LOGIT_MIDS = (LOGIT_TABLE[1:] + LOGIT_TABLE[:-1]) / 2
 del _k
+# The thresholds are half-integers, so h = floor(2u) (exact) fixes the code of every u in
+# (h/2, (h+1)/2): a lookup instead of a binary search (3-4x faster). At u == h/2 exactly, a
+# threshold there gives the lower level (ties to the lower level, as searchsorted "left").
+_HALVES = np.arange(2 * int(LOGIT_TABLE[-1]) + 2) / 2
+_CODE_ABOVE = np.searchsorted(_LOGIT_MIDS, _HALVES, side="right").astype(np.uint8)
+_IS_MID = np.isin(_HALVES, _LOGIT_MIDS)
 
 
 class CodecError(ValueError):
@@ -107,10 +113,19 @@ def _logit_encode(x: np.ndarray) -> dict[str, np.ndarray]:
                                                                          ).astype(np.float64)
         # Decoding uses the stored (float32) scale, so encoding divides by the same number.
         u = np.divide(z, scale, out=np.zeros_like(z), where=scale > 0)
-        codes[b] = np.searchsorted(_LOGIT_MIDS, u, side="left")
+        codes[b] = _nearest_level(u)
         params[b, 0] = top[:, 0]
         params[b, 1] = scale[:, 0]
     return {"codes": codes, "params": params}
+
+
+def _nearest_level(u: np.ndarray) -> np.ndarray:
+    """Code of the level nearest to u >= 0 (ties to the lower): searchsorted(mids, u, "left")."""
+    v = np.minimum(u * 2, len(_HALVES) - 1)  # beyond the top level (S rounded down): 255
+    h = v.astype(np.int64)  # floor, as v >= 0
+    codes = _CODE_ABOVE[h]
+    codes[_IS_MID[h] & (v == h)] -= 1
+    return codes
 
 
 def _logit_decode(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
