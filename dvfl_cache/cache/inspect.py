@@ -58,11 +58,12 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
         failed: dict[int, dict[str, Any]] = {}
         for f in failures:
             failed.setdefault(f["video"], {k: v for k, v in f.items() if k != "shard"})
-        specs = m.row_arrays()
-        per_view = {name: sum(dt.itemsize * int(np.prod(trail))
-                              for part, (dt, trail) in specs.items()
-                              if part == name or part.startswith(f"{name}_"))
-                    for name in ("logits", "features") if name in m.value_arrays()}
+        per_view = {}  # stored bytes of one view's logits / features (all codec parts)
+        for name in ("logits", "features"):
+            if name in m.value_arrays():
+                stored = m.coded_parts(name) if m.codec(name) else {name: m.row_arrays()[name]}
+                per_view[name] = sum(dt.itemsize * int(np.prod(trail))
+                                     for dt, trail in stored.values())
         return {
             "store": str(reader.location),
             "format": f"{FORMAT_NAME} v{FORMAT_VERSION}",
