@@ -103,6 +103,21 @@ def test_q8_logit_round_trip_error_is_at_most_half_a_local_step():
     assert (parts["codes"].max(1) == 255).all() and (parts["codes"].min(1) == 0).all()
 
 
+@pytest.mark.parametrize("offset", [100.0, 1000.0, 1e4])
+def test_q8_logit_caps_the_range_so_one_far_outlier_costs_nothing(offset):
+    x = np.random.default_rng(6).normal(0, 3, (2000, 101)).astype(np.float32)
+    x[:, 0] -= offset
+    parts = encode("q8-logit", x)
+    y = decode("q8-logit", parts)
+    scale = parts["params"][:, 1]
+    assert (scale <= np.float32(codecs.LOGIT_RANGE_CAP / 8032)).all()
+    far = x.max(1) - x[:, 0] > codecs.LOGIT_RANGE_CAP
+    assert far.any() == (offset > 400)
+    np.testing.assert_array_equal(parts["codes"][far, 0], 255)
+    np.testing.assert_allclose(y[far, 0], x.max(1)[far] - 400, atol=1e-3)
+    assert max(codecs.logit_error("q8-logit", x)["kl_worst"].values()) <= 1e-3
+
+
 def test_q8_affine_round_trip_error_is_at_most_half_a_step():
     x = np.random.default_rng(3).normal(0, 2, (200, 64)).astype(np.float32)
     parts = encode("q8-affine", x)

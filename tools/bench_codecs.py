@@ -2,7 +2,8 @@
 
 Prints a markdown table (the one in docs/cache-format.md):
 - logits at 101 classes: worst and mean KL(softmax(l/tau) || softmax(decoded/tau)) at tau 1, 5,
-  10, 20 on N(0, s) logits (s = 3, 10, 30) and on the logits of a softmax classifier trained
+  10, 20 on N(0, s) logits (s = 3, 10, 30, 100), on N(0, 3) rows with one class 1000 below, and
+  on the logits of a softmax classifier trained
   here by gradient descent on 101 Gaussian class clusters ("trained"); "affine8" is per-row
   8-bit affine (the q8-affine codec applied to logits), the baseline the issue names;
 - 1024-d features: worst and mean 1 - cosine on N(0, 1) and on ReLU(N(0.2, 1)) rows;
@@ -47,6 +48,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     sets = {f"std {s}": rng.normal(0, s, (args.rows, 101)).astype(np.float32)
             for s in (3, 10, 30)}
+    sets["std 100"] = rng.normal(0, 100, (args.rows, 101)).astype(np.float32)
+    outlier = rng.normal(0, 3, (args.rows, 101)).astype(np.float32)
+    outlier[:, 0] -= 1000  # one class far below the rest
+    sets["std 3, one -1000"] = outlier
     sets["trained"] = trained_logits(args.rows)
     forms = {"float32": "float32", "float16": "float16", "affine8": "q8-affine",
              "q8-logit": "q8-logit"}
