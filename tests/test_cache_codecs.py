@@ -216,6 +216,23 @@ def test_q8_affine_features_cosine_error_is_bounded_per_row():
 
 # --- the store -------------------------------------------------------------------------------
 
+def test_q8_meta_round_trips_and_lays_out_coded_parts():
+    from dvfl_cache.cache.format import CacheMeta
+
+    m = make_meta(dtype="q8", feature_dim=5)
+    assert CacheMeta.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    stored, values = m.row_arrays(), m.value_arrays()
+    assert list(stored)[:4] == ["logits_codes", "logits_params", "features_codes",
+                                "features_params"]
+    assert stored["logits_codes"] == (np.dtype("uint8"), (6,))
+    assert stored["features_params"] == (np.dtype("float32"), (2,))
+    assert values["logits"] == (np.dtype("float32"), (6,))
+    assert (m.codec("logits"), m.codec("features"), m.codec("label")) == \
+        ("q8-logit", "q8-affine", None)
+    raw = make_meta(dtype="float16", feature_dim=5)
+    assert raw.row_arrays() == raw.value_arrays() and raw.codec("logits") is None
+
+
 def write_store(path, dtype, *, num_classes=6, feature_dim=5):
     meta = make_meta(dtype=dtype, num_classes=num_classes, feature_dim=feature_dim)
     writer = CacheWriter.create(path, meta)
