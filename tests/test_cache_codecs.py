@@ -336,7 +336,8 @@ def test_q8_write_shard_names_bad_input(tmp_path):
 
 # --- the build -------------------------------------------------------------------------------
 
-def test_build_with_dtype_q8_reads_back_close_to_the_float32_build(synth_root, tmp_path):
+def test_build_with_dtype_q8_reads_back_close_to_the_float32_build(synth_root, synth_index,
+                                                                   tmp_path):
     from dvfl_cache.cli import main as cache_cli
     from test_cache_build import build_args
 
@@ -358,6 +359,13 @@ def test_build_with_dtype_q8_reads_back_close_to_the_float32_build(synth_root, t
         assert max(kl["kl_worst"].values()) < 1e-3
         assert codecs.cosine_error(fa["features"], fb["features"])["cos_worst"] < 1e-3
         np.testing.assert_array_equal(fa["crop"], fb["crop"])
+    # the student's epoch plan reads the q8 store as float32 targets, like any other
+    from dvfl_train.train_data import plan_epoch
+
+    pa, pb = (plan_epoch(2, synth_index, reader=r, need_features=True) for r in (a, b))
+    assert pb.teacher_logits.dtype == pb.teacher_features.dtype == np.float32
+    assert pa.views == pb.views and np.array_equal(pa.videos, pb.videos)
+    assert max(codecs.kl_error(pa.teacher_logits, pb.teacher_logits)["kl_worst"].values()) < 1e-3
     # what the build recorded is the error of exactly these stored values
     err = b.storage_error()["logits"]["kl_worst"]
     direct = codecs.kl_error(a.read("logits", 0, a.num_rows), b.read("logits", 0, b.num_rows))
