@@ -125,7 +125,7 @@ BAD = [
     ("views_per_video", True, "field 'views_per_video': expected an integer, found True"),
     ("num_frames", None, "field 'num_frames': expected an integer, found None"),
     ("num_classes", 4, "field 'num_classes': expected 3 (the number of dataset.classes), found 4"),
-    ("dtype", "int8", "field 'dtype': expected 'float16' or 'float32', found 'int8'"),
+    ("dtype", "int8", "field 'dtype': expected one of 'float16', 'float32', 'q8', found 'int8'"),
     ("feature_dim", -1, "field 'feature_dim': expected an integer >= 1, found -1"),
     ("views_per_shard", "4096", "field 'views_per_shard': expected an integer, found '4096'"),
     ("created", "yesterday", "field 'created': expected an ISO 8601 time string"),

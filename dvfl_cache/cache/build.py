@@ -57,6 +57,7 @@ class BuildResult:
     complete: bool
     fp16_kl: dict[str, float] | None
     failed_rows: dict[int, dict] = field(default_factory=dict)  # mixed rows, partner failed
+    storage_error: dict[str, Any] | None = None  # codec error (dtype q8), see CacheReader
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -229,7 +230,9 @@ class _ShardAssembler:
         if sh["left"] == 0:
             del self.open[s]
             kl = None
-            if sh["logits32"] and len(sh["logits32"][0]) > 1:
+            # A coded store records its codec's own error (write_shard measures it).
+            if (sh["logits32"] and len(sh["logits32"][0]) > 1
+                    and self.writer.meta.codec("logits") is None):
                 sample = np.stack(sh["logits32"][:256]).astype(np.float32)
                 kl = {str(k): v for k, v in fp16_kl_error(sample).items()}
             self.submit(s, a, list(sh["failures"].values()), kl)
@@ -378,7 +381,8 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     result = BuildResult(path=str(cfg.out), rows_written=len(rows), shards_written=len(shards),
                          shards_total=meta.num_shards, failed=reader.failed_videos(),
                          complete=reader.complete, fp16_kl=reader.fp16_kl(),
-                         failed_rows=reader.failed_rows())
+                         failed_rows=reader.failed_rows(),
+                         storage_error=reader.storage_error())
     if result.failed:
         lines = "\n".join(f"  video {v} ({index.videos[v].path}): {r}"
                           for v, r in sorted(result.failed.items()))

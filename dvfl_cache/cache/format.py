@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dvfl_cache import __version__
+from dvfl_cache.cache.codecs import TAUS, get_codec
 from dvfl_cache.data.mix import MixConfig, mix_arrays_spec
 from dvfl_cache.errors import CacheError
 
@@ -35,9 +36,14 @@ FORMAT_VERSION = 2
 FORMAT_VERSIONS = (1, 2)
 UNVERSIONED_DECODER = 0  # decoder_version of frames decoded before the decoder was versioned
 
-LOGIT_DTYPES = ("float16", "float32")
+LOGIT_DTYPES = ("float16", "float32", "q8")
+# Storage types whose logits/features go through a codec (cache/codecs.py) instead of a cast:
+# field -> codec. Such a field is stored as one array per codec part, named "<field>_<part>".
+CODED_DTYPES: dict[str, dict[str, str]] = {
+    "q8": {"logits": "q8-logit", "features": "q8-affine"},
+}
 DEFAULT_VIEWS_PER_SHARD = 4096
-DEFAULT_TAUS = (1, 5, 10, 20)
+DEFAULT_TAUS = TAUS
 
 # Per-view records written by the data layer's views_to_arrays: name -> (dtype, trailing shape).
 # "frames" is (T,), where T is CacheMeta.num_frames.
@@ -78,6 +84,10 @@ def _bad(source: str, name: str, expected: str, found: Any) -> CacheError:
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return CacheError(f"{source}: field '{name}': expected {expected}, found {shown}")
+
+
+def _one_of(choices: Iterable[str]) -> str:
+    return "one of " + ", ".join(map(repr, choices))
 
 
 def _get(d: Mapping[str, Any], key: str, source: str, prefix: str) -> Any:
@@ -330,14 +340,15 @@ class CacheMeta:
         _parse_decoder_version(self.decoder_version, src, "decoder_version")
         if self.format_version == 1 and (self.mix is not None or self.jitter_mode != "clip"
                                          or self.teacher_precision is not None
-                                         or self.decoder_version != UNVERSIONED_DECODER):
+                                         or self.decoder_version != UNVERSIONED_DECODER
+                                         or self.dtype in CODED_DTYPES):
             raise _bad(src, "format_version", "2 for mixing, per-frame jitter, a teacher "
-                       "precision or a decoder version", 1)
+                       "precision, a decoder version or a coded dtype", 1)
         _parse_int(self.num_videos, src, "num_videos", minimum=1)
         _parse_int(self.views_per_video, src, "views_per_video", minimum=1)
         _parse_int(self.num_frames, src, "num_frames", minimum=1)
         if self.dtype not in LOGIT_DTYPES:
-            raise _bad(src, "dtype", " or ".join(map(repr, LOGIT_DTYPES)), self.dtype)
+            raise _bad(src, "dtype", _one_of(LOGIT_DTYPES), self.dtype)
         _parse_opt_int(self.feature_dim, src, "feature_dim", minimum=1)
         _parse_int(self.views_per_shard, src, "views_per_shard", minimum=1)
         _parse_str(self.dvfl_version, src, "dvfl_version")
@@ -361,15 +372,18 @@ class CacheMeta:
         """"clip" or "frame": declared once, in the sampler's parameters (absent: "clip")."""
         return self.sampler.params.get("jitter_mode", "clip")
 
-    def row_arrays(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-        """Every per-row array as name -> (dtype, trailing shape), in on-disk order.
+    def codec(self, name: str) -> str | None:
+        """The codec storing field `name` ("logits", "features"), None when stored as is."""
+        return CODED_DTYPES.get(self.dtype, {}).get(name)
 
-        Per-frame jitter and mix columns exist only in stores that use them.
-        """
-        out: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
-            "logits": (np.dtype(self.dtype), (self.num_classes,))}
+    def value_arrays(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """Every per-row array as the writer takes it and the reader returns it: coded
+        fields are float32 values here, one array each."""
+        out: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+        raw = np.dtype("float32") if self.dtype in CODED_DTYPES else np.dtype(self.dtype)
+        out["logits"] = (raw, (self.num_classes,))
         if self.feature_dim is not None:
-            out["features"] = (np.dtype(self.dtype), (self.feature_dim,))
+            out["features"] = (raw, (self.feature_dim,))
         out["label"] = (np.dtype("int32"), ())
         out["valid"] = (np.dtype("uint8"), ())
         for name, (dt, trail) in VIEW_ARRAYS.items():
@@ -383,6 +397,24 @@ class CacheMeta:
             for name, (dt, trail) in mix_arrays_spec(self.num_frames,
                                                      per_frame=per_frame).items():
                 out[name] = (np.dtype(dt), trail)
+        return out
+
+    def coded_parts(self, name: str) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """Stored array name -> (dtype, trailing shape) of coded field `name`'s parts."""
+        width = self.value_arrays()[name][1][0]
+        return {f"{name}_{part}": spec
+                for part, spec in get_codec(self.codec(name)).part_specs(width).items()}
+
+    def row_arrays(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """Every per-row array as stored, name -> (dtype, trailing shape), in on-disk order.
+
+        Equal to value_arrays() except that a coded field is replaced by its parts."""
+        out: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+        for name, spec in self.value_arrays().items():
+            if self.codec(name) is None:
+                out[name] = spec
+            else:
+                out.update(self.coded_parts(name))
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -55,7 +55,12 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
         failed: dict[int, dict[str, Any]] = {}
         for f in failures:
             failed.setdefault(f["video"], {k: v for k, v in f.items() if k != "shard"})
-        values = m.num_rows * (m.num_classes + (m.feature_dim or 0))
+        per_view = {}  # stored bytes of one view's logits / features (all codec parts)
+        for name in ("logits", "features"):
+            if name in m.value_arrays():
+                stored = m.coded_parts(name) if m.codec(name) else {name: m.row_arrays()[name]}
+                per_view[name] = sum(dt.itemsize * int(np.prod(trail))
+                                     for dt, trail in stored.values())
         return {
             "store": str(reader.location),
             "format": f"{FORMAT_NAME} v{m.format_version}",
@@ -80,10 +85,12 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
             "shards_total": m.num_shards,
             "complete": bool(done.all()),
             "size_bytes": size_on_disk(reader.location),
-            "logit_bytes": values * np.dtype(m.dtype).itemsize,
+            "logit_bytes": m.num_rows * sum(per_view.values()),
+            "bytes_per_view": per_view,
             **teacher_accuracy(reader),
             "failed_videos": [failed[v] for v in sorted(failed)],
             "fp16_kl": reader.fp16_kl(),
+            "storage_error": reader.storage_error(),
             "dvfl_version": m.dvfl_version,
             "created": m.created,
         }
@@ -238,7 +245,7 @@ def _check_shard(reader: CacheReader, s: int, names: list[str], seen_labels: np.
             data[name] = np.asarray(reader.array(name)[rows.start:rows.stop])
         except Exception as e:  # any decode failure is a finding, not a crash
             out.append(shard_error(name, s, reader.array(name), e))
-    for name in ("logits", "features"):
+    for name in ("logits", "features", "logits_params", "features_params"):
         if name in data and not np.isfinite(data[name]).all():
             out.append(f"array '{name}' has non-finite values")
     r = np.arange(rows.start, rows.stop)

@@ -147,7 +147,8 @@ def import_hdf5(src: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
                                  f"'{H5_RECORDS}'")
             arrays = {name: h[name][rows.start:rows.stop] for name in specs}
             writer.write_shard(s, arrays, record.get("failures", []),
-                               fp16_kl=record.get("fp16_kl"))
+                               fp16_kl=record.get("fp16_kl"),
+                               storage_error=record.get("storage_error"))
             if progress is not None:
                 progress(1)
     log.info("imported %s -> %s (%d shards)", src, out, int(done.sum()))

@@ -31,6 +31,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
+from dvfl_cache.cache import codecs
 from dvfl_cache.cache.format import FAILURES_GROUP, SHARD_DONE, CacheMeta
 from dvfl_cache.cache.location import Location, locate, open_store
 from dvfl_cache.errors import CacheError
@@ -73,9 +74,14 @@ def _array_problem(meta: CacheMeta, group: zarr.Group, name: str) -> str | None:
     """Why array `name` does not have the layout `meta` promises, or None."""
     if name == SHARD_DONE:
         dtype, shape = np.dtype("uint8"), (meta.num_shards,)
-    else:
+    elif name in meta.row_arrays():
         dt, trail = meta.row_arrays()[name]
         dtype, shape = dt, (meta.num_rows, *trail)
+    elif meta.codec(name) is not None:
+        return (f"'{name}' is stored coded as {', '.join(meta.coded_parts(name))} "
+                f"(dtype {meta.dtype}); read it with CacheReader.read")
+    else:
+        return f"no array '{name}' in this cache's layout"
     try:
         arr = group[name]
     except KeyError:
@@ -234,7 +240,7 @@ class CacheWriter:
         per-video `labels`, the label of every row filled in; every row starts invalid."""
         rows = np.arange(self.shard_rows(s).start, self.shard_rows(s).stop)
         out = {name: np.zeros((len(rows), *trail), dtype=dt)
-               for name, (dt, trail) in self.meta.row_arrays().items()}
+               for name, (dt, trail) in self.meta.value_arrays().items()}
         out["video"][:] = rows % self.meta.num_videos
         out["view"][:] = rows // self.meta.num_videos
         if labels is not None:
@@ -247,8 +253,15 @@ class CacheWriter:
 
     def write_shard(self, s: int, arrays: Mapping[str, np.ndarray],
                     failures: Iterable[Mapping[str, Any]] = (), *,
-                    fp16_kl: Mapping[Any, float] | None = None) -> None:
+                    fp16_kl: Mapping[Any, float] | None = None,
+                    storage_error: Mapping[str, Any] | None = None) -> None:
         """Write every array of shard `s`, its failure record, then mark it done.
+
+        `arrays` are the value arrays (`meta.value_arrays()`, as `empty_shard` makes them).
+        A coded field (dtype q8) is encoded here and the error that costs on this shard's valid
+        rows is recorded (see `storage_error`); it may also be given as its stored parts
+        (copied from another store), with the error measured when it was encoded passed in
+        `storage_error`.
 
         `failures` lists the videos of this shard that could not be decoded:
         {"video": int, "reason": str, "path": str (optional)}; their rows must be valid=0.
@@ -258,13 +271,16 @@ class CacheWriter:
         the flag is cleared first, so a crash mid-rewrite leaves the shard pending, not half-done.
         """
         rows = self.shard_rows(s)
-        prepared = self._check_arrays(s, rows, arrays)
+        prepared, measured = self._check_arrays(s, rows, arrays)
+        storage_error = measured or storage_error
         record: dict[str, Any] = {"failures": _check_failures(self.path, s, failures, rows,
                                                               prepared["video"],
                                                               prepared["valid"])}
         if fp16_kl is not None:
             # "1" and 1.0 are the same temperature; keys must agree across shards.
             record["fp16_kl"] = {f"{float(k):g}": float(v) for k, v in fp16_kl.items()}
+        if storage_error is not None:
+            record["storage_error"] = _json_record(self.path, s, storage_error)
         done = self._arrays[SHARD_DONE]
         if done[s]:
             done[s] = 0
@@ -276,8 +292,9 @@ class CacheWriter:
                   rows.stop - 1, len(record["failures"]))
 
     def _check_arrays(self, s: int, rows: range, arrays: Mapping[str, np.ndarray]
-                      ) -> dict[str, np.ndarray]:
+                      ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
         where = f"{self.path}: shard {s}"
+        arrays, measured = _encode_coded(self.meta, arrays, len(rows), where)
         spec = self.meta.row_arrays()
         missing, extra = sorted(set(spec) - set(arrays)), sorted(set(arrays) - set(spec))
         if missing or extra:
@@ -313,7 +330,48 @@ class CacheWriter:
                 raise CacheError(f"{where}: array '{name}' must hold 0 or 1")
         if out["label"].min(initial=0) < 0 or out["label"].max(initial=0) >= self.meta.num_classes:
             raise CacheError(f"{where}: labels outside [0, {self.meta.num_classes})")
-        return out
+        return out, measured
+
+
+def _encode_coded(meta: CacheMeta, arrays: Mapping[str, np.ndarray], n: int, where: str
+                  ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+    """Replace each coded field's float values by its codec's stored parts, and measure what
+    that costs on the valid rows: {field: {"rows": n, "kl_worst"/"kl_mean": {tau: KL}} for
+    logits, {"rows": n, "cos_worst", "cos_mean"} for features}."""
+    out = dict(arrays)
+    errors: dict[str, Any] = {}
+    valid = np.asarray(arrays.get("valid", np.zeros(0))).astype(bool)
+    for name, (_dt, trail) in meta.value_arrays().items():
+        codec = meta.codec(name)
+        if codec is None or name not in out:
+            continue  # stored as is, or given as parts (checked with the other arrays)
+        parts = meta.coded_parts(name)
+        given = sorted(set(parts) & set(out))
+        if given:
+            raise CacheError(f"{where}: give either '{name}' or its parts {given}, not both")
+        values = np.asarray(out.pop(name))
+        if values.shape != (n, *trail):
+            raise CacheError(f"{where}: array '{name}' has shape {values.shape}, expected "
+                             f"{(n, *trail)}")
+        try:
+            encoded = codecs.encode(codec, values)
+        except codecs.CodecError as e:
+            raise CacheError(f"{where}: array '{name}': {e}") from None
+        out.update({f"{name}_{part}": a for part, a in encoded.items()})
+        if valid.shape == (n,) and valid.any():
+            ref = values[valid].astype(np.float32)
+            dec = codecs.decode(codec, {p: a[valid] for p, a in encoded.items()})
+            err = (codecs.kl_error(ref, dec) if name == "logits"
+                   else codecs.cosine_error(ref, dec))
+            errors[name] = {"rows": int(valid.sum()), **err}
+    return out, errors or None
+
+
+def _json_record(path: Path, s: int, value: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise CacheError(f"{path}: shard {s}: storage error record is not JSON ({e})") from None
 
 
 def _is_int(v: Any) -> bool:
@@ -473,6 +531,12 @@ class CacheReader:
                 pending = [first + i for i in np.flatnonzero(~done).tolist()]
                 raise CacheError(f"{self.location}: rows {start}-{stop - 1} lie in unfinished "
                                  f"shards {pending[:10]}; finish the cache with --resume")
+        codec = self.meta.codec(name)
+        if codec is not None:
+            # A coded field reads as float32 values: its parts, decoded.
+            parts = {p.removeprefix(f"{name}_"): self.read(p, start, stop, allow_pending=True)
+                     for p in self.meta.coded_parts(name)}
+            return codecs.decode(codec, parts)
         arr = self.array(name)
         try:
             return np.asarray(arr[start:stop])
@@ -498,7 +562,7 @@ class CacheReader:
         if not 0 <= r < self.meta.views_per_video:
             raise IndexError(f"view {r} outside [0, {self.meta.views_per_video})")
         V = self.meta.num_videos
-        names = list(self.meta.row_arrays()) if names is None else list(names)
+        names = list(self.meta.value_arrays()) if names is None else list(names)
         return {name: self.read(name, r * V, (r + 1) * V) for name in names}
 
     def shard_key(self, name: str, s: int) -> str:
@@ -552,6 +616,27 @@ class CacheReader:
                 worst[tau] = max(worst.get(tau, -math.inf), float(kl))
         return worst or None
 
+    def storage_error(self) -> dict[str, dict[str, Any]] | None:
+        """The codec error the finished shards recorded, per field ("logits", "features"):
+        `*_worst` is the worst over shards, `*_mean` the mean weighted by each shard's "rows"
+        (the rows it measured). None when no shard recorded one (raw float storage)."""
+        merged: dict[str, dict[str, Any]] = {}
+        for s in np.flatnonzero(self.shard_done()).tolist():
+            for field, err in ((self.shard_record(s) or {}).get("storage_error") or {}).items():
+                m = merged.setdefault(field, {"rows": 0})
+                n = int(err["rows"])
+                m["rows"] += n
+                for key, value in err.items():
+                    if key.endswith("_worst"):
+                        m[key] = _merge(m.get(key), value, lambda a, v: v if a is None
+                                        else max(a, v))
+                    elif key.endswith("_mean"):
+                        m[key] = _merge(m.get(key), value, lambda a, v, n=n: (a or 0.0) + n * v)
+        for m in merged.values():
+            for key in [k for k in m if k.endswith("_mean")]:
+                m[key] = _merge(None, m[key], lambda a, v, n=max(m["rows"], 1): v / n)
+        return merged or None
+
     def check_compatible(self, *, teacher: Any = None, dataset: Any = None,
                          num_classes: int | None = None) -> None:
         """Refuse a cache made for another run, naming every mismatch.
@@ -588,6 +673,14 @@ class CacheReader:
         if wrong:
             raise CacheError(f"{self.location}: cache built for another run: "
                              + "; ".join(dict.fromkeys(wrong)))
+
+
+def _merge(acc: Any, value: Any, f: Callable[[Any, float], float]) -> Any:
+    """f applied to a number, or per key to a {tau: number} mapping."""
+    if isinstance(value, Mapping):
+        acc = acc or {}
+        return {**acc, **{k: f(acc.get(k), float(v)) for k, v in value.items()}}
+    return f(acc, float(value))
 
 
 def _shard_key(name: str, s: int, arr: zarr.Array) -> str:

@@ -7,6 +7,7 @@ import click
 from dvfl_cache.cache.build_config import BuildConfig
 from dvfl_cache.commands.options import (check_model_options, dataset_options, field_values,
                                          index_from_options, options_from, threads_option)
+from dvfl_cache.commands.store import storage_error_lines
 from dvfl_cache.data.views import ViewSampler
 
 # The ViewSampler fields `build` exposes; their options come from the fields' metadata.
@@ -60,6 +61,8 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, th
         if result.fp16_kl:
             worst = ", ".join(f"tau {k}: {v:.2e}" for k, v in result.fp16_kl.items())
             click.echo(f"float16 storage error, worst KL vs float32: {worst}")
+        for line in storage_error_lines(result.storage_error):
+            click.echo(f"{cfg.dtype} storage error, {line}")
         if result.failed:
             click.echo(f"{len(result.failed)} video(s) failed to decode; their views are "
                        f"marked missing:", err=True)

@@ -29,6 +29,21 @@ def _pct(x: float | None) -> str:
     return pct(x, unit="%", missing="n/a (no valid rows)")
 
 
+def storage_error_lines(err: dict[str, Any] | None) -> list[str]:
+    """One line per coded field of a `storage_error` summary (codec error vs float32)."""
+    out = []
+    for field, e in (err or {}).items():
+        if "kl_worst" in e:
+            worst = ", ".join(f"tau={t}: {v:.3g}" for t, v in e["kl_worst"].items())
+            mean = ", ".join(f"{v:.2g}" for v in e["kl_mean"].values())
+            out.append(f"{field}: worst KL vs float32 {worst} (mean {mean}) over "
+                       f"{e['rows']} views")
+        else:
+            out.append(f"{field}: 1 - cosine vs float32 worst {e['cos_worst']:.3g}, mean "
+                       f"{e['cos_mean']:.3g} over {e['rows']} views")
+    return out
+
+
 def _print_info(d: dict[str, Any]) -> None:
     lines = [
         ("store", d["store"]),
@@ -52,10 +67,12 @@ def _print_info(d: dict[str, Any]) -> None:
                          + ("" if d["complete"] else " (INCOMPLETE)")),
         ("size on disk", f"{_human_bytes(d['size_bytes'])} (logits and features alone: "
                          f"{_human_bytes(d['logit_bytes'])})"),
+        ("bytes per view", ", ".join(f"{k} {v}" for k, v in d["bytes_per_view"].items())),
         ("teacher top-1", f"{_pct(d['teacher_top1'])} over {d['valid_rows']} valid views"),
         ("teacher top-5", _pct(d["teacher_top5"])),
         ("fp16 KL (worst)", "not recorded" if not d["fp16_kl"] else
          ", ".join(f"tau={t}: {v:.3g}" for t, v in d["fp16_kl"].items())),
+        *(("storage error", line) for line in storage_error_lines(d["storage_error"])),
         ("failed videos", str(len(d["failed_videos"]))),
         ("created", f"{d['created']} by dvfl {d['dvfl_version']}"),
     ]
