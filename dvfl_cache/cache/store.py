@@ -7,9 +7,10 @@ Why this shape:
   then flagged in `shard_done`, an array with one chunk (one file) per shard. Zarr loses chunks
   when two processes write into one shard file, and loses keys when processes rewrite the same
   JSON attributes; per-shard files are the only completion record concurrent ranks cannot lose.
-- Root attributes are written once, at creation: the layout is built in a temporary sibling
-  directory and renamed into place, so a store either exists whole or not at all, and other
-  ranks can simply wait for it to appear.
+- Root attributes are written once, at creation: every other metadata file first, then the
+  root zarr.json with a create-if-absent write, so a store either exists whole or not at all
+  (on a disk or an object store, which has no rename) and other ranks can wait for it.
+- Concurrent writers split the pending shards with create-if-absent claims (``claims.py``).
 - Readers open lazily per process (a forked DataLoader worker reopens by itself) and accept a
   directory, a packed .zip, or an http(s) URL of either (``location.py``).
 """
@@ -22,17 +23,18 @@ import math
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
+from dvfl_cache.cache.claims import (CLAIMS_GROUP, DEFAULT_TTL_S, ShardClaims, _is_local,
+                                     create_exclusive, put_atomic)
 from dvfl_cache.cache.format import FAILURES_GROUP, SHARD_DONE, CacheMeta
-from dvfl_cache.cache.location import Location, locate, open_store
+from dvfl_cache.cache.location import (Location, is_url, locate, open_store, open_writable,
+                                       storage_error, target_fs)
 from dvfl_cache.errors import CacheError
 
 log = logging.getLogger(__name__)
@@ -90,8 +92,7 @@ def _array_problem(meta: CacheMeta, group: zarr.Group, name: str) -> str | None:
 
 # --- writing ---------------------------------------------------------------------------------
 
-def _build_layout(path: Path, meta: CacheMeta) -> None:
-    store = zarr.storage.LocalStore(path)
+def _build_layout(store, meta: CacheMeta) -> None:
     root = zarr.create_group(store=store, zarr_format=3, attributes=meta.to_dict())
     rows, per_shard = meta.num_rows, meta.views_per_shard
     inner = chunk_rows(per_shard)
@@ -104,21 +105,113 @@ def _build_layout(path: Path, meta: CacheMeta) -> None:
                       compressors=[Crc32cCodec()], fill_value=0, config=_WRITE_CONFIG,
                       dimension_names=("shard",))
     root.create_group(FAILURES_GROUP)
+    root.create_group(CLAIMS_GROUP)
 
 
-def _is_store_dir(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
+def _layout_files(meta: CacheMeta) -> dict[str, bytes]:
+    """Every metadata file of a fresh store, built in memory (no data chunks yet)."""
+    mem: dict = {}
+    _build_layout(zarr.storage.MemoryStore(mem), meta)
+    return {k: v.to_bytes() for k, v in mem.items()}
+
+
+def _exists(fs, path: str) -> bool:
+    try:
+        fs.invalidate_cache(path)
+        return bool(fs.exists(path))
+    except Exception as e:
+        raise storage_error(path, e) from None
+
+
+def _entries(fs, root: str) -> list[str]:
+    """Names directly under `root` (empty when nothing is there)."""
+    try:
+        fs.invalidate_cache(root)
+        if fs.isfile(root):
+            return [root]
+        return list(fs.ls(root, detail=False))
+    except FileNotFoundError:
+        return []
+    except Exception as e:
+        raise storage_error(root, e) from None
+
+
+def _only_layout_leftovers(fs, root: str) -> bool:
+    """A creation killed before its root zarr.json: nothing but metadata and claims."""
+    files = fs.find(root)
+    rel = [f[len(root):].lstrip("/") for f in files]
+    return all(r.endswith("zarr.json") or r.startswith(f"{CLAIMS_GROUP}/")
+               or r.endswith(".partial") for r in rel)
+
+
+def _remove(fs, root: str) -> None:
+    try:
+        if _is_local(fs):
+            shutil.rmtree(root)
+        else:
+            fs.rm(root, recursive=True)
+            fs.invalidate_cache(root)
+    except FileNotFoundError:
+        pass
+    except Exception as e:
+        raise storage_error(root, e) from None
+
+
+def _write_layout(fs, root: str, meta: CacheMeta, where: str) -> None:
+    """Write every metadata file, the root zarr.json last and only if absent.
+
+    No rename is needed (object stores have none): the root zarr.json, holding the CacheMeta,
+    is what makes the store exist, and creating it is a create-if-absent write, so two
+    processes creating one store cannot both succeed.
+    """
+    files = _layout_files(meta)
+    root_json = files.pop("zarr.json")
+    for key, data in files.items():
+        put_atomic(fs, f"{root}/{key}", data)
+    if not create_exclusive(fs, f"{root}/zarr.json", root_json):
+        raise CacheError(f"{where}: another process created this store at the same moment; "
+                         "pass --resume to join it")
+
+
+def _refuse_if_being_written(fs, root: str, where: str, store) -> None:
+    """--overwrite must not pull a store from under a live writer (a claim not yet expired)."""
+    try:
+        group = zarr.open_group(store=store, mode="r", zarr_format=3)
+        done = np.asarray(group[SHARD_DONE][:]) == 1
+        shards = np.flatnonzero(~done).tolist()
+    except Exception:  # a damaged store: judge every claimed shard
+        shards = None
+    claims = ShardClaims(fs, root)
+    if shards is None:
+        names = _entries(fs, f"{root}/{CLAIMS_GROUP}")
+        shards = [int(n.rsplit("/", 1)[-1]) for n in names if n.rsplit("/", 1)[-1].isdigit()]
+    live = claims.live_foreign(shards)
+    if live:
+        raise CacheError(f"{where}: another process is writing this store ({live[0].describe()}"
+                         f"{f' and {len(live) - 1} more shards' if len(live) > 1 else ''}); "
+                         "refusing to --overwrite it: stop that build first, or wait until its "
+                         "claims expire")
 
 
 class CacheWriter:
-    """Writes whole shards of one store; several writers (ranks) may share a store if each
-    writes its own shards. Make one with `create` or `open_for_rank`."""
+    """Writes whole shards of one store; several writers (ranks, concurrent resumes, machines)
+    may share a store if each writes the shards it claimed (`claims()`). Make one with
+    `create` or `open_for_rank`. `path` is a directory or an fsspec URL (s3://, gs://, ...)."""
 
-    def __init__(self, path: str | os.PathLike, meta: CacheMeta):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, meta: CacheMeta, *,
+                 storage_options: dict[str, Any] | None = None):
+        self.path = os.fspath(path)
         self.meta = meta
-        self._store = zarr.storage.LocalStore(self.path)
-        self._root = _open_group(self._store, Location("dir", str(self.path)), mode="r+")
+        self._storage_options = storage_options
+        self._fs, self._root_path = target_fs(self.path, storage_options)
+        self._store = open_writable(self.path, storage_options)
+        loc = Location("url" if is_url(self.path) else "dir", self.path)
+        try:
+            self._root = _open_group(self._store, loc, mode="r+")
+        except CacheError:
+            raise
+        except Exception as e:
+            raise storage_error(self.path, e) from None
         stored = CacheMeta.from_dict(self._root.attrs.asdict(), source=str(self.path))
         diffs = meta.differences(stored)
         if diffs:
@@ -137,76 +230,81 @@ class CacheWriter:
         self._arrays = {name: self._root[name].with_config(_WRITE_CONFIG)
                         for name in [*meta.row_arrays(), SHARD_DONE]}
 
+    def claims(self, *, ttl_s: float = DEFAULT_TTL_S) -> ShardClaims:
+        """Create-if-absent shard claims for this store (see claims.py)."""
+        return ShardClaims(self._fs, self._root_path, ttl_s=ttl_s)
+
     @classmethod
     def create(cls, path: str | os.PathLike, meta: CacheMeta, *, overwrite: bool = False,
-               resume: bool = False) -> CacheWriter:
+               resume: bool = False, storage_options: dict[str, Any] | None = None
+               ) -> CacheWriter:
         """A new store at `path`, or the existing one when resuming with the same meta."""
-        path = Path(path)
+        where = os.fspath(path)
         if overwrite and resume:
-            raise CacheError(f"{path}: pass only one of --resume and --overwrite")
-        exists = path.exists() and (path.is_file() or any(path.iterdir()))
-        if exists:
-            if resume:
-                if not _is_store_dir(path):
-                    raise CacheError(f"{path}: cannot resume: not a cache store directory")
-                writer = cls(path, meta)
-                log.info("resuming %s: %d of %d shards pending", path,
+            raise CacheError(f"{where}: pass only one of --resume and --overwrite")
+        fs, root = target_fs(where, storage_options)
+        if _entries(fs, root):
+            is_store = _exists(fs, f"{root}/zarr.json")
+            if resume and is_store:
+                writer = cls(where, meta, storage_options=storage_options)
+                log.info("resuming %s: %d of %d shards pending", where,
                          len(writer.pending_shards()), meta.num_shards)
                 return writer
-            if not overwrite:
-                raise CacheError(f"{path} already exists; pass --resume to finish it or "
+            if not is_store and fs.isdir(root) and _only_layout_leftovers(fs, root):
+                log.info("%s: clearing the leftovers of a store creation that was killed", where)
+                _remove(fs, root)
+            elif resume:
+                raise CacheError(f"{where}: cannot resume: not a cache store")
+            elif not overwrite:
+                raise CacheError(f"{where} already exists; pass --resume to finish it or "
                                  "--overwrite to replace it")
-            if not _is_store_dir(path):
-                raise CacheError(f"{path}: exists and is not a cache store; refusing to delete "
-                                 "it with --overwrite")
-        tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
-        try:
-            _build_layout(tmp, meta)
-            if exists:
-                log.info("overwriting %s", path)
-                shutil.rmtree(path)
-            elif path.is_dir():
-                path.rmdir()  # an empty directory is no user data
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        log.info("created %s: %d rows in %d shards", path, meta.num_rows, meta.num_shards)
-        return cls(path, meta)
+            elif not is_store:
+                raise CacheError(f"{where}: exists and is not a cache store; refusing to "
+                                 "delete it with --overwrite")
+            else:
+                _refuse_if_being_written(fs, root, where,
+                                         open_writable(where, storage_options))
+                log.info("overwriting %s", where)
+                _remove(fs, root)
+        _write_layout(fs, root, meta, where)
+        log.info("created %s: %d rows in %d shards", where, meta.num_rows, meta.num_shards)
+        return cls(where, meta, storage_options=storage_options)
 
     @classmethod
     def open_for_rank(cls, path: str | os.PathLike, meta: CacheMeta, *, rank: int,
                       world_size: int, overwrite: bool = False, resume: bool = False,
                       barrier: Callable[[], Any] | None = None, timeout_s: float = 600.0,
-                      poll_s: float = 0.2) -> CacheWriter:
+                      poll_s: float = 0.2, storage_options: dict[str, Any] | None = None
+                      ) -> CacheWriter:
         """One writer per rank; only rank 0 creates (or overwrites, or resumes) the store.
 
-        With `barrier` (e.g. torch.distributed.barrier) the others open it after rank 0 is done.
-        Without one they poll for the store until `timeout_s`; that cannot tell an old store
-        from the one rank 0 is about to replace, so overwriting with several ranks needs a
-        barrier. (An old store with equal meta would get identical shards: harmless.)
+        With `barrier` (e.g. torch.distributed.barrier, which needs no shared file system) the
+        others open it after rank 0 is done. Without one they poll for the root zarr.json (the
+        last file creation writes) until `timeout_s`; that cannot tell an old store from the
+        one rank 0 is about to replace, so overwriting with several ranks needs a barrier.
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         if rank == 0:
-            writer = cls.create(path, meta, overwrite=overwrite, resume=resume)
+            writer = cls.create(path, meta, overwrite=overwrite, resume=resume,
+                                storage_options=storage_options)
             if barrier is not None:
                 barrier()
             return writer
         if barrier is not None:
             barrier()
-            return cls(path, meta)
+            return cls(path, meta, storage_options=storage_options)
         if overwrite:
             raise CacheError(f"{path}: --overwrite with {world_size} ranks needs a barrier so "
                              "ranks > 0 do not open the store rank 0 is replacing")
+        fs, root = target_fs(path, storage_options)
         deadline = time.monotonic() + timeout_s
-        while not _is_store_dir(Path(path)):
+        while not _exists(fs, f"{root}/zarr.json"):
             if time.monotonic() > deadline:
                 raise CacheError(f"{path}: rank {rank} waited {timeout_s:.0f} s for rank 0 to "
                                  "create the cache; did rank 0 fail?")
             time.sleep(poll_s)
-        return cls(path, meta)
+        return cls(path, meta, storage_options=storage_options)
 
     @property
     def num_shards(self) -> int:
@@ -309,7 +407,7 @@ class CacheWriter:
         return out
 
 
-def _check_failures(path: Path, s: int, failures: Iterable[Mapping[str, Any]],
+def _check_failures(path: str, s: int, failures: Iterable[Mapping[str, Any]],
                     video: np.ndarray, valid: np.ndarray) -> list[dict[str, Any]]:
     where = f"{path}: shard {s}"
     records: list[dict[str, Any]] = []
@@ -371,8 +469,13 @@ class CacheReader:
             # A forked child inherits the parent's handles (zip file offsets, HTTP sessions,
             # event loops); never touch them, open fresh ones.
             self._reset()
-            self._store = open_store(self.location, storage_options=self._storage_options)
-            self._root = _open_group(self._store, self.location)
+            try:
+                self._store = open_store(self.location, storage_options=self._storage_options)
+                self._root = _open_group(self._store, self.location)
+            except CacheError:
+                raise
+            except Exception as e:
+                raise storage_error(self.location, e) from None
             self._pid = os.getpid()
         return self._root
 
