@@ -72,6 +72,7 @@ class BuildConfig:
     # is never stored or logged (config_dict drops it).
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     claim_ttl_s: float = DEFAULT_TTL_S  # a dead claimant's shard is retaken after this
+    command: tuple[str, ...] = ()  # the command line, recorded in the store for its card
 
 
 @dataclass(frozen=True)
@@ -375,6 +376,8 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     writer = CacheWriter.open_for_rank(cfg.out, meta, rank=rank, world_size=world,
                                        overwrite=cfg.overwrite, resume=cfg.resume,
                                        barrier=barrier, storage_options=so)
+    if rank == 0 and cfg.command:
+        writer.record_build(list(cfg.command), world_size=world)
     if on_start is not None:
         on_start(sum(len(writer.shard_rows(s)) for s in writer.pending_shards()))
     labels = np.array([v.label for v in index.videos], np.int32)

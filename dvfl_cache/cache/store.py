@@ -17,6 +17,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import math
@@ -40,6 +41,10 @@ from dvfl_cache.errors import CacheError
 log = logging.getLogger(__name__)
 
 MAX_CHUNK_ROWS = 1024
+# Build records (the commands that built a store, for its card): optional, one file each.
+PROVENANCE_GROUP = "provenance"
+_EMPTY_GROUP = b'{"zarr_format": 3, "node_type": "group", "attributes": {}}'
+
 # Fill-value chunks must still be written: a shard of all-failed videos is data, and both size
 # accounting and `verify`'s "every done shard has its files" rely on it.
 _WRITE_CONFIG = {"write_empty_chunks": True}
@@ -157,20 +162,18 @@ def _remove(fs, root: str) -> None:
         raise storage_error(root, e) from None
 
 
-def _write_layout(fs, root: str, meta: CacheMeta, where: str) -> None:
+def _write_layout(fs, root: str, meta: CacheMeta) -> bool:
     """Write every metadata file, the root zarr.json last and only if absent.
 
     No rename is needed (object stores have none): the root zarr.json, holding the CacheMeta,
     is what makes the store exist, and creating it is a create-if-absent write, so two
-    processes creating one store cannot both succeed.
+    processes creating one store cannot both succeed (False for the one that lost).
     """
     files = _layout_files(meta)
     root_json = files.pop("zarr.json")
     for key, data in files.items():
         put_atomic(fs, f"{root}/{key}", data)
-    if not create_exclusive(fs, f"{root}/zarr.json", root_json):
-        raise CacheError(f"{where}: another process created this store at the same moment; "
-                         "pass --resume to join it")
+    return create_exclusive(fs, f"{root}/zarr.json", root_json)
 
 
 def _refuse_if_being_written(fs, root: str, where: str, store) -> None:
@@ -266,7 +269,11 @@ class CacheWriter:
                                          open_writable(where, storage_options))
                 log.info("overwriting %s", where)
                 _remove(fs, root)
-        _write_layout(fs, root, meta, where)
+        if not _write_layout(fs, root, meta):
+            if resume:  # another resume created it a moment ago: join it
+                return cls(where, meta, storage_options=storage_options)
+            raise CacheError(f"{where}: another process created this store at the same moment; "
+                             "pass --resume to join it")
         log.info("created %s: %d rows in %d shards", where, meta.num_rows, meta.num_shards)
         return cls(where, meta, storage_options=storage_options)
 
@@ -305,6 +312,18 @@ class CacheWriter:
                                  "create the cache; did rank 0 fail?")
             time.sleep(poll_s)
         return cls(path, meta, storage_options=storage_options)
+
+    def record_build(self, command: list[str], *, world_size: int = 1) -> None:
+        """Keep the command that (re)built this store, for its card (never a credential: the
+        caller redacts storage options). One new file per invocation: no shared JSON."""
+        now = _dt.datetime.now(_dt.timezone.utc)
+        record = {"command": command, "world_size": world_size,
+                  "started": now.isoformat(timespec="seconds")}
+        base = f"{self._root_path}/{PROVENANCE_GROUP}"
+        if not _exists(self._fs, f"{base}/zarr.json"):
+            put_atomic(self._fs, f"{base}/zarr.json", _EMPTY_GROUP)
+        name = f"build-{now.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json"
+        put_atomic(self._fs, f"{base}/{name}", json.dumps(record, indent=1).encode())
 
     @property
     def num_shards(self) -> int:
@@ -602,6 +621,22 @@ class CacheReader:
             record = self.shard_record(s) or {}
             out.extend({**f, "shard": s} for f in record.get("failures", []))
         return sorted(out, key=lambda f: (f["video"], f["shard"]))
+
+    def build_records(self) -> list[dict[str, Any]]:
+        """The recorded build commands (oldest first); [] for stores built without records."""
+        self._group()
+        from zarr.core.sync import sync
+
+        async def _collect() -> list[str]:
+            return [k async for k in self._store.list_prefix(f"{PROVENANCE_GROUP}/")]
+
+        out = []
+        for key in sorted(sync(_collect())):
+            if key.rsplit("/", 1)[-1].startswith("build-") and key.endswith(".json"):
+                raw = sync(self._store.get(key, zarr.core.buffer.default_buffer_prototype()))
+                if raw is not None:
+                    out.append(json.loads(raw.to_bytes()))
+        return sorted(out, key=lambda r: r.get("started", ""))
 
     def failed_videos(self) -> dict[int, str]:
         """video -> reason (the first recorded) for every video with a failure record."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from dvfl_cache.commands.options import (dataset_options, index_from_options, parse_key_values,
+from dvfl_cache.commands.options import (canonical_command, dataset_options, index_from_options,
+                                         parse_key_values, storage_option, storage_options_from,
                                          threads_option)
 
 
@@ -39,7 +40,12 @@ from dvfl_cache.commands.options import (dataset_options, index_from_options, pa
 @click.option("--gray", "gray_p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Grayscale probability.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(), required=True, help="Store directory to write.")
+@click.option("--out", required=True,
+              help="Store to write: a directory or an fsspec URL (s3://bucket/c.zarr, gs://...).")
+@storage_option
+@click.option("--claim-ttl", type=click.FloatRange(min=1), default=120, show_default=True,
+              help="Seconds after which a shard claimed by a process that stopped renewing its "
+                   "claim (killed, lost machine) is taken over by another builder.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
               show_default=True, help="Logit storage type.")
 @click.option("--features", is_flag=True,
@@ -55,8 +61,8 @@ from dvfl_cache.commands.options import (dataset_options, index_from_options, pa
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, teacher, weights,
               random_weights, teacher_opts, views_per_video, sampler, stride, frames, size,
-              flip_p, area, jitter, gray_p, seed, out, dtype, features, views_per_shard, batch_size,
-              workers, device, threads, resume, overwrite):
+              flip_p, area, jitter, gray_p, seed, out, storage_opts, claim_ttl, dtype, features,
+              views_per_shard, batch_size, workers, device, threads, resume, overwrite):
     """Run the teacher once over every sampled view and store its raw logits.
 
     Resumable (--resume) after any crash; under `torchrun --nproc-per-node N dvfl-cache build
@@ -82,7 +88,10 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, te
                       views_per_video=views_per_video, sampler=sampler_opts, frames=frames,
                       size=size, seed=seed, dtype=dtype, features=features,
                       views_per_shard=views_per_shard, batch_size=batch_size, workers=workers,
-                      device=device, resume=resume, overwrite=overwrite)
+                      device=device, resume=resume, overwrite=overwrite,
+                      storage_options=storage_options_from(storage_opts) or {},
+                      claim_ttl_s=claim_ttl,
+                      command=tuple(canonical_command(click.get_current_context())))
     set_compute_threads(device=resolve_device(device), workers=workers, threads=threads)
     rank = int(os.environ.get("RANK", "0"))
     bar = tqdm(desc=f"build[{rank}]" if "WORLD_SIZE" in os.environ else "build", unit="view",

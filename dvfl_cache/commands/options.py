@@ -62,3 +62,58 @@ def parse_key_values(pairs: tuple[str, ...], flag: str) -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+storage_option = click.option(
+    "--storage-option", "storage_opts", multiple=True, metavar="KEY=VALUE",
+    help="fsspec storage setting for s3://, gs://, ... addresses (repeatable), e.g. "
+         "endpoint_url=http://127.0.0.1:9000, profile=lab, anon=true; the standard environment "
+         "variables (AWS_ENDPOINT_URL, AWS_PROFILE, ...) also apply. Never stored or logged.")
+
+
+def storage_options_from(pairs: tuple[str, ...]) -> dict | None:
+    """--storage-option pairs -> fsspec storage options (None when none were given)."""
+    return parse_key_values(pairs, "--storage-option") or None
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command line as typed, with every --storage-option value hidden (it may hold a
+    secret); recorded in the store so its card can say exactly how it was built."""
+    out, hide = [], False
+    for a in argv:
+        if hide:
+            out.append(a.partition("=")[0] + "=***")
+            hide = False
+        elif a == "--storage-option":
+            out.append(a)
+            hide = True
+        elif a.startswith("--storage-option="):
+            out.append("--storage-option=" + a.split("=", 2)[1] + "=***")
+        else:
+            out.append(a)
+    return out
+
+
+def canonical_command(ctx: click.Context, *, hide: tuple[str, ...] = ("storage_opts",)
+                      ) -> list[str]:
+    """This invocation as a command line: every option that differs from its default, with
+    values of `hide` (secrets) replaced by KEY=***. Built from the parsed parameters, so it is
+    the same however the command was launched (shell, torchrun, a test runner)."""
+    words = ctx.command_path.split()
+    words[0] = "dvfl-cache" if words[0].endswith(("cli.py", "__main__.py")) else words[0]
+    args: list[str] = []
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if isinstance(p, click.Argument):
+            args += [str(v) for v in (value if isinstance(value, tuple) else (value,))]
+            continue
+        if value is None or value == p.default or (p.multiple and not value):
+            continue
+        flag = max(p.opts, key=len)
+        if p.is_flag:
+            args.append(flag)
+            continue
+        for v in (value if p.multiple else (value,)):
+            shown = f"{str(v).partition('=')[0]}=***" if p.name in hide else str(v)
+            args += [flag, shown]
+    return words + args
