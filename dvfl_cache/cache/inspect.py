@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from dvfl_cache.cache.card import card_problems
 from dvfl_cache.cache.format import FORMAT_NAME, FORMAT_VERSION, SHARD_DONE
 from dvfl_cache.cache.location import Location
 from dvfl_cache.cache.store import CacheReader, shard_error
@@ -171,11 +172,16 @@ def verify(path_or_url: str | os.PathLike, *, index: str | os.PathLike | None = 
             rows_checked += len(reader.shard_rows(s))
             if progress is not None:
                 progress(1)
+        card, card_found = None, []
+        if not problems:  # a card is only worth checking against a sound store
+            card, card_found = card_problems(reader)
+            problems += [f"card: {p}" for p in card_found]
         if problems:
             _fail(reader.location, problems)
         return {"store": str(reader.location), "shards_checked": int(done.sum()),
                 "rows_checked": rows_checked, "index": None if index is None else str(index),
-                "stale_temp_files": stale_temp_files(reader.location)}
+                "stale_temp_files": stale_temp_files(reader.location),
+                "card": None if card is None else card["manifest"]["sha256"]}
 
 
 def _fail(location: Location, problems: list[str]) -> NoReturn:
