@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 MAX_CHUNK_ROWS = 1024
 # Build records (the commands that built a store, for its card): optional, one file each.
 PROVENANCE_GROUP = "provenance"
+_CREATE_CLAIM = "create"  # claims/create/: who is creating the store
+_CREATE_WAIT_S = 600.0
 _EMPTY_GROUP = b'{"zarr_format": 3, "node_type": "group", "attributes": {}}'
 
 # Fill-value chunks must still be written: a shard of all-failed videos is data, and both size
@@ -139,6 +141,21 @@ def _entries(fs, root: str) -> list[str]:
         return []
     except Exception as e:
         raise storage_error(root, e) from None
+
+
+def _diagnose_missing(url: str, storage_options: dict[str, Any] | None) -> None:
+    """Name a missing bucket (the usual cause of "no zarr.json" in an object store)."""
+    if url.lower().startswith(("http://", "https://")):
+        return
+    fs, path = target_fs(url, storage_options)
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.invalidate_cache(bucket)
+        missing = not fs.exists(bucket)
+    except Exception as e:
+        raise storage_error(url, e) from None
+    if missing:
+        raise CacheError(f"{url}: the bucket does not exist (create it first)")
 
 
 def _only_layout_leftovers(fs, root: str) -> bool:
@@ -248,28 +265,38 @@ class CacheWriter:
         fs, root = target_fs(where, storage_options)
         if _entries(fs, root):
             is_store = _exists(fs, f"{root}/zarr.json")
-            if resume and is_store:
+            if is_store and resume:
                 writer = cls(where, meta, storage_options=storage_options)
                 log.info("resuming %s: %d of %d shards pending", where,
                          len(writer.pending_shards()), meta.num_shards)
                 return writer
-            if not is_store and fs.isdir(root) and _only_layout_leftovers(fs, root):
-                log.info("%s: clearing the leftovers of a store creation that was killed", where)
-                _remove(fs, root)
-            elif resume:
-                raise CacheError(f"{where}: cannot resume: not a cache store")
-            elif not overwrite:
+            if is_store and not overwrite:
                 raise CacheError(f"{where} already exists; pass --resume to finish it or "
                                  "--overwrite to replace it")
-            elif not is_store:
-                raise CacheError(f"{where}: exists and is not a cache store; refusing to "
-                                 "delete it with --overwrite")
-            else:
+            if is_store:
                 _refuse_if_being_written(fs, root, where,
                                          open_writable(where, storage_options))
                 log.info("overwriting %s", where)
                 _remove(fs, root)
-        if not _write_layout(fs, root, meta):
+            elif not (fs.isdir(root) and _only_layout_leftovers(fs, root)):
+                if overwrite:
+                    raise CacheError(f"{where}: exists and is not a cache store; refusing to "
+                                     "delete it with --overwrite")
+                raise CacheError(f"{where} already exists and is not a cache store" +
+                                 ("; cannot resume" if resume else ""))
+        # Absent, or the metadata of a creation in progress or killed: creating is itself
+        # claimed, so concurrent creators wait for one another instead of trampling.
+        with ShardClaims(fs, root, ttl_s=60.0) as claims:
+            deadline = time.monotonic() + _CREATE_WAIT_S
+            while not claims.try_claim(_CREATE_CLAIM):
+                if _exists(fs, f"{root}/zarr.json"):
+                    break
+                if time.monotonic() > deadline:
+                    raise CacheError(f"{where}: another process has been creating this store "
+                                     f"for {_CREATE_WAIT_S:.0f} s; is it stuck?")
+                time.sleep(0.2)
+            created = not _exists(fs, f"{root}/zarr.json") and _write_layout(fs, root, meta)
+        if not created:
             if resume:  # another resume created it a moment ago: join it
                 return cls(where, meta, storage_options=storage_options)
             raise CacheError(f"{where}: another process created this store at the same moment; "
@@ -492,6 +519,8 @@ class CacheReader:
                 self._store = open_store(self.location, storage_options=self._storage_options)
                 self._root = _open_group(self._store, self.location)
             except CacheError:
+                if self.location.kind == "url":
+                    _diagnose_missing(str(self.location), self._storage_options)
                 raise
             except Exception as e:
                 raise storage_error(self.location, e) from None
