@@ -114,9 +114,13 @@ def open_store(loc: Location, *, storage_options: dict[str, Any] | None = None):
         return zarr.storage.ZipStore(loc.target, mode="r")
     if loc.target.lower().startswith(("http://", "https://")):
         check_byte_ranges(_probe_url(loc), headers=(storage_options or {}).get("headers"))
-    url = f"zip::{loc.target}" if loc.kind == "url-zip" else loc.target
+    if loc.kind == "url-zip":
+        from dvfl_cache.cache.ziprange import ZipRangeStore
+
+        fs, path = target_fs(loc.target, storage_options)
+        return ZipRangeStore(fs, path, where=loc.target)
     try:
-        return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options,
+        return zarr.storage.FsspecStore.from_url(loc.target, storage_options=storage_options,
                                                  read_only=True)
     except (ValueError, ImportError, OSError) as e:
         raise CacheError(f"{loc}: cannot open ({e})") from None
