@@ -120,10 +120,18 @@ def open_store(loc: Location, *, storage_options: dict[str, Any] | None = None):
         fs, path = target_fs(loc.target, storage_options)
         return ZipRangeStore(fs, path, where=loc.target)
     try:
-        return zarr.storage.FsspecStore.from_url(loc.target, storage_options=storage_options,
+        return zarr.storage.FsspecStore.from_url(loc.target,
+                                                 storage_options=_fresh(storage_options),
                                                  read_only=True)
     except (ValueError, ImportError, OSError) as e:
         raise CacheError(f"{loc}: cannot open ({e})") from None
+
+
+def _fresh(storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Storage options with fsspec's directory-listing cache off (unless asked for): stores
+    change under a reader (shards finish, a card is written) and a cached listing would make
+    new keys look missing, e.g. a finished shard's flag read as "not done"."""
+    return {"use_listings_cache": False, **(storage_options or {})}
 
 
 def storage_error(where: object, err: BaseException) -> CacheError:
@@ -160,7 +168,7 @@ def target_fs(target: str | os.PathLike, storage_options: dict[str, Any] | None 
     if not is_url(s):
         return fsspec.filesystem("file"), os.path.abspath(local_path(s))
     try:
-        fs, path = fsspec.core.url_to_fs(s, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(s, **_fresh(storage_options))
     except Exception as e:
         raise storage_error(s, e) from None
     return fs, path.rstrip("/")
@@ -177,7 +185,7 @@ def open_writable(target: str | os.PathLike, storage_options: dict[str, Any] | N
         raise CacheError(f"{s}: cannot write there: http(s) and zip URLs are read-only (write a "
                          "directory or s3://, gs://, ... and serve or pack it)")
     try:
-        return zarr.storage.FsspecStore.from_url(s, storage_options=storage_options,
+        return zarr.storage.FsspecStore.from_url(s, storage_options=_fresh(storage_options),
                                                  read_only=False)
     except Exception as e:
         raise storage_error(s, e) from None

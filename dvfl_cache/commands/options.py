@@ -99,8 +99,7 @@ def canonical_command(ctx: click.Context, *, hide: tuple[str, ...] = ("storage_o
     """This invocation as a command line: every option that differs from its default, with
     values of `hide` (secrets) replaced by KEY=***. Built from the parsed parameters, so it is
     the same however the command was launched (shell, torchrun, a test runner)."""
-    words = ctx.command_path.split()
-    words[0] = "dvfl-cache" if words[0].endswith(("cli.py", "__main__.py")) else words[0]
+    words = ["dvfl-cache", *ctx.command_path.split()[1:]]  # however the group was launched
     args: list[str] = []
     for p in ctx.command.params:
         value = ctx.params.get(p.name)
