@@ -36,3 +36,13 @@ def test_two_concurrent_build_resumes_compute_each_shard_once(synth_root, tmp_pa
     a, b = store_arrays(out), store_arrays(ref)
     for name in b:
         np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=name)
+
+
+def test_claim_ttl_option_sets_the_claims_time_to_live(synth_root, tmp_path):
+    import json
+
+    out = tmp_path / "c.zarr"
+    run_cli([*build_args(synth_root, out), "--claim-ttl", "7"])
+    claim = out / "claims" / "0" / "000000.json"
+    left = json.loads(claim.read_text())["expires"] - claim.stat().st_mtime
+    assert abs(left - 7) < 1, left

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dvfl_cache.cache.inspect import info
+from dvfl_cache.cache.inspect import info, verify
 from dvfl_cache.cache.share import export_hdf5, import_hdf5, pack
 from dvfl_cache.cache.store import CacheReader, CacheWriter
 from dvfl_cache.cli import main
@@ -313,3 +313,45 @@ def test_zip_over_http_reads_the_directory_once_then_only_the_chunks(tmp_path):
     # The directory is not read again for the block; a second read of the block costs the same.
     assert not any(r.startswith("bytes=-") for _, r, _ in sent)
     assert again <= got
+
+
+# --- dataset card ------------------------------------------------------------------------------
+
+def test_pack_and_card_write_a_card_that_verify_checks(store, tmp_path):
+    from dvfl_cache.cache.card import CARD_NAME, MANIFEST_NAME, parse_card, write_card
+    from dvfl_cache.cache.inspect import teacher_accuracy
+
+    d = pack(store, tmp_path / "c.zip")
+    with zipfile.ZipFile(tmp_path / "c.zip") as z:
+        card = z.read(CARD_NAME).decode()
+        manifest = z.read(MANIFEST_NAME).decode()
+    fields = parse_card(card, source="c.zip")
+    m = CacheReader(store).meta
+    assert card.startswith("---\n") and "\n---\n\n# vfn-tiny teacher logits" in card
+    assert fields["teacher"] == {"name": "vfn-tiny", "weights_sha256": "c" * 64,
+                                 "config": m.teacher.config}
+    assert fields["dataset"]["index_digest"] == m.dataset.index_digest
+    assert (fields["num_rows"], fields["views_per_video"], fields["dtype"]) == (30, 3, "float16")
+    assert fields["teacher_top1"] == teacher_accuracy(CacheReader(store))["teacher_top1"]
+    assert fields["manifest"]["sha256"] == d["manifest"]
+    assert fields["manifest"]["files"] == len(manifest.splitlines()) == d["files"]
+    assert fields["verify_with"] == [f"dvfl-cache verify {tmp_path / 'c.zip'}"]
+    assert "logits/c/2/0" in manifest
+    assert verify(tmp_path / "c.zip")["card"] == d["manifest"]
+    # the card command writes the same card into the directory; verify then checks it
+    assert write_card(store)["manifest"]["sha256"] == d["manifest"]
+    assert (store / CARD_NAME).is_file() and (store / MANIFEST_NAME).is_file()
+    assert verify(store)["card"] == d["manifest"]
+    # a file that changed (still a valid chunk: re-written with other values) is named
+    w = CacheWriter.create(store, CacheReader(store).meta, resume=True)
+    arrays = w.empty_shard(1, labels=(np.arange(10) % 6).astype(np.int32))
+    arrays["valid"][:] = 0
+    w.write_shard(1, arrays, [{"video": v, "reason": "gone"} for v in sorted(set(arrays["video"]))])
+    with pytest.raises(CacheError, match=r"card: file logits/c/1/0 differs from the manifest"):
+        verify(store)
+    # a card that lies about the store
+    write_card(store)
+    text = (store / CARD_NAME).read_text().replace('"dtype": "float16"', '"dtype": "float32"')
+    (store / CARD_NAME).write_text(text.replace('dtype: "float16"', 'dtype: "float32"'))
+    with pytest.raises(CacheError, match="card field 'dtype' says \"float32\""):
+        verify(store)
