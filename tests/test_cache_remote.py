@@ -49,6 +49,9 @@ def test_store_on_s3_round_trips_and_never_makes_a_local_folder(bucket, tmp_path
     assert d["complete"] and d["teacher_top1"] == info(ref)["teacher_top1"]
     with pytest.raises(CacheError, match="already exists; pass --resume"):
         CacheWriter.create(url, m)
+    for read_only in ("http://127.0.0.1:9/c.zarr", f"{bucket}/c.zip"):
+        with pytest.raises(CacheError, match="cannot write a store there"):
+            CacheWriter.create(read_only, m)
     # export / import / pack with URLs on both sides
     export_hdf5(url, f"{bucket}/c.h5")
     import_hdf5(f"{bucket}/c.h5", f"{bucket}/back.zarr")

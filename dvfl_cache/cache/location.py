@@ -174,6 +174,15 @@ def target_fs(target: str | os.PathLike, storage_options: dict[str, Any] | None 
     return fs, path.rstrip("/")
 
 
+def check_writable(target: str) -> None:
+    """Refuse read-only addresses before anything is attempted there."""
+    if target.lower().startswith(("http://", "https://", "zip::")) or (
+            is_url(target) and target.rstrip("/").lower().endswith(".zip")):
+        raise CacheError(f"{target}: cannot write a store there: http(s) and zip URLs are "
+                         "read-only (write a directory or s3://, gs://, ... and serve or pack "
+                         "it)")
+
+
 def open_writable(target: str | os.PathLike, storage_options: dict[str, Any] | None = None):
     """A writable zarr store at `target`: LocalStore for local paths (each file written to a
     temporary and renamed, so a killed write never leaves a torn file), zarr's FsspecStore for
@@ -181,9 +190,7 @@ def open_writable(target: str | os.PathLike, storage_options: dict[str, Any] | N
     s = os.fspath(target)
     if not is_url(s):
         return zarr.storage.LocalStore(local_path(s))
-    if s.lower().startswith(("http://", "https://", "zip::")):
-        raise CacheError(f"{s}: cannot write there: http(s) and zip URLs are read-only (write a "
-                         "directory or s3://, gs://, ... and serve or pack it)")
+    check_writable(s)
     try:
         return zarr.storage.FsspecStore.from_url(s, storage_options=_fresh(storage_options),
                                                  read_only=False)

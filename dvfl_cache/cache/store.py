@@ -34,7 +34,7 @@ from zarr.codecs import Crc32cCodec
 from dvfl_cache.cache.claims import (CLAIMS_GROUP, DEFAULT_TTL_S, ShardClaims, _is_local,
                                      create_exclusive, put_atomic)
 from dvfl_cache.cache.format import FAILURES_GROUP, SHARD_DONE, CacheMeta
-from dvfl_cache.cache.location import (Location, is_url, locate, open_store, open_writable,
+from dvfl_cache.cache.location import (Location, check_writable, is_url, locate, open_store, open_writable,
                                        storage_error, target_fs)
 from dvfl_cache.errors import CacheError
 
@@ -262,6 +262,8 @@ class CacheWriter:
         where = os.fspath(path)
         if overwrite and resume:
             raise CacheError(f"{where}: pass only one of --resume and --overwrite")
+        if is_url(where):
+            check_writable(where)
         fs, root = target_fs(where, storage_options)
         if _entries(fs, root):
             is_store = _exists(fs, f"{root}/zarr.json")
