@@ -47,6 +47,7 @@ def test_store_on_s3_round_trips_and_never_makes_a_local_folder(bucket, tmp_path
     assert verify(url)["shards_checked"] == 4
     d = info(url)
     assert d["complete"] and d["teacher_top1"] == info(ref)["teacher_top1"]
+    assert d["size_bytes"] == info(ref)["size_bytes"]  # same files, listed in the bucket
     with pytest.raises(CacheError, match="already exists; pass --resume"):
         CacheWriter.create(url, m)
     for read_only in ("http://127.0.0.1:9/c.zarr", f"{bucket}/c.zip"):

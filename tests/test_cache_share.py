@@ -336,6 +336,9 @@ def test_pack_and_card_write_a_card_that_verify_checks(store, tmp_path):
     assert fields["manifest"]["sha256"] == d["manifest"]
     assert fields["manifest"]["files"] == len(manifest.splitlines()) == d["files"]
     assert fields["verify_with"] == [f"dvfl-cache verify {tmp_path / 'c.zip'}"]
+    with zipfile.ZipFile(tmp_path / "c.zip") as z:
+        assert fields["size_bytes"] == sum(i.file_size for i in z.infolist()
+                                           if i.filename not in (CARD_NAME, MANIFEST_NAME))
     assert "logits/c/2/0" in manifest
     assert verify(tmp_path / "c.zip")["card"] == d["manifest"]
     # the card command writes the same card into the directory; verify then checks it

@@ -62,8 +62,9 @@ def store_get(reader, key: str) -> bytes | None:
 
 
 def file_digests(reader, keys: Iterable[str] | None = None,
-                 progress: Callable[[int], None] | None = None) -> dict[str, str]:
-    """key -> sha256 hex of every data file of the store."""
+                 progress: Callable[[int], None] | None = None,
+                 sizes: dict[str, int] | None = None) -> dict[str, str]:
+    """key -> sha256 hex of every data file of the store (and key -> bytes into `sizes`)."""
     out = {}
     for key in (store_keys(reader) if keys is None else keys):
         if not is_data_key(key):
@@ -72,6 +73,8 @@ def file_digests(reader, keys: Iterable[str] | None = None,
         if data is None:
             continue
         out[key] = hashlib.sha256(data).hexdigest()
+        if sizes is not None:
+            sizes[key] = len(data)
         if progress is not None:
             progress(1)
     return out
@@ -86,7 +89,7 @@ def manifest_digest(digests: dict[str, str]) -> str:
 
 
 def card_fields(reader, digests: dict[str, str], *, address: str,
-                size_bytes: int | None = None) -> dict[str, Any]:
+                size_bytes: int) -> dict[str, Any]:
     from dvfl_cache import __version__
     from dvfl_cache.cache.inspect import teacher_accuracy
 
@@ -115,8 +118,7 @@ def card_fields(reader, digests: dict[str, str], *, address: str,
         "feature_dim": m.feature_dim,
         "views_per_shard": m.views_per_shard,
         "shards": {"total": m.num_shards, "done": int(done.sum())},
-        "size_bytes": size_bytes if size_bytes is not None else sum(
-            len(store_get(reader, k) or b"") for k in digests),
+        "size_bytes": size_bytes,
         "valid_rows": acc["valid_rows"],
         "teacher_top1": acc["teacher_top1"],
         "teacher_top5": acc["teacher_top5"],
@@ -167,8 +169,9 @@ def parse_card(text: str, *, source: str) -> dict[str, Any]:
 def make_card(reader, *, address: str, progress: Callable[[int], None] | None = None
               ) -> tuple[str, str, dict[str, Any]]:
     """(README.md text, manifest.sha256 text, header fields) for the store `reader` reads."""
-    digests = file_digests(reader, progress=progress)
-    fields = card_fields(reader, digests, address=address)
+    sizes: dict[str, int] = {}
+    digests = file_digests(reader, progress=progress, sizes=sizes)
+    fields = card_fields(reader, digests, address=address, size_bytes=sum(sizes.values()))
     return render_card(fields), manifest_text(digests), fields
 
 

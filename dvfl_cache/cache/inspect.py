@@ -78,7 +78,7 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
             "shards_done": int(done.sum()),
             "shards_total": m.num_shards,
             "complete": bool(done.all()),
-            "size_bytes": size_on_disk(reader.location),
+            "size_bytes": size_on_disk(reader.location, storage_options),
             "logit_bytes": values * np.dtype(m.dtype).itemsize,
             **teacher_accuracy(reader),
             "failed_videos": [failed[v] for v in sorted(failed)],
@@ -88,8 +88,9 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
         }
 
 
-def size_on_disk(loc: Location) -> int | None:
-    """Bytes the store occupies (apparent size; None where a URL gives no cheap answer)."""
+def size_on_disk(loc: Location, storage_options: dict[str, Any] | None = None) -> int | None:
+    """Bytes the store occupies (apparent size; None for a directory served over HTTP, which
+    has no listing)."""
     if loc.kind == "zip":
         return os.path.getsize(loc.target)
     if loc.kind == "dir":
@@ -98,12 +99,12 @@ def size_on_disk(loc: Location) -> int | None:
             total += sum(os.path.getsize(os.path.join(root, f)) for f in files
                          if not f.endswith(".partial"))
         return total
-    if loc.kind == "url-zip":
-        import fsspec
+    if loc.kind == "url-zip" or not loc.target.lower().startswith(("http://", "https://")):
+        from dvfl_cache.cache.location import target_fs
 
         try:
-            fs, path = fsspec.core.url_to_fs(loc.target)
-            return int(fs.size(path))
+            fs, path = target_fs(loc.target, storage_options)
+            return int(fs.size(path) if loc.kind == "url-zip" else fs.du(path))
         except Exception as e:  # a size is a nicety for `info`; never fail a read over it
             log.warning("%s: cannot get the size (%s)", loc, e)
             return None

@@ -101,6 +101,7 @@ def pack(store: str | os.PathLike, out: str | os.PathLike, *, allow_incomplete: 
         keys.sort(key=lambda f: (f != "zarr.json", f))
         tmp = _tmp_for(out)
         digests: dict[str, str] = {}
+        size_bytes = 0
         try:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
                                  allowZip64=True) as z:
@@ -109,10 +110,11 @@ def pack(store: str | os.PathLike, out: str | os.PathLike, *, allow_incomplete: 
                     if data is None:
                         continue
                     digests[key] = hashlib.sha256(data).hexdigest()
+                    size_bytes += len(data)
                     z.writestr(_member(key), data)
                     if progress is not None:
                         progress(1)
-                fields = card_fields(reader, digests, address=out, size_bytes=None)
+                fields = card_fields(reader, digests, address=out, size_bytes=size_bytes)
                 z.writestr(_member(MANIFEST_NAME), manifest_text(digests))
                 z.writestr(_member(CARD_NAME), render_card(fields))
             size = _publish(tmp, out, storage_options)
