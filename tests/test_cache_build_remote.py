@@ -4,6 +4,7 @@ cache's life after it (info, verify, card, fit), with no local folder named afte
 from __future__ import annotations
 
 import json
+import shlex
 import os
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def test_build_into_s3_then_info_verify_card_and_fit(synth_root, bucket, s3_endp
     from dvfl_cache.cache.card import parse_card, store_get
 
     fields = parse_card(store_get(card, "README.md").decode(), source=url)
-    assert fields["built_with"] == [" ".join(record["command"])]
+    assert fields["built_with"] == [shlex.join(record["command"])]
+    assert "'depths=[1,1,1,1]'" in fields["built_with"][0]  # quoted: runnable as printed
     assert s3_endpoint not in store_get(card, "README.md").decode()
     # fit straight from the bucket
     fit = CliRunner().invoke(train_cli, [

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from conftest import S3_ENV
 from dvfl_cache.cache.claims import ShardClaims, create_exclusive
@@ -24,7 +23,6 @@ from dvfl_cache.cache.inspect import info, verify
 from dvfl_cache.cache.location import target_fs
 from dvfl_cache.cache.share import export_hdf5, import_hdf5, pack
 from dvfl_cache.cache.store import CacheReader, CacheWriter
-from dvfl_cache.cli import main
 from dvfl_cache.errors import CacheError
 from test_cache_store import assert_same_store, make_meta, synthetic_shard, write_all
 
@@ -246,6 +244,6 @@ def test_storage_failures_are_one_line_and_secrets_stay_out(bucket, s3_endpoint,
     secret = "SEKRET-do-not-store-123"
     url = f"{bucket}/c.zarr"
     write_all(CacheWriter.create(url, make_meta()))
-    res = _cli(["info", url, "--storage-option", f"client_kwargs={json.dumps({'aws_session_token': secret})}"],
-               env)
+    token = json.dumps({"aws_session_token": secret})
+    res = _cli(["info", url, "--storage-option", f"client_kwargs={token}"], env)
     assert secret not in res.stdout + res.stderr

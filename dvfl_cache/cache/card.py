@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -96,9 +97,11 @@ def card_fields(reader, digests: dict[str, str], *, address: str,
     m = reader.meta
     done = reader.shard_done()
     acc = teacher_accuracy(reader)
+    # A multi-rank build is shown as one node's torchrun with all its ranks (on several nodes,
+    # the same command under --nnodes with the ranks split between them).
     commands = [r["command"] if r.get("world_size", 1) <= 1 else
-                ["torchrun", f"--nproc-per-node/--nnodes: {r['world_size']} ranks", "-m",
-                 *r["command"]] for r in reader.build_records()]
+                ["torchrun", "--nproc-per-node", str(r["world_size"]), "-m", "dvfl_cache.cli",
+                 *r["command"][1:]] for r in reader.build_records()]
     return {
         "pretty_name": f"{m.teacher.name} teacher logits on {m.dataset.kind} split "
                        f"{m.dataset.split} {m.dataset.subset}",
@@ -127,7 +130,7 @@ def card_fields(reader, digests: dict[str, str], *, address: str,
         "dvfl_version": m.dvfl_version,
         "created": m.created,
         "card_dvfl_version": __version__,
-        "built_with": [" ".join(c) for c in commands],
+        "built_with": [shlex.join(c) for c in commands],
         "verify_with": [f"dvfl-cache verify {address}"],
     }
 

@@ -63,7 +63,7 @@ def _protocol(fs) -> str:
     return p[0] if isinstance(p, (tuple, list)) else p
 
 
-def _is_local(fs) -> bool:  # noqa: used by store.py too
+def is_local_fs(fs) -> bool:
     return _protocol(fs) in ("file", "local")
 
 
@@ -74,7 +74,7 @@ def create_exclusive(fs, path: str, data: bytes) -> bool:
     exists), so the key appears whole or not at all. Object stores: a conditional PUT
     (fsspec `mode="create"`, which s3fs sends as `If-None-Match: *`).
     """
-    if _is_local(fs):
+    if is_local_fs(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.partial"
         with open(tmp, "wb") as f:
@@ -97,7 +97,7 @@ def create_exclusive(fs, path: str, data: bytes) -> bool:
 
 def put_atomic(fs, path: str, data: bytes) -> None:
     """Overwrite `path` so readers see the old or the new bytes, never a torn file."""
-    if _is_local(fs):
+    if is_local_fs(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.partial"
         with open(tmp, "wb") as f:

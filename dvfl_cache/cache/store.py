@@ -31,11 +31,11 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from dvfl_cache.cache.claims import (CLAIMS_GROUP, DEFAULT_TTL_S, ShardClaims, _is_local,
-                                     create_exclusive, put_atomic)
+from dvfl_cache.cache.claims import (CLAIMS_GROUP, DEFAULT_TTL_S, ShardClaims, create_exclusive,
+                                     is_local_fs, put_atomic)
 from dvfl_cache.cache.format import FAILURES_GROUP, SHARD_DONE, CacheMeta
-from dvfl_cache.cache.location import (Location, check_writable, is_url, locate, open_store, open_writable,
-                                       storage_error, target_fs)
+from dvfl_cache.cache.location import (Location, check_writable, is_url, locate, open_store,
+                                       open_writable, storage_error, target_fs)
 from dvfl_cache.errors import CacheError
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def _only_layout_leftovers(fs, root: str) -> bool:
 
 def _remove(fs, root: str) -> None:
     try:
-        if _is_local(fs):
+        if is_local_fs(fs):
             shutil.rmtree(root)
         else:
             fs.rm(root, recursive=True)
