@@ -22,46 +22,28 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec
 
-from dvfl_cache.cache.claims import (CLAIMS_GROUP, DEFAULT_TTL_S, ShardClaims, create_exclusive,
-                                     is_local_fs, put_atomic)
+from dvfl_cache.cache.claims import DEFAULT_TTL_S, ShardClaims, put_atomic
 from dvfl_cache.cache.format import FAILURES_GROUP, SHARD_DONE, CacheMeta
+from dvfl_cache.cache.layout import (CREATE_CLAIM, CREATE_WAIT_S, EMPTY_GROUP, MAX_CHUNK_ROWS,
+                                     PROVENANCE_GROUP, WRITE_CONFIG, chunk_rows,
+                                     diagnose_missing, exists_fresh, list_entries,
+                                     only_layout_leftovers, refuse_if_being_written,
+                                     remove_store, write_layout)
 from dvfl_cache.cache.location import (Location, check_writable, is_url, locate, open_store,
                                        open_writable, storage_error, target_fs)
 from dvfl_cache.errors import CacheError
 
+__all__ = ["MAX_CHUNK_ROWS", "CacheReader", "CacheWriter", "chunk_rows", "shard_error",
+           "shard_rows"]
+
 log = logging.getLogger(__name__)
-
-MAX_CHUNK_ROWS = 1024
-# Build records (the commands that built a store, for its card): optional, one file each.
-PROVENANCE_GROUP = "provenance"
-_CREATE_CLAIM = "create"  # claims/create/: who is creating the store
-_CREATE_WAIT_S = 600.0
-_EMPTY_GROUP = b'{"zarr_format": 3, "node_type": "group", "attributes": {}}'
-
-# Fill-value chunks must still be written: a shard of all-failed videos is data, and both size
-# accounting and `verify`'s "every done shard has its files" rely on it.
-_WRITE_CONFIG = {"write_empty_chunks": True}
-
-
-def chunk_rows(views_per_shard: int) -> int:
-    """Rows per inner (checksummed) chunk: the largest divisor of the shard <= 1024 rows.
-
-    Smaller inner chunks let a ranged reader fetch part of a shard; a shard whose only small
-    divisors are tiny (e.g. a prime) gets a single chunk instead of thousands of 1-row ones.
-    """
-    if views_per_shard <= MAX_CHUNK_ROWS:
-        return views_per_shard
-    best = max(d for d in range(1, MAX_CHUNK_ROWS + 1) if views_per_shard % d == 0)
-    return best if best >= 64 else views_per_shard
 
 
 def shard_rows(meta: CacheMeta, s: int) -> range:
@@ -99,120 +81,6 @@ def _array_problem(meta: CacheMeta, group: zarr.Group, name: str) -> str | None:
 
 # --- writing ---------------------------------------------------------------------------------
 
-def _build_layout(store, meta: CacheMeta) -> None:
-    root = zarr.create_group(store=store, zarr_format=3, attributes=meta.to_dict())
-    rows, per_shard = meta.num_rows, meta.views_per_shard
-    inner = chunk_rows(per_shard)
-    for name, (dtype, trail) in meta.row_arrays().items():
-        root.create_array(name, shape=(rows, *trail), dtype=dtype,
-                          shards=(per_shard, *trail), chunks=(inner, *trail),
-                          compressors=[Crc32cCodec()], fill_value=0, config=_WRITE_CONFIG,
-                          dimension_names=("row", *(f"{name}_{i}" for i in range(len(trail)))))
-    root.create_array(SHARD_DONE, shape=(meta.num_shards,), dtype="uint8", chunks=(1,),
-                      compressors=[Crc32cCodec()], fill_value=0, config=_WRITE_CONFIG,
-                      dimension_names=("shard",))
-    root.create_group(FAILURES_GROUP)
-    root.create_group(CLAIMS_GROUP)
-
-
-def _layout_files(meta: CacheMeta) -> dict[str, bytes]:
-    """Every metadata file of a fresh store, built in memory (no data chunks yet)."""
-    mem: dict = {}
-    _build_layout(zarr.storage.MemoryStore(mem), meta)
-    return {k: v.to_bytes() for k, v in mem.items()}
-
-
-def _exists(fs, path: str) -> bool:
-    try:
-        fs.invalidate_cache(path)
-        return bool(fs.exists(path))
-    except Exception as e:
-        raise storage_error(path, e) from None
-
-
-def _entries(fs, root: str) -> list[str]:
-    """Names directly under `root` (empty when nothing is there)."""
-    try:
-        fs.invalidate_cache(root)
-        if fs.isfile(root):
-            return [root]
-        return list(fs.ls(root, detail=False))
-    except FileNotFoundError:
-        return []
-    except Exception as e:
-        raise storage_error(root, e) from None
-
-
-def _diagnose_missing(url: str, storage_options: dict[str, Any] | None) -> None:
-    """Name a missing bucket (the usual cause of "no zarr.json" in an object store)."""
-    if url.lower().startswith(("http://", "https://")):
-        return
-    fs, path = target_fs(url, storage_options)
-    bucket = path.split("/", 1)[0]
-    try:
-        fs.invalidate_cache(bucket)
-        missing = not fs.exists(bucket)
-    except Exception as e:
-        raise storage_error(url, e) from None
-    if missing:
-        raise CacheError(f"{url}: the bucket does not exist (create it first)")
-
-
-def _only_layout_leftovers(fs, root: str) -> bool:
-    """A creation killed before its root zarr.json: nothing but metadata and claims."""
-    files = fs.find(root)
-    rel = [f[len(root):].lstrip("/") for f in files]
-    return all(r.endswith("zarr.json") or r.startswith(f"{CLAIMS_GROUP}/")
-               or r.endswith(".partial") for r in rel)
-
-
-def _remove(fs, root: str) -> None:
-    try:
-        if is_local_fs(fs):
-            shutil.rmtree(root)
-        else:
-            fs.rm(root, recursive=True)
-            fs.invalidate_cache(root)
-    except FileNotFoundError:
-        pass
-    except Exception as e:
-        raise storage_error(root, e) from None
-
-
-def _write_layout(fs, root: str, meta: CacheMeta) -> bool:
-    """Write every metadata file, the root zarr.json last and only if absent.
-
-    No rename is needed (object stores have none): the root zarr.json, holding the CacheMeta,
-    is what makes the store exist, and creating it is a create-if-absent write, so two
-    processes creating one store cannot both succeed (False for the one that lost).
-    """
-    files = _layout_files(meta)
-    root_json = files.pop("zarr.json")
-    for key, data in files.items():
-        put_atomic(fs, f"{root}/{key}", data)
-    return create_exclusive(fs, f"{root}/zarr.json", root_json)
-
-
-def _refuse_if_being_written(fs, root: str, where: str, store) -> None:
-    """--overwrite must not pull a store from under a live writer (a claim not yet expired)."""
-    try:
-        group = zarr.open_group(store=store, mode="r", zarr_format=3)
-        done = np.asarray(group[SHARD_DONE][:]) == 1
-        shards = np.flatnonzero(~done).tolist()
-    except Exception:  # a damaged store: judge every claimed shard
-        shards = None
-    claims = ShardClaims(fs, root)
-    if shards is None:
-        names = _entries(fs, f"{root}/{CLAIMS_GROUP}")
-        shards = [int(n.rsplit("/", 1)[-1]) for n in names if n.rsplit("/", 1)[-1].isdigit()]
-    live = claims.live_foreign(shards)
-    if live:
-        raise CacheError(f"{where}: another process is writing this store ({live[0].describe()}"
-                         f"{f' and {len(live) - 1} more shards' if len(live) > 1 else ''}); "
-                         "refusing to --overwrite it: stop that build first, or wait until its "
-                         "claims expire")
-
-
 class CacheWriter:
     """Writes whole shards of one store; several writers (ranks, concurrent resumes, machines)
     may share a store if each writes the shards it claimed (`claims()`). Make one with
@@ -247,7 +115,7 @@ class CacheWriter:
             problem = _array_problem(meta, self._root, name)
             if problem:
                 raise CacheError(f"{self.path}: damaged cache layout: {problem}")
-        self._arrays = {name: self._root[name].with_config(_WRITE_CONFIG)
+        self._arrays = {name: self._root[name].with_config(WRITE_CONFIG)
                         for name in [*meta.row_arrays(), SHARD_DONE]}
 
     def claims(self, *, ttl_s: float = DEFAULT_TTL_S) -> ShardClaims:
@@ -265,8 +133,8 @@ class CacheWriter:
         if is_url(where):
             check_writable(where)
         fs, root = target_fs(where, storage_options)
-        if _entries(fs, root):
-            is_store = _exists(fs, f"{root}/zarr.json")
+        if list_entries(fs, root):
+            is_store = exists_fresh(fs, f"{root}/zarr.json")
             if is_store and resume:
                 writer = cls(where, meta, storage_options=storage_options)
                 log.info("resuming %s: %d of %d shards pending", where,
@@ -276,11 +144,11 @@ class CacheWriter:
                 raise CacheError(f"{where} already exists; pass --resume to finish it or "
                                  "--overwrite to replace it")
             if is_store:
-                _refuse_if_being_written(fs, root, where,
+                refuse_if_being_written(fs, root, where,
                                          open_writable(where, storage_options))
                 log.info("overwriting %s", where)
-                _remove(fs, root)
-            elif not (fs.isdir(root) and _only_layout_leftovers(fs, root)):
+                remove_store(fs, root)
+            elif not (fs.isdir(root) and only_layout_leftovers(fs, root)):
                 if overwrite:
                     raise CacheError(f"{where}: exists and is not a cache store; refusing to "
                                      "delete it with --overwrite")
@@ -289,15 +157,15 @@ class CacheWriter:
         # Absent, or the metadata of a creation in progress or killed: creating is itself
         # claimed, so concurrent creators wait for one another instead of trampling.
         with ShardClaims(fs, root, ttl_s=60.0) as claims:
-            deadline = time.monotonic() + _CREATE_WAIT_S
-            while not claims.try_claim(_CREATE_CLAIM):
-                if _exists(fs, f"{root}/zarr.json"):
+            deadline = time.monotonic() + CREATE_WAIT_S
+            while not claims.try_claim(CREATE_CLAIM):
+                if exists_fresh(fs, f"{root}/zarr.json"):
                     break
                 if time.monotonic() > deadline:
                     raise CacheError(f"{where}: another process has been creating this store "
-                                     f"for {_CREATE_WAIT_S:.0f} s; is it stuck?")
+                                     f"for {CREATE_WAIT_S:.0f} s; is it stuck?")
                 time.sleep(0.2)
-            created = not _exists(fs, f"{root}/zarr.json") and _write_layout(fs, root, meta)
+            created = not exists_fresh(fs, f"{root}/zarr.json") and write_layout(fs, root, meta)
         if not created:
             if resume:  # another resume created it a moment ago: join it
                 return cls(where, meta, storage_options=storage_options)
@@ -335,7 +203,7 @@ class CacheWriter:
                              "ranks > 0 do not open the store rank 0 is replacing")
         fs, root = target_fs(path, storage_options)
         deadline = time.monotonic() + timeout_s
-        while not _exists(fs, f"{root}/zarr.json"):
+        while not exists_fresh(fs, f"{root}/zarr.json"):
             if time.monotonic() > deadline:
                 raise CacheError(f"{path}: rank {rank} waited {timeout_s:.0f} s for rank 0 to "
                                  "create the cache; did rank 0 fail?")
@@ -349,8 +217,8 @@ class CacheWriter:
         record = {"command": command, "world_size": world_size,
                   "started": now.isoformat(timespec="seconds")}
         base = f"{self._root_path}/{PROVENANCE_GROUP}"
-        if not _exists(self._fs, f"{base}/zarr.json"):
-            put_atomic(self._fs, f"{base}/zarr.json", _EMPTY_GROUP)
+        if not exists_fresh(self._fs, f"{base}/zarr.json"):
+            put_atomic(self._fs, f"{base}/zarr.json", EMPTY_GROUP)
         name = f"build-{now.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json"
         put_atomic(self._fs, f"{base}/{name}", json.dumps(record, indent=1).encode())
 
@@ -522,7 +390,7 @@ class CacheReader:
                 self._root = _open_group(self._store, self.location)
             except CacheError:
                 if self.location.kind == "url":
-                    _diagnose_missing(str(self.location), self._storage_options)
+                    diagnose_missing(str(self.location), self._storage_options)
                 raise
             except Exception as e:
                 raise storage_error(self.location, e) from None
