@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from dvfl_cache.cache.card import card_problems
+from dvfl_cache.cache.claims import CLAIMS_GROUP
 from dvfl_cache.cache.format import FORMAT_NAME, FORMAT_VERSION, SHARD_DONE
 from dvfl_cache.cache.location import Location
 from dvfl_cache.cache.store import CacheReader, shard_error
@@ -88,6 +89,13 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
         }
 
 
+def _counted(key: str) -> bool:
+    """Files that count as the store's size: not leftovers of killed writes, not claims."""
+    key = key.removeprefix("./")
+    return not key.endswith(".partial") and not (
+        key.startswith(f"{CLAIMS_GROUP}/") and key != f"{CLAIMS_GROUP}/zarr.json")
+
+
 def size_on_disk(loc: Location, storage_options: dict[str, Any] | None = None) -> int | None:
     """Bytes the store occupies (apparent size; None for a directory served over HTTP, which
     has no listing)."""
@@ -96,15 +104,20 @@ def size_on_disk(loc: Location, storage_options: dict[str, Any] | None = None) -
     if loc.kind == "dir":
         total = 0
         for root, _dirs, files in os.walk(loc.target):
+            rel = os.path.relpath(root, loc.target).replace(os.sep, "/")
             total += sum(os.path.getsize(os.path.join(root, f)) for f in files
-                         if not f.endswith(".partial"))
+                         if _counted(f"{rel}/{f}"))
         return total
     if loc.kind == "url-zip" or not loc.target.lower().startswith(("http://", "https://")):
         from dvfl_cache.cache.location import target_fs
 
         try:
             fs, path = target_fs(loc.target, storage_options)
-            return int(fs.size(path) if loc.kind == "url-zip" else fs.du(path))
+            if loc.kind == "url-zip":
+                return int(fs.size(path))
+            sizes = fs.find(path, detail=True)
+            return sum(int(d["size"]) for k, d in sizes.items()
+                       if _counted(k[len(path):].lstrip("/")))
         except Exception as e:  # a size is a nicety for `info`; never fail a read over it
             log.warning("%s: cannot get the size (%s)", loc, e)
             return None
