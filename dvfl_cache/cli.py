@@ -15,6 +15,7 @@ COMMANDS = {
     "export": "dvfl_cache.commands.store:export_cmd",
     "import": "dvfl_cache.commands.store:import_cmd",
     "pack": "dvfl_cache.commands.store:pack_cmd",
+    "card": "dvfl_cache.commands.store:card_cmd",
 }
 
 

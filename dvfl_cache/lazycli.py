@@ -59,3 +59,7 @@ def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose < 0 else logging.INFO if verbose == 0 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    # Storage clients narrate every credential lookup and retry at INFO; our own messages say
+    # what failed, and at -v (DEBUG) theirs come back.
+    for name in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "gcsfs"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -97,3 +97,72 @@ def synth_test_index(synth_root):
     from dvfl_cache.data.readers import build_index
 
     return build_index("ucf101", synth_root, split=1, subset="test")
+
+
+# --- a real S3-compatible server on 127.0.0.1 (moto's server mode) ---------------------------
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """http://127.0.0.1:PORT of a moto S3 server for the whole session.
+
+    The standard variables (AWS_ENDPOINT_URL and test credentials) point every s3:// address
+    of this process and of the subprocesses it starts at it; IMDS lookups are disabled so a
+    missing credential never makes botocore reach for another address.
+    """
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:  # a free port on the loopback interface
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Its own process (not a thread of this one), so the server and the tests do not share
+    # one interpreter lock; moto.server is the package's documented stand-alone server.
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the local S3 server (moto) did not start within 60 s")
+            time.sleep(0.1)
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    """s3://<a fresh bucket> on the session's server."""
+    import uuid
+
+    import s3fs
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(name)
+    return f"s3://{name}"

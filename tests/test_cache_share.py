@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dvfl_cache.cache.inspect import info
+from dvfl_cache.cache.inspect import info, verify
 from dvfl_cache.cache.share import export_hdf5, import_hdf5, pack
 from dvfl_cache.cache.store import CacheReader, CacheWriter
 from dvfl_cache.cli import main
@@ -235,3 +235,126 @@ def test_cli_info_verify_pack_export_import(store, tmp_path):
     res = runner.invoke(main, ["verify", str(tmp_path / "back")])
     assert res.exit_code == 1
     assert "array 'label' shard 2 (label/c/2): checksum mismatch" in res.output
+
+
+# --- zip over HTTP reads only what it needs --------------------------------------------------
+
+class CountingRangeHandler(RangeHandler):
+    """RangeHandler that records every response body it sends: (path, range, bytes)."""
+
+    sent: list[tuple[str, str | None, int]] = []
+
+    def copyfile(self, source, outputfile) -> None:
+        left = getattr(self, "_left", None)
+        n = left if left is not None else os.fstat(source.fileno()).st_size
+        type(self).sent.append((self.path, self.headers.get("Range"), n))
+        super().copyfile(source, outputfile)
+
+
+def _chunk_bytes(store_dir, name: str, shards: list[int]) -> int:
+    """Bytes of the inner chunks of `shards` of array `name`, from the shard indexes on disk
+    (each index ends the shard file: (offset, nbytes) uint64 pairs, then a crc32c)."""
+    import zarr
+
+    arr = zarr.open_array(str(store_dir / name), mode="r")
+    n_inner = arr.shards[0] // arr.chunks[0]
+    total = 0
+    for s in shards:
+        key = arr.metadata.encode_chunk_key((s,) + (0,) * (arr.ndim - 1))
+        data = (store_dir / name / key).read_bytes()
+        index = np.frombuffer(data[-(16 * n_inner + 4):-4], dtype="<u8").reshape(-1, 2)
+        total += int(index[:, 1].sum())
+    return total
+
+
+def test_zip_over_http_reads_the_directory_once_then_only_the_chunks(tmp_path):
+    from dvfl_cache.cache.format import CacheMeta, DatasetInfo, SamplerInfo, TeacherInfo
+
+    C, V = 400, 64
+    meta = CacheMeta(
+        teacher=TeacherInfo(name="vfn-base", config={}, weights_sha256=None),
+        dataset=DatasetInfo(kind="synth", split=1, subset="train",
+                            index_digest="sha256:" + "2" * 64,
+                            classes=tuple(f"c{i}" for i in range(C))),
+        sampler=SamplerInfo(name="segment", params={}, seed=0),
+        num_videos=V, views_per_video=3, num_frames=8, dtype="float16", feature_dim=None,
+        views_per_shard=32)
+    store = tmp_path / "big.zarr"
+    w = CacheWriter.create(store, meta)
+    rng = np.random.default_rng(0)
+    for s in range(meta.num_shards):
+        a = w.empty_shard(s, labels=np.arange(V, dtype=np.int32) % C)
+        a["logits"][:] = rng.normal(size=a["logits"].shape)
+        a["valid"][:] = 1
+        w.write_shard(s, a, [])
+    pack(store, tmp_path / "big.zip")
+    CountingRangeHandler.sent = []
+    with serve(tmp_path, CountingRangeHandler) as base:
+        reader = CacheReader(f"{base}/big.zip")
+        for name in reader.meta.row_arrays():
+            reader.array(name)  # every array's zarr.json: metadata, read once per process
+        opened = list(CountingRangeHandler.sent)
+        CountingRangeHandler.sent.clear()
+        block = reader.epoch_block(1)  # rows 64-127: shards 2 and 3
+        sent = list(CountingRangeHandler.sent)
+        CountingRangeHandler.sent.clear()
+        reader.epoch_block(1)
+        again = sum(n for _, _, n in CountingRangeHandler.sent)
+    np.testing.assert_array_equal(block["logits"], CacheReader(store).epoch_block(1)["logits"])
+    chunks = sum(_chunk_bytes(store, name, [2, 3]) for name in meta.row_arrays())
+    got = sum(n for _, _, n in sent)
+    directory = sum(n for _, rng_, n in opened if rng_ is not None)
+    ratio = got / chunks
+    print(f"epoch block: {got} bytes over HTTP for {chunks} bytes of chunks (ratio "
+          f"{ratio:.3f}); opening (directory, metadata): {directory} bytes; zip "
+          f"{(tmp_path / 'big.zip').stat().st_size} bytes")
+    assert all(r is not None for _, r, _ in opened + sent), "a whole-file GET was made"
+    assert ratio <= 1.2, sent
+    # The directory is not read again for the block; a second read of the block costs the same.
+    assert not any(r.startswith("bytes=-") for _, r, _ in sent)
+    assert again <= got
+
+
+# --- dataset card ------------------------------------------------------------------------------
+
+def test_pack_and_card_write_a_card_that_verify_checks(store, tmp_path):
+    from dvfl_cache.cache.card import CARD_NAME, MANIFEST_NAME, parse_card, write_card
+    from dvfl_cache.cache.inspect import teacher_accuracy
+
+    d = pack(store, tmp_path / "c.zip")
+    with zipfile.ZipFile(tmp_path / "c.zip") as z:
+        card = z.read(CARD_NAME).decode()
+        manifest = z.read(MANIFEST_NAME).decode()
+    fields = parse_card(card, source="c.zip")
+    m = CacheReader(store).meta
+    assert card.startswith("---\n") and "\n---\n\n# vfn-tiny teacher logits" in card
+    assert fields["teacher"] == {"name": "vfn-tiny", "weights_sha256": "c" * 64,
+                                 "config": m.teacher.config}
+    assert fields["dataset"]["index_digest"] == m.dataset.index_digest
+    assert (fields["num_rows"], fields["views_per_video"], fields["dtype"]) == (30, 3, "float16")
+    assert fields["teacher_top1"] == teacher_accuracy(CacheReader(store))["teacher_top1"]
+    assert fields["manifest"]["sha256"] == d["manifest"]
+    assert fields["manifest"]["files"] == len(manifest.splitlines()) == d["files"]
+    assert fields["verify_with"] == [f"dvfl-cache verify {tmp_path / 'c.zip'}"]
+    with zipfile.ZipFile(tmp_path / "c.zip") as z:
+        assert fields["size_bytes"] == sum(i.file_size for i in z.infolist()
+                                           if i.filename not in (CARD_NAME, MANIFEST_NAME))
+    assert "logits/c/2/0" in manifest
+    assert verify(tmp_path / "c.zip")["card"] == d["manifest"]
+    # the card command writes the same card into the directory; verify then checks it
+    assert write_card(store)["manifest"]["sha256"] == d["manifest"]
+    assert (store / CARD_NAME).is_file() and (store / MANIFEST_NAME).is_file()
+    assert verify(store)["card"] == d["manifest"]
+    # a file that changed (still a valid chunk: re-written with other values) is named
+    w = CacheWriter.create(store, CacheReader(store).meta, resume=True)
+    arrays = w.empty_shard(1, labels=(np.arange(10) % 6).astype(np.int32))
+    arrays["valid"][:] = 0
+    w.write_shard(1, arrays, [{"video": v, "reason": "gone"} for v in sorted(set(arrays["video"]))])
+    with pytest.raises(CacheError, match=r"card: file logits/c/1/0 differs from the manifest"):
+        verify(store)
+    # a card that lies about the store
+    write_card(store)
+    text = (store / CARD_NAME).read_text().replace('"dtype": "float16"', '"dtype": "float32"')
+    (store / CARD_NAME).write_text(text.replace('dtype: "float16"', 'dtype: "float32"'))
+    with pytest.raises(CacheError, match="card field 'dtype' says \"float32\""):
+        verify(store)

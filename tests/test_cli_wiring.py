@@ -271,6 +271,9 @@ BUILD_BEHAVIOUR = {
     "threads": "torch threads after the build",
     "resume": "test_cache_build.py (resume after a kill)",
     "overwrite": "test_cache_build.py (refuses an existing store without it)",
+    "storage_opts": "test_cache_build_remote.py::test_build_into_s3_then_info_verify_card_and_fit"
+                    " (the endpoint reaches the S3 server; its value is never recorded)",
+    "claim_ttl_s": "test_cache_concurrent.py::test_claim_ttl_option_sets_the_claims_time_to_live",
 }
 
 

@@ -1,9 +1,12 @@
 """The build loop: run the teacher once over every view of every video and store its raw logits.
 
 Why this shape:
-- Work is whole shards. Each rank takes the pending shards `s % world_size == rank`, so no two
-  writers ever touch one shard file and a killed build resumes exactly where shards were left
-  unfinished (nothing stored is computed again).
+- Work is whole shards, taken by create-if-absent claims (``claims.py``) just before they are
+  computed: ranks, concurrent `--resume` processes and machines with no shared disk split the
+  pending shards without talking to each other, no two writers touch one shard file, a dead
+  claimant's shard is retaken once its claim expires, and a killed build resumes exactly where
+  shards were left unfinished (nothing stored is computed again). Every process returns only
+  when the store is complete (it waits for shards that live claimants are still computing).
 - Rows stream through one DataLoader in row order: decoding runs in worker processes ahead of
   the teacher, and finished shards are written by a background thread, so decode, compute and
   writes overlap instead of taking turns.
@@ -22,7 +25,8 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dvfl_cache.cache.build_config import BuildConfig
+from dvfl_cache.cache.claims import ShardClaims
 from dvfl_cache.cache.format import (UNVERSIONED_DECODER, CacheMeta, DatasetInfo, SamplerInfo,
                                      TeacherInfo, fp16_kl_error)
 from dvfl_cache.cache.store import CacheReader, CacheWriter
@@ -153,7 +158,7 @@ def mix_item(item: dict, index: DatasetIndex, sampler: ViewSampler, mix: MixConf
 class _RowDataset(Dataset):
     """Item i is row `rows[i]`: view `row // V` of video `row % V`, drawn and decoded."""
 
-    def __init__(self, index: DatasetIndex, sampler: ViewSampler, size: int, rows: list[int],
+    def __init__(self, index: DatasetIndex, sampler: ViewSampler, size: int, rows: range | list[int],
                  mix: MixConfig | None = None):
         self.rows = rows
         self.num_videos = len(index)
@@ -301,39 +306,68 @@ def decoder_version() -> int | str:
     return getattr(decode, "DECODER_VERSION", UNVERSIONED_DECODER)
 
 
-def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
-                progress: Callable[[int], None] | None = None,
-                on_start: Callable[[int], None] | None = None) -> BuildResult:
-    """Build (or resume) the cache at `cfg.out`; under torchrun each rank builds its shards.
+class _ClaimedRows:
+    """The DataLoader's sampler: rows of the pending shards this process manages to claim.
 
-    `on_start(n)` is told how many views this rank will compute; `progress(k)` after each batch.
+    It runs in the main process, a few batches ahead of the teacher, so shards are claimed just
+    before they are computed and concurrent processes interleave instead of grabbing all.
     """
-    rank, world, barrier = _distributed()
-    device = resolve_device(cfg.device)
-    teacher, meta, sampler = prepare(cfg, index)
-    teacher.to(device)
-    writer = CacheWriter.open_for_rank(cfg.out, meta, rank=rank, world_size=world,
-                                       overwrite=cfg.overwrite, resume=cfg.resume,
-                                       barrier=barrier)
-    shards = writer.pending_shards(rank=rank, world_size=world)
-    rows = [r for s in shards for r in writer.shard_rows(s)]
-    if on_start is not None:
-        on_start(len(rows))
-    log.info("rank %d/%d: %d shards (%d views) to build on %s, batches of %d, %d decoding "
-             "workers", rank, world, len(shards), len(rows), device, cfg.batch_size, cfg.workers)
-    labels = np.array([v.label for v in index.videos], np.int32)
 
+    def __init__(self, writer: CacheWriter, claims: ShardClaims, shards: list[int]):
+        self.writer, self.claims = writer, claims
+        self.left = list(shards)
+        self.claimed: list[int] = []
+        self._first: int | None = None
+
+    def _next_claim(self) -> int | None:
+        while self.left:
+            s = self.left.pop(0)
+            if self.writer.is_done(s) or not self.claims.try_claim(s):
+                continue
+            if self.writer.is_done(s):  # finished between the two looks
+                self.claims.release(s)
+                continue
+            self.claimed.append(s)
+            return s
+        return None
+
+    def claim_first(self) -> bool:
+        """Claim one shard now (so a pass with nothing to do starts no DataLoader)."""
+        self._first = self._next_claim()
+        return self._first is not None
+
+    def __iter__(self) -> Iterator[int]:
+        s = self._first
+        while s is not None:
+            yield from self.writer.shard_rows(s)
+            s = self._next_claim()
+
+
+def _run_shards(cfg: BuildConfig, index: DatasetIndex, sampler: ViewSampler, teacher, device,
+                meta: CacheMeta, writer: CacheWriter, claims: ShardClaims, labels: np.ndarray,
+                rows: _ClaimedRows, progress: Callable[[int], None] | None) -> list[int]:
+    """Compute and write every shard `rows` claims; returns the shards this process wrote."""
     lock = threading.Lock()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvfl-cache-writer")
     pending: list[Future] = []
+    written: list[int] = []
+
+    def write(s: int, arrays: dict, failures: list, kl: dict | None) -> None:
+        if not claims.holds(s):
+            log.warning("shard %d was taken over by another process (our claim expired); "
+                        "leaving it to that process", s)
+            return
+        writer.write_shard(s, arrays, failures, fp16_kl=kl)
+        claims.release(s)
+        written.append(s)
 
     def submit(s: int, arrays: dict, failures: list, kl: dict | None) -> None:
         with lock:
-            pending.append(pool.submit(writer.write_shard, s, arrays, failures, fp16_kl=kl))
+            pending.append(pool.submit(write, s, arrays, failures, kl))
 
     assembler = _ShardAssembler(writer, labels, cfg.features, submit)
-    loader = DataLoader(_RowDataset(index, sampler, cfg.size, rows, meta.mix),
-                        batch_size=cfg.batch_size,
+    loader = DataLoader(_RowDataset(index, sampler, cfg.size, range(meta.num_rows), meta.mix),
+                        batch_size=cfg.batch_size, sampler=rows,
                         shuffle=False, num_workers=cfg.workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
@@ -375,10 +409,48 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
         pool.shutdown(wait=True)
     for f in pending:
         f.result()
+    return written
+
+
+def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
+                progress: Callable[[int], None] | None = None,
+                on_start: Callable[[int], None] | None = None) -> BuildResult:
+    """Build (or resume) the cache at `cfg.out`; every process (torchrun ranks, concurrent
+    resumes, other machines) claims pending shards until the store is complete.
+
+    `on_start(n)` is told how many views are pending; `progress(k)` after each batch.
+    """
+    rank, world, barrier = _distributed()
+    device = resolve_device(cfg.device)
+    teacher, meta, sampler = prepare(cfg, index)
+    teacher.to(device)
+    so = dict(cfg.storage_options) or None
+    writer = CacheWriter.open_for_rank(cfg.out, meta, rank=rank, world_size=world,
+                                       overwrite=cfg.overwrite, resume=cfg.resume,
+                                       barrier=barrier, storage_options=so)
+    if rank == 0 and cfg.command:
+        writer.record_build(list(cfg.command), world_size=world)
+    if on_start is not None:
+        on_start(sum(len(writer.shard_rows(s)) for s in writer.pending_shards()))
+    labels = np.array([v.label for v in index.videos], np.int32)
+    written: list[int] = []
+    with writer.claims(ttl_s=cfg.claim_ttl_s) as claims:
+        while pending := writer.pending_shards():
+            rows = _ClaimedRows(writer, claims, pending)
+            if not rows.claim_first():
+                # Everything left is held by live claimants: wait for them to finish, or for
+                # a claim to expire (its shard is then retaken on the next pass).
+                time.sleep(min(2.0, cfg.claim_ttl_s / 4))
+                continue
+            log.info("rank %d/%d: %d shards pending on %s, batches of %d, %d decoding workers",
+                     rank, world, len(pending), device, cfg.batch_size, cfg.workers)
+            written += _run_shards(cfg, index, sampler, teacher, device, meta, writer, claims,
+                                   labels, rows, progress)
+    rows_written = sum(len(writer.shard_rows(s)) for s in written)
     if barrier is not None:
         barrier()
-    reader = CacheReader(cfg.out)
-    result = BuildResult(path=str(cfg.out), rows_written=len(rows), shards_written=len(shards),
+    reader = CacheReader(cfg.out, storage_options=so)
+    result = BuildResult(path=str(cfg.out), rows_written=rows_written, shards_written=len(written),
                          shards_total=meta.num_shards, failed=reader.failed_videos(),
                          complete=reader.complete, fp16_kl=reader.fp16_kl(),
                          failed_rows=reader.failed_rows(),
@@ -396,6 +468,7 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
 
 def config_dict(cfg: BuildConfig) -> dict:
     d = asdict(cfg)
+    del d["storage_options"]  # may hold credentials
     d["teacher_opts"] = dict(cfg.teacher_opts)
     d["sampler"] = dict(cfg.sampler)
     return d

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dvfl_cache.cache.claims import DEFAULT_TTL_S
 from dvfl_cache.cache.format import DEFAULT_VIEWS_PER_SHARD, LOGIT_DTYPES
 from dvfl_cache.settings import setting
 
@@ -22,7 +23,8 @@ __all__ = ["BuildConfig"]
 class BuildConfig:
     """Everything `dvfl-cache build` needs; stored (via CacheMeta) with the cache."""
 
-    out: str = setting(flag="--out", help="Store directory to write.")
+    out: str = setting(flag="--out", help="Store to write: a directory or an fsspec URL "
+                                               "(s3://bucket/c.zarr, gs://...).")
     teacher: str = setting("vfn-base", flag="--teacher",
                            help="Registered model name, or a dvfl checkpoint that names its "
                                 "architecture.")
@@ -69,3 +71,11 @@ class BuildConfig:
                            help="Finish an interrupted build of the same cache.")
     overwrite: bool = setting(False, flag="--overwrite",
                               help="Replace an existing store at --out.")
+    # Where --out lives when it is a URL (endpoint, profile, anon, ...); may hold secrets, so it
+    # is never stored or logged (config_dict drops it). Set by --storage-option.
+    storage_options: Mapping[str, Any] = setting(default_factory=dict)
+    claim_ttl_s: float = setting(
+        DEFAULT_TTL_S, flag="--claim-ttl", low=1,
+        help="Seconds after which a shard claimed by a process that stopped renewing its claim "
+             "(killed, lost machine) is taken over by another builder.")
+    command: tuple[str, ...] = setting(())  # the command line, recorded for the store's card

@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from dvfl_cache.cache.card import card_problems
+from dvfl_cache.cache.claims import CLAIMS_GROUP
 from dvfl_cache.cache.format import FORMAT_NAME, SHARD_DONE
 from dvfl_cache.cache.location import Location
 from dvfl_cache.cache.store import CacheReader, shard_error
@@ -84,7 +86,7 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
             "shards_done": int(done.sum()),
             "shards_total": m.num_shards,
             "complete": bool(done.all()),
-            "size_bytes": size_on_disk(reader.location),
+            "size_bytes": size_on_disk(reader.location, storage_options),
             "logit_bytes": m.num_rows * sum(per_view.values()),
             "bytes_per_view": per_view,
             **teacher_accuracy(reader),
@@ -110,22 +112,35 @@ def mixed_rows(reader: CacheReader) -> dict[str, int] | None:
     return counts
 
 
-def size_on_disk(loc: Location) -> int | None:
-    """Bytes the store occupies (apparent size; None where a URL gives no cheap answer)."""
+def _counted(key: str) -> bool:
+    """Files that count as the store's size: not leftovers of killed writes, not claims."""
+    key = key.removeprefix("./")
+    return not key.endswith(".partial") and not (
+        key.startswith(f"{CLAIMS_GROUP}/") and key != f"{CLAIMS_GROUP}/zarr.json")
+
+
+def size_on_disk(loc: Location, storage_options: dict[str, Any] | None = None) -> int | None:
+    """Bytes the store occupies (apparent size; None for a directory served over HTTP, which
+    has no listing)."""
     if loc.kind == "zip":
         return os.path.getsize(loc.target)
     if loc.kind == "dir":
         total = 0
         for root, _dirs, files in os.walk(loc.target):
+            rel = os.path.relpath(root, loc.target).replace(os.sep, "/")
             total += sum(os.path.getsize(os.path.join(root, f)) for f in files
-                         if not f.endswith(".partial"))
+                         if _counted(f"{rel}/{f}"))
         return total
-    if loc.kind == "url-zip":
-        import fsspec
+    if loc.kind == "url-zip" or not loc.target.lower().startswith(("http://", "https://")):
+        from dvfl_cache.cache.location import target_fs
 
         try:
-            fs, path = fsspec.core.url_to_fs(loc.target)
-            return int(fs.size(path))
+            fs, path = target_fs(loc.target, storage_options)
+            if loc.kind == "url-zip":
+                return int(fs.size(path))
+            sizes = fs.find(path, detail=True)
+            return sum(int(d["size"]) for k, d in sizes.items()
+                       if _counted(k[len(path):].lstrip("/")))
         except Exception as e:  # a size is a nicety for `info`; never fail a read over it
             log.warning("%s: cannot get the size (%s)", loc, e)
             return None
@@ -196,12 +211,17 @@ def verify(path_or_url: str | os.PathLike, *, index: Any = None,
             rows_checked += len(reader.shard_rows(s))
             if progress is not None:
                 progress(1)
+        card, card_found = None, []
+        if not problems:  # a card is only worth checking against a sound store
+            card, card_found = card_problems(reader)
+            problems += [f"card: {p}" for p in card_found]
         if problems:
             _fail(reader.location, problems)
         return {"store": str(reader.location), "shards_checked": int(done.sum()),
                 "rows_checked": rows_checked,
                 "index": None if index is None or hasattr(index, "videos") else str(index),
-                "stale_temp_files": stale_temp_files(reader.location)}
+                "stale_temp_files": stale_temp_files(reader.location),
+                "card": None if card is None else card["manifest"]["sha256"]}
 
 
 def _fail(location: Location, problems: list[str]) -> NoReturn:

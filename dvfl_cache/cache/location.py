@@ -1,8 +1,12 @@
-"""Where a cache store lives: a directory, a packed .zip, or an HTTP(S)/fsspec URL of either.
+"""Where a cache store lives: a directory, a packed .zip, or an fsspec URL of either.
 
-Readers accept all four, so a cache can be shared as one file or served over HTTP. Zarr reads
-shard indexes and chunks by byte range, so HTTP servers are probed first: one that ignores Range
-requests is refused by name instead of surfacing later as a baffling checksum error.
+Readers accept all four, so a cache can be shared as one file, served over HTTP or kept in an
+object store (s3://, gs://, ...). Zarr reads shard indexes and chunks by byte range, so HTTP
+servers are probed first: one that ignores Range requests is refused by name instead of
+surfacing later as a baffling checksum error. Writers use `target_fs` and `open_writable`, so a
+URL is always a URL: nothing here ever turns `s3://b/c.zarr` into a local folder of that name.
+Storage failures (no endpoint, no credentials, no bucket) become one `CacheError` line via
+`storage_error`; storage options (which may hold secrets) are never put into a message.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import zarr
 
 from dvfl_cache.errors import CacheError
 
-__all__ = ["Location", "check_byte_ranges", "locate", "open_store"]
+__all__ = ["Location", "check_byte_ranges", "is_url", "locate", "open_store", "open_writable",
+           "storage_error", "target_fs"]
 
 _PROBE_TIMEOUT_S = 30.0
 
@@ -38,6 +43,17 @@ class Location:
     @property
     def is_remote(self) -> bool:
         return self.kind in ("url", "url-zip")
+
+
+def is_url(path_or_url: str | os.PathLike) -> bool:
+    """True for anything fsspec must open (s3://, gs://, http(s)://, zip::...), not file://."""
+    s = os.fspath(path_or_url)
+    return s.startswith("zip::") or ("://" in s and not s.startswith("file://"))
+
+
+def local_path(path_or_url: str | os.PathLike) -> str:
+    s = os.fspath(path_or_url)
+    return s[len("file://"):] if s.startswith("file://") else s
 
 
 def locate(path_or_url: str | os.PathLike) -> Location:
@@ -98,9 +114,85 @@ def open_store(loc: Location, *, storage_options: dict[str, Any] | None = None):
         return zarr.storage.ZipStore(loc.target, mode="r")
     if loc.target.lower().startswith(("http://", "https://")):
         check_byte_ranges(_probe_url(loc), headers=(storage_options or {}).get("headers"))
-    url = f"zip::{loc.target}" if loc.kind == "url-zip" else loc.target
+    if loc.kind == "url-zip":
+        from dvfl_cache.cache.ziprange import ZipRangeStore
+
+        fs, path = target_fs(loc.target, storage_options)
+        return ZipRangeStore(fs, path, where=loc.target)
     try:
-        return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options,
+        return zarr.storage.FsspecStore.from_url(loc.target,
+                                                 storage_options=_fresh(storage_options),
                                                  read_only=True)
     except (ValueError, ImportError, OSError) as e:
         raise CacheError(f"{loc}: cannot open ({e})") from None
+
+
+def _fresh(storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Storage options with fsspec's directory-listing cache off (unless asked for): stores
+    change under a reader (shards finish, a card is written) and a cached listing would make
+    new keys look missing, e.g. a finished shard's flag read as "not done"."""
+    return {"use_listings_cache": False, **(storage_options or {})}
+
+
+def storage_error(where: object, err: BaseException) -> CacheError:
+    """One line for a failed storage call, naming the usual cause (never the options given)."""
+    name = type(err).__name__
+    text = str(err).splitlines()[0] if str(err) else name
+    low = f"{name} {text}".lower()
+    if "nocredentials" in low or "unable to locate credentials" in low \
+            or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low \
+            or "partialcredentials" in low:
+        why = ("no valid credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+               "AWS_PROFILE, or pass --storage-option anon=true for a public bucket)")
+    elif "nosuchbucket" in low or "bucket does not exist" in low:
+        why = "the bucket does not exist (create it first)"
+    elif "endpointconnectionerror" in low or "could not connect" in low \
+            or "connection refused" in low or "clientconnectorerror" in low \
+            or "cannot connect" in low or "name or service not known" in low:
+        why = ("cannot reach the storage endpoint (check --storage-option endpoint_url=... or "
+               "AWS_ENDPOINT_URL)")
+    elif isinstance(err, PermissionError) or "accessdenied" in low or "forbidden" in low:
+        why = f"access denied ({text})"
+    elif isinstance(err, ImportError):
+        why = f"this kind of URL needs an extra package ({text}); e.g. pip install 'dvfl[s3]'"
+    else:
+        why = f"{name}: {text}"
+    return CacheError(f"{where}: {why}")
+
+
+def target_fs(target: str | os.PathLike, storage_options: dict[str, Any] | None = None):
+    """(filesystem, path) for a store address; plain paths and file:// give the local fs."""
+    import fsspec
+
+    s = os.fspath(target)
+    if not is_url(s):
+        return fsspec.filesystem("file"), os.path.abspath(local_path(s))
+    try:
+        fs, path = fsspec.core.url_to_fs(s, **_fresh(storage_options))
+    except Exception as e:
+        raise storage_error(s, e) from None
+    return fs, path.rstrip("/")
+
+
+def check_writable(target: str) -> None:
+    """Refuse read-only addresses before anything is attempted there."""
+    if target.lower().startswith(("http://", "https://", "zip::")) or (
+            is_url(target) and target.rstrip("/").lower().endswith(".zip")):
+        raise CacheError(f"{target}: cannot write a store there: http(s) and zip URLs are "
+                         "read-only (write a directory or s3://, gs://, ... and serve or pack "
+                         "it)")
+
+
+def open_writable(target: str | os.PathLike, storage_options: dict[str, Any] | None = None):
+    """A writable zarr store at `target`: LocalStore for local paths (each file written to a
+    temporary and renamed, so a killed write never leaves a torn file), zarr's FsspecStore for
+    URLs (each object is one PUT, which is atomic on object stores)."""
+    s = os.fspath(target)
+    if not is_url(s):
+        return zarr.storage.LocalStore(local_path(s))
+    check_writable(s)
+    try:
+        return zarr.storage.FsspecStore.from_url(s, storage_options=_fresh(storage_options),
+                                                 read_only=False)
+    except Exception as e:
+        raise storage_error(s, e) from None

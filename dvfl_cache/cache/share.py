@@ -9,9 +9,12 @@ pack or export never leaves a file that looks finished.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import tempfile
+import uuid
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from dvfl_cache.atomic import atomic_path
 from dvfl_cache.cache.format import SHARD_DONE, CacheMeta
-from dvfl_cache.cache.location import locate
+from dvfl_cache.cache.card import (CARD_NAME, MANIFEST_NAME, card_fields, is_data_key,
+                                   manifest_text, render_card, store_get, store_keys)
+from dvfl_cache.cache.location import is_url, local_path, locate, storage_error, target_fs
 from dvfl_cache.cache.store import CacheReader, CacheWriter
 from dvfl_cache.errors import CacheError
 
@@ -34,46 +38,97 @@ H5_META = "meta_json"
 H5_RECORDS = "shard_records_json"
 
 
-def _check_output(out: Path, *, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
+def _check_output(out: str, *, overwrite: bool,
+                  storage_options: dict[str, Any] | None = None) -> None:
+    fs, path = target_fs(out, storage_options)
+    try:
+        exists = fs.exists(path)
+    except Exception as e:
+        raise storage_error(out, e) from None
+    if exists and not overwrite:
         raise CacheError(f"{out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not is_url(out):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _tmp_for(out: str) -> Path:
+    """A temporary file to write `out` into: beside it on disk (then renamed), or in the
+    system's temporary folder for a URL (then uploaded in one PUT, which is atomic)."""
+    if is_url(out):
+        return Path(tempfile.gettempdir()) / f"dvfl-{uuid.uuid4().hex[:8]}.partial"
+    p = Path(local_path(out))
+    return p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.partial")
+
+
+def _publish(tmp: Path, out: str, storage_options: dict[str, Any] | None) -> int:
+    """Move a finished temporary into place; returns its size."""
+    size = tmp.stat().st_size
+    if not is_url(out):
+        os.replace(tmp, local_path(out))
+        return size
+    fs, path = target_fs(out, storage_options)
+    try:
+        fs.put_file(str(tmp), path)
+    except Exception as e:
+        raise storage_error(out, e) from None
+    return size
 
 
 def pack(store: str | os.PathLike, out: str | os.PathLike, *, allow_incomplete: bool = False,
-         overwrite: bool = False, progress: Callable[[int], None] | None = None
-         ) -> dict[str, Any]:
-    """Copy a finished store directory into one uncompressed zip readable by CacheReader."""
+         overwrite: bool = False, storage_options: dict[str, Any] | None = None,
+         progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Copy a finished store (directory or object-store URL) into one uncompressed zip readable
+    by CacheReader, with its dataset card (README.md) and manifest inside."""
+    store, out = os.fspath(store), os.fspath(out)
     loc = locate(store)
-    if loc.kind != "dir":
-        raise CacheError(f"{store}: pack needs a store directory (got a {loc.kind})")
-    out = Path(out)
-    if out.suffix.lower() != ".zip":
+    if loc.kind not in ("dir", "url") or store.lower().startswith("http"):
+        raise CacheError(f"{store}: pack needs a store directory or an object-store URL "
+                         f"(got a {loc.kind})")
+    if not out.lower().endswith(".zip"):
         raise CacheError(f"{out}: a packed store must end in .zip (readers recognise it by that)")
-    root = Path(loc.target).resolve()
-    if out.resolve().is_relative_to(root):
-        raise CacheError(f"{out}: cannot pack a store into itself")
-    with CacheReader(store) as reader:
+    if loc.kind == "dir" and not is_url(out):
+        root = Path(loc.target).resolve()
+        if Path(local_path(out)).resolve().is_relative_to(root):
+            raise CacheError(f"{out}: cannot pack a store into itself")
+    with CacheReader(store, storage_options=storage_options) as reader:
         done = reader.shard_done()
-    if not done.all() and not allow_incomplete:
-        raise CacheError(f"{store}: incomplete ({int(done.sum())} of {len(done)} shards done); "
-                         "finish it with --resume or pass --allow-incomplete")
-    _check_output(out, overwrite=overwrite)
-    files: list[str] = []
-    for dirpath, _dirs, names in os.walk(root):
-        files += [os.path.relpath(os.path.join(dirpath, f), root) for f in names
-                  if not f.endswith(".partial")]  # leftovers of killed writes, not data
-    # Root metadata first: a reader streaming the zip meets the description before the data.
-    files.sort(key=lambda f: (f != "zarr.json", f))
-    with atomic_path(out) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
-            for rel in files:
-                z.write(root / rel, arcname=Path(rel).as_posix())
-                if progress is not None:
-                    progress(1)
-    log.info("packed %s -> %s (%d files)", store, out, len(files))
-    return {"zip": str(out), "files": len(files), "bytes": out.stat().st_size,
-            "complete": bool(done.all())}
+        if not done.all() and not allow_incomplete:
+            raise CacheError(f"{store}: incomplete ({int(done.sum())} of {len(done)} shards "
+                             "done); finish it with --resume or pass --allow-incomplete")
+        _check_output(out, overwrite=overwrite, storage_options=storage_options)
+        keys = [k for k in store_keys(reader) if is_data_key(k)]
+        # Root metadata first: a reader streaming the zip meets the description before the data.
+        keys.sort(key=lambda f: (f != "zarr.json", f))
+        tmp = _tmp_for(out)
+        digests: dict[str, str] = {}
+        size_bytes = 0
+        try:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
+                                 allowZip64=True) as z:
+                for key in keys:
+                    data = store_get(reader, key)
+                    if data is None:
+                        continue
+                    digests[key] = hashlib.sha256(data).hexdigest()
+                    size_bytes += len(data)
+                    z.writestr(_member(key), data)
+                    if progress is not None:
+                        progress(1)
+                fields = card_fields(reader, digests, address=out, size_bytes=size_bytes)
+                z.writestr(_member(MANIFEST_NAME), manifest_text(digests))
+                z.writestr(_member(CARD_NAME), render_card(fields))
+            size = _publish(tmp, out, storage_options)
+        finally:
+            tmp.unlink(missing_ok=True)
+    log.info("packed %s -> %s (%d files)", store, out, len(digests))
+    return {"zip": out, "files": len(digests), "bytes": size, "complete": bool(done.all()),
+            "manifest": fields["manifest"]["sha256"]}
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    return info
 
 
 def export_hdf5(store: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
@@ -83,9 +138,10 @@ def export_hdf5(store: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
     JSON to an HDF5 file. Rows of unfinished shards stay zero, as in the store."""
     import h5py
 
-    out = Path(out)
-    _check_output(out, overwrite=overwrite)
-    with atomic_path(out) as tmp:
+    out = os.fspath(out)
+    _check_output(out, overwrite=overwrite, storage_options=storage_options)
+    tmp = _tmp_for(out)
+    try:
         with CacheReader(store, storage_options=storage_options) as reader, \
                 h5py.File(tmp, "w") as h:
             m = reader.meta
@@ -104,21 +160,33 @@ def export_hdf5(store: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
                     h[name][rows.start:rows.stop] = reader.read(name, rows.start, rows.stop)
                 if progress is not None:
                     progress(1)
+        size = _publish(tmp, out, storage_options)
+    finally:
+        tmp.unlink(missing_ok=True)
     log.info("exported %s -> %s", store, out)
-    return {"hdf5": str(out), "shards": int(done.sum()), "bytes": out.stat().st_size}
+    return {"hdf5": out, "shards": int(done.sum()), "bytes": size}
 
 
 def import_hdf5(src: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
+                storage_options: dict[str, Any] | None = None,
                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Rebuild a store from `export_hdf5` output; finished shards go through write_shard, so
-    the imported data is checked exactly like freshly built data."""
+    """Rebuild a store (directory or object-store URL) from `export_hdf5` output (a file or a
+    URL); finished shards go through write_shard, so the imported data is checked exactly
+    like freshly built data."""
     import h5py
 
-    src = Path(src)
-    if not src.is_file():
-        raise CacheError(f"{src}: no such file")
+    src, out = os.fspath(src), os.fspath(out)
+    fs, path = target_fs(src, storage_options)
     try:
-        h = h5py.File(src, "r")
+        if not fs.isfile(path):
+            raise CacheError(f"{src}: no such file")
+        handle = fs.open(path, "rb") if is_url(src) else path
+    except CacheError:
+        raise
+    except Exception as e:
+        raise storage_error(src, e) from None
+    try:
+        h = h5py.File(handle, "r")
     except OSError as e:
         raise CacheError(f"{src}: not an HDF5 file ({e})") from None
     with h:
@@ -138,7 +206,8 @@ def import_hdf5(src: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
         if SHARD_DONE not in h or h[SHARD_DONE].shape != (meta.num_shards,):
             raise CacheError(f"{src}: dataset '{SHARD_DONE}' is missing or has the wrong shape")
         done = np.asarray(h[SHARD_DONE][:]) == 1
-        writer = CacheWriter.create(out, meta, overwrite=overwrite)
+        writer = CacheWriter.create(out, meta, overwrite=overwrite,
+                                    storage_options=storage_options)
         for s in np.flatnonzero(done).tolist():
             rows = writer.shard_rows(s)
             record = records.get(str(s))
@@ -152,7 +221,7 @@ def import_hdf5(src: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
             if progress is not None:
                 progress(1)
     log.info("imported %s -> %s (%d shards)", src, out, int(done.sum()))
-    return {"store": str(out), "shards": int(done.sum())}
+    return {"store": out, "shards": int(done.sum())}
 
 
 def _text(dataset) -> str:

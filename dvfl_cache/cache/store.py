@@ -7,53 +7,44 @@ Why this shape:
   then flagged in `shard_done`, an array with one chunk (one file) per shard. Zarr loses chunks
   when two processes write into one shard file, and loses keys when processes rewrite the same
   JSON attributes; per-shard files are the only completion record concurrent ranks cannot lose.
-- Root attributes are written once, at creation: the layout is built in a temporary sibling
-  directory and renamed into place, so a store either exists whole or not at all, and other
-  ranks can simply wait for it to appear.
+- Root attributes are written once, at creation: every other metadata file first, then the
+  root zarr.json with a create-if-absent write, so a store either exists whole or not at all
+  (on a disk or an object store, which has no rename) and other ranks can wait for it.
+- Concurrent writers split the pending shards with create-if-absent claims (``claims.py``).
 - Readers open lazily per process (a forked DataLoader worker reopens by itself) and accept a
   directory, a packed .zip, or an http(s) URL of either (``location.py``).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import math
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec
 
 from dvfl_cache.cache import codecs
+from dvfl_cache.cache.claims import DEFAULT_TTL_S, ShardClaims, put_atomic
 from dvfl_cache.cache.format import FAILURES_GROUP, SHARD_DONE, CacheMeta
-from dvfl_cache.cache.location import Location, locate, open_store
+from dvfl_cache.cache.layout import (CREATE_CLAIM, CREATE_WAIT_S, EMPTY_GROUP, MAX_CHUNK_ROWS,
+                                     PROVENANCE_GROUP, WRITE_CONFIG, chunk_rows,
+                                     diagnose_missing, exists_fresh, list_entries,
+                                     only_layout_leftovers, refuse_if_being_written,
+                                     remove_store, write_layout)
+from dvfl_cache.cache.location import (Location, check_writable, is_url, locate, open_store,
+                                       open_writable, storage_error, target_fs)
 from dvfl_cache.errors import CacheError
 
+__all__ = ["MAX_CHUNK_ROWS", "CacheReader", "CacheWriter", "chunk_rows", "shard_error",
+           "shard_rows"]
+
 log = logging.getLogger(__name__)
-
-MAX_CHUNK_ROWS = 1024
-# Fill-value chunks must still be written: a shard of all-failed videos is data, and both size
-# accounting and `verify`'s "every done shard has its files" rely on it.
-_WRITE_CONFIG = {"write_empty_chunks": True}
-
-
-def chunk_rows(views_per_shard: int) -> int:
-    """Rows per inner (checksummed) chunk: the largest divisor of the shard <= 1024 rows.
-
-    Smaller inner chunks let a ranged reader fetch part of a shard; a shard whose only small
-    divisors are tiny (e.g. a prime) gets a single chunk instead of thousands of 1-row ones.
-    """
-    if views_per_shard <= MAX_CHUNK_ROWS:
-        return views_per_shard
-    best = max(d for d in range(1, MAX_CHUNK_ROWS + 1) if views_per_shard % d == 0)
-    return best if best >= 64 else views_per_shard
 
 
 def shard_rows(meta: CacheMeta, s: int) -> range:
@@ -96,35 +87,25 @@ def _array_problem(meta: CacheMeta, group: zarr.Group, name: str) -> str | None:
 
 # --- writing ---------------------------------------------------------------------------------
 
-def _build_layout(path: Path, meta: CacheMeta) -> None:
-    store = zarr.storage.LocalStore(path)
-    root = zarr.create_group(store=store, zarr_format=3, attributes=meta.to_dict())
-    rows, per_shard = meta.num_rows, meta.views_per_shard
-    inner = chunk_rows(per_shard)
-    for name, (dtype, trail) in meta.row_arrays().items():
-        root.create_array(name, shape=(rows, *trail), dtype=dtype,
-                          shards=(per_shard, *trail), chunks=(inner, *trail),
-                          compressors=[Crc32cCodec()], fill_value=0, config=_WRITE_CONFIG,
-                          dimension_names=("row", *(f"{name}_{i}" for i in range(len(trail)))))
-    root.create_array(SHARD_DONE, shape=(meta.num_shards,), dtype="uint8", chunks=(1,),
-                      compressors=[Crc32cCodec()], fill_value=0, config=_WRITE_CONFIG,
-                      dimension_names=("shard",))
-    root.create_group(FAILURES_GROUP)
-
-
-def _is_store_dir(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
-
-
 class CacheWriter:
-    """Writes whole shards of one store; several writers (ranks) may share a store if each
-    writes its own shards. Make one with `create` or `open_for_rank`."""
+    """Writes whole shards of one store; several writers (ranks, concurrent resumes, machines)
+    may share a store if each writes the shards it claimed (`claims()`). Make one with
+    `create` or `open_for_rank`. `path` is a directory or an fsspec URL (s3://, gs://, ...)."""
 
-    def __init__(self, path: str | os.PathLike, meta: CacheMeta):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, meta: CacheMeta, *,
+                 storage_options: dict[str, Any] | None = None):
+        self.path = os.fspath(path)
         self.meta = meta
-        self._store = zarr.storage.LocalStore(self.path)
-        self._root = _open_group(self._store, Location("dir", str(self.path)), mode="r+")
+        self._storage_options = storage_options
+        self._fs, self._root_path = target_fs(self.path, storage_options)
+        self._store = open_writable(self.path, storage_options)
+        loc = Location("url" if is_url(self.path) else "dir", self.path)
+        try:
+            self._root = _open_group(self._store, loc, mode="r+")
+        except CacheError:
+            raise
+        except Exception as e:
+            raise storage_error(self.path, e) from None
         stored = CacheMeta.from_dict(self._root.attrs.asdict(), source=str(self.path))
         if stored.format_version != meta.format_version:
             raise CacheError(f"{self.path}: the existing cache is in format version "
@@ -145,79 +126,112 @@ class CacheWriter:
             problem = _array_problem(meta, self._root, name)
             if problem:
                 raise CacheError(f"{self.path}: damaged cache layout: {problem}")
-        self._arrays = {name: self._root[name].with_config(_WRITE_CONFIG)
+        self._arrays = {name: self._root[name].with_config(WRITE_CONFIG)
                         for name in [*meta.row_arrays(), SHARD_DONE]}
+
+    def claims(self, *, ttl_s: float = DEFAULT_TTL_S) -> ShardClaims:
+        """Create-if-absent shard claims for this store (see claims.py)."""
+        return ShardClaims(self._fs, self._root_path, ttl_s=ttl_s)
 
     @classmethod
     def create(cls, path: str | os.PathLike, meta: CacheMeta, *, overwrite: bool = False,
-               resume: bool = False) -> CacheWriter:
+               resume: bool = False, storage_options: dict[str, Any] | None = None
+               ) -> CacheWriter:
         """A new store at `path`, or the existing one when resuming with the same meta."""
-        path = Path(path)
+        where = os.fspath(path)
         if overwrite and resume:
-            raise CacheError(f"{path}: pass only one of --resume and --overwrite")
-        exists = path.exists() and (path.is_file() or any(path.iterdir()))
-        if exists:
-            if resume:
-                if not _is_store_dir(path):
-                    raise CacheError(f"{path}: cannot resume: not a cache store directory")
-                writer = cls(path, meta)
-                log.info("resuming %s: %d of %d shards pending", path,
+            raise CacheError(f"{where}: pass only one of --resume and --overwrite")
+        if is_url(where):
+            check_writable(where)
+        fs, root = target_fs(where, storage_options)
+        if list_entries(fs, root):
+            is_store = exists_fresh(fs, f"{root}/zarr.json")
+            if is_store and resume:
+                writer = cls(where, meta, storage_options=storage_options)
+                log.info("resuming %s: %d of %d shards pending", where,
                          len(writer.pending_shards()), meta.num_shards)
                 return writer
-            if not overwrite:
-                raise CacheError(f"{path} already exists; pass --resume to finish it or "
+            if is_store and not overwrite:
+                raise CacheError(f"{where} already exists; pass --resume to finish it or "
                                  "--overwrite to replace it")
-            if not _is_store_dir(path):
-                raise CacheError(f"{path}: exists and is not a cache store; refusing to delete "
-                                 "it with --overwrite")
-        tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
-        try:
-            _build_layout(tmp, meta)
-            if exists:
-                log.info("overwriting %s", path)
-                shutil.rmtree(path)
-            elif path.is_dir():
-                path.rmdir()  # an empty directory is no user data
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        log.info("created %s: %d rows in %d shards", path, meta.num_rows, meta.num_shards)
-        return cls(path, meta)
+            if is_store:
+                refuse_if_being_written(fs, root, where,
+                                         open_writable(where, storage_options))
+                log.info("overwriting %s", where)
+                remove_store(fs, root)
+            elif not (fs.isdir(root) and only_layout_leftovers(fs, root)):
+                if overwrite:
+                    raise CacheError(f"{where}: exists and is not a cache store; refusing to "
+                                     "delete it with --overwrite")
+                raise CacheError(f"{where} already exists and is not a cache store" +
+                                 ("; cannot resume" if resume else ""))
+        # Absent, or the metadata of a creation in progress or killed: creating is itself
+        # claimed, so concurrent creators wait for one another instead of trampling.
+        with ShardClaims(fs, root, ttl_s=60.0) as claims:
+            deadline = time.monotonic() + CREATE_WAIT_S
+            while not claims.try_claim(CREATE_CLAIM):
+                if exists_fresh(fs, f"{root}/zarr.json"):
+                    break
+                if time.monotonic() > deadline:
+                    raise CacheError(f"{where}: another process has been creating this store "
+                                     f"for {CREATE_WAIT_S:.0f} s; is it stuck?")
+                time.sleep(0.2)
+            created = not exists_fresh(fs, f"{root}/zarr.json") and write_layout(fs, root, meta)
+        if not created:
+            if resume:  # another resume created it a moment ago: join it
+                return cls(where, meta, storage_options=storage_options)
+            raise CacheError(f"{where}: another process created this store at the same moment; "
+                             "pass --resume to join it")
+        log.info("created %s: %d rows in %d shards", where, meta.num_rows, meta.num_shards)
+        return cls(where, meta, storage_options=storage_options)
 
     @classmethod
     def open_for_rank(cls, path: str | os.PathLike, meta: CacheMeta, *, rank: int,
                       world_size: int, overwrite: bool = False, resume: bool = False,
                       barrier: Callable[[], Any] | None = None, timeout_s: float = 600.0,
-                      poll_s: float = 0.2) -> CacheWriter:
+                      poll_s: float = 0.2, storage_options: dict[str, Any] | None = None
+                      ) -> CacheWriter:
         """One writer per rank; only rank 0 creates (or overwrites, or resumes) the store.
 
-        With `barrier` (e.g. torch.distributed.barrier) the others open it after rank 0 is done.
-        Without one they poll for the store until `timeout_s`; that cannot tell an old store
-        from the one rank 0 is about to replace, so overwriting with several ranks needs a
-        barrier. (An old store with equal meta would get identical shards: harmless.)
+        With `barrier` (e.g. torch.distributed.barrier, which needs no shared file system) the
+        others open it after rank 0 is done. Without one they poll for the root zarr.json (the
+        last file creation writes) until `timeout_s`; that cannot tell an old store from the
+        one rank 0 is about to replace, so overwriting with several ranks needs a barrier.
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         if rank == 0:
-            writer = cls.create(path, meta, overwrite=overwrite, resume=resume)
+            writer = cls.create(path, meta, overwrite=overwrite, resume=resume,
+                                storage_options=storage_options)
             if barrier is not None:
                 barrier()
             return writer
         if barrier is not None:
             barrier()
-            return cls(path, meta)
+            return cls(path, meta, storage_options=storage_options)
         if overwrite:
             raise CacheError(f"{path}: --overwrite with {world_size} ranks needs a barrier so "
                              "ranks > 0 do not open the store rank 0 is replacing")
+        fs, root = target_fs(path, storage_options)
         deadline = time.monotonic() + timeout_s
-        while not _is_store_dir(Path(path)):
+        while not exists_fresh(fs, f"{root}/zarr.json"):
             if time.monotonic() > deadline:
                 raise CacheError(f"{path}: rank {rank} waited {timeout_s:.0f} s for rank 0 to "
                                  "create the cache; did rank 0 fail?")
             time.sleep(poll_s)
-        return cls(path, meta)
+        return cls(path, meta, storage_options=storage_options)
+
+    def record_build(self, command: list[str], *, world_size: int = 1) -> None:
+        """Keep the command that (re)built this store, for its card (never a credential: the
+        caller redacts storage options). One new file per invocation: no shared JSON."""
+        now = _dt.datetime.now(_dt.timezone.utc)
+        record = {"command": command, "world_size": world_size,
+                  "started": now.isoformat(timespec="seconds")}
+        base = f"{self._root_path}/{PROVENANCE_GROUP}"
+        if not exists_fresh(self._fs, f"{base}/zarr.json"):
+            put_atomic(self._fs, f"{base}/zarr.json", EMPTY_GROUP)
+        name = f"build-{now.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json"
+        put_atomic(self._fs, f"{base}/{name}", json.dumps(record, indent=1).encode())
 
     @property
     def num_shards(self) -> int:
@@ -341,7 +355,7 @@ def _encode_coded(meta: CacheMeta, arrays: Mapping[str, np.ndarray], n: int, whe
     out = dict(arrays)
     errors: dict[str, Any] = {}
     valid = np.asarray(arrays.get("valid", np.zeros(0))).astype(bool)
-    for name, (_dt, trail) in meta.value_arrays().items():
+    for name, (_dtype, trail) in meta.value_arrays().items():
         codec = meta.codec(name)
         if codec is None or name not in out:
             continue  # stored as is, or given as parts (checked with the other arrays)
@@ -367,7 +381,7 @@ def _encode_coded(meta: CacheMeta, arrays: Mapping[str, np.ndarray], n: int, whe
     return out, errors or None
 
 
-def _json_record(path: Path, s: int, value: Mapping[str, Any]) -> dict[str, Any]:
+def _json_record(path: str, s: int, value: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as e:
@@ -378,7 +392,7 @@ def _is_int(v: Any) -> bool:
     return not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))
 
 
-def _check_failures(path: Path, s: int, failures: Iterable[Mapping[str, Any]], rows: range,
+def _check_failures(path: str, s: int, failures: Iterable[Mapping[str, Any]], rows: range,
                     video: np.ndarray, valid: np.ndarray) -> list[dict[str, Any]]:
     where = f"{path}: shard {s}"
     records: list[dict[str, Any]] = []
@@ -457,8 +471,15 @@ class CacheReader:
             # A forked child inherits the parent's handles (zip file offsets, HTTP sessions,
             # event loops); never touch them, open fresh ones.
             self._reset()
-            self._store = open_store(self.location, storage_options=self._storage_options)
-            self._root = _open_group(self._store, self.location)
+            try:
+                self._store = open_store(self.location, storage_options=self._storage_options)
+                self._root = _open_group(self._store, self.location)
+            except CacheError:
+                if self.location.kind == "url":
+                    diagnose_missing(str(self.location), self._storage_options)
+                raise
+            except Exception as e:
+                raise storage_error(self.location, e) from None
             self._pid = os.getpid()
         return self._root
 
@@ -591,6 +612,22 @@ class CacheReader:
             record = self.shard_record(s) or {}
             out.extend({**f, "shard": s} for f in record.get("failures", []))
         return sorted(out, key=lambda f: (f["video"], f["shard"]))
+
+    def build_records(self) -> list[dict[str, Any]]:
+        """The recorded build commands (oldest first); [] for stores built without records."""
+        self._group()
+        from zarr.core.sync import sync
+
+        async def _collect() -> list[str]:
+            return [k async for k in self._store.list_prefix(f"{PROVENANCE_GROUP}/")]
+
+        out = []
+        for key in sorted(sync(_collect())):
+            if key.rsplit("/", 1)[-1].startswith("build-") and key.endswith(".json"):
+                raw = sync(self._store.get(key, zarr.core.buffer.default_buffer_prototype()))
+                if raw is not None:
+                    out.append(json.loads(raw.to_bytes()))
+        return sorted(out, key=lambda r: r.get("started", ""))
 
     def failed_videos(self) -> dict[int, str]:
         """video -> reason (the first recorded) for every video that failed to decode.

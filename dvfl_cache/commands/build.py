@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from dvfl_cache.cache.build_config import BuildConfig
-from dvfl_cache.commands.options import (check_model_options, dataset_options, field_values,
-                                         index_from_options, options_from, threads_option)
+from dvfl_cache.commands.options import (canonical_command, check_model_options, dataset_options,
+                                         field_values, index_from_options, options_from,
+                                         storage_option, storage_options_from, threads_option)
 from dvfl_cache.commands.store import storage_error_lines
 from dvfl_cache.data.views import ViewSampler
 
@@ -21,16 +22,18 @@ SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "jitter_mode"
 @options_from(ViewSampler, SAMPLER_OPTIONS)
 @options_from(BuildConfig, ("mixup", "cutmix", "mix_prob", "seed"))
 @options_from(BuildConfig, ("out",), out={"required": True})
+@storage_option
+@options_from(BuildConfig, ("claim_ttl_s",))
 @options_from(BuildConfig, ("dtype", "features", "views_per_shard", "batch_size", "workers",
                             "device"))
 @threads_option
 @options_from(BuildConfig, ("resume", "overwrite"))
 def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, threads,
-              **settings):
+              storage_opts, **settings):
     """Run the teacher once over every sampled view and store its raw logits.
 
-    Resumable (--resume) after any crash; under `torchrun --nproc-per-node N dvfl-cache build
-    ...` the ranks split the shards between them.
+    Resumable (--resume) after any crash; under `torchrun ... dvfl-cache build ...`, or several
+    `build --resume` processes on one store, the processes claim the shards between them.
     """
     import os
 
@@ -41,7 +44,9 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, th
 
     sampler = {k: list(v) if isinstance(v, tuple) else v
                for k, v in ((k, settings.pop(k)) for k in SAMPLER_OPTIONS)}
-    cfg = BuildConfig(**field_values(BuildConfig, settings), sampler=sampler)
+    cfg = BuildConfig(**field_values(BuildConfig, settings), sampler=sampler,
+                      storage_options=storage_options_from(storage_opts) or {},
+                      command=tuple(canonical_command(click.get_current_context())))
     check_model_options(cfg.teacher, cfg.teacher_opts, "--teacher-opt")
     index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
     set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers, threads=threads)

@@ -190,3 +190,57 @@ def check_model_options(name: str, options: dict[str, Any], flag: str) -> None:
         check_model_options(name, options, flag=flag)
     except ModelOptionError as exc:
         raise click.BadParameter(str(exc), param_hint=flag) from None
+
+
+storage_option = click.option(
+    "--storage-option", "storage_opts", multiple=True, metavar="KEY=VALUE",
+    help="fsspec storage setting for s3://, gs://, ... addresses (repeatable), e.g. "
+         "endpoint_url=http://127.0.0.1:9000, profile=lab, anon=true; the standard environment "
+         "variables (AWS_ENDPOINT_URL, AWS_PROFILE, ...) also apply. Never stored or logged.")
+
+
+def storage_options_from(pairs: tuple[str, ...]) -> dict | None:
+    """--storage-option pairs -> fsspec storage options (None when none were given)."""
+    return _parse_key_values(pairs, "--storage-option") or None
+
+
+def _shown(value: Any) -> str:
+    """A parsed value as the command line spells it (the inverse of the KEY=VALUE rule and of
+    comma tuples): lists and tuples comma-joined, numbers and words as they are."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(_shown(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def canonical_command(ctx: click.Context, *, hide: tuple[str, ...] = ("storage_opts",)
+                      ) -> list[str]:
+    """This invocation as a command line: every option that differs from its default, with
+    values of `hide` (secrets) replaced by KEY=***. Built from the parsed parameters, so it is
+    the same however the command was launched (shell, torchrun, a test runner)."""
+    words = ["dvfl-cache", *ctx.command_path.split()[1:]]  # however the group was launched
+    args: list[str] = []
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if isinstance(p, click.Argument):
+            args += [str(v) for v in (value if isinstance(value, tuple) else (value,))]
+            continue
+        if value is None or value == p.default or (p.multiple and not value):
+            continue
+        flag = max(p.opts, key=len)
+        if p.is_flag:
+            if value:
+                args.append(flag)
+            elif p.secondary_opts:  # --x/--no-x whose default is on
+                args.append(p.secondary_opts[0])
+            continue
+        if isinstance(value, dict):  # KEY=VALUE options, parsed by the one rule
+            values = [f"{k}={_shown(v)}" for k, v in value.items()]
+        elif p.multiple:
+            values = [str(v) for v in value]
+        else:
+            values = [_shown(value)]
+        for v in values:
+            args += [flag, f"{v.partition('=')[0]}=***" if p.name in hide else v]
+    return words + args

@@ -1,7 +1,8 @@
-"""`dvfl-cache info | verify | export | import | pack`: inspect and share a teacher-logit cache.
+"""`dvfl-cache info | verify | export | import | pack | card`: inspect and share a cache.
 
-STORE may be a store directory, a packed .zip, or an http(s) URL of either (served by any
-server that honours byte ranges). Library code lives in dvfl_cache.cache.
+STORE may be a store directory, a packed .zip, or an fsspec URL of either (s3://, gs://, or
+http(s):// served by any server that honours byte ranges); outputs may be URLs too.
+Library code lives in dvfl_cache.cache.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 import click
 
-from dvfl_cache.commands.options import dataset_options, index_from_options
+from dvfl_cache.commands.options import (dataset_options, index_from_options, storage_option,
+                                         storage_options_from)
 from dvfl_cache.tables import pct
 
 
@@ -86,11 +88,12 @@ def _print_info(d: dict[str, Any]) -> None:
 @click.command("info")
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def info_cmd(store: str, as_json: bool) -> None:
+@storage_option
+def info_cmd(store: str, as_json: bool, storage_opts: tuple[str, ...]) -> None:
     """Teacher, dataset, views, completeness, size and teacher accuracy of a cache STORE."""
     from dvfl_cache.cache.inspect import info
 
-    d = info(store)
+    d = info(store, storage_options=storage_options_from(storage_opts))
     if as_json:
         click.echo(json.dumps(d, indent=1))
     else:
@@ -109,9 +112,11 @@ def info_cmd(store: str, as_json: bool) -> None:
               help="With --recompute: the teacher's weights (none for a random-weights cache).")
 @click.option("--device", default=None, help="With --recompute: cpu, cuda, ... (default: cuda "
                                              "if available).")
+@storage_option
 def verify_cmd(store: str, kind, root, split, subset, index_path, videos_dir, annotations,
-               recompute, teacher, weights, device) -> None:
-    """Read every chunk of STORE and check checksums, completeness and contents."""
+               recompute, teacher, weights, device, storage_opts) -> None:
+    """Read every chunk of STORE and check checksums, completeness and contents, and, when
+    the store has a dataset card (README.md), that it matches the card and its manifest."""
     from tqdm import tqdm
 
     from dvfl_cache.cache.inspect import verify
@@ -123,12 +128,14 @@ def verify_cmd(store: str, kind, root, split, subset, index_path, videos_dir, an
     if index_path is not None or kind is not None or recompute is not None:
         index = index_from_options(kind, root, split, subset, index_path, videos_dir,
                                    annotations)
-    total = CacheReader(store).meta.num_shards
+    so = storage_options_from(storage_opts)
+    total = CacheReader(store, storage_options=so).meta.num_shards
     with tqdm(total=total, unit="shard", desc="verify", leave=False) as bar:
-        d = verify(store, index=index, progress=bar.update)
+        d = verify(store, index=index, storage_options=so, progress=bar.update)
     where = index_path or (f"{index.kind} {index.subset}" if index is not None else None)
     click.echo(f"OK: {d['store']}: {d['shards_checked']} shards, {d['rows_checked']} rows "
-               "verified" + (f" against {where}" if where else ""))
+               "verified" + (f" against {where}" if where else "")
+               + (f"; matches its card (manifest {d['card']})" if d["card"] else ""))
     if recompute is not None:
         from dvfl_cache.cache.recompute import recompute as run
 
@@ -145,47 +152,71 @@ def verify_cmd(store: str, kind, root, split, subset, index_path, videos_dir, an
 
 @click.command("export")
 @click.argument("store")
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def export_cmd(store: str, out: str, overwrite: bool) -> None:
-    """Export STORE (arrays, meta and failure records) to the HDF5 file OUT."""
+@storage_option
+def export_cmd(store: str, out: str, overwrite: bool, storage_opts: tuple[str, ...]) -> None:
+    """Export STORE (arrays, meta and failure records) to the HDF5 file OUT (path or URL)."""
     from tqdm import tqdm
 
     from dvfl_cache.cache.share import export_hdf5
 
     with tqdm(unit="shard", desc="export", leave=False) as bar:
-        d = export_hdf5(store, out, overwrite=overwrite, progress=bar.update)
+        d = export_hdf5(store, out, overwrite=overwrite, progress=bar.update,
+                        storage_options=storage_options_from(storage_opts))
     click.echo(f"wrote {d['hdf5']} ({d['shards']} shards, {_human_bytes(d['bytes'])})")
 
 
 @click.command("import")
-@click.argument("src", type=click.Path(exists=True, dir_okay=False))
-@click.argument("out_store", type=click.Path(file_okay=False))
+@click.argument("src")
+@click.argument("out_store")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_STORE if it exists.")
-def import_cmd(src: str, out_store: str, overwrite: bool) -> None:
-    """Rebuild a cache store OUT_STORE from an HDF5 file written by `export`."""
+@storage_option
+def import_cmd(src: str, out_store: str, overwrite: bool, storage_opts: tuple[str, ...]) -> None:
+    """Rebuild a cache store OUT_STORE (directory or URL) from an HDF5 file written by
+    `export` (path or URL)."""
     from tqdm import tqdm
 
     from dvfl_cache.cache.share import import_hdf5
 
     with tqdm(unit="shard", desc="import", leave=False) as bar:
-        d = import_hdf5(src, out_store, overwrite=overwrite, progress=bar.update)
+        d = import_hdf5(src, out_store, overwrite=overwrite, progress=bar.update,
+                        storage_options=storage_options_from(storage_opts))
     click.echo(f"wrote {d['store']} ({d['shards']} shards)")
 
 
 @click.command("pack")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("store")
+@click.argument("out")
 @click.option("--allow-incomplete", is_flag=True, help="Pack even if some shards are not done.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def pack_cmd(store: str, out: str, allow_incomplete: bool, overwrite: bool) -> None:
-    """Pack a finished STORE directory into one uncompressed zip OUT (servable over HTTP)."""
+@storage_option
+def pack_cmd(store: str, out: str, allow_incomplete: bool, overwrite: bool,
+             storage_opts: tuple[str, ...]) -> None:
+    """Pack a finished STORE (directory or object-store URL) into one uncompressed zip OUT
+    (path or URL; servable over HTTP), with its dataset card README.md inside."""
     from tqdm import tqdm
 
     from dvfl_cache.cache.share import pack
 
     with tqdm(unit="file", desc="pack", leave=False) as bar:
         d = pack(store, out, allow_incomplete=allow_incomplete, overwrite=overwrite,
-                 progress=bar.update)
-    click.echo(f"wrote {d['zip']} ({d['files']} files, {_human_bytes(d['bytes'])})"
-               + ("" if d["complete"] else " (INCOMPLETE store)"))
+                 progress=bar.update, storage_options=storage_options_from(storage_opts))
+    click.echo(f"wrote {d['zip']} ({d['files']} files, {_human_bytes(d['bytes'])}, manifest "
+               f"{d['manifest']})" + ("" if d["complete"] else " (INCOMPLETE store)"))
+
+
+@click.command("card")
+@click.argument("store")
+@storage_option
+def card_cmd(store: str, storage_opts: tuple[str, ...]) -> None:
+    """Write STORE's dataset card (README.md with a YAML header) and manifest.sha256 into it."""
+    from tqdm import tqdm
+
+    from dvfl_cache.cache.card import CARD_NAME, write_card
+
+    with tqdm(unit="file", desc="card", leave=False) as bar:
+        fields = write_card(store, storage_options=storage_options_from(storage_opts),
+                            progress=bar.update)
+    click.echo(f"wrote {store.rstrip('/')}/{CARD_NAME} ({fields['manifest']['files']} files, "
+               f"manifest {fields['manifest']['sha256']})")

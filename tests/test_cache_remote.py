@@ -1,0 +1,249 @@
+"""Caches in object storage: a real S3 server (moto, 127.0.0.1), claims, concurrent builders.
+
+Nothing here is mocked: stores are written to and read from the session's S3 server (see
+`s3_endpoint` in conftest.py) through s3fs, exactly as a user's bucket would be.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import S3_ENV
+from dvfl_cache.cache.claims import ShardClaims, create_exclusive
+from dvfl_cache.cache.inspect import info, verify
+from dvfl_cache.cache.location import target_fs
+from dvfl_cache.cache.share import export_hdf5, import_hdf5, pack
+from dvfl_cache.cache.store import CacheReader, CacheWriter
+from dvfl_cache.errors import CacheError
+from test_cache_store import assert_same_store, make_meta, synthetic_shard, write_all
+
+
+def _fs(url: str):
+    return target_fs(url)
+
+
+# --- stores on S3 ----------------------------------------------------------------------------
+
+def test_store_on_s3_round_trips_and_never_makes_a_local_folder(bucket, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    m = make_meta(feature_dim=3)
+    ref = tmp_path / "ref.zarr"
+    write_all(CacheWriter.create(ref, m))
+    url = f"{bucket}/c.zarr"
+    write_all(CacheWriter.create(url, m))
+    assert not any(tmp_path.glob("s3*")), "a local folder named after the URL appeared"
+    assert_same_store(url, ref)
+    assert verify(url)["shards_checked"] == 4
+    d = info(url)
+    assert d["complete"] and d["teacher_top1"] == info(ref)["teacher_top1"]
+    assert d["size_bytes"] == info(ref)["size_bytes"]  # same files, listed in the bucket
+    with pytest.raises(CacheError, match="already exists; pass --resume"):
+        CacheWriter.create(url, m)
+    for read_only in ("http://127.0.0.1:9/c.zarr", f"{bucket}/c.zip"):
+        with pytest.raises(CacheError, match="cannot write a store there"):
+            CacheWriter.create(read_only, m)
+    # export / import / pack with URLs on both sides
+    export_hdf5(url, f"{bucket}/c.h5")
+    import_hdf5(f"{bucket}/c.h5", f"{bucket}/back.zarr")
+    assert_same_store(f"{bucket}/back.zarr", ref)
+    pack(url, f"{bucket}/c.zip")
+    reader = CacheReader(f"{bucket}/c.zip")
+    np.testing.assert_array_equal(reader.epoch_block(2)["logits"],
+                                  CacheReader(ref).epoch_block(2)["logits"])
+    assert not any(tmp_path.glob("s3*"))
+
+
+def test_killed_creation_and_half_written_shard_on_s3_resume_bitwise(bucket, tmp_path):
+    """No rename on S3: a store exists once its root zarr.json does; a shard counts once its
+    flag does. Leftovers of a killed creation are cleared, a half-written shard is redone."""
+    m = make_meta()
+    ref = tmp_path / "ref"
+    write_all(CacheWriter.create(ref, m))
+    url = f"{bucket}/c.zarr"
+    fs, root = _fs(url)
+    write_all(CacheWriter.create(url, m), shards=[0])
+    # a writer killed mid-shard 1: some array files written, no flag
+    arrays, failures = synthetic_shard(m, 1)
+    w = CacheWriter.create(url, m, resume=True)
+    w._arrays["logits"][8:16] = arrays["logits"].astype(np.float16)
+    assert CacheReader(url).pending_shards() == [1, 2, 3]
+    with pytest.raises(CacheError, match=r"unfinished shards \[1\]"):
+        CacheReader(url).read("logits", 8, 16)
+    write_all(CacheWriter.create(url, m, resume=True))
+    assert_same_store(url, ref)
+    # a creation killed before its root zarr.json: only metadata, cleared on the next create
+    url2 = f"{bucket}/d.zarr"
+    fs.pipe_file(f"{root[:-len('c.zarr')]}d.zarr/logits/zarr.json", b"{}")
+    with pytest.raises(CacheError, match="cannot open|not a cache store"):
+        CacheReader(url2)
+    write_all(CacheWriter.create(url2, m))
+    assert_same_store(url2, ref)
+
+
+# --- claims -----------------------------------------------------------------------------------
+
+@pytest.fixture(params=["local", "s3"])
+def claim_root(request, tmp_path):
+    """A store address on disk and on the S3 server: one claim mechanism for both."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return f"{request.getfixturevalue('bucket')}/store"
+
+
+def test_create_exclusive_is_create_if_absent(claim_root):
+    fs, root = _fs(claim_root)
+    assert create_exclusive(fs, f"{root}/k", b"first")
+    assert not create_exclusive(fs, f"{root}/k", b"second")
+    assert fs.cat_file(f"{root}/k") == b"first"
+
+
+def test_claims_exclude_expire_and_are_retaken(claim_root):
+    fs, root = _fs(claim_root)
+    a, b = ShardClaims(fs, root, ttl_s=1.5), ShardClaims(fs, root, ttl_s=1.5)
+    try:
+        assert a.try_claim(0) and a.holds(0)
+        assert a.try_claim(0)  # idempotent for the owner
+        assert not b.try_claim(0)
+        assert [c.shard for c in b.live_foreign([0, 1])] == [0]
+        a.close()  # a stops renewing, as if its machine died
+        time.sleep(1.7)
+        assert b.try_claim(0) and b.holds(0)
+        assert not a.holds(0)  # a sees it lost the shard and will not write it
+        assert b.newest(0).gen == 1
+        # a live claim outlasts its time to live thanks to the heartbeat
+        assert b.try_claim(1)
+        time.sleep(1.2)
+        c = ShardClaims(fs, root, ttl_s=1.5)
+        assert not c.try_claim(1)
+    finally:
+        a.close()
+        b.close()
+
+
+def _hold_claim_forever(root: str, ready) -> None:
+    fs, r = target_fs(root)
+    ShardClaims(fs, r, ttl_s=600).try_claim(0)
+    ready.set()
+    time.sleep(600)
+
+
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.slow)])
+def test_claim_of_a_killed_process_on_this_host_is_retaken_at_once(where, tmp_path, request):
+    claim_root = str(tmp_path / "store") if where == "local" else \
+        f"{request.getfixturevalue('bucket')}/store"
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_hold_claim_forever, args=(claim_root, ready))
+    p.start()
+    assert ready.wait(60)
+    fs, root = _fs(claim_root)
+    mine = ShardClaims(fs, root, ttl_s=600)
+    try:
+        assert not mine.try_claim(0)  # alive: its claim stands for 600 s
+        p.kill()
+        p.join(30)
+        assert mine.try_claim(0)  # dead pid on this host: no need to wait for the expiry
+    finally:
+        mine.close()
+        if p.is_alive():
+            p.kill()
+
+
+def _claiming_writer(path: str, meta, delay: float, queue) -> None:
+    w = CacheWriter.create(path, meta, resume=True)
+    mine = []
+    with w.claims(ttl_s=30) as claims:
+        for s in w.pending_shards():
+            if w.is_done(s) or not claims.try_claim(s):
+                continue
+            arrays, failures = synthetic_shard(meta, s)
+            time.sleep(delay)  # the teacher's work
+            w.write_shard(s, arrays, failures, fp16_kl={1: 1e-6 * (s + 1), 5.0: 1e-8})
+            claims.release(s)
+            mine.append(s)
+    queue.put(mine)
+
+
+# On S3 the same code runs (slow: many small requests to moto); the 2-rank build into S3
+# (test_cache_build_remote.py) exercises the claims there in the default suite.
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.slow)])
+def test_two_concurrent_resumes_split_the_shards(where, tmp_path, request):
+    m = make_meta(num_videos=10, views_per_video=4, views_per_shard=4)  # 10 shards
+    ref = tmp_path / "ref"
+    write_all(CacheWriter.create(ref, m))
+    path = str(tmp_path / "c") if where == "local" else \
+        f"{request.getfixturevalue('bucket')}/c.zarr"
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_claiming_writer, args=(path, m, 0.3, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert all(got), f"one process did all the work: {got}"
+    assert sorted(got[0] + got[1]) == list(range(10)), "a shard was computed twice or never"
+    assert_same_store(path, ref)
+
+
+def test_overwrite_refuses_a_store_another_process_is_writing(tmp_path):
+    m = make_meta()
+    path = tmp_path / "c"
+    w = CacheWriter.create(path, m)
+    write_all(w, shards=[0])
+    fs, root = _fs(str(path))
+    other = ShardClaims(fs, root, ttl_s=1.0)  # a live builder working on shard 2
+    assert other.try_claim(2)
+    with pytest.raises(CacheError, match="another process is writing this store .*shard 2.*"
+                                         "refusing to --overwrite"):
+        CacheWriter.create(path, m, overwrite=True)
+    assert CacheReader(path).pending_shards() == [1, 2, 3]  # nothing was deleted
+    other.close()
+    time.sleep(1.2)  # its claim expires
+    assert CacheWriter.create(path, m, overwrite=True).pending_shards() == [0, 1, 2, 3]
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+def _cli(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvfl_cache.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_storage_failures_are_one_line_and_secrets_stay_out(bucket, s3_endpoint, tmp_path):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env = {**base, **S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cases = [
+        (["info", "s3://no-such-bucket-here/c.zarr"], env, "the bucket does not exist"),
+        (["info", f"{bucket}/c.zarr", "--storage-option", "endpoint_url=http://127.0.0.1:9"],
+         env, "cannot reach the storage endpoint"),
+        (["info", f"{bucket}/c.zarr"],
+         {**base, "AWS_ENDPOINT_URL": s3_endpoint, "AWS_EC2_METADATA_DISABLED": "true",
+          "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+          "AWS_CONFIG_FILE": str(tmp_path / "none"),
+          "PYTHONPATH": env["PYTHONPATH"]}, "no valid credentials"),
+    ]
+    for args, e, message in cases:
+        res = _cli(args, e)
+        assert res.returncode == 1, res.stdout + res.stderr
+        err = res.stderr.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        assert message in err, err
+    # A secret given as a storage option appears in no output, record or card.
+    secret = "SEKRET-do-not-store-123"
+    url = f"{bucket}/c.zarr"
+    write_all(CacheWriter.create(url, make_meta()))
+    token = json.dumps({"aws_session_token": secret})
+    res = _cli(["info", url, "--storage-option", f"client_kwargs={token}"], env)
+    assert secret not in res.stdout + res.stderr
