@@ -92,7 +92,7 @@ def manifest_digest(digests: dict[str, str]) -> str:
 def card_fields(reader, digests: dict[str, str], *, address: str,
                 size_bytes: int) -> dict[str, Any]:
     from dvfl_cache import __version__
-    from dvfl_cache.cache.inspect import teacher_accuracy
+    from dvfl_cache.cache.accuracy import teacher_accuracy
 
     m = reader.meta
     done = reader.shard_done()
@@ -241,7 +241,7 @@ def card_problems(reader) -> tuple[dict[str, Any] | None, list[str]]:
                 problems.append(f"file {k} {what}")
             if len(changed) > 10:
                 problems.append(f"... and {len(changed) - 10} more files differ")
-    from dvfl_cache.cache.inspect import teacher_accuracy
+    from dvfl_cache.cache.accuracy import teacher_accuracy
 
     top1 = teacher_accuracy(reader)["teacher_top1"]
     said = fields.get("teacher_top1")

@@ -14,37 +14,17 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from dvfl_cache.cache.accuracy import teacher_accuracy
 from dvfl_cache.cache.card import card_problems
 from dvfl_cache.cache.claims import CLAIMS_GROUP
 from dvfl_cache.cache.format import FORMAT_NAME, SHARD_DONE
 from dvfl_cache.cache.location import Location
 from dvfl_cache.cache.store import CacheReader, shard_error
 from dvfl_cache.errors import CacheError
-from dvfl_cache.topk import topk_correct
 
 log = logging.getLogger(__name__)
 
 MAX_LISTED_PROBLEMS = 20
-
-
-def teacher_accuracy(reader: CacheReader) -> dict[str, Any]:
-    """Top-1/top-5 of the stored logits against the stored labels, valid rows of done shards
-    (ties: the lower class index ranks first, ``dvfl_cache.topk``)."""
-    n = c1 = c5 = 0
-    for s in np.flatnonzero(reader.shard_done()).tolist():
-        rows = reader.shard_rows(s)
-        valid = reader.read("valid", rows.start, rows.stop) == 1
-        if not valid.any():
-            continue
-        logits = reader.read("logits", rows.start, rows.stop)[valid].astype(np.float32)
-        labels = reader.read("label", rows.start, rows.stop)[valid]
-        n += len(labels)
-        finite = np.isfinite(logits).all(axis=1)  # a non-finite row is a miss, never a hit
-        hits = topk_correct(logits[finite], labels[finite], ks=(1, 5))
-        c1 += hits[1]
-        c5 += hits[5]
-    return {"valid_rows": n, "teacher_top1": c1 / n if n else None,
-            "teacher_top5": c5 / n if n else None}
 
 
 def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | None = None

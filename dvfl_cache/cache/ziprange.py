@@ -21,8 +21,7 @@ from zarr.abc.store import (ByteRequest, OffsetByteRequest, RangeByteRequest, St
                             SuffixByteRequest)
 from zarr.core.buffer import Buffer, BufferPrototype
 
-from dvfl_cache.cache.location import storage_error
-from dvfl_cache.errors import CacheError
+from dvfl_cache.errors import CacheError, storage_error
 
 __all__ = ["ZipRangeStore"]
 
