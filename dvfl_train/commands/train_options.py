@@ -25,7 +25,7 @@ DATA_MODEL = ("dataset", "data_root", "split", "train_index", "val_index", "val_
               "val_every", "test_span", "model", "model_opts", "init", "drop_path", "num_frames",
               "size", "sampler", "cache", "teacher", "teacher_weights", "teacher_opts")
 LOSS_SCHEDULE = ("beta", "kd_form", "pred_loss", "rep_loss", "label_smoothing", "mixup", "cutmix",
-                 "epochs", "warmup_epochs",
+                 "mix_prob", "epochs", "warmup_epochs",
                  "batch_size", "base_lr", "warmup_lr", "min_lr", "optimizer", "momentum",
                  "nesterov", "weight_decay", "clip_grad")
 RUNTIME = ("workers", "device", "amp")
