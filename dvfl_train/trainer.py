@@ -383,7 +383,7 @@ def _mix_record(mixing: MixCount | None, dist: _Dist, epoch: int) -> dict[str, f
         return {}
     total = MixCount(*(dist.total(n) for n in (mixing.clips, mixing.mixed, mixing.cutmix)))
     record = total.record()
-    log.info("epoch %d: %d of %d clips mixed (%.1f%%), %.1f%% of them by cutmix", epoch,
+    log.debug("epoch %d: %d of %d clips mixed (%.1f%%), %.1f%% of them by cutmix", epoch,
              total.mixed, total.clips, 100 * record["mixed"], 100 * record["cutmix_share"])
     return record
 

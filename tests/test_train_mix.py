@@ -48,7 +48,8 @@ def _assert_equal_weights(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def mixed(synth_index, tmp_path_factory):
-    """A teacher checkpoint (4 frames, 64 px), a mixed cache of it (2 views per video), and the hash of every clip the teacher saw while building."""
+    """A teacher checkpoint (4 frames, 64 px), a mixed cache of it (2 views per video), and
+    the hash of every clip the teacher saw while building."""
     from dvfl_cache.cache.build import BuildConfig, build_cache
     from dvfl_cache.models import create_model, save_checkpoint
     from dvfl_cache.models.video_focalnet import VideoFocalNet
@@ -247,6 +248,7 @@ def test_sweep_from_a_mixed_cache_equals_fit_alone(mixed, synth_root, tmp_path):
                                     "--seeds", "0", "--eval-views", "1",
                                     "--out", str(tmp_path / "sweep")], catch_exceptions=False)
     assert res.exit_code == 0, res.output
+    assert "a0.5_t2_s0: epoch 1/1:" in res.output and "mixed 100% of clips (cutmix " in res.output
     solo = CliRunner().invoke(main, ["fit", *data, "--alpha", "0.5", "--tau", "2", "--seed", "0",
                                      "--out", str(tmp_path / "solo")], catch_exceptions=False)
     assert solo.exit_code == 0, solo.output

@@ -54,6 +54,9 @@ def epoch_line(record: dict[str, Any], *, epochs: int) -> str:
         parts.append(f"val top-1 {100 * record['val_top1']:.2f}% top-5 "
                      f"{100 * record['val_top5']:.2f}%" + (" (best)" if record.get("best")
                                                            else ""))
+    if "mixed" in record:
+        parts.append(f"mixed {100 * record['mixed']:.0f}% of clips (cutmix "
+                     f"{100 * record['cutmix_share']:.0f}% of those)")
     parts.append(f"{record['clips_per_s']:.1f} clips/s")
     if record["failed"] or record["invalid_views"]:
         parts.append(f"skipped {record['failed']} undecodable + {record['invalid_views']} "
