@@ -37,8 +37,8 @@ from dvfl_cache.errors import CacheError, DvflError
 from dvfl_train.config import ConfigError, FitConfig
 from dvfl_train.train_data import EpochPlan, as_input, plan_epoch
 
-__all__ = ["CachedTeacher", "NoTeacher", "OnlineTeacher", "TeacherSource", "load_online_teacher",
-           "open_cache", "open_teacher"]
+__all__ = ["CachedTeacher", "NoTeacher", "OnlineTeacher", "TeacherSource", "check_mixing",
+           "load_online_teacher", "open_cache", "open_teacher"]
 
 log = logging.getLogger(__name__)
 
@@ -183,16 +183,8 @@ def open_cache(path: str, index: DatasetIndex, *, num_frames: int, need_features
     ``student_mixes``: the run asks for --mixup/--cutmix, which a cache cannot serve: a mixed
     one brings its own mixing, an unmixed one has no logits of mixed clips."""
     reader = CacheReader(path)
-    if student_mixes and reader.meta.mix is not None:
-        m = reader.meta.mix
-        raise ConfigError(f"{path}: the cache is already mixed (mixup {m.mixup:g}, cutmix "
-                          f"{m.cutmix:g}, mix-prob {m.prob:g}); drop --mixup/--cutmix: a student "
-                          "trained from a mixed cache takes its mixing from the cache")
     if student_mixes:
-        raise ConfigError(f"{path}: mixup/cutmix cannot be combined with a cache built without "
-                          "mixing (its logits are of unmixed clips); build the cache with "
-                          "`dvfl-cache build --mixup/--cutmix`, or train online with "
-                          "--teacher-weights")
+        _refuse_mixing(reader, path)
     reader.check_compatible(dataset=index, num_classes=index.num_classes)
     if not reader.complete:
         raise CacheError(f"{path}: cache is unfinished (shards {reader.pending_shards()[:10]} "
@@ -205,6 +197,25 @@ def open_cache(path: str, index: DatasetIndex, *, num_frames: int, need_features
         raise CacheError(f"{path}: the feature term (beta > 0) needs teacher features; rebuild "
                          "the cache with `dvfl-cache build --features`")
     return reader
+
+
+def check_mixing(cfg: FitConfig) -> None:
+    """Refuse ``--mixup/--cutmix`` with a ``--cache`` in one line, reading only its metadata:
+    what ``open_cache`` refuses, for a sweep to check before it makes its folder."""
+    if cfg.cache is not None and (cfg.mixup > 0 or cfg.cutmix > 0):
+        _refuse_mixing(CacheReader(cfg.cache), cfg.cache)
+
+
+def _refuse_mixing(reader: CacheReader, path: str) -> None:
+    m = reader.meta.mix
+    if m is not None:
+        raise ConfigError(f"{path}: the cache is already mixed (mixup {m.mixup:g}, cutmix "
+                          f"{m.cutmix:g}, mix-prob {m.prob:g}); drop --mixup/--cutmix: a student "
+                          "trained from a mixed cache takes its mixing from the cache")
+    raise ConfigError(f"{path}: mixup/cutmix cannot be combined with a cache built without "
+                      "mixing (its logits are of unmixed clips); build the cache with "
+                      "`dvfl-cache build --mixup/--cutmix`, or train online with "
+                      "--teacher-weights")
 
 
 def load_online_teacher(cfg: FitConfig, *, num_classes: int) -> nn.Module:

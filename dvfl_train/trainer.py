@@ -287,8 +287,8 @@ class _InvalidViews:
         new = sorted(set(videos) - self.warned)
         if new:
             self.warned.update(new)
-            log.warning("skipping cached views marked invalid (the video failed when the cache "
-                        "was built): %s", ", ".join(self.index.videos[v].path for v in new))
+            log.warning("skipping cached views marked invalid (the video, or the partner it "
+                        "was mixed with, failed when the cache was built): %s", ", ".join(self.index.videos[v].path for v in new))
 
 
 def _check_test_span(cfg: FitConfig, replayed: int) -> None:
