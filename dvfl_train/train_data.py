@@ -254,7 +254,9 @@ class MixCount:
     cutmix: int = 0
 
     def add(self, batch: dict[str, Any]) -> None:
-        op = batch["mix_op"]
+        op = batch.get("mix_op")  # absent when a rank's share of the batch is empty
+        if op is None:
+            return
         self.clips += len(op)
         self.mixed += int((op > 0).sum())
         self.cutmix += int((op == OPS.index("cutmix")).sum())

@@ -16,10 +16,10 @@ Why this shape:
   resuming continues each student after its own ``last.pt``; the loop covers the union.
 - A resumed run equals an uninterrupted one: the LR is a pure function of (epoch, batch), the
   order of (data seed, epoch), mixing of (data seed, video, view) (a mixed cache's rows are
-  stored; round-1 configs mix per batch, of (data seed, epoch, batch)), and each student's drop-path
-  stream is reseeded at every epoch from (seed, epoch, rank). The checkpoint still carries the
-  RNG state ``training_state`` records; it is restored, then superseded by that reseed, which is
-  what keeps every rank of a data-parallel run exact too.
+  stored; round-1 configs mix per batch, of (data seed, epoch, batch)), and each student's
+  drop-path stream is reseeded at every epoch from (seed, epoch, rank). The checkpoint still
+  carries the RNG state ``training_state`` records; it is restored, then superseded by that
+  reseed, which is what keeps every rank of a data-parallel run exact too.
 - Under torchrun each rank takes a strided share of every global batch of ``batch_size`` clips.
   Losses are weighted by the rank's share of the clips that actually decoded, so the averaged
   gradient is the mean over the global batch even when shares differ; metrics are all-reduced
@@ -193,14 +193,15 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
         invalid.add(plan.invalid)
         batches = rank_batches(epoch_order(data_seed, epoch, len(plan.videos)),
                                batch_size=cfg.batch_size, rank=dist.rank, world_size=dist.world)
-        loader = make_loader(train_clips(index, plan, cuts, sampler=teacher.sampler,
-                                         mix=teacher.mix), batches,
-                             workers=cfg.workers, pin_memory=device.type == "cuda")
+        clips = train_clips(index, plan, cuts, sampler=teacher.sampler, mix=teacher.mix)
+        loader = make_loader(clips, batches, workers=cfg.workers,
+                             pin_memory=device.type == "cuda")
         for s in active:
             _start_epoch(s, epoch, dist)
         emit(TrainEvent("epoch_start", epoch, cfg.epochs, steps=len(batches)))
         started, clips_seen, failed_before = time.perf_counter(), 0, len(failures)
-        mixing: MixCount | None = None
+        # mixed rows (a mixed cache, or drawn per row): soft labels, and the epoch's counts
+        mixing = None if clips.mixes is None else MixCount()
 
         for i, batch in enumerate(loader):
             failures.add(batch["failures"])
@@ -212,10 +213,9 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
             clip, labels = student_inputs(batch, device, num_frames=cfg.num_frames, size=cfg.size)
             t_logits, t_feats = teacher.targets(batch, device)
             target, smoothing = labels, cfg.label_smoothing
-            if "mix_op" in batch:  # mixed rows (a mixed cache, or drawn per row): soft labels
+            if mixing is not None:
                 target, smoothing = mixed_targets(batch, device, index.num_classes,
                                                   smoothing=cfg.label_smoothing), 0.0
-                mixing = mixing or MixCount()
                 mixing.add(batch)
             elif cfg.mix_scheme == "batch" and (cfg.mixup > 0 or cfg.cutmix > 0):
                 clip, target = mix_batch(clip, labels, index.num_classes, mixup=cfg.mixup,
@@ -288,7 +288,8 @@ class _InvalidViews:
         if new:
             self.warned.update(new)
             log.warning("skipping cached views marked invalid (the video, or the partner it "
-                        "was mixed with, failed when the cache was built): %s", ", ".join(self.index.videos[v].path for v in new))
+                        "was mixed with, failed when the cache was built): %s",
+                        ", ".join(self.index.videos[v].path for v in new))
 
 
 def _check_test_span(cfg: FitConfig, replayed: int) -> None:

@@ -42,7 +42,8 @@ from torch.utils.data import Dataset
 
 from dvfl_cache.data.decode import VideoInfo, open_video
 from dvfl_cache.data.index import DatasetIndex
-from dvfl_cache.data.mix import Mix, MixConfig, MixDraw, OPS, mix_pixels, mixes_to_arrays
+from dvfl_cache.data.mix import (OPS, Mix, MixConfig, MixDraw, draw_mix, mix_pixels,
+                                 mixes_to_arrays)
 from dvfl_cache.data.transforms import to_float, view_pixels
 from dvfl_cache.data.views import View, ViewSampler, subsample_view, views_to_arrays
 from dvfl_cache.errors import VideoDecodeError
@@ -192,8 +193,6 @@ class DrawnMixes:
     num_videos: int
 
     def draw(self, i: int, view: View) -> MixDraw | None:
-        from dvfl_cache.data.mix import draw_mix
-
         return draw_mix(self.cfg, view.video, view.view, self.num_videos)
 
     def with_partner(self, draw: MixDraw, info: VideoInfo) -> Mix:
@@ -368,6 +367,7 @@ def mixed_clip(index: DatasetIndex, own: torch.Tensor, mix: Mix | MixDraw, size:
     pixels and the full `Mix`; a partner that cannot be decoded raises `VideoDecodeError`."""
     if isinstance(mix, MixDraw) and sampler is None:
         raise ValueError("mixed_clip: drawing a partner view needs the sampler")
+    # the draw is given: the source only draws the partner's view (no config needed)
     mixes = (DrawnMixes(MixConfig(), sampler, len(index)) if isinstance(mix, MixDraw)
              else StoredMixes((mix,)))
     ds = ClipDataset(index, (), (Cut("clip", size, frames, as_uint8=True),), threads=threads,
