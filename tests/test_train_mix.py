@@ -276,3 +276,43 @@ def test_mixing_on_top_of_a_mixed_cache_is_one_line_before_any_work(mixed, synth
         assert len(errors) == 1 and "already mixed" in errors[0] and str(store) in errors[0]
         assert "Traceback" not in res.output
         assert not out.exists()
+
+
+_RANK_SCRIPT = """
+import json, sys, torch
+torch.set_num_threads(1)
+from dvfl_train.config import FitConfig
+from dvfl_train.trainer import fit
+fit(FitConfig.from_dict(json.loads(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_mix_the_rows_of_a_single_process_run(synth_root, tmp_path):
+    """Per-row mixing does not depend on how a batch is split over ranks: two gloo ranks
+    train (plain CE, mixup + cutmix) to the single process's weights, and the epoch's mixed
+    fraction and cutmix share are counted over both ranks."""
+    import os
+    import subprocess
+    import sys
+
+    from dvfl_train.trainer import fit
+
+    kw = dict(epochs=1, warmup_epochs=0, drop_path=0.0, base_lr=50.0, mixup=0.8, cutmix=1.0,
+              mix_prob=0.7, label_smoothing=0.1)
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    cfg = _cfg(synth_root, tmp_path / "ddp", **kw)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(script), json.dumps(cfg.to_dict())],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fit(_cfg(synth_root, tmp_path / "single", **kw))
+    ddp, single = _weights(tmp_path / "ddp"), _weights(tmp_path / "single")
+    for k in single:
+        torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-6)
+    a, b = _records(tmp_path / "ddp", "epoch")[0], _records(tmp_path / "single", "epoch")[0]
+    assert (a["mixed"], a["cutmix_share"], a["clips"]) == (b["mixed"], b["cutmix_share"], 8)
+    assert 0 < a["mixed"] < 1
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -229,6 +229,11 @@ class Cut:
     def view(self, view: View) -> View:
         return view if self.frames is None else subsample_view(view, self.frames)
 
+    def render(self, frames: np.ndarray, view: View) -> torch.Tensor:
+        """The cut of ``view`` (already cut by `view`) from its decoded frames: uint8 pixels,
+        what mixing works on before `convert`."""
+        return view_pixels(frames, view, self.size)
+
     def convert(self, pixels: torch.Tensor) -> torch.Tensor:
         """The cut's uint8 pixels as it ships them (uint8, or float)."""
         return pixels if self.as_uint8 else to_float(pixels, normalize=self.normalize)
@@ -353,8 +358,7 @@ class ClipDataset(Dataset):
             log.debug("%s", exc)
             return views, {}, exc.reason
         row = {f: k for k, f in enumerate(wanted)}
-        return views, {cut.name: [view_pixels(frames[[row[f] for f in w.frames]], w, cut.size)
-                                  for w in ws]
+        return views, {cut.name: [cut.render(frames[[row[f] for f in w.frames]], w) for w in ws]
                        for cut, ws in zip(self.cuts, per_cut)}, None
 
 
