@@ -51,7 +51,7 @@ from dvfl_train.checkpoint import (BEST, LAST, SUMMARY, RunDir, checkpoint_file,
 from dvfl_train.config import ConfigError, FitConfig
 from dvfl_train.schedule import lr_at
 from dvfl_train.student import Student, StudentSpec, build_student, derive_seed, train_step
-from dvfl_train.teachers import open_teacher
+from dvfl_train.teachers import check_mixing, open_teacher
 from dvfl_train.train_data import (MixCount, epoch_order, make_loader, mix_batch,
                                    mixed_targets, rank_batches, student_inputs, train_clips,
                                    train_index, val_index)
@@ -155,6 +155,7 @@ def train_students(cfg: FitConfig, specs: list[StudentSpec], *, resume: bool = F
     configs = [s.config(cfg) for s in specs]
     for c in configs:
         c.validate()
+    check_mixing(cfg)  # --mixup/--cutmix with a --cache: one line before anything is read
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     for key in ("mode", "seed", "num_frames"):
         if key in cfg.sampler:
