@@ -9,7 +9,8 @@ LR 0.001 (quoted for a global batch of 512 and scaled linearly), 120 epochs with
 weight decay 1e-4, gradient clipping at norm 5, alpha 0.3 and tau 10. The minimum LR defaults to
 0.001 (the released configs' MIN_LR, scaled like the others) so the cosine ends where the
 warm-up began. ``batch_size`` is the *global* batch over all processes. Mixup and cutmix default
-to off: a mixed clip has no cached teacher logits, so they only apply to plain CE training.
+to off; on, they mix per row (``mix_prob`` of the rows, partners and lambdas drawn from (data seed,
+video, view)), for plain CE and online KD alike; a mixed cache brings its own mixing.
 Nesterov momentum (the reference's) is opt-in so that runs keep the round-1 recipe unless asked.
 
 This module imports neither torch nor click: the command line is derived from the fields'
@@ -17,7 +18,10 @@ metadata (``dvfl_cache.settings``) and ``--help`` stays fast.
 
 Versions: 1 (round 1) had no ``nesterov`` field and ran SGD with momentum 0.9 (the field
 existed but had no option). ``from_dict`` fills the fields a version lacks with the values that
-reproduce it (``_ADDED``), so round-1 runs resume and evaluate unchanged.
+reproduce it (``_ADDED``), so round-1 runs resume and evaluate unchanged. Round 1 mixed (CE
+runs only) one lambda per batch, pairing a batch with its reverse; version 2 mixes per row.
+``mix_scheme`` (no option: only a record says "batch") keeps the old scheme for version-1
+configs, so an old CE+mixup run still resumes bit-identically, and ``mix_prob`` is 1 for them.
 """
 
 from __future__ import annotations
@@ -36,14 +40,17 @@ from dvfl_cache.errors import DvflError
 from dvfl_cache.settings import setting
 
 __all__ = ["CONFIG_VERSION", "KD_FORMS", "OPTIMIZERS", "PRED_LOSSES", "REFERENCE_BATCH",
-           "REP_LOSSES", "ConfigError", "FitConfig", "load_config", "scaled_lr"]
+           "REP_LOSSES", "ConfigError", "FitConfig", "MIX_SCHEMES", "load_config", "scaled_lr"]
 
 CONFIG_VERSION = 2
 
 # Fields added after version 1: the version that added each, and the value that reproduces a
 # run written by an older version.
 _ADDED: dict[str, tuple[int, Any]] = {"nesterov": (2, False), "kd_form": (2, "kl"),
-                                      "pred_loss": (2, "kl"), "rep_loss": (2, "mean")}
+                                      "pred_loss": (2, "kl"), "rep_loss": (2, "mean"),
+                                      "mix_prob": (2, 1.0), "mix_scheme": (2, "batch")}
+
+MIX_SCHEMES = ("row", "batch")   # per row (the cache's), or round 1's per batch (old runs)
 
 KD_FORMS = ("kl", "reference")   # the true KL, or the published code's criterion
 PRED_LOSSES = ("kl", "mse")      # how predictions are matched: tau-KL or squared distance
@@ -148,9 +155,16 @@ class FitConfig:
     label_smoothing: float = setting(0.0, flag="--label-smoothing", low=0, high=1,
                                      high_open=True, help="Label smoothing of the CE term.")
     mixup: float = setting(0.0, flag="--mixup", low=0,
-                           help="Mixup Beta parameter (0: off; CE-only runs).")
+                           help="Mixup Beta parameter (0: off), per row; plain CE or online KD "
+                                "(a mixed --cache brings its own mixing).")
     cutmix: float = setting(0.0, flag="--cutmix", low=0,
-                            help="Cutmix Beta parameter (0: off; CE-only runs).")
+                            help="Cutmix Beta parameter (0: off); with --mixup each mixed row "
+                                 "picks one at even odds.")
+    mix_prob: float = setting(1.0, flag="--mix-prob", low=0, high=1,
+                              help="Fraction of rows mixed once --mixup or --cutmix is > 0 (1: "
+                                   "every row, the reference recipe).")
+    # how mixing pairs clips: per row ("row"); "batch" only in configs of round-1 runs
+    mix_scheme: str = setting("row")
     # optimisation (LRs quoted for a global batch of 512)
     optimizer: str = setting("sgd", flag="--optimizer", choices=OPTIMIZERS,
                              help="sgd with --momentum (the DVFL-Net recipe) or adamw "
@@ -216,6 +230,14 @@ class FitConfig:
         """(base, warm-up, minimum) LR for this run's global batch, by the linear scaling rule."""
         return tuple(scaled_lr(lr, self.batch_size)  # type: ignore[return-value]
                      for lr in (self.base_lr, self.warmup_lr, self.min_lr))
+
+    def mix_config(self, data_seed: int):
+        """The run's per-row mixing (``dvfl_cache.data.mix.MixConfig``, seeded by the data
+        seed), or None when mixup and cutmix are off or mixing is round 1's per-batch scheme."""
+        from dvfl_cache.data.mix import MixConfig
+
+        mix = MixConfig(mixup=self.mixup, cutmix=self.cutmix, prob=self.mix_prob, seed=data_seed)
+        return mix if mix.enabled and self.mix_scheme == "row" else None
 
     def test_view(self):
         """The run's test views (validation, eval, predict): ``dvfl_cache.data.views.TestView``
@@ -346,9 +368,12 @@ class FitConfig:
              "or alpha=0 for plain cross-entropy")
         need(self.beta == 0.0 or has_teacher,
              f"beta={self.beta} > 0 needs teacher features: set cache or teacher_weights")
-        need(not ((self.mixup > 0.0 or self.cutmix > 0.0) and has_teacher),
-             "mixup/cutmix cannot be combined with a cache or teacher: mixed clips have no cached "
-             "logits (set mixup=0 and cutmix=0, or train without a teacher)")
+        need(0.0 <= self.mix_prob <= 1.0, f"mix_prob={self.mix_prob} must be in [0, 1]")
+        need(self.mix_scheme in MIX_SCHEMES,
+             f"mix_scheme={self.mix_scheme!r} must be one of {', '.join(MIX_SCHEMES)}")
+        need(self.mix_scheme == "row" or not has_teacher,
+             "mix_scheme='batch' (round 1's) mixes plain CE runs only")
+        # a cache's own mixing is checked when it is opened (teachers.open_cache)
 
         need(self.epochs >= 1, f"epochs={self.epochs} must be >= 1")
         need(0 <= self.warmup_epochs <= self.epochs,

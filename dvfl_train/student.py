@@ -187,11 +187,14 @@ def build_student(cfg: FitConfig, spec: StudentSpec, *, num_classes: int, device
 
 def train_step(student: Student, clip: torch.Tensor, target: torch.Tensor, *,
                teacher_logits: torch.Tensor | None, teacher_features: torch.Tensor | None = None,
-               lr: float, weight: float = 1.0, amp: bool = False
+               lr: float, weight: float = 1.0, amp: bool = False,
+               label_smoothing: float | None = None
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step of one student; returns the (detached) loss parts and logits.
 
     ``weight`` scales the loss before backward: a rank's share of the global batch under DDP.
+    ``label_smoothing`` overrides the config's: 0 for soft targets smoothed already (mixed
+    rows, whose one-hots are smoothed before mixing).
     """
     cfg = student.cfg
     set_lr(student.optimizer, lr)
@@ -201,8 +204,9 @@ def train_step(student: Student, clip: torch.Tensor, target: torch.Tensor, *,
                             enabled=amp and clip.device.type == "cuda"):
             logits, features = student.model(clip)
         use_feat = cfg.beta > 0
+        smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
         parts = kd_loss(logits, teacher_logits, target, cfg.alpha, cfg.tau,
-                        cfg.label_smoothing, beta=cfg.beta,
+                        smoothing, beta=cfg.beta,
                         student_features=features if use_feat else None,
                         teacher_features=teacher_features if use_feat else None,
                         kd_form=cfg.kd_form, pred_loss=cfg.pred_loss, rep_loss=cfg.rep_loss)

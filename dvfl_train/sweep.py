@@ -149,6 +149,9 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False
     for layout in cfg.eval_views:
         parse_layout(layout)  # fail before hours of training, not after
     resolve_device(cfg.base.device)  # and before a missing device leaves a half-made folder
+    from dvfl_train.teachers import check_mixing
+
+    check_mixing(cfg.base)  # --mixup/--cutmix with a --cache: one line, no folder
     main = _is_main()
     if main:
         _prepare_dir(cfg, resume=resume, overwrite=overwrite)

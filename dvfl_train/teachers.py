@@ -14,9 +14,10 @@ The training loop asks a teacher source three things, and nothing else:
 - ``OnlineTeacher``: views drawn like ``NoTeacher``'s at the teacher's frames; the teacher runs
   on the full view at its own size, decoded once with the student's cut of the same frames.
 
-Mixed views (a row holding a mix of two clips) belong here and in the clip dataset: a cached
-plan's views will carry the mix record, and the online teacher's cut will be the mixed clip,
-so the loop stays as it is.
+Mixed views (a row holding a mix of two clips) live in the plan and the clip dataset: a mixed
+cache's plan carries each row's stored mix; without a cache, ``mix`` (the run's ``MixConfig``,
+seeded by the data seed) has the dataset draw one per row, so the online teacher's cut is the
+mixed clip the student's cut comes from. The loop does not branch on either.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from torch import nn
 from dvfl_cache.cache.store import CacheReader
 from dvfl_cache.data.dataset import Cut
 from dvfl_cache.data.index import DatasetIndex
+from dvfl_cache.data.mix import MixConfig
 from dvfl_cache.data.views import ViewSampler
 from dvfl_cache.errors import CacheError, DvflError
 
 from dvfl_train.config import ConfigError, FitConfig
 from dvfl_train.train_data import EpochPlan, as_input, plan_epoch
 
-__all__ = ["CachedTeacher", "NoTeacher", "OnlineTeacher", "TeacherSource", "load_online_teacher",
-           "open_cache", "open_teacher"]
+__all__ = ["CachedTeacher", "NoTeacher", "OnlineTeacher", "TeacherSource", "check_mixing",
+           "load_online_teacher", "open_cache", "open_teacher"]
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,16 @@ TEACHER_CUT = "teacher_clip"
 
 
 class TeacherSource:
-    """Base: no teacher. ``view_frames``: the frame count of the views the run trains on."""
+    """Base: no teacher. ``view_frames``: the frame count of the views the run trains on;
+    ``mix``: per-row mixing drawn for the run (None: none, or the cache's stored mixes)."""
 
     kind = "none"
 
     def __init__(self, *, num_classes: int, view_frames: int, sampler: ViewSampler | None,
-                 feature_dim: int | None = None, need_features: bool = False):
+                 feature_dim: int | None = None, need_features: bool = False,
+                 mix: MixConfig | None = None):
         self.num_classes, self.view_frames, self.sampler = num_classes, view_frames, sampler
-        self.feature_dim, self.need_features = feature_dim, need_features
+        self.feature_dim, self.need_features, self.mix = feature_dim, need_features, mix
 
     def plan(self, epoch: int, index: DatasetIndex) -> EpochPlan:
         return plan_epoch(epoch, index)
@@ -118,9 +122,9 @@ class OnlineTeacher(TeacherSource):
     kind = "online"
 
     def __init__(self, model: nn.Module, *, sampler: ViewSampler, num_classes: int,
-                 need_features: bool = False, amp: bool = False):
+                 need_features: bool = False, amp: bool = False, mix: MixConfig | None = None):
         super().__init__(num_classes=num_classes, view_frames=model.num_frames, sampler=sampler,
-                         feature_dim=model.num_features, need_features=need_features)
+                         feature_dim=model.num_features, need_features=need_features, mix=mix)
         self.model, self.amp = model, amp
         self.size = int(model.config["img_size"])
 
@@ -145,9 +149,11 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
     num_classes = index.num_classes
     if cfg.cache is not None:
         reader = open_cache(cfg.cache, index, num_frames=cfg.num_frames,
-                            need_features=need_features)
-        log.info("teacher logits from %s (%s, %d views per video)", cfg.cache,
-                 reader.meta.teacher.name, reader.meta.views_per_video)
+                            need_features=need_features,
+                            student_mixes=cfg.mixup > 0 or cfg.cutmix > 0)
+        log.info("teacher logits from %s (%s, %d views per video%s)", cfg.cache,
+                 reader.meta.teacher.name, reader.meta.views_per_video,
+                 "" if reader.meta.mix is None else ", mixed rows")
         return CachedTeacher(reader, num_classes=num_classes, view_frames=reader.meta.num_frames,
                              feature_dim=reader.meta.feature_dim,
                              need_features=need_features).to(device)
@@ -160,16 +166,25 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
                                          "num_frames": frames})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{cfg.out_dir}: bad sampler options {cfg.sampler}: {exc}") from None
+    mix = cfg.mix_config(data_seed)
+    if mix is not None and len(index) < 2:
+        raise ConfigError(f"{cfg.out_dir}: mixing (--mixup/--cutmix) needs at least 2 training "
+                          f"videos to pair; the index has {len(index)}")
     if model is None:
-        return NoTeacher(num_classes=num_classes, view_frames=frames, sampler=sampler)
+        return NoTeacher(num_classes=num_classes, view_frames=frames, sampler=sampler, mix=mix)
     return OnlineTeacher(model, sampler=sampler, num_classes=num_classes,
-                         need_features=need_features, amp=cfg.amp)
+                         need_features=need_features, amp=cfg.amp, mix=mix)
 
 
-def open_cache(path: str, index: DatasetIndex, *, num_frames: int,
-               need_features: bool) -> CacheReader:
-    """The cache, refused unless it was built for exactly these videos and can serve the run."""
+def open_cache(path: str, index: DatasetIndex, *, num_frames: int, need_features: bool,
+               student_mixes: bool = False) -> CacheReader:
+    """The cache, refused unless it was built for exactly these videos and can serve the run.
+
+    ``student_mixes``: the run asks for --mixup/--cutmix, which a cache cannot serve: a mixed
+    one brings its own mixing, an unmixed one has no logits of mixed clips."""
     reader = CacheReader(path)
+    if student_mixes:
+        _refuse_mixing(reader, path)
     reader.check_compatible(dataset=index, num_classes=index.num_classes)
     if not reader.complete:
         raise CacheError(f"{path}: cache is unfinished (shards {reader.pending_shards()[:10]} "
@@ -182,6 +197,25 @@ def open_cache(path: str, index: DatasetIndex, *, num_frames: int,
         raise CacheError(f"{path}: the feature term (beta > 0) needs teacher features; rebuild "
                          "the cache with `dvfl-cache build --features`")
     return reader
+
+
+def check_mixing(cfg: FitConfig) -> None:
+    """Refuse ``--mixup/--cutmix`` with a ``--cache`` in one line, reading only its metadata:
+    what ``open_cache`` refuses, for a sweep to check before it makes its folder."""
+    if cfg.cache is not None and (cfg.mixup > 0 or cfg.cutmix > 0):
+        _refuse_mixing(CacheReader(cfg.cache), cfg.cache)
+
+
+def _refuse_mixing(reader: CacheReader, path: str) -> None:
+    m = reader.meta.mix
+    if m is not None:
+        raise ConfigError(f"{path}: the cache is already mixed (mixup {m.mixup:g}, cutmix "
+                          f"{m.cutmix:g}, mix-prob {m.prob:g}); drop --mixup/--cutmix: a student "
+                          "trained from a mixed cache takes its mixing from the cache")
+    raise ConfigError(f"{path}: mixup/cutmix cannot be combined with a cache built without "
+                      "mixing (its logits are of unmixed clips); build the cache with "
+                      "`dvfl-cache build --mixup/--cutmix`, or train online with "
+                      "--teacher-weights")
 
 
 def load_online_teacher(cfg: FitConfig, *, num_classes: int) -> nn.Module:

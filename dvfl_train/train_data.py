@@ -16,6 +16,12 @@ Why this shape:
 - Views come from the cache (epoch e replays view (e - 1) mod V, epochs being 1-based), or,
   without one, are drawn by ``ViewSampler(mode="train")`` as view e - 1 in the worker that
   decodes the video (it needs the frame count).
+- Mixed rows (mixup / cutmix) are items of the same dataset with a source of mixes: a mixed
+  cache's stored records (``StoredMixes``), or, online and for plain CE, drawn per row from
+  (data seed, video, view e - 1) like the build draws them (``DrawnMixes``). Either way the
+  partner is decoded and mixed cut by cut, so the teacher's cut and the student's (fewer
+  frames, another size) are cut from one pair with one lambda and box; ``mixed_targets``
+  mixes the labels the reference's way (each one-hot smoothed, then mixed with lambda).
 """
 
 from __future__ import annotations
@@ -31,16 +37,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from dvfl_cache.cache.store import CacheReader
-from dvfl_cache.data.dataset import ClipDataset, Cut, FixedViews, SampledViews, collate_clips
+from dvfl_cache.data.dataset import (ClipDataset, Cut, DrawnMixes, FixedViews, MixSource,
+                                    SampledViews, StoredMixes, collate_clips)
 from dvfl_cache.data.index import DatasetIndex
+from dvfl_cache.data.mix import OPS, Mix, MixConfig, mix_targets, mixes_from_arrays
 from dvfl_cache.data.transforms import to_float
 from dvfl_cache.data.views import View, ViewSampler, views_from_arrays
-from dvfl_cache.errors import CacheError, DvflError
+from dvfl_cache.errors import DvflError
 
 from dvfl_train.config import FitConfig
 
-__all__ = ["EpochPlan", "as_input", "epoch_order", "make_loader", "mix_batch", "plan_epoch",
-           "rank_batches", "student_inputs", "train_clips", "train_index", "val_index"]
+__all__ = ["EpochPlan", "MixCount", "as_input", "epoch_order", "make_loader", "mix_batch",
+           "mixed_targets", "plan_epoch", "rank_batches", "student_inputs", "train_clips",
+           "train_index", "val_index"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +103,7 @@ class EpochPlan:
     view of ``videos[i]`` (None: drawn by ``sampler`` as view number ``view_number`` when the
     video is opened). ``teacher_logits``/``teacher_features`` are rows per *index position*
     (cache mode), float32. ``invalid`` lists videos whose cached view failed at build time.
+    ``mixes[i]`` is the stored mix of ``views[i]`` (None: unmixed) for a mixed cache, else None.
     """
 
     epoch: int
@@ -103,6 +113,7 @@ class EpochPlan:
     teacher_logits: np.ndarray | None = None
     teacher_features: np.ndarray | None = None
     invalid: tuple[int, ...] = field(default=())
+    mixes: tuple[Mix | None, ...] | None = None
 
     def source(self, sampler: ViewSampler | None = None) -> FixedViews | SampledViews:
         """The plan's views for ``ClipDataset``: the fixed (cached) views, or view number
@@ -112,6 +123,20 @@ class EpochPlan:
         if sampler is None:
             raise ValueError("the plan has views to draw but no sampler was given")
         return SampledViews.of_videos(sampler, self.videos.tolist(), self.view_number)
+
+    def mix_source(self, mix: MixConfig | None, sampler: ViewSampler | None,
+                   num_videos: int) -> MixSource | None:
+        """The stored mixes of a mixed cache's rows, else mixes drawn per row by ``mix`` (the
+        partner's view drawn by ``sampler``), else None (no mixing)."""
+        if self.mixes is not None:
+            if mix is not None:
+                raise ValueError("the plan's rows are mixed already; do not mix them again")
+            return StoredMixes(self.mixes)
+        if mix is None or not mix.enabled:
+            return None
+        if sampler is None:
+            raise ValueError("drawing partner views needs a sampler")
+        return DrawnMixes(mix, sampler, num_videos)
 
 
 def plan_epoch(epoch: int, index: DatasetIndex, *, reader: CacheReader | None = None,
@@ -123,15 +148,13 @@ def plan_epoch(epoch: int, index: DatasetIndex, *, reader: CacheReader | None = 
         return EpochPlan(epoch=epoch, view_number=epoch - 1,
                          videos=np.arange(len(index), dtype=np.int64),
                          views=(None,) * len(index))
-    if reader.meta.mix is not None:
-        # Its logits are the teacher's on mixed clips; replaying only the own view would
-        # pair them with the wrong input. The student-side replay of mixed rows comes next.
-        raise CacheError(f"{reader.location}: a mixed cache (mixup/cutmix rows) cannot be "
-                         "trained from by this dvfl yet; build the cache without --mixup/--cutmix")
     r = (epoch - 1) % reader.meta.views_per_video
+    columns = reader.meta.row_arrays()
     view_names = [k for k in ("video", "view", "frames", "crop", "flip", "jitter", "gray",
-                              "frame_jitter", "jitter_order") if k in reader.meta.row_arrays()]
-    names = ["logits", "valid", *view_names]
+                              "frame_jitter", "jitter_order") if k in columns]
+    # a mixed cache's logits are the teacher's on the mixed clips: the records travel along
+    mix_names = [k for k in columns if k.startswith(("mix_", "partner_"))]
+    names = ["logits", "valid", *view_names, *mix_names]
     if need_features:
         names.append("features")
     block = reader.epoch_block(r, names=names)  # one contiguous read per array
@@ -139,7 +162,11 @@ def plan_epoch(epoch: int, index: DatasetIndex, *, reader: CacheReader | None = 
     ok = np.flatnonzero(valid)
     views = views_from_arrays({k: block[k][ok] for k in view_names})
     invalid = tuple(int(v) for v in np.flatnonzero(~valid))
+    mixes = None
+    if reader.meta.mix is not None:
+        mixes = tuple(mixes_from_arrays({k: block[k][ok] for k in mix_names}, block["view"][ok]))
     return EpochPlan(epoch=epoch, view_number=r, videos=ok.astype(np.int64), views=tuple(views),
+                     mixes=mixes,
                      teacher_logits=block["logits"].astype(np.float32),
                      teacher_features=(block["features"].astype(np.float32)
                                        if need_features else None),
@@ -168,10 +195,12 @@ def rank_batches(order: np.ndarray, *, batch_size: int, rank: int = 0,
 # -- decoding ---------------------------------------------------------------------------------
 
 def train_clips(index: DatasetIndex, plan: EpochPlan, cuts: Sequence[Cut], *,
-                sampler: ViewSampler | None = None) -> ClipDataset:
+                sampler: ViewSampler | None = None, mix: MixConfig | None = None) -> ClipDataset:
     """The epoch's clips: item i is ``plan.videos[i]`` cut as ``cuts`` say (from the teacher
-    source: the student's cut, and online the teacher's), all from one decode."""
-    return ClipDataset(index, plan.source(sampler), cuts)
+    source: the student's cut, and online the teacher's), all from one decode; mixed with
+    its partner (``plan.mix_source``) when the rows are mixed, every cut alike."""
+    return ClipDataset(index, plan.source(sampler), cuts,
+                       mixes=plan.mix_source(mix, sampler, len(index)))
 
 
 def make_loader(dataset: ClipDataset, batches: list[list[int]], *, workers: int,
@@ -202,12 +231,48 @@ def student_inputs(batch: dict[str, Any], device: torch.device, *, num_frames: i
     return as_input(batch["clip"], device), batch["label"].to(device, non_blocking=True)
 
 
-# -- mixing (plain CE only) -------------------------------------------------------------------
+# -- mixing -----------------------------------------------------------------------------------
+
+def mixed_targets(batch: dict[str, Any], device: torch.device, num_classes: int, *,
+                  smoothing: float) -> torch.Tensor:
+    """Soft targets (B, C) of a mixing dataset's batch: ``lam * smooth(onehot(y)) + (1 - lam)
+    * smooth(onehot(y_partner))``, each one-hot smoothed before mixing as the reference does
+    (``mix.mix_targets``); unmixed rows have lam 1. Already smoothed: no second smoothing."""
+    if batch["clip"] is None:  # a rank's blank clip (loss weight 0)
+        return torch.full((1, num_classes), 1.0 / num_classes, device=device)
+    return mix_targets(batch["label"].to(device), batch["partner_label"].to(device),
+                       batch["mix_lambda"].to(device), num_classes, smoothing=smoothing)
+
+
+@dataclass
+class MixCount:
+    """Clips, mixed clips and cutmix clips seen (an epoch's record: mixed fraction, cutmix
+    share of the mixed)."""
+
+    clips: int = 0
+    mixed: int = 0
+    cutmix: int = 0
+
+    def add(self, batch: dict[str, Any]) -> None:
+        op = batch.get("mix_op")  # absent when a rank's share of the batch is empty
+        if op is None:
+            return
+        self.clips += len(op)
+        self.mixed += int((op > 0).sum())
+        self.cutmix += int((op == OPS.index("cutmix")).sum())
+
+    def record(self) -> dict[str, float]:
+        return {"mixed": self.mixed / max(self.clips, 1),
+                "cutmix_share": self.cutmix / max(self.mixed, 1)}
+
+
 
 def mix_batch(clip: torch.Tensor, labels: torch.Tensor, num_classes: int, *, mixup: float,
               cutmix: float, seed: int, epoch: int, step: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup or cutmix of a batch with its reverse, and the matching soft targets.
+    """Mixup or cutmix of a batch with its reverse, and the matching soft targets: the
+    round-1 scheme, kept so that a run recorded with ``mix_scheme="batch"`` resumes exactly
+    (new runs mix per row, as the cache does).
 
     With both enabled each batch picks one at even odds. lambda ~ Beta(a, a); cutmix pastes one
     box (the same on every frame) and sets lambda to the exact kept area. The draws come from

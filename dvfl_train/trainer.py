@@ -15,10 +15,11 @@ Why this shape:
 - Epochs are numbered from 1. A checkpoint's ``epoch`` is the number of finished epochs, and
   resuming continues each student after its own ``last.pt``; the loop covers the union.
 - A resumed run equals an uninterrupted one: the LR is a pure function of (epoch, batch), the
-  order of (data seed, epoch), mixing of (data seed, epoch, batch), and each student's drop-path
-  stream is reseeded at every epoch from (seed, epoch, rank). The checkpoint still carries the
-  RNG state ``training_state`` records; it is restored, then superseded by that reseed, which is
-  what keeps every rank of a data-parallel run exact too.
+  order of (data seed, epoch), mixing of (data seed, video, view) (a mixed cache's rows are
+  stored; round-1 configs mix per batch, of (data seed, epoch, batch)), and each student's
+  drop-path stream is reseeded at every epoch from (seed, epoch, rank). The checkpoint still
+  carries the RNG state ``training_state`` records; it is restored, then superseded by that
+  reseed, which is what keeps every rank of a data-parallel run exact too.
 - Under torchrun each rank takes a strided share of every global batch of ``batch_size`` clips.
   Losses are weighted by the rank's share of the clips that actually decoded, so the averaged
   gradient is the mean over the global batch even when shares differ; metrics are all-reduced
@@ -50,9 +51,10 @@ from dvfl_train.checkpoint import (BEST, LAST, SUMMARY, RunDir, checkpoint_file,
 from dvfl_train.config import ConfigError, FitConfig
 from dvfl_train.schedule import lr_at
 from dvfl_train.student import Student, StudentSpec, build_student, derive_seed, train_step
-from dvfl_train.teachers import open_teacher
-from dvfl_train.train_data import (epoch_order, make_loader, mix_batch, rank_batches,
-                                   student_inputs, train_clips, train_index, val_index)
+from dvfl_train.teachers import check_mixing, open_teacher
+from dvfl_train.train_data import (MixCount, epoch_order, make_loader, mix_batch,
+                                   mixed_targets, rank_batches, student_inputs, train_clips,
+                                   train_index, val_index)
 
 __all__ = ["TrainEvent", "fit", "train_students"]
 
@@ -153,6 +155,7 @@ def train_students(cfg: FitConfig, specs: list[StudentSpec], *, resume: bool = F
     configs = [s.config(cfg) for s in specs]
     for c in configs:
         c.validate()
+    check_mixing(cfg)  # --mixup/--cutmix with a --cache: one line before anything is read
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     for key in ("mode", "seed", "num_frames"):
         if key in cfg.sampler:
@@ -191,12 +194,15 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
         invalid.add(plan.invalid)
         batches = rank_batches(epoch_order(data_seed, epoch, len(plan.videos)),
                                batch_size=cfg.batch_size, rank=dist.rank, world_size=dist.world)
-        loader = make_loader(train_clips(index, plan, cuts, sampler=teacher.sampler), batches,
-                             workers=cfg.workers, pin_memory=device.type == "cuda")
+        clips = train_clips(index, plan, cuts, sampler=teacher.sampler, mix=teacher.mix)
+        loader = make_loader(clips, batches, workers=cfg.workers,
+                             pin_memory=device.type == "cuda")
         for s in active:
             _start_epoch(s, epoch, dist)
         emit(TrainEvent("epoch_start", epoch, cfg.epochs, steps=len(batches)))
         started, clips_seen, failed_before = time.perf_counter(), 0, len(failures)
+        # mixed rows (a mixed cache, or drawn per row): soft labels, and the epoch's counts
+        mixing = None if clips.mixes is None else MixCount()
 
         for i, batch in enumerate(loader):
             failures.add(batch["failures"])
@@ -207,8 +213,12 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
                 continue
             clip, labels = student_inputs(batch, device, num_frames=cfg.num_frames, size=cfg.size)
             t_logits, t_feats = teacher.targets(batch, device)
-            target = labels
-            if cfg.mixup > 0 or cfg.cutmix > 0:
+            target, smoothing = labels, cfg.label_smoothing
+            if mixing is not None:
+                target, smoothing = mixed_targets(batch, device, index.num_classes,
+                                                  smoothing=cfg.label_smoothing), 0.0
+                mixing.add(batch)
+            elif cfg.mix_scheme == "batch" and (cfg.mixup > 0 or cfg.cutmix > 0):
                 clip, target = mix_batch(clip, labels, index.num_classes, mixup=cfg.mixup,
                                          cutmix=cfg.cutmix, seed=data_seed, epoch=epoch, step=i)
             # The rank's share of the clips that decoded: the DDP average is then the global mean.
@@ -216,7 +226,8 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
             lr = schedule.lr(epoch, i)
             for s in active:
                 parts, logits = train_step(s, clip, target, teacher_logits=t_logits,
-                                           teacher_features=t_feats, lr=lr, weight=weight, amp=amp)
+                                           teacher_features=t_feats, lr=lr, weight=weight, amp=amp,
+                                           label_smoothing=smoothing)
                 _accumulate(s, parts, logits, labels, n_local, lr)
                 if s.step % log_every == 0:
                     _log_window(s, dist, epoch)
@@ -225,12 +236,14 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
 
         train_time = time.perf_counter() - started
         failed = dist.total(len(failures) - failed_before)
+        mixed = _mix_record(mixing, dist, epoch)
         val = _validate(active, cfg, vindex, dist, epoch) if _val_due(cfg, epoch) else None
         records = {}
         for k, s in enumerate(active):
             record = _epoch_record(s, dist, epoch, train_time=train_time, clips=clips_seen,
                                    failed=failed, invalid=len(plan.invalid),
                                    val=None if val is None else val[k])
+            record.update(mixed)
             _finish_epoch(s, record, index, epoch)
             records[s.spec.label] = record
         dist.barrier()
@@ -275,8 +288,9 @@ class _InvalidViews:
         new = sorted(set(videos) - self.warned)
         if new:
             self.warned.update(new)
-            log.warning("skipping cached views marked invalid (the video failed when the cache "
-                        "was built): %s", ", ".join(self.index.videos[v].path for v in new))
+            log.warning("skipping cached views marked invalid (the video, or the partner it "
+                        "was mixed with, failed when the cache was built): %s",
+                        ", ".join(self.index.videos[v].path for v in new))
 
 
 def _check_test_span(cfg: FitConfig, replayed: int) -> None:
@@ -363,6 +377,17 @@ def _log_window(s: Student, dist: _Dist, epoch: int) -> None:
         s.run.append_metrics({"type": "step", "epoch": epoch, "step": s.step,
                               **_means(sums, s.cfg.beta > 0), "lr": s.lr,
                               "clips": int(sums[_N])})
+
+
+def _mix_record(mixing: MixCount | None, dist: _Dist, epoch: int) -> dict[str, float]:
+    """The epoch's mixed fraction and cutmix share (over all ranks), logged; {} unmixed."""
+    if mixing is None:
+        return {}
+    total = MixCount(*(dist.total(n) for n in (mixing.clips, mixing.mixed, mixing.cutmix)))
+    record = total.record()
+    log.debug("epoch %d: %d of %d clips mixed (%.1f%%), %.1f%% of them by cutmix", epoch,
+             total.mixed, total.clips, 100 * record["mixed"], 100 * record["cutmix_share"])
+    return record
 
 
 def _val_due(cfg: FitConfig, epoch: int) -> bool:

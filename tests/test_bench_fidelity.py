@@ -35,13 +35,20 @@ def test_paired_interval_closed_form():
         bench.paired_interval([1.0, 2.0], [1.0])
 
 
-def test_mix_is_refused_until_mixed_views_exist(tmp_path):
+def test_mix_adds_every_arm_mixed_alike_and_each_arm_is_a_valid_config():
     from dvfl_train.config import FitConfig
 
-    if "mix_prob" in FitConfig.__dataclass_fields__:
-        pytest.skip("mixed views exist")
-    with pytest.raises(SystemExit, match="--mix needs mixed views"):
-        bench.main(["--quick", "--mix", "--work", str(tmp_path)])
+    caches = {"1": "c1.zarr", "4": "c4.zarr", "mix-1": "m1.zarr", "mix-4": "m4.zarr"}
+    plain = bench.arm_settings({"": {}}, [1, 4], alpha=0.9, teacher="t.pt", caches=caches)
+    assert list(plain) == ["ce", "online", "cached-1", "cached-4"]
+    both = bench.arm_settings({"": {}, "mix-": bench.MIXING}, [1, 4], alpha=0.9,
+                              teacher="t.pt", caches=caches)
+    assert list(both) == [*plain, "ce-mix", "online-mix", "cached-mix-1", "cached-mix-4"]
+    assert both["online-mix"] == {"alpha": 0.9, "teacher_weights": "t.pt", "mixup": 0.8,
+                                  "cutmix": 1.0}
+    assert both["cached-mix-4"] == {"alpha": 0.9, "cache": "m4.zarr"}  # mixing from the cache
+    for arm in both.values():
+        FitConfig(dataset="ucf101", data_root="d", out_dir="o", **arm).validate()
 
 
 @pytest.mark.slow

@@ -317,19 +317,21 @@ def test_a_version_1_store_still_trains(synth_root, tmp_path):
     assert (tmp_path / "run" / "last.pt").exists() and summary is not None
 
 
-def test_a_mixed_cache_is_refused_by_the_trainer_for_now(mixed_store, synth_root, tmp_path):
+def test_a_mixed_per_frame_cache_trains(mixed_store, synth_root, tmp_path):
+    import json
+
     from dvfl_train.config import FitConfig
     from dvfl_train.trainer import fit
-
-    from dvfl_cache.errors import CacheError
 
     out, _, _ = mixed_store
     cfg = FitConfig(dataset="ucf101", data_root=str(synth_root), out_dir=str(tmp_path / "run"),
                     num_frames=4, size=32, model_opts={"embed_dim": 8, "depths": [1, 1, 1, 1]},
                     alpha=0.5, epochs=1, warmup_epochs=0, batch_size=4, workers=0, device="cpu",
                     cache=str(out))
-    with pytest.raises(CacheError, match="mixed cache"):
-        fit(cfg)
+    summary = fit(cfg)
+    assert summary["final"]["mixed"] == 1.0 and 0 < summary["final"]["cutmix_share"] < 1
+    records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(records[-1])["mixed"] == 1.0
 
 
 def test_the_trainer_replays_per_frame_jitter_from_an_unmixed_cache(synth_root, synth_index,

@@ -83,8 +83,9 @@ def test_from_dict_missing_required_and_source_named():
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"mixup": 0.8}, "mixed clips have no cached logits"),
-    ({"cutmix": 1.0, "cache": None, "teacher_weights": "t.pt"}, "mixed clips have no cached"),
+    ({"mix_prob": 1.5}, r"mix_prob=1.5 must be in \[0, 1\]"),
+    ({"mixup": 0.8, "mix_scheme": "batch"}, "mix_scheme='batch' .* plain CE runs only"),
+    ({"mix_scheme": "pairs"}, "mix_scheme='pairs' must be one of row, batch"),
     ({"alpha": 1.5}, r"alpha=1.5 must be in \[0, 1\]"),
     ({"alpha": -0.5}, r"alpha=-0.5 must be in \[0, 1\]"),
     ({"tau": 0.0}, "tau=0.0 must be > 0"),
@@ -112,6 +113,7 @@ def test_validate_refuses(change, match):
 
 def test_validate_accepts_plain_ce_and_online_teacher_and_lists_all_problems():
     _cfg(cache=None, alpha=0.0, mixup=0.8, cutmix=1.0).validate()
+    _cfg(cache=None, teacher_weights="t.pt", mixup=0.8, cutmix=1.0, mix_prob=0.5).validate()
     _cfg(cache=None, teacher="vfn-base", teacher_weights="t.pt", beta=1.0).validate()
     _cfg(alpha=0.0).validate()  # the alpha = 0 point of a sweep still replays the cached views
     with pytest.raises(ConfigError) as info:

@@ -40,8 +40,8 @@ def files(synth_root, synth_index, synth_test_index, tmp_path_factory):
 # -- fit and sweep ------------------------------------------------------------------------------
 
 # Options shared by fit and sweep: option -> (value on the command line, value in config.json),
-# in three runs that cannot be one: a cache (A), an online teacher (B), mixup without a teacher
-# (C). Every value differs from the default.
+# in three runs that cannot be one: a cache (A), an online teacher mixing per row (B), mixup
+# without a teacher on half of the rows (C). Every value differs from the default.
 SHARED = {
     "A": {
         "dataset": ("ucf101", "ucf101"),
@@ -84,10 +84,13 @@ SHARED = {
                          {**TINY, "num_frames": 4}),
         "optimizer": ("adamw", "adamw"),
         "pred_loss": ("mse", "mse"),
+        "mixup": ("0.8", 0.8),
+        "cutmix": ("1.0", 1.0),
     },
     "C": {
         "mixup": ("0.2", 0.2),
         "cutmix": ("0.3", 0.3),
+        "mix_prob": ("0.5", 0.5),  # its effect: test_train_mix.py (the epoch's mixed fraction)
     },
 }
 # What every run needs besides the options under test.

@@ -107,11 +107,12 @@ def test_fit_writes_a_complete_run_directory(synth_root, tmp_path):
     assert classes == tuple(state["classes"]) and model.config["embed_dim"] == 8
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synth_root, tmp_path):
+@pytest.mark.parametrize("scheme", ["row", "batch"])  # batch: how round-1 runs resume
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synth_root, tmp_path, scheme):
     from dvfl_train.trainer import fit
 
     # drop path (0.2 by default), mixup/cutmix and label smoothing all draw random numbers
-    kw = dict(mixup=0.4, cutmix=1.0, label_smoothing=0.1, seed=3)
+    kw = dict(mixup=0.4, cutmix=1.0, label_smoothing=0.1, seed=3, mix_scheme=scheme)
     straight = tmp_path / "straight"
     fit(_cfg(synth_root, straight, **kw))
     killed = tmp_path / "killed"

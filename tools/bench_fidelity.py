@@ -3,10 +3,10 @@
     python tools/bench_fidelity.py [--work DIR --keep] [--json results.json] [--plot PREFIX]
     python tools/bench_fidelity.py --quick        # under 3 minutes: checks that it runs, no result
 
-Status: a draft on today's APIs. It has not been run at full size. Two things must land first:
-the mixed-views work (issue 13: the "mixed" arms below are refused until ``FitConfig`` has
-``mix_prob``), and a decision on the task (issue 14: on the demo's task students either learn
-the motion or stay low, so the task may need to be made less bimodal *before* the full run).
+Status: a draft on today's APIs. It has not been run at full size. The mixed-views work (issue
+13) has landed (``--mix`` adds the mixed arms); one thing must land first: a decision on the
+task (issue 14: on the demo's task students either learn the motion or stay low, so the task
+may need to be made less bimodal *before* the full run).
 The full run also needs a quiet machine (its CPU times are part of the result).
 
 What is compared (fixed before any full run):
@@ -21,7 +21,10 @@ What is compared (fixed before any full run):
     of V views per video, epoch e replaying view (e - 1) mod V. The cache is built with the same
     sampler and seed as the online arm's views, so ``cached-E`` sees exactly the online views and
     must match ``online`` up to float rounding: that arm is the check that the comparison is fair;
-  - each KD arm with and without mixing (``--mix``; refused today, see above);
+  - with ``--mix``, each arm again with mixing (mixup 0.8 / cutmix 1.0 on every row, the
+    reference recipe): ``ce-mix`` and ``online-mix`` draw per row from the data seed,
+    ``cached-mix-V`` replays caches built with the same mixing (``cached-mix-E`` must match
+    ``online-mix`` up to float rounding, as ``cached-E`` matches ``online``);
 - students: the demo's (two-stage ``vfl-nano``, ``embed_dim=16``, 4 of the teacher's 8 frames,
   32 px, 32 epochs, batch 8, AdamW), alpha ``--alpha`` 0.9, tau ``--tau`` 1 (the pilot of issue
   14). Every arm's seeds train side by side from one decoded batch (``train_students``).
@@ -36,7 +39,7 @@ CPU seconds of the arm (its students' training, plus the whole build of the cach
 online arm pays its teacher forwards in training). ``--plot PREFIX`` draws top-1 against V (online
 as a band of mean ± std, CE as a line) and top-1 against CPU seconds.
 
-How the full run will be called (on a quiet machine, after the mixed views land):
+How the full run will be called (on a quiet machine):
 
     python tools/bench_fidelity.py --mix --json fidelity.json --plot docs/fidelity
 """
@@ -129,7 +132,8 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--tau", type=float, default=1.0)
     p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--mix", action="store_true", help="also the mixed KD arms (needs issue 13)")
+    p.add_argument("--mix", action="store_true",
+                   help="also every arm with mixup 0.8 / cutmix 1.0 on every row")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -141,6 +145,24 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.student_size, args.student_epochs, args.student_embed = 32, 4, 8
         args.views, args.seeds, args.warmup_epochs = "1,E", "0,1", 0
     return args
+
+
+MIXING = {"mixup": 0.8, "cutmix": 1.0}  # every row, the reference recipe
+
+
+def arm_settings(kinds: dict[str, dict[str, float]], views: list[int], *, alpha: float,
+                 teacher: str, caches: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each arm's FitConfig settings; ``kinds`` maps an arm-name infix ("" or "mix-") to its
+    mixing. A mixed cache brings its own mixing: cached arms never set mixup/cutmix."""
+    arms: dict[str, dict[str, Any]] = {}
+    for kind, mix in kinds.items():
+        suffix = "-mix" if kind else ""
+        arms.update({
+            f"ce{suffix}": {"alpha": 0.0, **mix},
+            f"online{suffix}": {"alpha": alpha, "teacher_weights": teacher, **mix},
+            **{f"cached-{kind}{v}": {"alpha": alpha, "cache": caches[f"{kind}{v}"]}
+               for v in views}})
+    return arms
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -157,8 +179,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from dvfl_train.student import StudentSpec
     from dvfl_train.trainer import fit, train_students
 
-    if args.mix and "mix_prob" not in FitConfig.__dataclass_fields__:
-        raise SystemExit("--mix needs mixed views (issue 13), which this dvfl does not have yet")
     seeds = [int(s) for s in args.seeds.split(",")]
     epochs = args.student_epochs
     views = sorted({epochs if v == "E" else int(v) for v in args.views.split(",")})
@@ -195,27 +215,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fit(teacher_cfg, overwrite=True)
     teacher_ckpt = work / "teacher" / "best.pt"
 
-    caches: dict[int, Path] = {}
-    for v in views:
-        with stage(f"cache-{v}"):
-            caches[v] = work / f"cache{v}.zarr"
-            # same sampler and seed as the online arm's views (data_seed 0): view r of a video
-            # is the online arm's view of epoch r + 1
-            build_cache(BuildConfig(out=str(caches[v]), teacher=str(teacher_ckpt),
-                                    views_per_video=v, sampler=sampler,
-                                    frames=args.teacher_frames, size=args.teacher_size, seed=0,
-                                    dtype="float32", batch_size=16, workers=args.workers,
-                                    device="cpu", overwrite=True), train_idx)
+    kinds = {"": {}, **({"mix-": MIXING} if args.mix else {})}
+    caches: dict[str, Path] = {}
+    for kind, mix in kinds.items():
+        for v in views:
+            with stage(f"cache-{kind}{v}"):
+                caches[f"{kind}{v}"] = work / f"cache-{kind}{v}.zarr"
+                # same sampler and seed as the online arm's views (data_seed 0): view r of a
+                # video is the online arm's view of epoch r + 1 (and, mixed, its mix)
+                build_cache(BuildConfig(out=str(caches[f"{kind}{v}"]), teacher=str(teacher_ckpt),
+                                        views_per_video=v, sampler=sampler,
+                                        frames=args.teacher_frames, size=args.teacher_size,
+                                        seed=0, dtype="float32", batch_size=16,
+                                        workers=args.workers, device="cpu", overwrite=True,
+                                        mix_prob=1.0, **mix), train_idx)
 
     student = dict(common, num_frames=args.student_frames, size=args.student_size,
                    model="vfl-nano", model_opts={"embed_dim": args.student_embed, **TWO_STAGES},
                    epochs=epochs, val_every=epochs, batch_size=8, base_lr=0.064,
                    test_span=args.teacher_frames, tau=args.tau)
-    arms: dict[str, dict[str, Any]] = {
-        "ce": {"alpha": 0.0},
-        "online": {"alpha": args.alpha, "teacher_weights": str(teacher_ckpt)},
-        **{f"cached-{v}": {"alpha": args.alpha, "cache": str(caches[v])} for v in views},
-    }
+    arms = arm_settings(kinds, views, alpha=args.alpha, teacher=str(teacher_ckpt),
+                        caches={k: str(p) for k, p in caches.items()})
     runs: dict[str, list[Path]] = {}
     for arm, kw in arms.items():
         with stage(f"train-{arm}"):
@@ -252,12 +272,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for arm in arms:
         cpu = stages[f"train-{arm}"].cpu
         if arm.startswith("cached-"):
-            cpu += stages[f"cache-{arm.split('-')[1]}"].cpu
+            cpu += stages[f"cache-{arm[len('cached-'):]}"].cpu
         mean, std = _mean_std(top1[arm])
         row = {"arm": arm, "top1": top1[arm], "mean": mean, "std": std,
                "learned": sum(t >= learned_at for t in top1[arm]) / len(seeds), "cpu_s": cpu}
-        if arm.startswith("cached-"):
-            row["minus_online"] = paired_interval(top1[arm], top1["online"])
+        if arm.startswith("cached-"):  # against the online arm mixed alike
+            online = "online-mix" if arm.startswith("cached-mix-") else "online"
+            row["minus_online"] = paired_interval(top1[arm], top1[online])
         rows.append(row)
 
     result = {"status": "quick check, not a result" if args.quick else "draft run",
@@ -303,7 +324,7 @@ def _plot(rows: list[dict[str, Any]], views: list[int], prefix: str) -> None:
     ax.axhspan(100 * (on["mean"] - on["std"]), 100 * (on["mean"] + on["std"]), alpha=0.2,
                label="online KD (mean ± std)")
     ax.axhline(100 * ce["mean"], color="k", linestyle="--", label="CE only")
-    cached = [by_arm[f"cached-{v}"] for v in views]
+    cached = [by_arm[f"cached-{v}"] for v in views]  # the unmixed arms
     ax.errorbar(views, [100 * r["mean"] for r in cached], [100 * r["std"] for r in cached],
                 marker="o", label="cached KD")
     ax.set_xscale("log", base=2)

@@ -14,9 +14,11 @@ Why this shape:
   view), and stored with the logits; the student replays the stored records, never re-draws.
 - The teacher's random init (with `random_weights`) is seeded, so a resumed build of a random
   teacher is the same function as the uninterrupted one.
-- Mixing (`mixup` / `cutmix` / `mix_prob`) is drawn per row from (seed, video, view) by
-  `dvfl_cache.data.mix.draw_mix`, never from the batch, and the teacher runs on the mixed clip
-  built by `dvfl_cache.data.dataset.mixed_clip`, the function a student's loader replays with.
+- Rows are decoded by the one `ClipDataset` (rows of `SampledViews`, one float cut at the
+  teacher's size). Mixing (`mixup` / `cutmix` / `mix_prob`) is the same dataset with a
+  `DrawnMixes` source: drawn per row from (seed, video, view) by `draw_mix`, never from the
+  batch; the item decodes the row's clip and its partner's and mixes them, the code a
+  student's loader replays stored mixes with.
 """
 
 from __future__ import annotations
@@ -34,19 +36,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from dvfl_cache.cache.build_config import BuildConfig
 from dvfl_cache.cache.claims import ShardClaims
 from dvfl_cache.cache.format import (UNVERSIONED_DECODER, CacheMeta, DatasetInfo, SamplerInfo,
                                      TeacherInfo, fp16_kl_error)
 from dvfl_cache.cache.store import CacheReader, CacheWriter
-from dvfl_cache.data.dataset import ClipDataset, collate_clips, mixed_clip
+from dvfl_cache.data.dataset import ClipDataset, Cut, DrawnMixes, RowViews, collate_clips
 from dvfl_cache.data.index import DatasetIndex
-from dvfl_cache.data.mix import MixConfig, draw_mix, mixes_to_arrays
-from dvfl_cache.data.transforms import to_float
-from dvfl_cache.data.views import SamplerViewFn, ViewSampler
-from dvfl_cache.errors import DvflError, VideoDecodeError
+from dvfl_cache.data.mix import MixConfig
+from dvfl_cache.data.views import ViewSampler
+from dvfl_cache.errors import DvflError
 from dvfl_cache.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -127,69 +128,6 @@ def make_sampler(cfg: BuildConfig) -> ViewSampler:
         return ViewSampler(**opts)
     except (TypeError, ValueError) as e:
         raise DvflError(f"bad sampler options {dict(cfg.sampler)}: {e}") from None
-
-
-def mix_item(item: dict, index: DatasetIndex, sampler: ViewSampler, mix: MixConfig,
-             size: int) -> dict:
-    """Mix a decoded build item (uint8 `clip`) with its drawn partner; float `clip` out.
-
-    Adds `mix_arrays` (one row of `mixes_to_arrays`). A partner that fails to decode makes
-    the row fail: `error` names the partner, `partner` is its video and `path` its file.
-    """
-    per_frame = sampler.jitter_mode == "frame"
-    draw = None
-    if item["error"] is None:
-        draw = draw_mix(mix, item["video"], item["view"], len(index))
-    record = None
-    if draw is not None:
-        try:
-            item["clip"], record = mixed_clip(index, item["clip"], draw, size, sampler=sampler)
-        except VideoDecodeError as e:
-            log.debug("%s", e)
-            item.update(clip=None, error=f"partner video {draw.partner}: {e.reason}",
-                        partner=draw.partner, path=e.path)
-    if item["clip"] is not None:
-        item["clip"] = to_float(item["clip"])
-    item["mix_arrays"] = mixes_to_arrays([record], num_frames=sampler.num_frames,
-                                         per_frame=per_frame)
-    return item
-
-
-class _RowDataset(Dataset):
-    """Item i is row `rows[i]`: view `row // V` of video `row % V`, drawn and decoded."""
-
-    def __init__(self, index: DatasetIndex, sampler: ViewSampler, size: int, rows: range | list[int],
-                 mix: MixConfig | None = None):
-        self.rows = rows
-        self.num_videos = len(index)
-        self.index, self.sampler, self.size, self.mix = index, sampler, size, mix
-        self._by_view: dict[int, ClipDataset] = {}
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        view, video = divmod(self.rows[i], self.num_videos)
-        ds = self._by_view.get(view)
-        if ds is None:
-            ds = self._by_view[view] = ClipDataset(self.index, SamplerViewFn(self.sampler, view),
-                                                   self.size, as_uint8=self.mix is not None)
-        item = ds[video]
-        item["view"] = view
-        if self.mix is not None:
-            item = mix_item(item, self.index, self.sampler, self.mix, self.size)
-        return item
-
-
-def _collate(items: list[dict]) -> dict:
-    batch = collate_clips(items)
-    batch["failed"] = [(it["video"], it["view"], it["path"], it["error"], it.get("partner"))
-                       for it in items if it["error"] is not None]
-    good = [it for it in items if it["error"] is None]
-    if good and "mix_arrays" in good[0]:
-        batch["view_arrays"].update({k: np.concatenate([it["mix_arrays"][k] for it in good])
-                                     for k in good[0]["mix_arrays"]})
-    return batch
 
 
 class _ShardAssembler:
@@ -366,16 +304,21 @@ def _run_shards(cfg: BuildConfig, index: DatasetIndex, sampler: ViewSampler, tea
             pending.append(pool.submit(write, s, arrays, failures, kl))
 
     assembler = _ShardAssembler(writer, labels, cfg.features, submit)
-    loader = DataLoader(_RowDataset(index, sampler, cfg.size, range(meta.num_rows), meta.mix),
-                        batch_size=cfg.batch_size, sampler=rows,
-                        shuffle=False, num_workers=cfg.workers, collate_fn=_collate,
+    # Item r is row r; the claiming sampler hands out the rows of the shards this process holds.
+    mixes = None if meta.mix is None else DrawnMixes(meta.mix, sampler, len(index))
+    dataset = ClipDataset(index, RowViews(sampler, len(index), meta.num_rows),
+                          (Cut("clip", cfg.size),), mixes=mixes)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=rows,
+                        shuffle=False, num_workers=cfg.workers, collate_fn=collate_clips,
                         pin_memory=device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
     use_bf16 = meta.teacher_precision["autocast"] == "bfloat16"
     try:
         with torch.inference_mode():
             for batch in loader:
-                for video, view, path, reason, partner in batch["failed"]:
+                partners = batch.get("failed_partner") or [None] * len(batch["failures"])
+                for (video, view), (path, reason), partner in zip(
+                        batch["failed_at"], batch["failures"], partners):
                     assembler.add(view * meta.num_videos + video, logits=None, feats=None,
                                   view_arrays=None, failure=(video, path, reason, partner))
                 n = 0
@@ -386,7 +329,7 @@ def _run_shards(cfg: BuildConfig, index: DatasetIndex, sampler: ViewSampler, tea
                         logits = teacher.forward_head(feats)
                     logits = logits.float().cpu().numpy()
                     feats = feats.float().cpu().numpy() if cfg.features else None
-                    va = batch["view_arrays"]
+                    va = {**batch["view_arrays"], **(batch.get("mix_arrays") or {})}
                     n = len(logits)
                     log.debug("teacher on %d views", n)
                     for i in range(n):

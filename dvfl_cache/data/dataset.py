@@ -20,9 +20,13 @@ the run: its item carries the error, `collate_clips` drops it from the batch and
 the end (`FailureLog`).
 
 A source returns a tuple of `View`s per item, and `ClipDataset.decode(path, draw)` turns one
-clip's views into its cuts. A later kind of item (a mixed view: a row's clip and its partner's,
-mixed with a lambda or a box) plugs in as a source that also names the partner and one more
-`decode` call whose cuts are mixed cut by cut, without another dataset.
+clip's views into uint8 pixels per cut. A mixed item (mixup / cutmix of a row's clip and its
+partner's) adds a source of mixes (`DrawnMixes`: drawn per row from (seed, video, view), as the
+build, online KD and plain CE mixing do; `StoredMixes`: a cached epoch's records): the item
+decodes its own view and then its partner's, each with one `decode` call, so every cut of both
+is rendered alike, mixes each cut's uint8 pixels with the same lambda and box (`mix_pixels`),
+and only then converts as the cut says. The item carries the `Mix` record (`mix`,
+`mix_arrays`) for the build's columns and the student's label mixing.
 """
 
 from __future__ import annotations
@@ -38,13 +42,15 @@ from torch.utils.data import Dataset
 
 from dvfl_cache.data.decode import VideoInfo, open_video
 from dvfl_cache.data.index import DatasetIndex
-from dvfl_cache.data.mix import Mix, MixDraw, mix_pixels
+from dvfl_cache.data.mix import (OPS, Mix, MixConfig, MixDraw, draw_mix, mix_pixels,
+                                 mixes_to_arrays)
 from dvfl_cache.data.transforms import to_float, view_pixels
 from dvfl_cache.data.views import View, ViewSampler, subsample_view, views_to_arrays
 from dvfl_cache.errors import VideoDecodeError
 
-__all__ = ["AllViews", "ClipDataset", "Cut", "FailureLog", "FixedViews", "SampledViews",
-           "ViewSource", "collate_clips"]
+__all__ = ["AllViews", "ClipDataset", "Cut", "DrawnMixes", "FailureLog", "FixedViews", "RowViews",
+           "MixSource", "SampledViews", "StoredMixes", "ViewSource", "collate_clips",
+           "mixed_clip", "replay_clip"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,30 @@ class SampledViews:
     def draw(self, i: int, info: VideoInfo) -> tuple[View, ...]:
         video, view = self.items[i]
         return (self.sampler.sample(video, view, info),)
+
+
+@dataclass(frozen=True)
+class RowViews:
+    """Item r is cache row r: view ``r // num_videos`` of video ``r % num_videos``, drawn when
+    the video is opened. Computed, not tabled, so a store of millions of rows costs nothing
+    here and a sampler may hand out any rows (the build's shard claims)."""
+
+    sampler: Any
+    num_videos: int
+    num_rows: int
+    stacked: bool = field(default=False, init=False)
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def video(self, i: int) -> int:
+        return int(i) % self.num_videos
+
+    def view_number(self, i: int) -> int:
+        return int(i) // self.num_videos
+
+    def draw(self, i: int, info: VideoInfo) -> tuple[View, ...]:
+        return (self.sampler.sample(self.video(i), self.view_number(i), info),)
 
 
 @dataclass(frozen=True)
@@ -162,6 +192,50 @@ class _FnViews:
         return (view,)
 
 
+# -- sources of mixes -------------------------------------------------------------------------
+
+class MixSource(Protocol):
+    """Which mix item i holds (None: unmixed), and the partner's full view once it is opened."""
+
+    def draw(self, i: int, view: View) -> Mix | MixDraw | None: ...
+    def with_partner(self, draw: Mix | MixDraw, info: VideoInfo) -> Mix: ...
+
+
+def partner_video(draw: Mix | MixDraw) -> int:
+    return draw.partner if isinstance(draw, MixDraw) else draw.partner.video
+
+
+@dataclass(frozen=True)
+class DrawnMixes:
+    """Mixes drawn per row, ``draw_mix(cfg, video, view, num_videos)``: never from the batch.
+
+    The partner's view is view number ``view`` of the partner video, drawn by ``sampler`` when
+    the partner is opened (the view its own row starts from, at the same frames)."""
+
+    cfg: MixConfig
+    sampler: Any
+    num_videos: int
+
+    def draw(self, i: int, view: View) -> MixDraw | None:
+        return draw_mix(self.cfg, view.video, view.view, self.num_videos)
+
+    def with_partner(self, draw: MixDraw, info: VideoInfo) -> Mix:
+        return draw.with_partner(self.sampler.sample(draw.partner, draw.view, info))
+
+
+@dataclass(frozen=True)
+class StoredMixes:
+    """Item i's stored mix ``mixes[i]`` (a cached epoch's ``mixes_from_arrays``), or None."""
+
+    mixes: tuple[Mix | None, ...]
+
+    def draw(self, i: int, view: View) -> Mix | None:
+        return self.mixes[i]
+
+    def with_partner(self, draw: Mix, info: VideoInfo) -> Mix:
+        return draw
+
+
 # -- outputs ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -180,7 +254,12 @@ class Cut:
         return view if self.frames is None else subsample_view(view, self.frames)
 
     def render(self, frames: np.ndarray, view: View) -> torch.Tensor:
-        pixels = view_pixels(frames, view, self.size)
+        """The cut of ``view`` (already cut by `view`) from its decoded frames: uint8 pixels,
+        what mixing works on before `convert`."""
+        return view_pixels(frames, view, self.size)
+
+    def convert(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The cut's uint8 pixels as it ships them (uint8, or float)."""
         return pixels if self.as_uint8 else to_float(pixels, normalize=self.normalize)
 
 
@@ -193,12 +272,15 @@ class ClipDataset(Dataset):
     per cut (T, 3, S, S), or (V, T, 3, S, S) for a stacked source, None when the video failed;
     ``label``, ``video``, ``view`` (the view number, -1 for stacked items), ``view_arrays``
     (`views_to_arrays` of the drawn views, or None), ``error`` (None or the reason), ``path``,
-    ``cuts`` (the cut names).
+    ``cuts`` (the cut names). With ``mixes`` (a `MixSource`; not for stacked sources) items also
+    hold ``mix`` (the `Mix` or None), ``mix_arrays`` (its `mixes_to_arrays` row),
+    ``partner_label`` and ``partner`` (the partner video, also when it failed to decode: then
+    ``error`` names it and ``path`` is its file).
     """
 
     def __init__(self, index: DatasetIndex, source: ViewSource | ViewFn | Sequence[View],
                  cuts: int | Sequence[Cut], *, normalize: bool = True, as_uint8: bool = False,
-                 threads: int = 1):
+                 threads: int = 1, mixes: MixSource | None = None):
         self.index = index
         if callable(source) and not hasattr(source, "draw"):
             source = _FnViews(source, len(index))
@@ -215,6 +297,9 @@ class ClipDataset(Dataset):
         if not self.cuts or len({c.name for c in self.cuts}) < len(self.cuts):
             raise ValueError(f"cuts need distinct names, got {[c.name for c in self.cuts]}")
         self.threads = threads
+        if mixes is not None and source.stacked:
+            raise ValueError("mixing needs one view per item, not a stacked source")
+        self.mixes = mixes
 
     def __len__(self) -> int:
         return len(self.source)
@@ -232,16 +317,60 @@ class ClipDataset(Dataset):
             item["view_arrays"] = views_to_arrays(views)
             if not self.source.stacked:
                 item["view"] = views[0].view
-        for name, out in outputs.items():
-            item[name] = torch.stack(out) if self.source.stacked else out[0]
+        if self.mixes is not None:
+            item.update(mix=None, mix_arrays=None, partner=None, partner_label=item["label"])
+            if item["error"] is None:
+                outputs = self._mix(i, views[0], outputs, item)
+        if item["error"] is not None:
+            return item
+        for cut in self.cuts:
+            out = [cut.convert(p) for p in outputs[cut.name]]
+            item[cut.name] = torch.stack(out) if self.source.stacked else out[0]
         return item
+
+    def _mix(self, i: int, view: View, outputs: dict[str, list[torch.Tensor]],
+             item: dict[str, Any]) -> dict[str, list[torch.Tensor]]:
+        """Decode item i's partner (when it is mixed) and mix every cut's uint8 pixels with it."""
+        draw = self.mixes.draw(i, view)
+        mix = None
+        if draw is not None:
+            partner = partner_video(draw)
+            item.update(partner=partner, partner_label=self.index.videos[partner].label)
+            mix, mixed, error = self.partner(draw, outputs)
+            if error is not None:
+                item.update(error=f"partner video {partner}: {error}",
+                            path=self.index.abspath(partner))
+                return {}
+            outputs = mixed
+        item["mix"] = mix
+        item["mix_arrays"] = mixes_to_arrays([mix], num_frames=view.num_frames,
+                                             per_frame=view.per_frame)
+        return outputs
+
+    def partner(self, draw: Mix | MixDraw, outputs: dict[str, list[torch.Tensor]]
+                ) -> tuple[Mix | None, dict[str, list[torch.Tensor]], str | None]:
+        """Decode ``draw``'s partner (its view drawn by the mix source when not stored) through
+        `decode`, and mix it into each cut of ``outputs`` (uint8, one view): (the `Mix`, the
+        mixed cuts, None), or (None, {}, the partner's failure)."""
+        holder: list[Mix] = []
+
+        def draw_partner(info: VideoInfo) -> tuple[View, ...]:
+            holder.append(self.mixes.with_partner(draw, info))
+            return (holder[0].partner,)
+
+        _, theirs, error = self.decode(self.index.abspath(partner_video(draw)), draw_partner)
+        if error is not None:
+            return None, {}, error
+        mix = holder[0]
+        return mix, {name: [mix_pixels(own[0], theirs[name][0], mix)]
+                     for name, own in outputs.items()}, None
 
     def decode(self, path: str, draw: Callable[[VideoInfo], tuple[View, ...]]
                ) -> tuple[tuple[View, ...], dict[str, list[torch.Tensor]], str | None]:
         """Open ``path``, draw its views, decode the frames every cut of them needs once, and
-        render each cut: (views, {cut name: one tensor per view}, None), or the views drawn so
-        far, {} and the reason when the video fails. One call per clip an item needs, so an
-        item made of two clips (a mixed view and its partner) decodes each the same way."""
+        render each cut as uint8 pixels: (views, {cut name: one uint8 tensor per view}, None),
+        or the views drawn so far, {} and the reason when the video fails. One call per clip
+        an item needs, so a mixed item decodes its own clip and its partner's the same way."""
         views: tuple[View, ...] = ()
         try:
             with open_video(path, threads=self.threads) as v:
@@ -260,37 +389,34 @@ class ClipDataset(Dataset):
 def mixed_clip(index: DatasetIndex, own: torch.Tensor, mix: Mix | MixDraw, size: int, *,
                sampler: ViewSampler | None = None, frames: int | None = None,
                threads: int = 1) -> tuple[torch.Tensor, Mix]:
-    """A row's own uint8 pixels `own` (T, 3, size, size) mixed with its partner's view.
-
-    The one place a partner is decoded, for the build (given a `MixDraw` and the `sampler`,
-    the partner's view is drawn from its video here) and for a student replaying a stored `Mix`
-    (`frames` cuts the partner's view like the own one, via `subsample_view`). Returns the
-    mixed uint8 pixels and the full `Mix` record; a partner that cannot be decoded raises
-    `VideoDecodeError` naming the partner's file.
-    """
+    """A row's own uint8 pixels `own` (T, 3, size, size) mixed with its partner's view:
+    `ClipDataset.partner` on its own (given a `MixDraw`, the `sampler` draws the partner's
+    view; a stored `Mix` names it; `frames` cuts it like the own one). Returns the mixed uint8
+    pixels and the full `Mix`; a partner that cannot be decoded raises `VideoDecodeError`."""
     if isinstance(mix, MixDraw) and sampler is None:
         raise ValueError("mixed_clip: drawing a partner view needs the sampler")
-    path = index.abspath(mix.partner if isinstance(mix, MixDraw) else mix.partner.video)
-    with open_video(path, threads=threads) as v:
-        if isinstance(mix, MixDraw):
-            mix = mix.with_partner(sampler.sample(mix.partner, mix.view, v.info))
-        partner = mix.partner if frames is None else subsample_view(mix.partner, frames)
-        pixels = v.frames(partner.frames)
-    return mix_pixels(own, view_pixels(pixels, partner, size), mix), mix
+    # the draw is given: the source only draws the partner's view (no config needed)
+    mixes = (DrawnMixes(MixConfig(), sampler, len(index)) if isinstance(mix, MixDraw)
+             else StoredMixes((mix,)))
+    ds = ClipDataset(index, (), (Cut("clip", size, frames, as_uint8=True),), threads=threads,
+                     mixes=mixes)
+    record, mixed, error = ds.partner(mix, {"clip": [own]})
+    if error is not None:
+        raise VideoDecodeError(index.abspath(partner_video(mix)), error)
+    return mixed["clip"][0], record
 
 
 def replay_clip(index: DatasetIndex, view: View, mix: Mix | None, size: int, *,
                 frames: int | None = None, threads: int = 1) -> torch.Tensor:
     """A stored row's uint8 pixels (T', 3, size, size), exactly as the teacher saw them when
-    `frames` and `size` are the teacher's: own view (cut to `frames` by `subsample_view`), then
-    the stored `Mix` (None: unmixed) applied with `mixed_clip` at the same cut."""
-    if frames is not None:
-        view = subsample_view(view, frames)
-    with open_video(index.abspath(view.video), threads=threads) as v:
-        own = view_pixels(v.frames(view.frames), view, size)
-    if mix is None:
-        return own
-    return mixed_clip(index, own, mix, size, frames=frames, threads=threads)[0]
+    `frames` and `size` are the teacher's: the one `ClipDataset` item of this view and its
+    stored `Mix` (None: unmixed), both cut to `frames` (`subsample_view`) at `size`."""
+    ds = ClipDataset(index, FixedViews((view,)), (Cut("clip", size, frames, as_uint8=True),),
+                     threads=threads, mixes=StoredMixes((mix,)))
+    item = ds[0]
+    if item["error"] is not None:
+        raise VideoDecodeError(item["path"], item["error"])
+    return item["clip"]
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -313,7 +439,10 @@ def collate_clips(items: list[dict]) -> dict:
 
     Returns one (B, ...) tensor per cut (None when every item failed), `label` int64 (B,),
     `video` and `view` int64 (B,), `view_arrays` (the good items' arrays, concatenated),
-    `failures`, `failed_at`.
+    `failures`, `failed_at`. Items of a mixing dataset add `mix_arrays` (concatenated),
+    `mix_op` int64 (B,) (codes of `mix.OPS`, 0 unmixed), `mix_lambda` float32 (B,) (1
+    unmixed), `partner_label` int64 (B,) (the own label unmixed), and `failed_partner` (the
+    partner video of each failure, None when the item's own video failed).
     """
     good = [it for it in items if it["error"] is None]
     bad = [it for it in items if it["error"] is not None]
@@ -329,6 +458,17 @@ def collate_clips(items: list[dict]) -> dict:
     }
     for name in names:
         batch[name] = _stack([it[name] for it in good]) if good else None
+    if items and "mix" in items[0]:
+        mixes = [it["mix"] for it in good]
+        batch.update(
+            mix_arrays=({k: np.concatenate([it["mix_arrays"][k] for it in good])
+                         for k in good[0]["mix_arrays"]} if good else None),
+            mix_op=torch.tensor([0 if m is None else OPS.index(m.op) for m in mixes],
+                                dtype=torch.int64),
+            mix_lambda=torch.tensor([1.0 if m is None else m.lam for m in mixes],
+                                    dtype=torch.float32),
+            partner_label=torch.tensor([it["partner_label"] for it in good], dtype=torch.int64),
+            failed_partner=[it["partner"] for it in bad])
     return batch
 
 

@@ -25,7 +25,7 @@ DATA_MODEL = ("dataset", "data_root", "split", "train_index", "val_index", "val_
               "val_every", "test_span", "model", "model_opts", "init", "drop_path", "num_frames",
               "size", "sampler", "cache", "teacher", "teacher_weights", "teacher_opts")
 LOSS_SCHEDULE = ("beta", "kd_form", "pred_loss", "rep_loss", "label_smoothing", "mixup", "cutmix",
-                 "epochs", "warmup_epochs",
+                 "mix_prob", "epochs", "warmup_epochs",
                  "batch_size", "base_lr", "warmup_lr", "min_lr", "optimizer", "momentum",
                  "nesterov", "weight_decay", "clip_grad")
 RUNTIME = ("workers", "device", "amp")
@@ -54,6 +54,9 @@ def epoch_line(record: dict[str, Any], *, epochs: int) -> str:
         parts.append(f"val top-1 {100 * record['val_top1']:.2f}% top-5 "
                      f"{100 * record['val_top5']:.2f}%" + (" (best)" if record.get("best")
                                                            else ""))
+    if "mixed" in record:
+        parts.append(f"mixed {100 * record['mixed']:.0f}% of clips (cutmix "
+                     f"{100 * record['cutmix_share']:.0f}% of those)")
     parts.append(f"{record['clips_per_s']:.1f} clips/s")
     if record["failed"] or record["invalid_views"]:
         parts.append(f"skipped {record['failed']} undecodable + {record['invalid_views']} "
