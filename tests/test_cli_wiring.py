@@ -109,9 +109,15 @@ FIT_BEHAVIOUR = {
     "overwrite": "test_trainer.py::test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache",
     "resume": "test_trainer.py::test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache"
               " (the refusal names --resume); test_resume_* for the library",
+    "recipe": "test_recipes.py::test_fit_print_config_is_the_reference_table (every value of "
+              "the preset), test_explicit_flags_win_over_the_recipe",
+    "print_config": "test_recipes.py::test_fit_print_config_is_what_the_run_records (the "
+                    "config.json of the same command; nothing written)",
 }
 SWEEP_ONLY = {"alphas", "taus", "seeds", "no_baseline", "parallel", "eval_views", "seed"}
-SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume"}
+# recipe, print_config: test_recipes.py::test_sweep_print_config_is_the_reference_point
+SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume",
+                   "recipe", "print_config"}
 
 
 def _flag(cmd, name: str) -> str:
@@ -271,6 +277,8 @@ BUILD_BEHAVIOUR = {
     "threads": "torch threads after the build",
     "resume": "test_cache_build.py (resume after a kill)",
     "overwrite": "test_cache_build.py (refuses an existing store without it)",
+    "recipe": "test_recipes.py::test_build_print_config_is_the_reference_table_and_does_no_work",
+    "print_config": "test_recipes.py::test_build_print_config_is_the_stored_metadata",
 }
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from dvfl_cache.cache.build_config import BuildConfig
-from dvfl_cache.commands.options import (check_model_options, dataset_options, field_values,
-                                         index_from_options, options_from, threads_option)
+from dvfl_cache.commands.options import (check_model_options, dataset_options, echo_config,
+                                         field_values, index_from_options, options_from,
+                                         recipe_options, threads_option)
 from dvfl_cache.data.views import ViewSampler
 
 # The ViewSampler fields `build` exposes; their options come from the fields' metadata.
@@ -14,6 +15,7 @@ SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "jitter_mode"
 
 
 @click.command("build")
+@recipe_options("build")
 @dataset_options(subset="train")
 @options_from(BuildConfig, ("teacher", "weights", "random_weights", "teacher_opts",
                             "views_per_video", "frames", "size"))
@@ -24,11 +26,12 @@ SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "jitter_mode"
                             "device"))
 @threads_option
 @options_from(BuildConfig, ("resume", "overwrite"))
-def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, threads,
+def build_cmd(print_config, kind, root, split, subset, index_path, videos_dir, annotations, threads,
               **settings):
     """Run the teacher once over every sampled view and store its raw logits.
 
-    Resumable (--resume) after any crash; under `torchrun --nproc-per-node N dvfl-cache build
+    `--recipe dvfl-net` builds with the reference recipe's views and mixing. Resumable
+    (--resume) after any crash; under `torchrun --nproc-per-node N dvfl-cache build
     ...` the ranks split the shards between them.
     """
     import os
@@ -42,6 +45,9 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, th
                for k, v in ((k, settings.pop(k)) for k in SAMPLER_OPTIONS)}
     cfg = BuildConfig(**field_values(BuildConfig, settings), sampler=sampler)
     check_model_options(cfg.teacher, cfg.teacher_opts, "--teacher-opt")
+    if print_config:  # no store, no video, no teacher
+        echo_config(cfg.record())
+        return
     index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
     set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers, threads=threads)
     rank = int(os.environ.get("RANK", "0"))
