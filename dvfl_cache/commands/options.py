@@ -229,8 +229,9 @@ def recipe_options(stage: str, *, grid: dict[str, str] | None = None) -> Callabl
 
         return group(
             click.option("--recipe", default=None, metavar="NAME",
-                         help=f"Set every default to a published recipe ({', '.join(list_recipes())}"
-                              "; docs/reference-differences.md); options given explicitly win."),
+                         help="Set every default to a published recipe ("
+                              f"{', '.join(list_recipes())}; docs/reference-differences.md); "
+                              "options given explicitly win."),
             click.option("--print-config", is_flag=True,
                          help="Print the resolved settings as the JSON the run would record, "
                               "and exit without doing any work."),
@@ -267,11 +268,11 @@ def resolve_recipe(name: str, stage: str, params: dict[str, Any], *, explicit: s
             values.pop("alpha", None)
     out = dict(params)
     for key, value in values.items():
-        name_ = grid.get(key, key)
-        if name_ not in out:
+        option = grid.get(key, key)
+        if option not in out:
             raise RecipeError(f"recipe {name!r} sets {key!r}, which `{stage}` has no option for")
-        if name_ not in explicit:
-            out[name_] = [value] if key in grid else value
+        if option not in explicit:
+            out[option] = [value] if key in grid else value
     if "sampler" in out:  # fit, sweep: one KEY=VALUE mapping, the user's entries win
         out["sampler"] = {**sampler, **(out["sampler"] if "sampler" in explicit else {})}
     else:

@@ -35,8 +35,8 @@ def fit_cmd(print_config, overwrite, resume, log_every, threads, **settings):
     cross-entropy alone (--alpha 0, e.g. to fine-tune a teacher).
 
     Writes config.json, metrics.jsonl, last.pt, best.pt (by validation top-1) and
-    summary.json to --out. `--recipe dvfl-net` trains with the reference recipe. Under `torchrun --nproc-per-node N dvfl-train fit ...` the
-    processes share each batch.
+    summary.json to --out. `--recipe dvfl-net` trains with the reference recipe. Under
+    `torchrun --nproc-per-node N dvfl-train fit ...` the processes share each batch.
     """
     import os
 

@@ -73,8 +73,8 @@ def _layouts(ctx, param, value):
                    "the others continue after their last finished epoch.")
 @click.option("--log-every", type=click.IntRange(1), default=10, show_default=True,
               help="Steps between metrics.jsonl step records.")
-def sweep_cmd(print_config, alphas, taus, seeds, no_baseline, parallel, eval_views, overwrite, resume,
-              log_every, threads, **settings):
+def sweep_cmd(print_config, alphas, taus, seeds, no_baseline, parallel, eval_views, overwrite,
+              resume, log_every, threads, **settings):
     """Train one student per (alpha, tau, seed) from --cache, plus a CE baseline, sharing each
     decoded batch between them; evaluate every best.pt and tabulate.
 
