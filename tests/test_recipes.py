@@ -288,3 +288,14 @@ def test_unknown_recipe_is_one_line_listing_the_known(entry, command, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "Error: unknown recipe 'dvfl'; known recipes: dvfl-net"]
+
+
+def test_sweep_print_config_is_the_sweep_json_it_writes(synth_root, tmp_path):
+    args = ["sweep", "--recipe", "dvfl-net", "--dataset", "ucf101", "--root", synth_root,
+            *TINY_STUDENT, "--alphas", "0", "--eval-views", "1", "--out", tmp_path / "s"]
+    printed = _printed("dvfl-train", args)
+    assert not (tmp_path / "s").exists()
+    result = _invoke("dvfl-train", args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text()) == printed
+    assert printed["base"]["label_smoothing"] == 0.1 and printed["base"]["epochs"] == 1
