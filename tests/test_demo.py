@@ -210,7 +210,7 @@ def test_tiny_demo_runs_every_step_then_skips_them(tmp_path):
     2-core machine), then a second run that finds every step done."""
     out = tmp_path / "demo"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(DEMO), "--tiny", "--out", str(out)]
+    cmd = [sys.executable, str(DEMO), "--tiny", "--out", str(out), "--seeds", "0,1"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for path in ("data/synth.json", "teacher/best.pt", "teacher/summary.json",
@@ -233,6 +233,10 @@ def test_tiny_demo_runs_every_step_then_skips_them(tmp_path):
     teacher = json.loads((out / "teacher" / "eval_1.json").read_text())
     assert f"{100 * teacher['top1']:.2f}%" in first.stdout
     assert "| 0 (CE) |" in first.stdout and "report: " in first.stdout
+    # the conclusion is computed from the runs: CE and the one KD setting, 2 seeds each
+    assert "conclusion (1-view test top-1 over seeds" in first.stdout
+    assert "  CE: " in first.stdout and "  alpha 0.5, tau 2: " in first.stdout
+    assert "over 2 seeds" in first.stdout and "  verdict: " in first.stdout
     assert first.stdout.count("\n$ ") == 5 + 2
     assert "modulator maps (teacher | CE student | best distilled student)" in first.stdout
 
