@@ -112,9 +112,15 @@ FIT_BEHAVIOUR = {
     "overwrite": "test_trainer.py::test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache",
     "resume": "test_trainer.py::test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache"
               " (the refusal names --resume); test_resume_* for the library",
+    "recipe": "test_recipes.py::test_fit_print_config_is_the_reference_table (every value of "
+              "the preset), test_explicit_flags_win_over_the_recipe",
+    "print_config": "test_recipes.py::test_fit_print_config_is_what_the_run_records (the "
+                    "config.json of the same command; nothing written)",
 }
 SWEEP_ONLY = {"alphas", "taus", "seeds", "no_baseline", "parallel", "eval_views", "seed"}
-SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume"}
+# recipe, print_config: test_recipes.py::test_sweep_print_config_is_the_reference_point
+SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume",
+                   "recipe", "print_config"}
 
 
 def _flag(cmd, name: str) -> str:
@@ -277,6 +283,8 @@ BUILD_BEHAVIOUR = {
     "storage_opts": "test_cache_build_remote.py::test_build_into_s3_then_info_verify_card_and_fit"
                     " (the endpoint reaches the S3 server; its value is never recorded)",
     "claim_ttl_s": "test_cache_concurrent.py::test_claim_ttl_option_sets_the_claims_time_to_live",
+    "recipe": "test_recipes.py::test_build_print_config_is_the_reference_table_and_does_no_work",
+    "print_config": "test_recipes.py::test_build_print_config_is_the_stored_metadata",
 }
 
 

@@ -152,6 +152,43 @@ def test_summary_section_extraction():
     assert demo._section(md, "Plots") == ""
 
 
+def test_default_is_ce_plus_two_kd_settings_over_five_seeds(tmp_path, capsys):
+    """Arms were cut, not seeds: 3 settings x 5 seeds, validated once at the end."""
+    p = demo.DEFAULT
+    assert len(p.alphas) * len(p.taus) == 2
+    demo.main(["--out", str(tmp_path / "d"), "--dry-run"])
+    printed = capsys.readouterr().out
+    sweep = next(line for line in printed.splitlines() if line.startswith("$ dvfl-train sweep"))
+    assert "--seeds 0,1,2,3,4" in sweep and f"--val-every {p.student_epochs}" in sweep
+
+
+def _rows(ce, kd, tau="2.0"):
+    rows = [{"name": f"ce_s{s}", "alpha": "0.0", "tau": "", "seed": str(s), "top1_1view": str(t)}
+            for s, t in enumerate(ce)]
+    rows += [{"name": f"a0.9_t2_s{s}", "alpha": "0.9", "tau": tau, "seed": str(s),
+              "top1_1view": str(t)} for s, t in enumerate(kd)]
+    return rows
+
+
+def test_conclusion_is_computed_from_the_seed_distribution():
+    # teacher 0.9, 6 classes: a seed learns at (1/6 + 0.9) / 2 = 53.3%
+    lines = demo.conclusion(_rows([0.5, 0.55, 0.6, 0.52, 0.58], [0.8, 0.85, 0.82, 0.9, 0.88]),
+                            teacher_top1=0.9, classes=6)
+    assert "learns the task at >= 53.3%" in lines[0]
+    assert lines[1] == "  CE: 55.0 ± 4.1 over 5 seeds, 3/5 learn"
+    # differences 30, 30, 22, 38, 30: mean 30, std sqrt(32) = 5.657; t(4) 2.776 -> +-7.0
+    assert lines[2] == ("  alpha 0.9, tau 2: 85.0 ± 4.1 over 5 seeds, 5/5 learn; minus CE "
+                        "(same seed) +30.0 points, 95% interval (+23.0, +37.0): helped")
+    assert lines[3].startswith("  verdict: distillation from the cache helped (alpha 0.9, tau 2)")
+    # seeds that overlap: the same means cannot carry the claim
+    lines = demo.conclusion(_rows([0.5, 0.9, 0.4, 0.85, 0.45], [0.9, 0.5, 0.85, 0.45, 0.8]),
+                            teacher_top1=0.9, classes=6)
+    assert lines[2].endswith(": unclear")
+    assert "did not clearly help" in lines[3]
+    lines = demo.conclusion(_rows([0.5], [0.8]), teacher_top1=0.9, classes=6)
+    assert lines[-1] == "  no KD setting has at least 2 seeds paired with CE: no verdict"
+
+
 def test_bad_seeds_are_refused(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--seeds", "a,b", "--dry-run"])
@@ -173,7 +210,7 @@ def test_tiny_demo_runs_every_step_then_skips_them(tmp_path):
     2-core machine), then a second run that finds every step done."""
     out = tmp_path / "demo"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(DEMO), "--tiny", "--out", str(out)]
+    cmd = [sys.executable, str(DEMO), "--tiny", "--out", str(out), "--seeds", "0,1"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for path in ("data/synth.json", "teacher/best.pt", "teacher/summary.json",
@@ -196,6 +233,10 @@ def test_tiny_demo_runs_every_step_then_skips_them(tmp_path):
     teacher = json.loads((out / "teacher" / "eval_1.json").read_text())
     assert f"{100 * teacher['top1']:.2f}%" in first.stdout
     assert "| 0 (CE) |" in first.stdout and "report: " in first.stdout
+    # the conclusion is computed from the runs: CE and the one KD setting, 2 seeds each
+    assert "conclusion (1-view test top-1 over seeds" in first.stdout
+    assert "  CE: " in first.stdout and "  alpha 0.5, tau 2: " in first.stdout
+    assert "over 2 seeds" in first.stdout and "  verdict: " in first.stdout
     assert first.stdout.count("\n$ ") == 5 + 2
     assert "modulator maps (teacher | CE student | best distilled student)" in first.stdout
 

@@ -123,11 +123,7 @@ def load_teacher(teacher: str, *, weights: str | None, random_weights: bool,
 
 
 def make_sampler(cfg: BuildConfig) -> ViewSampler:
-    opts = {"num_frames": cfg.frames, "mode": "train", "seed": cfg.seed, **dict(cfg.sampler)}
-    try:
-        return ViewSampler(**opts)
-    except (TypeError, ValueError) as e:
-        raise DvflError(f"bad sampler options {dict(cfg.sampler)}: {e}") from None
+    return cfg.view_sampler()
 
 
 class _ShardAssembler:

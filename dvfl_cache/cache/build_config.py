@@ -9,11 +9,13 @@ The sampler's own options (``--sampler --stride --flip --area --jitter --gray``)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from dvfl_cache.cache.claims import DEFAULT_TTL_S
 from dvfl_cache.cache.format import DEFAULT_VIEWS_PER_SHARD, LOGIT_DTYPES
+from dvfl_cache.data.views import ViewSampler
+from dvfl_cache.errors import DvflError
 from dvfl_cache.settings import setting
 
 __all__ = ["BuildConfig"]
@@ -79,3 +81,36 @@ class BuildConfig:
         help="Seconds after which a shard claimed by a process that stopped renewing its claim "
              "(killed, lost machine) is taken over by another builder.")
     command: tuple[str, ...] = setting(())  # the command line, recorded for the store's card
+
+    def view_sampler(self) -> ViewSampler:
+        """The build's training-view sampler: ``sampler`` options at the build's frames and
+        seed; bad options are one ``DvflError`` line."""
+        opts = {"num_frames": self.frames, "mode": "train", "seed": self.seed,
+                **dict(self.sampler)}
+        try:
+            return ViewSampler(**opts)
+        except (TypeError, ValueError) as e:
+            raise DvflError(f"bad sampler options {dict(self.sampler)}: {e}") from None
+
+    def record(self) -> dict[str, Any]:
+        """What ``--print-config`` shows: this config, and the sampler and mixing sections of
+        the metadata the cache would store (``cache-format.md``); the teacher's and the
+        dataset's sections need the teacher and the index, which printing does not load."""
+        from dvfl_cache.data.mix import MixConfig
+
+        sampler = self.view_sampler()
+        try:
+            mix = MixConfig(mixup=self.mixup, cutmix=self.cutmix, prob=self.mix_prob,
+                            seed=self.seed)
+        except ValueError as e:
+            raise DvflError(f"bad mixing options: {e}") from None
+        build = {k: v for k, v in asdict(self).items()
+                 if k != "storage_options"}  # may hold credentials: never printed or stored
+        return {"build": {**build, "sampler": dict(self.sampler),
+                          "teacher_opts": dict(self.teacher_opts)},
+                "sampler": {"name": sampler.temporal,
+                            "params": {**sampler.to_dict(), "size": self.size},
+                            "seed": self.seed},
+                "views_per_video": self.views_per_video, "num_frames": self.frames,
+                "dtype": self.dtype, "views_per_shard": self.views_per_shard,
+                "mix": mix.to_dict() if mix.enabled else None}

@@ -6,8 +6,9 @@ import click
 
 from dvfl_cache.cache.build_config import BuildConfig
 from dvfl_cache.commands.options import (canonical_command, check_model_options, dataset_options,
-                                         field_values, index_from_options, options_from,
-                                         storage_option, storage_options_from, threads_option)
+                                         echo_config, field_values, index_from_options,
+                                         options_from, recipe_options, storage_option,
+                                         storage_options_from, threads_option)
 from dvfl_cache.commands.store import storage_error_lines
 from dvfl_cache.data.views import ViewSampler
 
@@ -16,6 +17,7 @@ SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "jitter_mode"
 
 
 @click.command("build")
+@recipe_options("build")
 @dataset_options(subset="train")
 @options_from(BuildConfig, ("teacher", "weights", "random_weights", "teacher_opts",
                             "views_per_video", "frames", "size"))
@@ -28,11 +30,12 @@ SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "jitter_mode"
                             "device"))
 @threads_option
 @options_from(BuildConfig, ("resume", "overwrite"))
-def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, threads,
-              storage_opts, **settings):
+def build_cmd(print_config, kind, root, split, subset, index_path, videos_dir, annotations,
+              threads, storage_opts, **settings):
     """Run the teacher once over every sampled view and store its raw logits.
 
-    Resumable (--resume) after any crash; under `torchrun ... dvfl-cache build ...`, or several
+    `--recipe dvfl-net` builds with the reference recipe's views and mixing. Resumable
+    (--resume) after any crash; under `torchrun ... dvfl-cache build ...`, or several
     `build --resume` processes on one store, the processes claim the shards between them.
     """
     import os
@@ -48,6 +51,9 @@ def build_cmd(kind, root, split, subset, index_path, videos_dir, annotations, th
                       storage_options=storage_options_from(storage_opts) or {},
                       command=tuple(canonical_command(click.get_current_context())))
     check_model_options(cfg.teacher, cfg.teacher_opts, "--teacher-opt")
+    if print_config:  # no store, no video, no teacher
+        echo_config(cfg.record())
+        return
     index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
     set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers, threads=threads)
     rank = int(os.environ.get("RANK", "0"))

@@ -9,6 +9,8 @@ the dataclass's and no translation table exists anywhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -19,6 +21,8 @@ import click
 from dvfl_cache.data.readers import KINDS, SUBSETS
 from dvfl_cache.errors import DvflError
 from dvfl_cache.settings import parse_key_values as _parse_key_values
+
+log = logging.getLogger(__name__)
 
 
 def group(*options: Callable) -> Callable:
@@ -244,3 +248,114 @@ def canonical_command(ctx: click.Context, *, hide: tuple[str, ...] = ("storage_o
         for v in values:
             args += [flag, f"{v.partition('=')[0]}=***" if p.name in hide else v]
     return words + args
+
+
+# -- --recipe and --print-config -----------------------------------------------------------------
+
+# Sampler keys a run sets itself (mode, its data seed, --frames): a recipe's never reach the
+# sampler options.
+_RUN_SET_SAMPLER = ("mode", "seed", "num_frames")
+# With a --cache, fit and sweep replay the cache's mixing: a recipe's mixing is the build's.
+_MIX = ("mixup", "cutmix", "mix_prob")
+
+
+def recipe_options(stage: str, *, grid: dict[str, str] | None = None) -> Callable:
+    """``--recipe NAME`` and ``--print-config`` on the command of ``stage`` (build, fit, sweep).
+
+    The one place a recipe becomes a command's settings (``resolve_recipe``): every option the
+    user left at its default takes the recipe's value, an option given on the command line (or
+    by the environment, or a default map) keeps the user's. ``grid`` maps a recipe setting to a
+    list option that sweeps it (sweep: ``alpha -> alphas``). ``--print-config`` reaches the
+    command as ``print_config``; the command prints its resolved record and returns.
+    """
+    from dvfl_cache.recipes import list_recipes
+
+    def decorate(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def command(*args, recipe: str | None, **params):
+            if recipe is not None:
+                ctx = click.get_current_context()
+                explicit = {name for name in params
+                            if ctx.get_parameter_source(name) not in (
+                                None, click.core.ParameterSource.DEFAULT)}
+                params = resolve_recipe(recipe, stage, params, explicit=explicit, grid=grid or {})
+            return f(*args, **params)
+
+        return group(
+            click.option("--recipe", default=None, metavar="NAME",
+                         help="Set every default to a published recipe ("
+                              f"{', '.join(list_recipes())}; docs/reference-differences.md); "
+                              "options given explicitly win."),
+            click.option("--print-config", is_flag=True,
+                         help="Print the resolved settings as the JSON the run would record, "
+                              "and exit without doing any work."),
+        )(command)
+    return decorate
+
+
+def resolve_recipe(name: str, stage: str, params: dict[str, Any], *, explicit: set[str],
+                   grid: dict[str, str]) -> dict[str, Any]:
+    """``params`` (a command's keyword arguments) with recipe ``name``'s values for every
+    parameter not in ``explicit``. Library-level rules, in one place:
+
+    - ``sampler``: merged key by key under the user's ``--sampler-opt`` entries (fit, sweep), or
+      spread over the command's sampler options (build), where a recipe value no option can
+      express must equal the option-less default (else a ``RecipeError``: the recipe cannot be
+      applied); keys the run sets itself (``num_frames``, ...) are left to the run.
+    - fit/sweep with a ``--cache``: no mixing from the recipe (the cache's own mixing is
+      replayed); without any teacher: no KD weight (FitConfig's rule makes it plain CE).
+    - ``pending`` settings (not yet fields of this dvfl) are skipped.
+    - a setting the recipe ``needs`` from the user (``--init``) that is missing is a warning.
+    """
+    from dvfl_cache.recipes import RecipeError, get_recipe
+
+    recipe = get_recipe(name)
+    prefix = "build" if stage == "build" else "train"
+    values = recipe.values(stage)
+    sampler = {k: _plain(v) for k, v in values.pop("sampler").items()
+               if k not in _RUN_SET_SAMPLER and f"sampler.{k}" not in recipe.pending}
+    values = {k: v for k, v in values.items() if f"{prefix}.{k}" not in recipe.pending}
+    if stage != "build":
+        if params.get("cache"):
+            values = {k: v for k, v in values.items() if k not in _MIX}
+        if not (params.get("cache") or params.get("teacher_weights")):
+            values.pop("alpha", None)
+    out = dict(params)
+    for key, value in values.items():
+        option = grid.get(key, key)
+        if option not in out:
+            raise RecipeError(f"recipe {name!r} sets {key!r}, which `{stage}` has no option for")
+        if option not in explicit:
+            out[option] = [value] if key in grid else value
+    if "sampler" in out:  # fit, sweep: one KEY=VALUE mapping, the user's entries win
+        out["sampler"] = {**sampler, **(out["sampler"] if "sampler" in explicit else {})}
+    else:
+        from dvfl_cache.data.views import ViewSampler
+
+        defaults = {f.name: f.default for f in dataclasses.fields(ViewSampler)}
+        for key, value in sampler.items():
+            if key in out:
+                if key not in explicit:
+                    out[key] = tuple(value) if isinstance(value, list) else value
+            elif _plain(defaults.get(key)) != value:
+                raise RecipeError(f"recipe {name!r} sets sampler {key}={value!r}, which `{stage}` "
+                                  "has no option for")
+    for key, what in recipe.needs.items():
+        if key in out and out[key] is None:
+            flag = next((p for p in click.get_current_context().command.params
+                         if p.name == key), None)
+            log.warning("--recipe %s: the reference %s; pass the file with %s FILE", name,
+                        what, flag.opts[0] if flag else key)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists: the form a config records and compares on --resume."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def echo_config(record: dict[str, Any]) -> None:
+    """``--print-config``: the record a run would write, as JSON on stdout."""
+    import json
+
+    click.echo(json.dumps(record, indent=2))

@@ -6,7 +6,7 @@ import dataclasses
 
 import click
 
-from dvfl_cache.commands.options import options_from
+from dvfl_cache.commands.options import echo_config, options_from, recipe_options
 from dvfl_train.commands.train_options import (EpochProgress, data_model_options, fit_config,
                                                loss_schedule_options, runtime_options)
 from dvfl_train.config import FitConfig
@@ -17,6 +17,7 @@ _ALPHA = next(f.default for f in dataclasses.fields(FitConfig) if f.name == "alp
 
 
 @click.command("fit")
+@recipe_options("fit")
 @data_model_options
 @options_from(FitConfig, ("alpha", "tau"), alpha={
     "default": None, "help": f"Weight of the KD term (0: cross-entropy only). Default: {_ALPHA} "
@@ -29,13 +30,13 @@ _ALPHA = next(f.default for f in dataclasses.fields(FitConfig) if f.name == "alp
 @click.option("--resume", is_flag=True, help="Continue the run in --out after its last epoch.")
 @click.option("--log-every", type=click.IntRange(1), default=10, show_default=True,
               help="Steps between metrics.jsonl step records.")
-def fit_cmd(overwrite, resume, log_every, threads, **settings):
+def fit_cmd(print_config, overwrite, resume, log_every, threads, **settings):
     """Train a student, distilling from --cache (or an online --teacher-weights), or with
     cross-entropy alone (--alpha 0, e.g. to fine-tune a teacher).
 
     Writes config.json, metrics.jsonl, last.pt, best.pt (by validation top-1) and
-    summary.json to --out. Under `torchrun --nproc-per-node N dvfl-train fit ...` the
-    processes share each batch.
+    summary.json to --out. `--recipe dvfl-net` trains with the reference recipe. Under
+    `torchrun --nproc-per-node N dvfl-train fit ...` the processes share each batch.
     """
     import os
 
@@ -43,6 +44,9 @@ def fit_cmd(overwrite, resume, log_every, threads, **settings):
     from dvfl_train.trainer import fit
 
     cfg = fit_config(settings)
+    if print_config:  # config.json as the run would write it; nothing created, nothing read
+        echo_config(cfg.to_dict())
+        return
     set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers,
                         threads=threads)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dvfl_cache.commands.options import options_from
+from dvfl_cache.commands.options import echo_config, options_from, recipe_options
 from dvfl_train.commands.train_options import (EpochProgress, data_model_options, fit_config,
                                                loss_schedule_options, runtime_options)
 from dvfl_train.config import FitConfig
@@ -44,6 +44,7 @@ def _layouts(ctx, param, value):
 
 
 @click.command("sweep")
+@recipe_options("sweep", grid={"alpha": "alphas", "tau": "taus"})
 @data_model_options
 @click.option("--alphas", default="0.3,0.5,0.7", show_default=True,
               callback=_numbers(float, low=0.0), help="KD weights, comma-separated (0 = the "
@@ -72,14 +73,15 @@ def _layouts(ctx, param, value):
                    "the others continue after their last finished epoch.")
 @click.option("--log-every", type=click.IntRange(1), default=10, show_default=True,
               help="Steps between metrics.jsonl step records.")
-def sweep_cmd(alphas, taus, seeds, no_baseline, parallel, eval_views, overwrite, resume,
-              log_every, threads, **settings):
+def sweep_cmd(print_config, alphas, taus, seeds, no_baseline, parallel, eval_views, overwrite,
+              resume, log_every, threads, **settings):
     """Train one student per (alpha, tau, seed) from --cache, plus a CE baseline, sharing each
     decoded batch between them; evaluate every best.pt and tabulate.
 
     Writes runs/<name>/ (a `fit` run directory each, plus eval_<views>.json), results.csv,
     results.md (mean ± std over seeds, the teacher's own accuracy from the cache) and, with
-    matplotlib, top-1 against alpha and tau and the validation curves as PNG.
+    matplotlib, top-1 against alpha and tau and the validation curves as PNG. `--recipe
+    dvfl-net` sets every default to the reference recipe (the grid: its alpha and tau).
     """
     import os
 
@@ -97,6 +99,9 @@ def sweep_cmd(alphas, taus, seeds, no_baseline, parallel, eval_views, overwrite,
     sweep = SweepConfig(base=cfg, points=tuple(points), parallel=parallel,
                         eval_views=eval_views)
     sweep.validate()
+    if print_config:  # sweep.json as the sweep would write it; nothing created, nothing read
+        echo_config(sweep.to_dict())
+        return
     set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers,
                         threads=threads)
     main_rank = int(os.environ.get("RANK", "0")) == 0
