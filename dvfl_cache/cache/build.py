@@ -125,7 +125,7 @@ def make_sampler(cfg: BuildConfig) -> ViewSampler:
 
 def mix_item(item: dict, index: DatasetIndex, sampler: ViewSampler, mix: MixConfig,
              size: int) -> dict:
-    """Mix a decoded build item (uint8 `clip`) with its drawn partner; float `clip` out.
+    """Mix a decoded build item (uint8 `clip`) with its drawn partner; uint8 `clip` out.
 
     Adds `mix_arrays` (one row of `mixes_to_arrays`). A partner that fails to decode makes
     the row fail: `error` names the partner, `partner` is its video and `path` its file.
@@ -142,8 +142,6 @@ def mix_item(item: dict, index: DatasetIndex, sampler: ViewSampler, mix: MixConf
             log.debug("%s", e)
             item.update(clip=None, error=f"partner video {draw.partner}: {e.reason}",
                         partner=draw.partner, path=e.path)
-    if item["clip"] is not None:
-        item["clip"] = to_float(item["clip"])
     item["mix_arrays"] = mixes_to_arrays([record], num_frames=sampler.num_frames,
                                          per_frame=per_frame)
     return item
@@ -167,7 +165,7 @@ class _RowDataset(Dataset):
         ds = self._by_view.get(view)
         if ds is None:
             ds = self._by_view[view] = ClipDataset(self.index, SamplerViewFn(self.sampler, view),
-                                                   self.size, as_uint8=self.mix is not None)
+                                                   self.size, as_uint8=True)
         item = ds[video]
         item["view"] = view
         if self.mix is not None:
@@ -343,7 +341,9 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
                                   view_arrays=None, failure=(video, path, reason, partner))
                 n = 0
                 if batch["clip"] is not None:
-                    clip = batch["clip"].to(device, non_blocking=True)
+                    # uint8 from the workers (4x less to ship and pin), float where the teacher
+                    # runs: `to_float` gives the same values on any device
+                    clip = to_float(batch["clip"].to(device, non_blocking=True))
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                         feats = teacher.forward_features(clip)
                         logits = teacher.forward_head(feats)
