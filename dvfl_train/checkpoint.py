@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,23 @@ class RunDir:
         path = self.checkpoint_path(name)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             torch.save(state, fh)
+        return path
+
+    def save_as(self, name: str, source: str) -> Path:
+        """Make ``<name>.pt`` the checkpoint ``<source>.pt`` holds, without writing it again.
+
+        A hard link to the source, swapped in with ``os.replace`` (atomic like ``save``): a
+        sweep writes best.pt after last.pt for every student that improved, and a 22 M-parameter
+        student's state is 176 MB. ``save`` always writes a new file, so a later last.pt never
+        changes best.pt. Where links are not supported the file is copied.
+        """
+        path, src = self.checkpoint_path(name), self.checkpoint_path(source)
+        with atomic_path(path) as tmp:
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
         return path
 
     def load(self, name: str, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -446,7 +446,7 @@ def _finish_epoch(s: Student, record: dict[str, Any], index, epoch: int) -> None
         state["projector"] = s.parts.proj.state_dict()
     s.run.save(LAST, state)
     if record.get("best"):
-        s.run.save(BEST, state)
+        s.run.save_as(BEST, LAST)
     val = (f", val top-1 {100 * record['val_top1']:.2f}%" if "val_top1" in record else "")
     log.debug("%s epoch %d/%d: loss %.4f, lr %.3g%s, %.1f clips/s", s.spec.label, epoch,
              s.cfg.epochs, record["loss"], record["lr"], val, record["clips_per_s"])

@@ -368,3 +368,19 @@ def test_test_view_of_a_config_without_sampler_or_span():
     assert FitConfig.from_dict(d).test_view() == TestView(num_frames=4, size=48)
     spanned = _cfg(num_frames=2, test_span=8, sampler={"temporal": "stride", "stride": 2})
     assert spanned.test_view() == TestView(2, 224, temporal="stride", stride=2, span=8)
+
+
+def test_save_as_links_best_to_last_and_a_later_last_leaves_it(tmp_path):
+    """best.pt made from last.pt without writing it again: the same bytes, and the next
+    epoch's last.pt (a new file swapped in) does not change it."""
+    run = RunDir(tmp_path)
+    run.save("last", {"epoch": 1, "w": torch.ones(3)})
+    first = (tmp_path / "last.pt").read_bytes()
+    run.save_as("best", "last")
+    assert (tmp_path / "best.pt").read_bytes() == first
+    run.save("last", {"epoch": 2, "w": torch.zeros(3)})
+    assert (tmp_path / "best.pt").read_bytes() == first
+    assert run.load("best")["epoch"] == 1 and run.load("last")["epoch"] == 2
+    run.save_as("best", "last")  # replacing an existing best.pt
+    assert run.load("best")["epoch"] == 2
+    assert not list(tmp_path.glob("*.tmp"))

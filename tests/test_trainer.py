@@ -329,3 +329,27 @@ def test_torchrun_ranks_share_batches_and_agree(synth_root, tmp_path):
     records = _epochs(tmp_path / "ddp")
     assert records[0]["clips"] == 8
     assert records[0]["loss"] == pytest.approx(_epochs(tmp_path / "single")[0]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6, float("nan")])
+def test_clip_grad_norm_equals_torch_bit_for_bit(max_norm):
+    """dvfl's clipping skips torch's multiply-by-1.0 pass on the CPU; gradients and the
+    returned norm equal torch's exactly, whether it clips (small max_norm), does not (large)
+    or meets a non-finite factor."""
+    from dvfl_train.student import clip_grad_norm
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 3))
+            for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    x = torch.randn(4, 8)
+    for net in nets:
+        net(x).square().sum().backward()
+    ours = clip_grad_norm(nets[0].parameters(), max_norm)
+    ref = torch.nn.utils.clip_grad_norm_(nets[1].parameters(), max_norm)
+    assert torch.equal(ours, ref)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a.grad, b.grad) or (a.grad.isnan().all() and b.grad.isnan().all())
+    if max_norm == 1e-3:
+        assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in nets[0].parameters()])
+                                        ) < 2e-3

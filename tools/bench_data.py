@@ -4,14 +4,17 @@ Generates synthetic 320x240 MPEG-4 AVI videos (UCF101's size and codec family) w
 generator, then measures in one run:
   raw decode   open + demux + seek + decode + RGB of the 8 sampled frames, one process
   + transform  the same plus crop/resize to 224/normalise (what one loader worker does)
-  loader w=N   ClipDataset + DataLoader(num_workers=N, collate_clips), steady state
-  loader u8    the same shipping uint8 pixels (ClipDataset(as_uint8=True)), float here
+  loader w=N   the trainer's own loader (``make_loader``: ClipDataset of sampled views,
+               collate_clips, prefetch 4) with N workers shipping float clips, steady state
+  loader u8    the same shipping uint8 pixels (the cut ``dvfl-train fit`` uses), turned into
+               float here with ``as_input`` as the trainer does
 and the RGB converter, PyAV's default (threaded) against ours (threads=1).
 Goal: the loader reaches >= 80% of the raw decode rate per worker. Rates are given per wall
 second and per CPU second of the processes doing the work (the latter is what to compare on a
 machine shared with other jobs).
 
     python tools/bench_data.py [--videos 16 --frames 96 --clips 160 --workers 0,1,2]
+    python tools/bench_data.py --quick      # smoke: 4 small videos, 64 px, seconds
 """
 
 from __future__ import annotations
@@ -24,19 +27,19 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
-
-from dvfl_cache.data.dataset import ClipDataset, collate_clips
+from dvfl_cache.data.dataset import ClipDataset, Cut, SampledViews
 from dvfl_cache.data.decode import open_video
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.readers import build_index
 from dvfl_cache.data.synth import SynthConfig, write_synth
-from dvfl_cache.data.transforms import apply_view, to_float
-from dvfl_cache.data.views import SamplerViewFn, ViewSampler
+from dvfl_cache.data.transforms import apply_view
+from dvfl_cache.data.views import ViewSampler
+from dvfl_train.train_data import as_input, make_loader
 
 
 def make_dataset(root: Path, *, videos: int, frames: int, fmt: str) -> DatasetIndex:
-    classes = min(10, videos)
+    # at least two videos per class below 10 videos, so split 1 has train and test videos
+    classes = min(10, videos) if videos >= 10 else max(1, videos // 2)
     cfg = SynthConfig(classes=classes, videos_per_class=-(-videos // classes), width=320,
                       height=240, frames=frames, format=fmt, seed=0)
     if not (root / "UCF-101").exists():
@@ -83,10 +86,10 @@ def loader_rate(index: DatasetIndex, sampler: ViewSampler, clips: int, *, worker
     machine shared with other jobs. `as_uint8`: workers ship uint8 pixels and this process
     converts them to float (as a GPU would), outside the workers' CPU time."""
     passes = -(-(clips + batch) // len(index))
-    ds = ConcatDataset([ClipDataset(index, SamplerViewFn(sampler, view=r), size,
-                                    as_uint8=as_uint8) for r in range(passes)])
-    loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_clips,
-                        shuffle=False, persistent_workers=False)
+    items = tuple((v, r) for r in range(passes) for v in range(len(index)))
+    ds = ClipDataset(index, SampledViews(sampler, items), [Cut("clip", size, as_uint8=as_uint8)])
+    batches = [list(range(i, min(i + batch, len(ds)))) for i in range(0, len(ds), batch)]
+    loader = make_loader(ds, batches, workers=workers, pin_memory=False)
     it = iter(loader)
     first = next(it)
     assert not first["failures"], first["failures"]
@@ -99,8 +102,7 @@ def loader_rate(index: DatasetIndex, sampler: ViewSampler, clips: int, *, worker
 
     n, t0, c0 = 0, time.perf_counter(), cpu()
     for b in it:
-        if as_uint8:
-            to_float(b["clip"])
+        as_input(b["clip"], torch.device("cpu"))
         n += len(b["label"])
         if n >= clips:
             break
@@ -125,7 +127,7 @@ def converter_ms(path: str) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=16)
     ap.add_argument("--frames", type=int, default=96, help="frames per generated video")
@@ -137,7 +139,12 @@ def main() -> None:
     ap.add_argument("--format", default="avi", choices=["avi", "mp4", "mixed"])
     ap.add_argument("--data", default=None, help="reuse/generate the videos here")
     ap.add_argument("--json", default=None, help="also write the numbers here")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke setting: 4 videos of 32 frames, 16 clips at 64 px, workers 0,1")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.videos, args.frames, args.clips, args.size, args.batch = 4, 24, 16, 64, 4
+        args.workers = "0,1"
     torch.set_num_threads(1)  # like a DataLoader worker; keeps the comparison per core
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,12 +176,12 @@ def main() -> None:
               f"{per_cpu:>13.1f}{per_cpu / raw_cpu:>8.0%}")
     print(f"rgb24 conversion: PyAV default {default_ms:.3f} ms/frame, threads=1 "
           f"{single_ms:.3f} ms/frame ({default_ms / single_ms:.1f}x)")
+    out = {**{k: {"clips_per_s": w, "clips_per_cpu_s": c} for k, (w, c) in res.items()},
+           "rgb_default_ms": default_ms, "rgb_single_ms": single_ms, "cpus": os.cpu_count(),
+           "load_average": os.getloadavg()}
     if args.json:
-        Path(args.json).write_text(json.dumps({**{k: {"clips_per_s": w, "clips_per_cpu_s": c}
-                                                  for k, (w, c) in res.items()},
-                                               "rgb_default_ms": default_ms,
-                                               "rgb_single_ms": single_ms,
-                                               "cpus": os.cpu_count()}, indent=1))
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from dvfl_cache.cache.store import CacheReader, CacheWriter
 from dvfl_cache.data.dataset import ClipDataset, Cut, DrawnMixes, RowViews, collate_clips
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.mix import MixConfig
+from dvfl_cache.data.transforms import to_float
 from dvfl_cache.data.views import ViewSampler
 from dvfl_cache.errors import DvflError
 from dvfl_cache.runtime import resolve_device
@@ -303,7 +304,7 @@ def _run_shards(cfg: BuildConfig, index: DatasetIndex, sampler: ViewSampler, tea
     # Item r is row r; the claiming sampler hands out the rows of the shards this process holds.
     mixes = None if meta.mix is None else DrawnMixes(meta.mix, sampler, len(index))
     dataset = ClipDataset(index, RowViews(sampler, len(index), meta.num_rows),
-                          (Cut("clip", cfg.size),), mixes=mixes)
+                          (Cut("clip", cfg.size, as_uint8=True),), mixes=mixes)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=rows,
                         shuffle=False, num_workers=cfg.workers, collate_fn=collate_clips,
                         pin_memory=device.type == "cuda",
@@ -319,7 +320,9 @@ def _run_shards(cfg: BuildConfig, index: DatasetIndex, sampler: ViewSampler, tea
                                   view_arrays=None, failure=(video, path, reason, partner))
                 n = 0
                 if batch["clip"] is not None:
-                    clip = batch["clip"].to(device, non_blocking=True)
+                    # uint8 from the workers (4x less to ship and pin), float where the teacher
+                    # runs: `to_float` gives the same values on any device
+                    clip = to_float(batch["clip"].to(device, non_blocking=True))
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                         feats = teacher.forward_features(clip)
                         logits = teacher.forward_head(feats)

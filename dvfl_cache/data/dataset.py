@@ -382,8 +382,15 @@ class ClipDataset(Dataset):
             log.debug("%s", exc)
             return views, {}, exc.reason
         row = {f: k for k, f in enumerate(wanted)}
-        return views, {cut.name: [cut.render(frames[[row[f] for f in w.frames]], w) for w in ws]
+        return views, {cut.name: [cut.render(_rows(frames, [row[f] for f in w.frames]), w)
+                                  for w in ws]
                        for cut, ws in zip(self.cuts, per_cut)}, None
+
+
+def _rows(frames: np.ndarray, rows: list[int]) -> np.ndarray:
+    """``frames[rows]``, without numpy's copy when ``rows`` is every frame in order (one view,
+    one cut: the usual training item; 1.8 MB per 320x240 clip of 8 frames)."""
+    return frames if rows == list(range(len(frames))) else frames[rows]
 
 
 def mixed_clip(index: DatasetIndex, own: torch.Tensor, mix: Mix | MixDraw, size: int, *,
