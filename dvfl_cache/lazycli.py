@@ -5,12 +5,52 @@ Why: importing torch, av and zarr costs seconds; `dvfl-cache --help` and a typo 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
+import shlex
+import sys
 
 import click
 
 from dvfl_cache.errors import DvflError
+
+
+# What an interrupted command keeps, for the commands that can resume.
+KEPT = {"build": "finished shards are kept in {out}",
+        "fit": "finished epochs are kept in {out} (last.pt)",
+        "sweep": "finished students and epochs are kept in {out}"}
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C: what was kept and how to go on, exit status 130 (128 + SIGINT) like a shell."""
+
+    exit_code = 130
+
+
+def interrupted_line(prog: str, argv: list[str]) -> str:
+    """'interrupted; <what was kept>; resume with: <the exact command>' from the command line."""
+    command = next((a for a in argv if not a.startswith("-")), "")
+    out = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"), None)
+    for i, a in enumerate(argv):
+        if a.startswith("--out="):
+            out = a.split("=", 1)[1]
+    if command not in KEPT or out is None:
+        return "interrupted; nothing was kept to resume, run the command again"
+    words = [a for a in argv if a != "--overwrite"]
+    if "--resume" not in words and "--repair" not in words:
+        words.append("--resume")
+    return (f"interrupted; {KEPT[command].format(out=out)}; resume with: "
+            f"{shlex.join([prog, *words])}")
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: the file, and what the disk said."""
+    what = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+            errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}
+    reason = what.get(exc.errno, exc.strerror or str(exc))
+    where = exc.filename if exc.filename is not None else ""
+    return f"{where}: {reason}" if where else f"{reason} ({exc})"
 
 
 class LazyGroup(click.Group):
@@ -25,6 +65,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except DvflError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_line(ctx.info_name or "dvfl", sys.argv[1:])) from None
+        except OSError as exc:  # a read-only or full disk, a vanished folder: say which
+            raise click.ClickException(os_error_line(exc)) from None
 
     def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)

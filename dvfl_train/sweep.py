@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from dvfl_cache.atomic import write_json_atomic
 from dvfl_cache.runtime import resolve_device
 
-from dvfl_train.config import RESUMABLE_CHANGES, ConfigError, load_config
+from dvfl_train.config import ConfigError, load_config, resume_differences
 from dvfl_train.runfiles import BEST, CONFIG, LAST, SUMMARY, checkpoint_file
 from dvfl_train.sweep_plan import (PLOT_FILES, RUNS, SWEEP_FILE, TRAIN_FILE, GridPoint,
                                    SweepConfig, SweepError, expand_grid, group_points,
@@ -75,10 +75,6 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _comparable(cfg: dict[str, Any], *, ignore: frozenset[str] = frozenset()) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k not in RESUMABLE_CHANGES | ignore}
-
-
 def _prepare_dir(cfg: SweepConfig, *, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber, check a resumed sweep computes the same thing, record the grid."""
     path = cfg.out_dir / SWEEP_FILE
@@ -100,12 +96,12 @@ def _prepare_dir(cfg: SweepConfig, *, resume: bool, overwrite: bool) -> None:
         # alpha and tau of the base are placeholders (each student has its own): a resumed
         # sweep may add grid points, but not change what the existing ones compute.
         per_student = frozenset({"alpha", "tau"})
-        old, new = _comparable(old, ignore=per_student), _comparable(new, ignore=per_student)
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        changed = resume_differences(old, new, ignore=per_student)
         if changed:
-            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-            raise SweepError(f"{path}: cannot resume with different shared options ({diffs}); "
-                             "use a new --out or --overwrite")
+            # Never suggest --overwrite here: it would throw the sweep's progress away.
+            raise SweepError(f"{path}: cannot resume with different shared options "
+                             f"({', '.join(changed)}); give the same options to resume this "
+                             "sweep, or a new --out for a new one")
     if overwrite:
         for point in cfg.points:
             run = cfg.run_dir(point)
@@ -128,7 +124,7 @@ def _trained(cfg: SweepConfig, point: GridPoint) -> bool:
         return False
     wanted = cfg.spec(point).config(cfg.base)
     return (summary.get("epochs") == cfg.base.epochs and checkpoint_file(run, BEST).exists()
-            and _comparable(stored.to_dict()) == _comparable(wanted.to_dict()))
+            and not resume_differences(stored.to_dict(), wanted.to_dict()))
 
 
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False,

@@ -145,7 +145,7 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
     num_classes = index.num_classes
     if cfg.cache is not None:
         reader = open_cache(cfg.cache, index, num_frames=cfg.num_frames,
-                            need_features=need_features)
+                            need_features=need_features, workers=max(1, cfg.workers))
         log.info("teacher logits from %s (%s, %d views per video)", cfg.cache,
                  reader.meta.teacher.name, reader.meta.views_per_video)
         return CachedTeacher(reader, num_classes=num_classes, view_frames=reader.meta.num_frames,
@@ -167,8 +167,10 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
 
 
 def open_cache(path: str, index: DatasetIndex, *, num_frames: int,
-               need_features: bool) -> CacheReader:
-    """The cache, refused unless it was built for exactly these videos and can serve the run."""
+               need_features: bool, workers: int = 1) -> CacheReader:
+    """The cache, refused unless it was built for exactly these videos and can serve the run
+    (``dvfl_cache.cache.health.check_for_training``: valid rows, chunk checksums of a local
+    store, the decoder's frame numbering)."""
     reader = CacheReader(path)
     reader.check_compatible(dataset=index, num_classes=index.num_classes)
     if not reader.complete:
@@ -181,6 +183,9 @@ def open_cache(path: str, index: DatasetIndex, *, num_frames: int,
     if need_features and reader.meta.feature_dim is None:
         raise CacheError(f"{path}: the feature term (beta > 0) needs teacher features; rebuild "
                          "the cache with `dvfl-cache build --features`")
+    from dvfl_cache.cache.health import check_for_training
+
+    check_for_training(reader, index, workers=workers)
     return reader
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from dvfl_cache.atomic import discard
 from dvfl_cache.cache.format import SHARD_DONE, CacheMeta
 from dvfl_cache.cache.card import (CARD_NAME, MANIFEST_NAME, card_fields, is_data_key,
                                    manifest_text, render_card, store_get, store_keys)
@@ -119,7 +120,7 @@ def pack(store: str | os.PathLike, out: str | os.PathLike, *, allow_incomplete: 
                 z.writestr(_member(CARD_NAME), render_card(fields))
             size = _publish(tmp, out, storage_options)
         finally:
-            tmp.unlink(missing_ok=True)
+            discard(tmp)
     log.info("packed %s -> %s (%d files)", store, out, len(digests))
     return {"zip": out, "files": len(digests), "bytes": size, "complete": bool(done.all()),
             "manifest": fields["manifest"]["sha256"]}
@@ -162,7 +163,7 @@ def export_hdf5(store: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
                     progress(1)
         size = _publish(tmp, out, storage_options)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
     log.info("exported %s -> %s", store, out)
     return {"hdf5": out, "shards": int(done.sum()), "bytes": size}
 
