@@ -66,13 +66,16 @@ class LazyGroup(click.Group):
         except DvflError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            raise Interrupted(interrupted_line(ctx.info_name or "dvfl", sys.argv[1:])) from None
+            prog = self.prog_name or ctx.info_name or "dvfl"
+            raise Interrupted(interrupted_line(prog, sys.argv[1:])) from None
         except OSError as exc:  # a read-only or full disk, a vanished folder: say which
             raise click.ClickException(os_error_line(exc)) from None
 
-    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None,
+                 prog_name: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.lazy_commands = dict(lazy_commands or {})
+        self.prog_name = prog_name  # how users type it (however it was launched)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
@@ -88,7 +91,7 @@ def lazy_main(*, prog_name: str, doc: str, commands: dict[str, str]) -> click.Gr
     """The top-level group of one dvfl entry point: --version, -v/-q logging, lazy commands."""
     from dvfl_cache import __version__
 
-    @click.group(cls=LazyGroup, lazy_commands=commands, help=doc,
+    @click.group(cls=LazyGroup, lazy_commands=commands, prog_name=prog_name, help=doc,
                  context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
     @click.version_option(__version__, prog_name=prog_name)
     @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
