@@ -28,13 +28,19 @@ class Interrupted(click.ClickException):
     exit_code = 130
 
 
+def _out_of(argv: list[str]) -> str | None:
+    """The --out of a command line (None without one)."""
+    out = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"), None)
+    for a in argv:
+        if a.startswith("--out="):
+            out = a.split("=", 1)[1]
+    return out
+
+
 def interrupted_line(prog: str, argv: list[str]) -> str:
     """'interrupted; <what was kept>; resume with: <the exact command>' from the command line."""
     command = next((a for a in argv if not a.startswith("-")), "")
-    out = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"), None)
-    for i, a in enumerate(argv):
-        if a.startswith("--out="):
-            out = a.split("=", 1)[1]
+    out = _out_of(argv)
     if command not in KEPT or out is None:
         return "interrupted; nothing was kept to resume, run the command again"
     words = [a for a in argv if a != "--overwrite"]
@@ -44,13 +50,19 @@ def interrupted_line(prog: str, argv: list[str]) -> str:
             f"{shlex.join([prog, *words])}")
 
 
-def os_error_line(exc: OSError) -> str:
+# Errors only a write can cause: without a file name in the error, they are --out's.
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+                errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
+
+
+def os_error_line(exc: OSError, *, out: str | None = None) -> str:
     """One line for an operating-system error: the file, and what the disk said."""
-    what = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
-            errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}
-    reason = what.get(exc.errno, exc.strerror or str(exc))
-    where = exc.filename if exc.filename is not None else ""
-    return f"{where}: {reason}" if where else f"{reason} ({exc})"
+    reason = WRITE_ERRNOS.get(exc.errno) or exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    if exc.errno in WRITE_ERRNOS and out is not None:
+        return f"{out}: cannot write: {reason}"
+    return f"{reason} ({exc})" if str(exc) != reason else reason
 
 
 class LazyGroup(click.Group):
@@ -69,7 +81,7 @@ class LazyGroup(click.Group):
             prog = self.prog_name or ctx.info_name or "dvfl"
             raise Interrupted(interrupted_line(prog, sys.argv[1:])) from None
         except OSError as exc:  # a read-only or full disk, a vanished folder: say which
-            raise click.ClickException(os_error_line(exc)) from None
+            raise click.ClickException(os_error_line(exc, out=_out_of(sys.argv[1:]))) from None
 
     def __init__(self, *args, lazy_commands: dict[str, str] | None = None,
                  prog_name: str | None = None, **kwargs):

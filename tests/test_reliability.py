@@ -388,3 +388,39 @@ def test_ctrl_c_in_sweep_says_what_was_kept_and_how_to_resume(data, tmp_path):
     assert "Traceback" not in res.stderr and "Aborted" not in res.stderr
     line = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")][-1]
     assert "kept in" in line and line.endswith("--resume")
+
+
+def _limit_file_size(limit: int):
+    """A disk that fills up: writes past `limit` bytes fail with EFBIG (as ENOSPC would)."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("what", ["build", "fit", "pack", "export"])
+def test_full_disk_is_one_line_naming_the_output(what, train_json, tmp_path):
+    """pack/export also must not hide the disk's error behind a cleanup (or HDF5 close) error."""
+    store = tmp_path / "c.zarr"
+    if what in ("pack", "export"):
+        cli(cache_cli, build_args(store, "--index", train_json))
+    target = tmp_path / {"build": "full.zarr", "fit": "run", "pack": "c.zip",
+                         "export": "c.h5"}[what]
+    if what == "build":
+        args = ["dvfl_cache.cli", *build_args(target, "--index", train_json)]
+    elif what == "fit":
+        args = ["dvfl_train.cli", "fit", "--index", train_json, "--val-index", train_json,
+                *TINY_STUDENT, "--out", target]
+    else:
+        args = ["dvfl_cache.cli", what, store, target]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    res = subprocess.run([sys.executable, "-m", *map(str, args)], env=env, capture_output=True,
+                         text=True, preexec_fn=_limit_file_size(200), timeout=300)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr
+    errors = [ln for ln in res.stderr.replace("\r", "\n").splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, res.stderr
+    assert f"{target}: cannot write: " in errors[0] and "too large" in errors[0].lower()
