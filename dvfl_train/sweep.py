@@ -204,10 +204,11 @@ def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
     scored by all students that miss it (in groups of ``--parallel``): a run's ``eval_time_s``
     is its share of that pass, and ``eval_shared_by`` says by how many students.
     """
+    from dvfl_cache.failbudget import check_failed
     from dvfl_train.evaluate import check_classes, evaluate_many, load_for_eval, write_eval_json
     from dvfl_train.train_data import val_index
 
-    index = None
+    index, failed = None, []
     device = resolve_device(cfg.base.device)
     for lay in (parse_layout(v) for v in cfg.eval_views):
         todo = []
@@ -250,6 +251,12 @@ def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
                 log.debug("%s %s: %s", p.name, lay.label, result.summary())
                 emit(SweepEvent("eval", name=p.name, views=lay.label,
                                 message=result.summary()))
+            failed = results[0].failed  # one decoding pass: the same videos failed for all
+    if index is not None and failed:
+        check_failed(failed, len(index), cfg.base.max_failed,
+                     kept=f"the evaluations are written in {cfg.out_dir} (failures counted as "
+                          "misses): --resume finishes the report from them; to evaluate again "
+                          "once the videos are fixed, delete the runs' eval_*.json first")
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:

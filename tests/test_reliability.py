@@ -424,3 +424,19 @@ def test_full_disk_is_one_line_naming_the_output(what, train_json, tmp_path):
     errors = [ln for ln in res.stderr.replace("\r", "\n").splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1, res.stderr
     assert f"{target}: cannot write: " in errors[0] and "too large" in errors[0].lower()
+
+
+def test_sweep_evaluation_fails_past_the_budget_and_resume_finishes_the_report(data, tmp_path):
+    from dvfl_cache.data.readers import build_index
+
+    test = build_index("ucf101", data, split=1, subset="test")
+    _break(data, test, [0])
+    out = tmp_path / "sw"
+    args = ["sweep", "--dataset", "ucf101", "--root", data, *TINY_STUDENT, "--alphas", "0",
+            "--taus", "1", "--out", out]
+    res = cli(train_cli, args, expect=1)
+    line = one_line_error(res)
+    assert "1 of 8 videos failed to decode" in line and "--resume finishes" in line
+    assert list(out.glob("runs/*/eval_1.json")) and not (out / "results.csv").exists()
+    cli(train_cli, [*args, "--resume", "--max-failed", "0.2"])
+    assert (out / "results.csv").exists()
