@@ -252,9 +252,9 @@ def _check_failures(cfg: FitConfig, index, plan, failed: list[tuple[str, str]], 
     count = dist.total(len(dict(failed))) + len(plan.invalid)
     total = len(index)
     if clips == 0:
-        raise TooManyFailed(f"epoch {epoch}: no clip could be trained on; "
-                            f"{failed_line(named, total, what='to decode') if named else 'no videos to train on'}; "
-                            "nothing was trained and no checkpoint written for this epoch")
+        why = failed_line(named, total, what="to decode") if named else "no videos to train on"
+        raise TooManyFailed(f"epoch {epoch}: no clip could be trained on; {why}; nothing was "
+                            "trained and no checkpoint written for this epoch")
     if count / max(total, 1) > cfg.max_failed:
         kept = (f"epochs before {epoch} are kept in {', '.join(out_dirs)}; fix the videos and "
                 "resume with --resume" if epoch > 1 else "no checkpoint was written")
