@@ -217,15 +217,32 @@ def test_repair_fixes_a_flipped_byte_and_equals_the_original(data, train_json, t
         np.testing.assert_array_equal(repaired[name], original[name], err_msg=name)
 
 
-def test_remote_read_failure_names_the_shard_and_the_repair(data, train_json, tmp_path):
+def test_remote_store_is_not_read_up_front_and_a_bad_shard_names_the_repair(data, train_json,
+                                                                            tmp_path):
+    from test_cache_share import RangeHandler, serve
+
+    from dvfl_cache.cache.health import check_for_training
     from dvfl_cache.cache.store import CacheReader
+    from dvfl_cache.data.index import load_index
     from dvfl_cache.errors import CacheError
 
     out = tmp_path / "c.zarr"
     cli(cache_cli, build_args(out, "--index", train_json))
     _flip_byte(out / CacheReader(out).shard_key("logits", 2))
-    with pytest.raises(CacheError, match=r"shard 2 .*checksum.*--repair"):
-        CacheReader(out).epoch_block(1)
+    asked: list[str] = []
+
+    class Counting(RangeHandler):
+        def send_head(self):
+            asked.append(self.path)
+            return super().send_head()
+
+    with serve(tmp_path, Counting) as base:
+        reader = CacheReader(f"{base}/c.zarr")
+        check_for_training(reader, load_index(train_json))  # valid flags only: no logits read
+        assert not [p for p in asked if "/logits/" in p]
+        with pytest.raises(CacheError, match=r"shard 2 .*checksum.*--repair"):
+            reader.epoch_block(1)  # rows 8-15: shards 2 and 3
+        reader.close()
 
 
 # -- 3. resume from another directory ------------------------------------------------------------

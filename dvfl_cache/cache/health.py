@@ -109,7 +109,7 @@ def check_for_training(reader: CacheReader, index, *, workers: int = 1) -> None:
     if valid == 0:
         raise CacheError(f"{where}: the cache has no valid rows (all {total} views failed when it "
                          "was built; was --root right?); rebuild it with the videos in place")
-    if getattr(where, "kind", "dir") == "dir":
+    if not getattr(where, "is_remote", False):
         broken = broken_shards(reader)
         if broken:
             first = next(iter(sorted(broken)))
