@@ -109,9 +109,12 @@ FIT_BEHAVIOUR = {
     "overwrite": "test_trainer.py::test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache",
     "resume": "test_trainer.py::test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache"
               " (the refusal names --resume); test_resume_* for the library",
+    "max_failed": "test_reliability.py::test_fit_past_max_failed_fails_and_never_checkpoints_"
+                  "zero_steps (1 of 8 fails at 0.05, passes at 0.2)",
 }
 SWEEP_ONLY = {"alphas", "taus", "seeds", "no_baseline", "parallel", "eval_views", "seed"}
-SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume"}
+SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume",
+                   "max_failed"}  # test_reliability.py::test_sweep_evaluation_fails_past_...
 
 
 def _flag(cmd, name: str) -> str:
@@ -274,6 +277,9 @@ BUILD_BEHAVIOUR = {
     "storage_opts": "test_cache_build_remote.py::test_build_into_s3_then_info_verify_card_and_fit"
                     " (the endpoint reaches the S3 server; its value is never recorded)",
     "claim_ttl_s": "test_cache_concurrent.py::test_claim_ttl_option_sets_the_claims_time_to_live",
+    "max_failed": "test_cache_build.py::test_build_records_failed_videos (fails at 0.05, passes "
+                  "at 0.2)",
+    "repair": "test_reliability.py::test_repair_fixes_a_flipped_byte_and_equals_the_original",
 }
 
 

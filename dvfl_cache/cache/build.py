@@ -492,7 +492,8 @@ def _existing_decoder(cfg: BuildConfig, meta: CacheMeta, so: dict | None) -> Cac
         stored = CacheReader(cfg.out, storage_options=so).meta
     except (DvflError, OSError):
         return meta  # no store yet (or not ours): create() says what is wrong
-    if stored.decoder_version == meta.decoder_version:
+    if (stored.decoder_version == meta.decoder_version
+            or stored.format_version != meta.format_version):  # CacheWriter names that one
         return meta
     if not cfg.repair:
         raise DvflError(f"{cfg.out}: built with decoder version {stored.decoder_version}, this "
