@@ -429,8 +429,8 @@ def _same_file(old: Any, new: Any, name: str) -> bool:
         if name == "cache":
             from dvfl_cache.cache.store import CacheReader
 
-            with CacheReader(old) as a, CacheReader(new) as b:
-                return a.meta.to_dict() == b.meta.to_dict()
+            with CacheReader(old) as a, CacheReader(new) as b:  # same but for provenance
+                return not a.meta.differences(b.meta)
     except (DvflError, OSError):
         return False
     return False

@@ -457,3 +457,30 @@ def test_sweep_evaluation_fails_past_the_budget_and_resume_finishes_the_report(d
     assert list(out.glob("runs/*/eval_1.json")) and not (out / "results.csv").exists()
     cli(train_cli, [*args, "--resume", "--max-failed", "0.2"])
     assert (out / "results.csv").exists()
+
+
+def test_resume_differences_compare_inputs_by_identity(data, train_json, tmp_path,
+                                                       monkeypatch):
+    """A moved index with the same digest, a copied cache with the same metadata, or another
+    spelling of one path is the same run; another index or setting is not."""
+    from dvfl_cache.data.index import load_index, save_index
+    from dvfl_train.config import resume_differences
+
+    moved = tmp_path / "moved" / "train.json"
+    moved.parent.mkdir()
+    shutil.copy(train_json, moved)
+    old = {"train_index": str(train_json), "cache": str(tmp_path / "c.zarr"), "tau": 1.0}
+    assert resume_differences(old, {**old, "train_index": str(moved)}) == []
+    monkeypatch.chdir(tmp_path)
+    assert resume_differences(old, {**old, "train_index": "train.json"}) == []
+
+    store = tmp_path / "c.zarr"
+    cli(cache_cli, build_args(store, "--index", train_json))
+    shutil.copytree(store, tmp_path / "copy.zarr")
+    assert resume_differences(old, {**old, "cache": str(tmp_path / "copy.zarr")}) == []
+
+    index = load_index(train_json)
+    save_index(index.with_videos(index.videos[:4]), tmp_path / "other.json")
+    changed = resume_differences(old, {**old, "train_index": str(tmp_path / "other.json"),
+                                       "tau": 2.0})
+    assert [c.split(":")[0] for c in changed] == ["tau", "train_index"]
