@@ -10,13 +10,17 @@ which is never mistaken for the real file (run directories clear their own on re
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TMP_SUFFIX", "atomic_path", "tmp_path_for", "write_atomic", "write_json_atomic"]
+__all__ = ["TMP_SUFFIX", "atomic_path", "discard", "tmp_path_for", "write_atomic",
+           "write_json_atomic"]
+
+log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
 
@@ -40,7 +44,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             os.close(fd)
     except Exception:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
     os.replace(tmp, path)
 
@@ -58,3 +62,12 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
 def write_json_atomic(path: str | os.PathLike, record: Any, *, indent: int | None = 2) -> Path:
     """``record`` as JSON (UTF-8, non-ASCII kept, a final newline) written atomically."""
     return write_atomic(path, json.dumps(record, indent=indent, ensure_ascii=False) + "\n")
+
+
+def discard(tmp: str | os.PathLike) -> None:
+    """Remove a temporary file after a failure without hiding that failure: a cleanup that
+    fails too (a read-only or vanished folder) is logged, never raised over the real error."""
+    try:
+        Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", tmp, exc)

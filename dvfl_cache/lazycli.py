@@ -5,12 +5,64 @@ Why: importing torch, av and zarr costs seconds; `dvfl-cache --help` and a typo 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
+import shlex
+import sys
 
 import click
 
 from dvfl_cache.errors import DvflError
+
+
+# What an interrupted command keeps, for the commands that can resume.
+KEPT = {"build": "finished shards are kept in {out}",
+        "fit": "finished epochs are kept in {out} (last.pt)",
+        "sweep": "finished students and epochs are kept in {out}"}
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C: what was kept and how to go on, exit status 130 (128 + SIGINT) like a shell."""
+
+    exit_code = 130
+
+
+def _out_of(argv: list[str]) -> str | None:
+    """The --out of a command line (None without one)."""
+    out = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"), None)
+    for a in argv:
+        if a.startswith("--out="):
+            out = a.split("=", 1)[1]
+    return out
+
+
+def interrupted_line(prog: str, argv: list[str]) -> str:
+    """'interrupted; <what was kept>; resume with: <the exact command>' from the command line."""
+    command = next((a for a in argv if not a.startswith("-")), "")
+    out = _out_of(argv)
+    if command not in KEPT or out is None:
+        return "interrupted; nothing was kept to resume, run the command again"
+    words = [a for a in argv if a != "--overwrite"]
+    if "--resume" not in words and "--repair" not in words:
+        words.append("--resume")
+    return (f"interrupted; {KEPT[command].format(out=out)}; resume with: "
+            f"{shlex.join([prog, *words])}")
+
+
+# Errors only a write can cause: without a file name in the error, they are --out's.
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+                errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
+
+
+def os_error_line(exc: OSError, *, out: str | None = None) -> str:
+    """One line for an operating-system error: the file, and what the disk said."""
+    reason = WRITE_ERRNOS.get(exc.errno) or exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    if exc.errno in WRITE_ERRNOS and out is not None:
+        return f"{out}: cannot write: {reason}"
+    return f"{reason} ({exc})" if str(exc) != reason else reason
 
 
 class LazyGroup(click.Group):
@@ -25,10 +77,17 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except DvflError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            prog = self.prog_name or ctx.info_name or "dvfl"
+            raise Interrupted(interrupted_line(prog, sys.argv[1:])) from None
+        except OSError as exc:  # a read-only or full disk, a vanished folder: say which
+            raise click.ClickException(os_error_line(exc, out=_out_of(sys.argv[1:]))) from None
 
-    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None,
+                 prog_name: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.lazy_commands = dict(lazy_commands or {})
+        self.prog_name = prog_name  # how users type it (however it was launched)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
@@ -44,7 +103,7 @@ def lazy_main(*, prog_name: str, doc: str, commands: dict[str, str]) -> click.Gr
     """The top-level group of one dvfl entry point: --version, -v/-q logging, lazy commands."""
     from dvfl_cache import __version__
 
-    @click.group(cls=LazyGroup, lazy_commands=commands, help=doc,
+    @click.group(cls=LazyGroup, lazy_commands=commands, prog_name=prog_name, help=doc,
                  context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
     @click.version_option(__version__, prog_name=prog_name)
     @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")

@@ -36,7 +36,7 @@ from dvfl_cache.atomic import TMP_SUFFIX, atomic_path, write_atomic
 from dvfl_cache.errors import CheckpointError
 from dvfl_cache.models.weights import FORMAT, FORMAT_VERSION, check_plain
 
-from dvfl_train.config import RESUMABLE_CHANGES, FitConfig, load_config
+from dvfl_train.config import FitConfig, load_config, resume_differences
 from dvfl_train.runfiles import (BEST, CONFIG, LAST, METRICS, RUN_FILES, SUMMARY, RunDirError,
                                  checkpoint_file, metric_lines, read_metrics)
 
@@ -93,13 +93,12 @@ class RunDir:
         """Store the run's config; when resuming, refuse one that computes something else."""
         path = self.path / CONFIG
         if path.exists() and self.resume:
-            old = load_config(path).to_dict()
-            new = cfg.to_dict()
-            changed = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
+            changed = resume_differences(load_config(path).to_dict(), cfg.to_dict())
             if changed:
-                diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
-                raise RunDirError(f"{path}: cannot resume with a different config ({diffs}); "
-                                  "start a new run directory or pass --overwrite")
+                # Never suggest --overwrite here: it would throw the run's progress away.
+                raise RunDirError(f"{path}: cannot resume with a different config "
+                                  f"({', '.join(changed)}); give the same settings to resume "
+                                  "this run, or a new --out for a new one")
         self._write_text(CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     def read_config(self) -> FitConfig:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import re
 import types
 import typing
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from dvfl_cache.errors import DvflError
+from dvfl_cache.failbudget import max_failed_setting
 from dvfl_cache.settings import setting
 
 __all__ = ["CONFIG_VERSION", "KD_FORMS", "OPTIMIZERS", "PRED_LOSSES", "REFERENCE_BATCH",
@@ -82,7 +84,9 @@ def _model_names() -> tuple[str, ...]:
     return MODEL_NAMES
 
 # Fields that may change when a run is resumed without changing what it computes.
-RESUMABLE_CHANGES = frozenset({"workers", "device", "out_dir"})
+RESUMABLE_CHANGES = frozenset({"workers", "device", "out_dir", "max_failed"})
+# Fields naming files or folders: compared resolved on resume (see resume_differences).
+PATH_FIELDS = ("data_root", "train_index", "val_index", "init", "cache", "teacher_weights")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -211,6 +215,7 @@ class FitConfig:
     device: str = setting("auto", flag="--device", help="auto, cpu, cuda, cuda:N or mps.")
     amp: bool = setting(True, flag="--amp/--no-amp", help="bf16 autocast on CUDA; ignored "
                                                           "elsewhere.")
+    max_failed: float = max_failed_setting()
     # loss forms other than dvfl's defaults (dvfl_train.losses)
     kd_form: str = setting(
         "kl", flag="--kd-form", choices=KD_FORMS,
@@ -318,6 +323,9 @@ class FitConfig:
             values["alpha"] = _FIELDS["alpha"].default if teacher else 0.0
         values["data_root"] = str(values["data_root"])
         values["out_dir"] = str(values["out_dir"])
+        for name in PATH_FIELDS:  # a run names its files absolutely: resumable from anywhere
+            if isinstance(values.get(name), str):
+                values[name] = _absolute(values[name])
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -423,6 +431,50 @@ class FitConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(FitConfig)}
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def _same_file(old: Any, new: Any, name: str) -> bool:
+    """Two spellings of one input: equal resolved paths, or (moved data) the same content
+    identity: an index's digest, a cache's metadata."""
+    if old == new:
+        return True
+    if not (isinstance(old, str) and isinstance(new, str)):
+        return False
+    if "://" not in old + new and os.path.realpath(old) == os.path.realpath(new):
+        return True
+    try:
+        if name in ("train_index", "val_index"):
+            from dvfl_cache.data.index import load_index
+
+            return load_index(old).digest == load_index(new).digest
+        if name == "cache":
+            from dvfl_cache.cache.store import CacheReader
+
+            with CacheReader(old) as a, CacheReader(new) as b:  # same but for provenance
+                return not a.meta.differences(b.meta)
+    except (DvflError, OSError):
+        return False
+    return False
+
+
+def resume_differences(old: dict[str, Any], new: dict[str, Any], *,
+                       ignore: frozenset[str] = frozenset()) -> list[str]:
+    """The settings in which ``new`` computes something else than the stored ``old``, as
+    'name: old -> new'. Paths are compared resolved (another working directory, absolute vs
+    relative), so only a real change of inputs or settings stops a resume."""
+    skip = RESUMABLE_CHANGES | ignore
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k in skip or old.get(k) == new.get(k):
+            continue
+        if k in PATH_FIELDS and _same_file(old.get(k), new.get(k), k):
+            continue
+        out.append(f"{k}: {old.get(k)!r} -> {new.get(k)!r}")
+    return out
 
 
 def load_config(path: str | Path) -> FitConfig:

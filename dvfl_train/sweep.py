@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from dvfl_cache.atomic import write_json_atomic
 from dvfl_cache.runtime import resolve_device
 
-from dvfl_train.config import RESUMABLE_CHANGES, ConfigError, load_config
+from dvfl_train.config import ConfigError, load_config, resume_differences
 from dvfl_train.runfiles import BEST, CONFIG, LAST, SUMMARY, checkpoint_file
 from dvfl_train.sweep_plan import (PLOT_FILES, RUNS, SWEEP_FILE, TRAIN_FILE, GridPoint,
                                    SweepConfig, SweepError, expand_grid, group_points,
@@ -75,10 +75,6 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _comparable(cfg: dict[str, Any], *, ignore: frozenset[str] = frozenset()) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k not in RESUMABLE_CHANGES | ignore}
-
-
 def _prepare_dir(cfg: SweepConfig, *, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber, check a resumed sweep computes the same thing, record the grid."""
     path = cfg.out_dir / SWEEP_FILE
@@ -100,12 +96,12 @@ def _prepare_dir(cfg: SweepConfig, *, resume: bool, overwrite: bool) -> None:
         # alpha and tau of the base are placeholders (each student has its own): a resumed
         # sweep may add grid points, but not change what the existing ones compute.
         per_student = frozenset({"alpha", "tau"})
-        old, new = _comparable(old, ignore=per_student), _comparable(new, ignore=per_student)
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        changed = resume_differences(old, new, ignore=per_student)
         if changed:
-            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-            raise SweepError(f"{path}: cannot resume with different shared options ({diffs}); "
-                             "use a new --out or --overwrite")
+            # Never suggest --overwrite here: it would throw the sweep's progress away.
+            raise SweepError(f"{path}: cannot resume with different shared options "
+                             f"({', '.join(changed)}); give the same options to resume this "
+                             "sweep, or a new --out for a new one")
     if overwrite:
         for point in cfg.points:
             run = cfg.run_dir(point)
@@ -128,7 +124,7 @@ def _trained(cfg: SweepConfig, point: GridPoint) -> bool:
         return False
     wanted = cfg.spec(point).config(cfg.base)
     return (summary.get("epochs") == cfg.base.epochs and checkpoint_file(run, BEST).exists()
-            and _comparable(stored.to_dict()) == _comparable(wanted.to_dict()))
+            and not resume_differences(stored.to_dict(), wanted.to_dict()))
 
 
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False,
@@ -211,10 +207,11 @@ def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
     scored by all students that miss it (in groups of ``--parallel``): a run's ``eval_time_s``
     is its share of that pass, and ``eval_shared_by`` says by how many students.
     """
+    from dvfl_cache.failbudget import check_failed
     from dvfl_train.evaluate import check_classes, evaluate_many, load_for_eval, write_eval_json
     from dvfl_train.train_data import val_index
 
-    index = None
+    index, failed = None, []
     device = resolve_device(cfg.base.device)
     for lay in (parse_layout(v) for v in cfg.eval_views):
         todo = []
@@ -257,6 +254,12 @@ def _evaluate_all(cfg: SweepConfig, emit: Progress) -> None:
                 log.debug("%s %s: %s", p.name, lay.label, result.summary())
                 emit(SweepEvent("eval", name=p.name, views=lay.label,
                                 message=result.summary()))
+            failed = results[0].failed  # one decoding pass: the same videos failed for all
+    if index is not None and failed:
+        check_failed(failed, len(index), cfg.base.max_failed,
+                     kept=f"the evaluations are written in {cfg.out_dir} (failures counted as "
+                          "misses): --resume finishes the report from them; to evaluate again "
+                          "once the videos are fixed, delete the runs' eval_*.json first")
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:

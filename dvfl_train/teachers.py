@@ -150,7 +150,8 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
     if cfg.cache is not None:
         reader = open_cache(cfg.cache, index, num_frames=cfg.num_frames,
                             need_features=need_features,
-                            student_mixes=cfg.mixup > 0 or cfg.cutmix > 0)
+                            student_mixes=cfg.mixup > 0 or cfg.cutmix > 0,
+                            workers=max(1, cfg.workers))
         log.info("teacher logits from %s (%s, %d views per video%s)", cfg.cache,
                  reader.meta.teacher.name, reader.meta.views_per_video,
                  "" if reader.meta.mix is None else ", mixed rows")
@@ -177,8 +178,10 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
 
 
 def open_cache(path: str, index: DatasetIndex, *, num_frames: int, need_features: bool,
-               student_mixes: bool = False) -> CacheReader:
-    """The cache, refused unless it was built for exactly these videos and can serve the run.
+               student_mixes: bool = False, workers: int = 1) -> CacheReader:
+    """The cache, refused unless it was built for exactly these videos and can serve the run
+    (``dvfl_cache.cache.health.check_for_training``: valid rows, chunk checksums of a local
+    store, the decoder's frame numbering).
 
     ``student_mixes``: the run asks for --mixup/--cutmix, which a cache cannot serve: a mixed
     one brings its own mixing, an unmixed one has no logits of mixed clips."""
@@ -196,6 +199,9 @@ def open_cache(path: str, index: DatasetIndex, *, num_frames: int, need_features
     if need_features and reader.meta.feature_dim is None:
         raise CacheError(f"{path}: the feature term (beta > 0) needs teacher features; rebuild "
                          "the cache with `dvfl-cache build --features`")
+    from dvfl_cache.cache.health import check_for_training
+
+    check_for_training(reader, index, workers=workers)
     return reader
 
 

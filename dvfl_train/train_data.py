@@ -82,8 +82,11 @@ def val_index(cfg: FitConfig) -> DatasetIndex:
     """
     from dvfl_cache.data.source import resolve_index
 
-    index = resolve_index(index=cfg.val_index, kind=cfg.dataset, root=cfg.data_root,
-                          split=cfg.split, subset="test")
+    if cfg.val_index is None and cfg.train_index is not None:
+        index = _derived_val_index(cfg)
+    else:
+        index = resolve_index(index=cfg.val_index, kind=cfg.dataset, root=cfg.data_root,
+                              split=cfg.split, subset="test")
     if len(index) == 0:
         raise DvflError(f"{cfg.val_index or cfg.data_root}: no validation videos")
     n = cfg.val_subset
@@ -91,6 +94,31 @@ def val_index(cfg: FitConfig) -> DatasetIndex:
         keep = [(i * len(index)) // n for i in range(n)]
         index = index.with_videos(tuple(index.videos[i] for i in keep))
     return index
+
+
+def _derived_val_index(cfg: FitConfig) -> DatasetIndex:
+    """`--index` without `--val-index`: the same split's test list, read where the training
+    index's dataset lives (its --root, or the dataset folder around its video folder), or one
+    line saying what to add."""
+    import os
+
+    from dvfl_cache.data.source import resolve_index
+
+    roots = list(dict.fromkeys([cfg.data_root, os.path.dirname(os.path.normpath(cfg.data_root))]))
+    if cfg.dataset != "list":
+        for root in roots:
+            try:
+                index = resolve_index(kind=cfg.dataset, root=root, split=cfg.split,
+                                      subset="test")
+            except (DvflError, OSError):
+                continue
+            log.info("validation: the %s split %d test list under %s (%d videos)", cfg.dataset,
+                     cfg.split, root, len(index))
+            return index
+    raise DvflError(f"--index {cfg.train_index} gives no validation videos: add --val-index "
+                    "VAL.json (`dvfl-cache index ... --subset test --out VAL.json`, or "
+                    "`--hold-out 0.1 --hold-out-out VAL.json` to keep some training videos "
+                    "apart)")
 
 
 # -- epochs -----------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from torch import nn
 
 from dvfl_cache.data.dataset import Cut, FailureLog
 from dvfl_cache.errors import CheckpointError
+from dvfl_cache.failbudget import TooManyFailed, failed_line
 from dvfl_cache.runtime import resolve_device
 
 from dvfl_train.checkpoint import (BEST, LAST, SUMMARY, RunDir, checkpoint_file, read_metrics,
@@ -237,6 +238,8 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
         train_time = time.perf_counter() - started
         failed = dist.total(len(failures) - failed_before)
         mixed = _mix_record(mixing, dist, epoch)
+        _check_failures(cfg, index, plan, failures.failures[failed_before:], clips_seen, dist,
+                        epoch, [s.cfg.out_dir for s in active])
         val = _validate(active, cfg, vindex, dist, epoch) if _val_due(cfg, epoch) else None
         records = {}
         for k, s in enumerate(active):
@@ -251,6 +254,26 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
                         models={s.spec.label: s.net for s in active}))
 
     return _summaries(students, dist, failures, invalid.count)
+
+
+def _check_failures(cfg: FitConfig, index, plan, failed: list[tuple[str, str]], clips: int,
+                    dist: _Dist, epoch: int, out_dirs: list[str]) -> None:
+    """Stop (before this epoch's checkpoint) when nothing trained or more than --max-failed
+    of the epoch's videos failed: undecodable now, or marked invalid in the cache."""
+    named = list(dict(failed).items())
+    named += [(index.videos[v].path, "failed when the cache was built") for v in plan.invalid]
+    count = dist.total(len(dict(failed))) + len(plan.invalid)
+    total = len(index)
+    if clips == 0:
+        why = failed_line(named, total, what="to decode") if named else "no videos to train on"
+        raise TooManyFailed(f"epoch {epoch}: no clip could be trained on; {why}; nothing was "
+                            "trained and no checkpoint written for this epoch")
+    if count / max(total, 1) > cfg.max_failed:
+        kept = (f"epochs before {epoch} are kept in {', '.join(out_dirs)}; fix the videos and "
+                "resume with --resume" if epoch > 1 else "no checkpoint was written")
+        line = failed_line(named, total, what=f"in epoch {epoch}").replace(
+            f"{len(named)} of", f"{count} of", 1)
+        raise TooManyFailed(f"{line} (more than --max-failed {cfg.max_failed:g}); {kept}")
 
 
 @dataclass(frozen=True)

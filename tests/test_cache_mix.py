@@ -217,7 +217,7 @@ def test_a_failed_partner_invalidates_only_its_rows_and_is_recorded(synth_root, 
     bad_path = synth_index.videos[3].path
     (root / "UCF-101" / bad_path).write_bytes(b"\x00not a video" * 50)
     out = tmp_path / "c.zarr"
-    res = run_cli(build_args(root, out, *MIX, "--views-per-video", "4"))
+    res = run_cli(build_args(root, out, *MIX, "--views-per-video", "4", "--max-failed", "0.2"))
     r = CacheReader(out)
     a = store_arrays(out)
     assert list(r.failed_videos()) == [3]

@@ -128,7 +128,7 @@ def test_invalid_cached_rows_are_skipped_and_counted(synth_root, tmp_path):
     shutil.copytree(synth_root, root)
     index = build_index("ucf101", root, split=1, subset="train")
     Path(index.abspath(2)).write_bytes(b"not a video")
-    _build(index, tmp_path / "c.zarr", _teacher_checkpoint(tmp_path / "t.pt"))
+    _build(index, tmp_path / "c.zarr", _teacher_checkpoint(tmp_path / "t.pt"), max_failed=0.2)
     plan = plan_epoch(1, index, reader=CacheReader(tmp_path / "c.zarr"))
     assert plan.invalid == (2,)
     assert plan.videos.tolist() == [0, 1, 3, 4, 5, 6, 7]

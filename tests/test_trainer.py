@@ -226,7 +226,7 @@ def test_broken_training_video_is_skipped_counted_and_listed(synth_root, tmp_pat
     shutil.copytree(synth_root, root)
     broken = build_index("ucf101", root, split=1, subset="train").abspath(3)
     Path(broken).write_bytes(b"not a video")
-    summary = fit(_cfg(root, tmp_path / "run", epochs=1, warmup_epochs=0))
+    summary = fit(_cfg(root, tmp_path / "run", epochs=1, warmup_epochs=0, max_failed=0.2))
     assert [f["path"] for f in summary["failed_videos"]] == [broken]
     assert summary["failed_clips"] == 1
     record = summary["final"]
@@ -238,9 +238,9 @@ def test_broken_training_video_is_skipped_counted_and_listed(synth_root, tmp_pat
     index = build_index("ucf101", root, split=1, subset="train")
     build_cache(BuildConfig(out=str(tmp_path / "c.zarr"), teacher="vfl-nano",
                             random_weights=True, teacher_opts=TINY, frames=2, size=32,
-                            workers=0, device="cpu"), index)
+                            workers=0, device="cpu", max_failed=0.2), index)
     summary = fit(_cfg(root, tmp_path / "cached", epochs=1, warmup_epochs=0,
-                       cache=str(tmp_path / "c.zarr"), alpha=0.5))
+                       cache=str(tmp_path / "c.zarr"), alpha=0.5, max_failed=0.2))
     record = summary["final"]
     assert (record["invalid_views"], record["failed"], record["clips"]) == (1, 0, 7)
     assert summary["invalid_views"] == 1 and summary["failed_videos"] == []

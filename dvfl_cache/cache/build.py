@@ -49,6 +49,7 @@ from dvfl_cache.data.mix import MixConfig
 from dvfl_cache.data.transforms import to_float
 from dvfl_cache.data.views import ViewSampler
 from dvfl_cache.errors import DvflError
+from dvfl_cache.failbudget import check_failed
 from dvfl_cache.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -367,8 +368,10 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     teacher, meta, sampler = prepare(cfg, index)
     teacher.to(device)
     so = dict(cfg.storage_options) or None
+    meta = _existing_decoder(cfg, meta, so)
     writer = CacheWriter.open_for_rank(cfg.out, meta, rank=rank, world_size=world,
-                                       overwrite=cfg.overwrite, resume=cfg.resume,
+                                       overwrite=cfg.overwrite,
+                                       resume=cfg.resume or cfg.repair,
                                        barrier=barrier, storage_options=so)
     if rank == 0 and cfg.command:
         writer.record_build(list(cfg.command), world_size=world)
@@ -377,6 +380,10 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     labels = np.array([v.label for v in index.videos], np.int32)
     written: list[int] = []
     with writer.claims(ttl_s=cfg.claim_ttl_s) as claims:
+        if cfg.repair and rank == 0:
+            mark_for_repair(cfg, index, writer, claims, workers=cfg.workers)
+        if barrier is not None:
+            barrier()
         while pending := writer.pending_shards():
             rows = _ClaimedRows(writer, claims, pending)
             if not rows.claim_first():
@@ -391,6 +398,8 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     rows_written = sum(len(writer.shard_rows(s)) for s in written)
     if barrier is not None:
         barrier()
+    if cfg.repair and rank == 0 and writer.meta.decoder_version != decoder_version():
+        writer.record_decoder_version(decoder_version())
     reader = CacheReader(cfg.out, storage_options=so)
     result = BuildResult(path=str(cfg.out), rows_written=rows_written, shards_written=len(written),
                          shards_total=meta.num_shards, failed=reader.failed_videos(),
@@ -405,7 +414,66 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     if result.failed_rows:
         log.warning("%d mixed row(s) marked missing because their partner failed to decode",
                     len(result.failed_rows))
+    if result.complete:
+        check_failed([(index.videos[v].path, r) for v, r in sorted(result.failed.items())],
+                     len(index), cfg.max_failed,
+                     kept=f"the store {cfg.out} is kept (complete, those views marked missing); "
+                          "fix the videos or --root, then rebuild")
     return result
+
+
+def _existing_decoder(cfg: BuildConfig, meta: CacheMeta, so: dict | None) -> CacheMeta:
+    """`meta` with the decoder version of the store being resumed, when it is older.
+
+    Only `--repair` may resume such a store: it re-runs the rows whose frames changed and then
+    records today's version; a plain resume would mix two frame numberings in one store.
+    """
+    if not (cfg.resume or cfg.repair) or cfg.overwrite:
+        return meta
+    try:
+        stored = CacheReader(cfg.out, storage_options=so).meta
+    except (DvflError, OSError):
+        return meta  # no store yet (or not ours): create() says what is wrong
+    if (stored.decoder_version == meta.decoder_version
+            or stored.format_version != meta.format_version):  # CacheWriter names that one
+        return meta
+    if not cfg.repair:
+        raise DvflError(f"{cfg.out}: built with decoder version {stored.decoder_version}, this "
+                        f"dvfl decodes with version {meta.decoder_version}; finish it with "
+                        "--repair (re-runs the rows of videos whose frames changed) instead of "
+                        "--resume")
+    return meta.replace(decoder_version=stored.decoder_version)
+
+
+def mark_for_repair(cfg: BuildConfig, index: DatasetIndex, writer: CacheWriter,
+                    claims: ShardClaims, *, workers: int = 1) -> list[int]:
+    """Clear the done flag of every finished shard that does not read back (checksums, missing
+    files) or holds rows of videos whose frame numbering changed since the store's decoder
+    version; the build loop then runs the teacher on those shards only.
+
+    Each flag is cleared under the shard's claim, so a concurrent builder is never disturbed
+    (a shard it is writing is left to it).
+    """
+    from dvfl_cache.cache.health import broken_shards, shards_of_videos, stale_videos
+
+    reader = CacheReader(cfg.out, storage_options=dict(cfg.storage_options) or None)
+    broken = broken_shards(reader)
+    for s, problem in sorted(broken.items()):
+        log.warning("repair: shard %d: %s", s, problem)
+    stale, message = stale_videos(reader, index, workers=workers)
+    if message:
+        log.warning("repair: %s", message)
+    redo = sorted(set(broken) | set(shards_of_videos(reader, stale)))
+    cleared = []
+    for s in redo:
+        # A done shard is computed by nobody (builders skip it); its last claim may still look
+        # alive (released by a builder that is running on), so it is taken over.
+        if not writer.is_done(s) or not (claims.try_claim(s) or claims.take_over(s)):
+            continue
+        writer.clear_done(s)  # still claimed by us: the build loop below takes it first
+        cleared.append(s)
+    log.warning("repair: %d shard(s) to run again: %s", len(cleared), cleared[:20])
+    return cleared
 
 
 def config_dict(cfg: BuildConfig) -> dict:

@@ -16,6 +16,7 @@ from dvfl_cache.cache.claims import DEFAULT_TTL_S
 from dvfl_cache.cache.format import DEFAULT_VIEWS_PER_SHARD, LOGIT_DTYPES
 from dvfl_cache.data.views import ViewSampler
 from dvfl_cache.errors import DvflError
+from dvfl_cache.failbudget import max_failed_setting
 from dvfl_cache.settings import setting
 
 __all__ = ["BuildConfig"]
@@ -80,6 +81,12 @@ class BuildConfig:
         DEFAULT_TTL_S, flag="--claim-ttl", low=1,
         help="Seconds after which a shard claimed by a process that stopped renewing its claim "
              "(killed, lost machine) is taken over by another builder.")
+    max_failed: float = max_failed_setting()
+    repair: bool = setting(False, flag="--repair",
+                           help="Read every finished shard back (as `verify` does), and run the "
+                                "teacher again on broken or missing shards, and on shards of "
+                                "videos whose frame numbering changed since the store's decoder "
+                                "version; implies --resume.")
     command: tuple[str, ...] = setting(())  # the command line, recorded for the store's card
 
     def view_sampler(self) -> ViewSampler:

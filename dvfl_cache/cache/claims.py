@@ -212,6 +212,19 @@ class ShardClaims:
         self._ensure_heartbeat()
         return True
 
+    def take_over(self, s: int) -> bool:
+        """Own shard `s` with a newer claim even if its last claimant looks alive: for a shard
+        marked done, whose claimant released it (`build --repair`). A writer still holding the
+        older claim finds it superseded (`holds`) and does not write. False: lost a race."""
+        c = self.newest(s)
+        gen = 0 if c is None else c.gen + 1
+        if not create_exclusive(self.fs, self._key(s, gen), self._payload()):
+            return False
+        with self._lock:
+            self._held[s] = gen
+        self._ensure_heartbeat()
+        return True
+
     def holds(self, s: int) -> bool:
         """Whether our claim on `s` is still the newest (nobody took it over)."""
         with self._lock:

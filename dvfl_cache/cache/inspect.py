@@ -184,13 +184,23 @@ def verify(path_or_url: str | os.PathLike, *, index: Any = None,
                             f"(first: {pending[:10]})")
 
         seen_labels = np.full(m.num_videos, -1, dtype=np.int64)
-        rows_checked = 0
+        rows_checked = valid_rows = 0
         for s in np.flatnonzero(done).tolist():
             shard_problems = _check_shard(reader, s, names, seen_labels, idx_labels)
             problems += [f"shard {s}: {p}" for p in shard_problems]
             rows_checked += len(reader.shard_rows(s))
+            if not shard_problems:
+                rows = reader.shard_rows(s)
+                valid_rows += int(np.count_nonzero(reader.read("valid", rows.start, rows.stop)))
             if progress is not None:
                 progress(1)
+        if rows_checked and not problems and valid_rows == 0:
+            # A store of failures only is no teacher: a wrong --root at build time, typically.
+            failed = reader.failed_videos()
+            example = next(iter(failed.values()), "")
+            problems.append(f"no valid rows: every one of the {rows_checked} views failed when "
+                            f"the store was built ({len(failed)} videos failed; e.g. {example}); "
+                            "rebuild with the videos in place (--root)")
         card, card_found = None, []
         if not problems:  # a card is only worth checking against a sound store
             card, card_found = card_problems(reader)
@@ -198,7 +208,8 @@ def verify(path_or_url: str | os.PathLike, *, index: Any = None,
         if problems:
             _fail(reader.location, problems)
         return {"store": str(reader.location), "shards_checked": int(done.sum()),
-                "rows_checked": rows_checked,
+                "rows_checked": rows_checked, "valid_rows": valid_rows,
+                "valid_fraction": valid_rows / rows_checked if rows_checked else 0.0,
                 "index": None if index is None or hasattr(index, "videos") else str(index),
                 "stale_temp_files": stale_temp_files(reader.location),
                 "card": None if card is None else card["manifest"]["sha256"]}

@@ -13,15 +13,18 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dvfl_cache.atomic import discard
 from dvfl_cache.cache.format import SHARD_DONE, CacheMeta
 from dvfl_cache.cache.card import (CARD_NAME, MANIFEST_NAME, card_fields, is_data_key,
                                    manifest_text, render_card, store_get, store_keys)
@@ -58,6 +61,37 @@ def _tmp_for(out: str) -> Path:
         return Path(tempfile.gettempdir()) / f"dvfl-{uuid.uuid4().hex[:8]}.partial"
     p = Path(local_path(out))
     return p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.partial")
+
+
+@contextmanager
+def _writing(out: str) -> Iterator[None]:
+    """A failed write of `out` (full or read-only disk, file size limit) as one CacheError
+    naming `out` and the disk's reason, never a library's traceback."""
+    try:
+        yield
+    except CacheError:
+        raise
+    except (OSError, RuntimeError) as e:  # h5py reports a failed flush as RuntimeError
+        raise CacheError(f"{out}: cannot write: {_disk_reason(e)}") from None
+
+
+def _disk_reason(e: BaseException) -> str:
+    found = re.search(r"error message = '([^']*)'", str(e))
+    if found:
+        return found.group(1)
+    return getattr(e, "strerror", None) or str(e).splitlines()[0]
+
+
+@contextmanager
+def _hdf5_for_writing(h5py, path: Path) -> Iterator[Any]:
+    """An HDF5 file written through a Python file object.
+
+    Why: with HDF5's own file driver a failed write (full disk, size limit) surfaces as a
+    RuntimeError at close, then errors from every object's deallocation and a crash at exit;
+    through a file object the disk's OSError comes back as itself, once, and nothing crashes.
+    """
+    with open(path, "w+b") as f, h5py.File(f, "w") as h:
+        yield h
 
 
 def _publish(tmp: Path, out: str, storage_options: dict[str, Any] | None) -> int:
@@ -103,8 +137,8 @@ def pack(store: str | os.PathLike, out: str | os.PathLike, *, allow_incomplete: 
         digests: dict[str, str] = {}
         size_bytes = 0
         try:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
-                                 allowZip64=True) as z:
+            with _writing(out), zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
+                                                allowZip64=True) as z:
                 for key in keys:
                     data = store_get(reader, key)
                     if data is None:
@@ -119,7 +153,7 @@ def pack(store: str | os.PathLike, out: str | os.PathLike, *, allow_incomplete: 
                 z.writestr(_member(CARD_NAME), render_card(fields))
             size = _publish(tmp, out, storage_options)
         finally:
-            tmp.unlink(missing_ok=True)
+            discard(tmp)
     log.info("packed %s -> %s (%d files)", store, out, len(digests))
     return {"zip": out, "files": len(digests), "bytes": size, "complete": bool(done.all()),
             "manifest": fields["manifest"]["sha256"]}
@@ -143,7 +177,7 @@ def export_hdf5(store: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
     tmp = _tmp_for(out)
     try:
         with CacheReader(store, storage_options=storage_options) as reader, \
-                h5py.File(tmp, "w") as h:
+                _writing(out), _hdf5_for_writing(h5py, tmp) as h:
             m = reader.meta
             done = reader.shard_done()
             h.attrs["format"] = HDF5_FORMAT
@@ -162,7 +196,7 @@ def export_hdf5(store: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
                     progress(1)
         size = _publish(tmp, out, storage_options)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
     log.info("exported %s -> %s", store, out)
     return {"hdf5": out, "shards": int(done.sum()), "bytes": size}
 

@@ -249,6 +249,17 @@ class CacheWriter:
         done = np.asarray(self._arrays[SHARD_DONE][:])
         return [s for s in range(self.num_shards) if not done[s] and s % world_size == rank]
 
+    def clear_done(self, s: int) -> None:
+        """Mark shard `s` pending again (`build --repair`; call while holding its claim)."""
+        self.shard_rows(s)
+        self._arrays[SHARD_DONE][s] = 0
+
+    def record_decoder_version(self, version: int | str) -> None:
+        """After `build --repair` re-ran every row whose frames changed: the store now holds the
+        frames of decoder `version` (the one root attribute a repair rewrites)."""
+        self._root.attrs.update({"decoder_version": version})
+        self.meta = self.meta.replace(decoder_version=version)
+
     def empty_shard(self, s: int, *, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Zeroed arrays for shard `s` with the row layout (video, view) and, given the
         per-video `labels`, the label of every row filled in; every row starts invalid."""
@@ -573,7 +584,9 @@ class CacheReader:
             try:
                 arr[rows.start:rows.stop]
             except Exception as e:
-                return CacheError(f"{self.location}: {shard_error(name, s, arr, e)}")
+                return CacheError(f"{self.location}: {shard_error(name, s, arr, e)}; repair it "
+                                  f"with `dvfl-cache build --out {self.location} ... --repair` "
+                                  "(the build's other options as before)")
         return CacheError(f"{self.location}: reading array '{name}' rows {start}-{stop - 1} "
                           f"failed: {err}")
 

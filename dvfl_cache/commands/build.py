@@ -29,7 +29,7 @@ SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "jitter_mode"
 @options_from(BuildConfig, ("dtype", "features", "views_per_shard", "batch_size", "workers",
                             "device"))
 @threads_option
-@options_from(BuildConfig, ("resume", "overwrite"))
+@options_from(BuildConfig, ("resume", "overwrite", "repair", "max_failed"))
 def build_cmd(print_config, kind, root, split, subset, index_path, videos_dir, annotations,
               threads, storage_opts, **settings):
     """Run the teacher once over every sampled view and store its raw logits.

@@ -134,7 +134,8 @@ def verify_cmd(store: str, kind, root, split, subset, index_path, videos_dir, an
         d = verify(store, index=index, storage_options=so, progress=bar.update)
     where = index_path or (f"{index.kind} {index.subset}" if index is not None else None)
     click.echo(f"OK: {d['store']}: {d['shards_checked']} shards, {d['rows_checked']} rows "
-               "verified" + (f" against {where}" if where else "")
+               f"verified ({d['valid_rows']} valid, {100 * d['valid_fraction']:.1f}%)"
+               + (f" against {where}" if where else "")
                + (f"; matches its card (manifest {d['card']})" if d["card"] else ""))
     if recompute is not None:
         from dvfl_cache.cache.recompute import recompute as run

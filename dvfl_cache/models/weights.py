@@ -31,6 +31,11 @@ from dvfl_cache.errors import CheckpointError
 from dvfl_cache.models.video_focalnet import VideoFocalNet
 from dvfl_cache.settings import check_options
 
+# How a user starts a new classifier head from such a checkpoint: the command-line way first
+# (most readers of this message typed a command), then the API argument.
+FRESH_HEAD = ("to train from it with a new classifier head use `dvfl-train fit --init "
+              "CHECKPOINT` (API: load_pretrained(..., fresh_head=True))")
+
 log = logging.getLogger(__name__)
 
 FORMAT = "dvfl-checkpoint"
@@ -264,12 +269,12 @@ def _apply(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, ki
     if bad:
         if set(bad) <= head:
             shapes = "; ".join(m for m in mismatched if m.startswith("head."))
-            raise CheckpointError(f"{path}: classifier head does not fit ({shapes}); pass "
-                                  f"fresh_head=True to start a new head")
+            raise CheckpointError(f"{path}: classifier head does not fit ({shapes}); "
+                                  f"{FRESH_HEAD}")
         raise CheckpointError(f"{path}: shape mismatch: {_listing(mismatched)}")
     missing = [k for k in target if k not in use and k not in may_be_fresh]
     if missing:
-        hint = "; pass fresh_head=True to start a new head" if set(missing) <= head else ""
+        hint = f"; {FRESH_HEAD}" if set(missing) <= head else ""
         raise CheckpointError(f"{path}: keys missing from the checkpoint: {_listing(missing)}"
                               f"{hint}")
 

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
-from dvfl_cache.commands.options import dataset_options, index_from_options, threads_option
+from dvfl_cache.commands.options import (dataset_options, index_from_options, options_from,
+                                         threads_option)
 from dvfl_cache.data.views import TEMPORAL
 from dvfl_cache.tables import pct, text_table
+from dvfl_train.config import FitConfig
 
 
 def _views(ctx, param, values):
@@ -93,10 +95,11 @@ _ckpt_opt = click.option("--checkpoint", required=True,
 @_amp_opt
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for eval_<views>.json; default: the checkpoint's folder.")
+@options_from(FitConfig, ("max_failed",))
 def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir, annotations,
              layouts, frames: int | None, size: int | None, temporal: str | None,
              stride: int | None, test_span: int | None, batch_size: int, workers: int,
-             device: str, threads: int, amp: bool, out: str | None) -> None:
+             device: str, threads: int, amp: bool, out: str | None, max_failed: float) -> None:
     """Top-1/top-5, per-class accuracy and confusion of a checkpoint on a dataset subset.
 
     Writes eval_<views>.json (per-class accuracy, confusion matrix, failed videos) next to the
@@ -104,6 +107,7 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
     """
     from tqdm import tqdm
 
+    from dvfl_cache.failbudget import check_failed
     from dvfl_cache.models.flops import count_gmacs
     from dvfl_cache.runtime import resolve_device, set_compute_threads
     from dvfl_train.evaluate import check_classes, evaluate, load_for_eval, write_eval_json
@@ -143,6 +147,9 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
         click.echo(line)
     for result, path in results:
         click.echo(f"{result.views}: {result.summary()}; wrote {path}")
+    for result, path in results:  # failures are misses above; past the budget the run fails
+        check_failed(result.failed, len(index), max_failed,
+                     kept=f"results (failures as misses) written to {path}")
 
 
 @click.command("predict")

@@ -51,10 +51,9 @@ def fit_cmd(print_config, overwrite, resume, log_every, threads, **settings):
                         threads=threads)
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    progress = EpochProgress(enabled=main_rank, named=False)
-
-    summary = fit(cfg, resume=resume, overwrite=overwrite, log_every=log_every,
-                  progress=progress)
+    with EpochProgress(enabled=main_rank, named=False) as progress:
+        summary = fit(cfg, resume=resume, overwrite=overwrite, log_every=log_every,
+                      progress=progress)
     if not main_rank:
         return
     if summary["best_val_top1"] is not None:

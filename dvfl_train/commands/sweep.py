@@ -120,8 +120,9 @@ def sweep_cmd(print_config, alphas, taus, seeds, no_baseline, parallel, eval_vie
         elif event.kind == "train":
             epochs(event.train)
 
-    rows = run_sweep(sweep, resume=resume, overwrite=overwrite, log_every=log_every,
-                     progress=progress)
+    with epochs:
+        rows = run_sweep(sweep, resume=resume, overwrite=overwrite, log_every=log_every,
+                         progress=progress)
     if not main_rank:
         return
     for row in rows:

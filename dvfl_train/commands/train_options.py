@@ -28,7 +28,7 @@ LOSS_SCHEDULE = ("beta", "kd_form", "pred_loss", "rep_loss", "label_smoothing", 
                  "mix_prob", "epochs", "warmup_epochs",
                  "batch_size", "base_lr", "warmup_lr", "min_lr", "optimizer", "momentum",
                  "nesterov", "weight_decay", "clip_grad")
-RUNTIME = ("workers", "device", "amp")
+RUNTIME = ("workers", "device", "amp", "max_failed")
 
 data_model_options = options_from(FitConfig, DATA_MODEL)
 loss_schedule_options = options_from(FitConfig, LOSS_SCHEDULE)
@@ -71,6 +71,15 @@ class EpochProgress:
     def __init__(self, *, enabled: bool, named: bool):
         self.enabled, self.named = enabled, named
         self.bar = None
+
+    def __enter__(self) -> EpochProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """An error or Ctrl-C mid-epoch: clear the bar so the error line stands alone."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def __call__(self, event) -> None:
         if not self.enabled:
