@@ -342,8 +342,11 @@ def test_head_mismatch_tells_the_command_line_way(tmp_path):
 def _interrupt(cmd: list[str], ready, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # A job started in the background of a non-interactive shell (as CI may be) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: give the child the default.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None and not ready():
         time.sleep(0.05)
