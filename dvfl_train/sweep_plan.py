@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from dvfl_cache.errors import DvflError
+from dvfl_cache.settings import setting
 
 from dvfl_train.config import FitConfig
 
 __all__ = ["BASELINE_TAU", "PER_STUDENT", "PLOT_FILES", "RUNS", "SWEEP_FILE", "TRAIN_FILE",
-           "GridPoint", "SweepConfig", "SweepError", "expand_grid", "group_points",
+           "GridPoint", "SweepConfig", "SweepError", "SweepGrid", "expand_grid", "group_points",
            "parse_layout", "read_json"]
 
 SWEEP_FILE = "sweep.json"
@@ -98,6 +99,57 @@ def group_points(points: Sequence[GridPoint], parallel: int | None) -> list[list
     return [list(points[i:i + size]) for i in range(0, len(points), max(size, 1))]
 
 
+def layout_label(text: str) -> str:
+    """A test-view layout's canonical label (``1x1`` -> ``1``); ``ValueError`` says why not."""
+    from dvfl_train.evaluate import parse_views
+
+    return parse_views(text).label
+
+
+def parse_layout(text: str):
+    from dvfl_train.evaluate import parse_views
+
+    try:
+        return parse_views(text)
+    except ValueError as exc:
+        raise SweepError(f"--eval-views: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """What a sweep adds to one fit's settings: the grid and how its students are run and
+    scored. Declared once here; `dvfl-train sweep`'s options are derived from these fields."""
+
+    alphas: tuple[float, ...] = setting(
+        (0.3, 0.5, 0.7), flag="--alphas", low=0.0, high=1.0,
+        help="KD weights, comma-separated (0 = the CE baseline).")
+    taus: tuple[float, ...] = setting(
+        (5.0, 10.0, 15.0), flag="--taus", low=0.0, low_open=True,
+        help="Temperatures, comma-separated.")
+    seeds: tuple[int, ...] | None = setting(
+        None, flag="--seeds", low=0,
+        help="Student seeds (init and drop path), comma-separated; default: --seed.")
+    baseline: bool = setting(
+        True, flag="--no-baseline", help="No CE-only baseline (alpha 0, one per seed).")
+    parallel: int | None = setting(
+        None, flag="--parallel", low=1,
+        help="Students trained side by side on each decoded batch; default: all of them.")
+    eval_views: tuple[str, ...] = setting(
+        ("1", "4x3"), flag="--eval-views", metavar="1|NxC,...", parse=layout_label,
+        help="Test-view layouts for each run's best.pt.")
+
+    def sweep(self, base: FitConfig) -> SweepConfig:
+        """The sweep of this grid over ``base`` (whose ``seed`` is the data seed, and the
+        students' seed when ``seeds`` is None); a grid that cannot run is a ``SweepError``."""
+        seeds = self.seeds if self.seeds is not None else (base.seed,)
+        try:
+            points = expand_grid(self.alphas, self.taus, seeds, baseline=self.baseline)
+        except ValueError as exc:
+            raise SweepError(str(exc)) from None
+        return SweepConfig(base=base, points=tuple(points), parallel=self.parallel,
+                           eval_views=self.eval_views)
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """A sweep: the shared run config (``base.out_dir`` is the sweep folder, ``base.seed`` the
@@ -137,15 +189,6 @@ class SweepConfig:
         return {"version": _VERSION, "points": [p.to_dict() for p in self.points],
                 "parallel": self.parallel, "eval_views": list(self.eval_views),
                 "base": shared}
-
-
-def parse_layout(text: str):
-    from dvfl_train.evaluate import parse_views
-
-    try:
-        return parse_views(text)
-    except ValueError as exc:
-        raise SweepError(f"--eval-views: {exc}") from None
 
 
 def read_json(path: Path) -> dict[str, Any]:

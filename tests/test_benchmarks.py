@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"

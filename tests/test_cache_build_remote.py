@@ -37,7 +37,7 @@ def test_build_into_s3_then_info_verify_card_and_fit(synth_root, bucket, s3_endp
     # the command is recorded with the storage option's value hidden
     (record,) = CacheReader(url).build_records()
     assert record["command"][:2] == ["dvfl-cache", "build"]
-    assert f"endpoint_url=***" in record["command"] and s3_endpoint not in json.dumps(record)
+    assert "endpoint_url=***" in record["command"] and s3_endpoint not in json.dumps(record)
     res = run_cli(["info", url])
     assert "4 / 4 shards done" in res.output
     res = run_cli(["card", url])

@@ -247,3 +247,23 @@ def test_storage_failures_are_one_line_and_secrets_stay_out(bucket, s3_endpoint,
     token = json.dumps({"aws_session_token": secret})
     res = _cli(["info", url, "--storage-option", f"client_kwargs={token}"], env)
     assert secret not in res.stdout + res.stderr
+
+
+def test_verify_recompute_reads_the_store_with_the_storage_options(bucket, s3_endpoint,
+                                                                   synth_root):
+    """--storage-option reaches --recompute's reads as well as verify's: the endpoint is given
+    only as an option here, the environment points at a closed port."""
+    from test_cache_mix import V1_STORE
+
+    fs, path = _fs(f"{bucket}/v1.zip")
+    fs.put(str(V1_STORE), path)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env = {**base, **S3_ENV, "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = ["verify", f"{bucket}/v1.zip", "--dataset", "ucf101", "--root", str(synth_root),
+            "--recompute", "4", "--teacher", "vfl-nano"]
+    res = _cli([*args, "--storage-option", f"endpoint_url={s3_endpoint}"], env, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "recomputed on 4 rows (0 mixed)" in res.stdout
+    res = _cli(args, env, timeout=300)  # without the option: the closed port, one line
+    assert res.returncode == 1 and "cannot reach the storage endpoint" in res.stderr

@@ -119,7 +119,7 @@ FIT_BEHAVIOUR = {
     "max_failed": "test_reliability.py::test_fit_past_max_failed_fails_and_never_checkpoints_"
                   "zero_steps (1 of 8 fails at 0.05, passes at 0.2)",
 }
-SWEEP_ONLY = {"alphas", "taus", "seeds", "no_baseline", "parallel", "eval_views", "seed"}
+SWEEP_ONLY = {"alphas", "taus", "seeds", "baseline", "parallel", "eval_views", "seed"}
 # recipe, print_config: test_recipes.py::test_sweep_print_config_is_the_reference_point;
 # max_failed: test_reliability.py::test_sweep_evaluation_fails_past_the_budget
 SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume",

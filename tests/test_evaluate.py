@@ -191,7 +191,6 @@ def test_progress_counts_every_video(model, wide_index, tmp_path):
 
 def test_many_models_share_one_decode_and_match_their_own_evaluation(wide_index, tmp_path,
                                                                       monkeypatch):
-    import dvfl_train.evaluate as ev
 
     index = with_broken(wide_index, tmp_path, label=3)
     models = [tiny_model(seed=s) for s in (0, 1, 2)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -76,6 +77,32 @@ def test_grid_has_one_baseline_per_seed_then_alpha_tau_seed():
     assert [len(g) for g in group_points(grid, None)] == [10]
     assert [len(g) for g in group_points(grid, 4)] == [4, 4, 2]
     assert [p for g in group_points(grid, 3) for p in g] == grid
+
+
+def test_sweep_grid_options_come_from_the_grid_fields_and_bad_lists_are_one_line():
+    from dvfl_train.cli import main
+    from dvfl_train.commands.sweep import sweep_cmd
+    from dvfl_train.config import FitConfig
+    from dvfl_train.sweep_plan import SweepGrid
+
+    opts = {p.name: p for p in sweep_cmd.params}
+    for f in dataclasses.fields(SweepGrid):  # one option per field, its default the field's
+        assert opts[f.name].default == f.default, f.name
+    base = FitConfig(dataset="ucf101", data_root="r", out_dir="o", seed=9)
+    grid = SweepGrid(alphas=(0.5,), taus=(2.0, 4.0), seeds=(3,), baseline=False)
+    assert [p.name for p in grid.sweep(base).points] == ["a0.5_t2_s3", "a0.5_t4_s3"]
+    assert [p.name for p in SweepGrid(alphas=(0.0,)).sweep(base).points] == [
+        "ce_s9"]  # no --seeds: the data seed
+    for args, message in ((["--alphas", "0.5,x"], "expected comma-separated numbers"),
+                          (["--alphas", "1.5"], "1.5 is outside [0.0, 1.0]"),
+                          (["--taus", "0"], "0 is outside (0.0"),
+                          (["--seeds", "1,-2"], "-2 is outside [0"),
+                          (["--seeds", ","], "one or more"),
+                          (["--eval-views", "1,zz"], "expected 1 or NxC"),
+                          (["--parallel", "0"], "--parallel")):
+        res = CliRunner().invoke(main, ["sweep", "--out", "x", *args])
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+        assert "Traceback" not in res.output
 
 
 def test_aggregate_is_mean_and_sample_std_over_seeds():

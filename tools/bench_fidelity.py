@@ -182,7 +182,9 @@ class Record:
     def __init__(self, work: Path, out: Path | None, header: dict[str, Any]):
         self.paths = [work / "progress.json", *([out] if out else [])]
         old = json.loads(self.paths[0].read_text()) if self.paths[0].is_file() else {}
-        same = {"json", "plot", "keep", "verbose", "work"}  # change nothing that is computed
+        # these change nothing that is computed (--mix only adds arms: a plain run continues
+        # with --mix and keeps every plain arm it finished)
+        same = {"json", "plot", "keep", "verbose", "work", "mix"}
         if old and ({k: v for k, v in old["args"].items() if k not in same}
                     != {k: v for k, v in header["args"].items() if k not in same}):
             raise SystemExit(f"{self.paths[0]} holds a run with other arguments; continue it "

@@ -85,7 +85,8 @@ def _read_rows(reader: CacheReader, names: list[str], rows: np.ndarray
 
 def recompute(store: str | os.PathLike, index: DatasetIndex, *, teacher: str, n: int,
               weights: str | None = None, device: str | None = None, batch_size: int = 8,
-              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[int], None] | None = None,
+              storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Re-run the teacher on `n` rows; raise CacheError naming the worst row above tolerance."""
     import torch
 
@@ -96,7 +97,7 @@ def recompute(store: str | os.PathLike, index: DatasetIndex, *, teacher: str, n:
     from dvfl_cache.data.views import views_from_arrays
     from dvfl_cache.runtime import resolve_device
 
-    reader = CacheReader(store)
+    reader = CacheReader(store, storage_options=storage_options)
     m = reader.meta
     reader.check_compatible(dataset=index)
     if not reader.complete:

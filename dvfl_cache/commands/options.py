@@ -69,8 +69,8 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
                             **{**kw, "metavar": "KEY=VALUE"})
     if kind is bool:  # "--x/--no-x" is a pair; a lone "--x" a flag that turns the default over
         pair = "/" in meta["flag"]
-        return click.option(meta["flag"], f.name, default=default,
-                            is_flag=None if pair else True, show_default=pair,
+        flag = {} if pair else {"is_flag": True, "flag_value": not default}
+        return click.option(meta["flag"], f.name, default=default, **flag, show_default=pair,
                             **{k: v for k, v in kw.items() if k != "metavar"})
     low, high, low_open, high_open = meta.get("range") or (None, None, False, False)
     if meta.get("choices") is not None:
@@ -80,17 +80,21 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
         kw["type"] = click.Path(exists=meta["path"] != "out_dir",
                                 dir_okay=meta["path"] != "file", file_okay=meta["path"] == "file")
     elif typing.get_origin(kind) is tuple:
-        kw["type"] = _Numbers(len(typing.get_args(kind)), low=low, high=high, low_open=low_open,
-                              high_open=high_open, ordered=meta.get("ordered", False))
-        kw["metavar"] = kw["metavar"] or ",".join(["N"] * len(typing.get_args(kind)))
+        items = typing.get_args(kind)
+        any_length = len(items) == 2 and items[1] is Ellipsis
+        kw["type"] = _Items(items[0], None if any_length else len(items), low=low, high=high,
+                            low_open=low_open, high_open=high_open,
+                            ordered=meta.get("ordered", False), parse=meta.get("parse"))
+        kw["metavar"] = kw["metavar"] or (
+            f"{_ITEM_NAMES.get(items[0], 'X')},..." if any_length else ",".join(["N"] * len(items)))
     elif kind is int:
         kw["type"] = (int if low is None and high is None else
                       click.IntRange(low, high, min_open=low_open, max_open=high_open))
     elif kind is float:
         kw["type"] = (float if low is None and high is None else
                       click.FloatRange(low, high, min_open=low_open, max_open=high_open))
-    shown = (",".join(f"{x:g}" for x in default) if isinstance(default, tuple) else
-             default is not None)
+    shown = (",".join(x if isinstance(x, str) else f"{x:g}" for x in default)
+             if isinstance(default, tuple) else default is not None)
     return click.option(meta["flag"], f.name, default=default, show_default=shown, **kw)
 
 
@@ -108,26 +112,42 @@ def _key_values(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
-class _Numbers(click.ParamType):
-    """``count`` comma-separated numbers, each within the field's range (and MIN <= MAX when
-    ``ordered``): --area 0.08,1 or --jitter 0.4,0.4,0.4,0.1."""
+_ITEM_NAMES = {int: "N", float: "X", str: "S"}
 
-    name = "numbers"
 
-    def __init__(self, count: int, *, low, high, low_open, high_open, ordered):
-        self.count, self.ordered = count, ordered
+class _Items(click.ParamType):
+    """Comma-separated items of one type: exactly ``count`` of them (``--area 0.08,1``, ``--jitter
+    0.4,0.4,0.4,0.1``; numbers within the field's range, MIN <= MAX when ``ordered``), or, with
+    ``count`` None, one or more with duplicates dropped (``--alphas 0.3,0.5``, ``--eval-views
+    1,4x3``, each text item through ``parse``)."""
+
+    name = "list"
+
+    def __init__(self, item: type, count: int | None, *, low, high, low_open, high_open,
+                 ordered, parse):
+        self.item, self.count, self.ordered, self.parse = item, count, ordered, parse
         self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
+        texts = [x.strip() for x in str(value).split(",")]
+        if self.count is None:
+            texts = [x for x in texts if x]
+        what = {int: "integers", float: "numbers"}.get(self.item, "items")
         try:
-            values = tuple(float(x) for x in str(value).split(","))
-        except ValueError:
-            values = ()
-        if len(values) != self.count:
-            self.fail(f"expected {self.count} comma-separated numbers, got {value!r}", param, ctx)
-        for x in values:
+            if self.item is str:
+                values = tuple(self.parse(x) if self.parse else x for x in texts)
+            else:
+                values = tuple(self.item(x) for x in texts)
+        except ValueError as exc:
+            detail = str(exc) if self.item is str else f"expected comma-separated {what}"
+            self.fail(f"{detail}, got {value!r}", param, ctx)
+        if self.count is not None and len(values) != self.count:
+            self.fail(f"expected {self.count} comma-separated {what}, got {value!r}", param, ctx)
+        if not values:
+            self.fail(f"expected one or more comma-separated {what}, got {value!r}", param, ctx)
+        for x in values if self.item is not str else ():
             if ((self.low is not None and (x < self.low or (self.low_open and x == self.low)))
                     or (self.high is not None
                         and (x > self.high or (self.high_open and x == self.high)))):
@@ -135,7 +155,7 @@ class _Numbers(click.ParamType):
                           f"{self.high}{')' if self.high_open else ']'} in {value!r}", param, ctx)
         if self.ordered and list(values) != sorted(values):
             self.fail(f"need MIN <= MAX, got {value!r}", param, ctx)
-        return values
+        return values if self.count is not None else tuple(dict.fromkeys(values))
 
 
 def dataset_options(*, subset: str = "train", subset_help: str = "") -> Callable:
@@ -326,7 +346,7 @@ def resolve_recipe(name: str, stage: str, params: dict[str, Any], *, explicit: s
         if option not in out:
             raise RecipeError(f"recipe {name!r} sets {key!r}, which `{stage}` has no option for")
         if option not in explicit:
-            out[option] = [value] if key in grid else value
+            out[option] = (value,) if key in grid else value
     if "sampler" in out:  # fit, sweep: one KEY=VALUE mapping, the user's entries win
         out["sampler"] = {**sampler, **(out["sampler"] if "sampler" in explicit else {})}
     else:

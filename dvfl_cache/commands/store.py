@@ -142,7 +142,7 @@ def verify_cmd(store: str, kind, root, split, subset, index_path, videos_dir, an
 
         with tqdm(total=recompute, unit="row", desc="recompute", leave=False) as bar:
             r = run(store, index, teacher=teacher, weights=weights, n=recompute, device=device,
-                    progress=bar.update)
+                    progress=bar.update, storage_options=so)
         click.echo(f"OK: teacher recomputed on {r['rows']} rows ({r['mixed_rows']} mixed): "
                    f"largest logit difference {r['max_abs_diff']:.3g} (tolerance "
                    f"{r['atol']:g} + {r['rtol']:g} x |logit|)")

@@ -147,43 +147,41 @@ class FixedViews:
         return (self.views[i],)
 
 
+class _OnePerVideo:
+    """Item i is video i itself (not a numbered view of it): the sources below with a
+    ``num_videos`` field."""
+
+    num_videos: int
+
+    def __len__(self) -> int:
+        return self.num_videos
+
+    def video(self, i: int) -> int:
+        return i
+
+    def view_number(self, i: int) -> int:
+        return -1
+
+
 @dataclass(frozen=True)
-class AllViews:
+class AllViews(_OnePerVideo):
     """Item i: every view of video i (``sampler.views_per_video``), stacked: test layouts."""
 
     sampler: Any
     num_videos: int
     stacked: bool = field(default=True, init=False)
 
-    def __len__(self) -> int:
-        return self.num_videos
-
-    def video(self, i: int) -> int:
-        return i
-
-    def view_number(self, i: int) -> int:
-        return -1
-
     def draw(self, i: int, info: VideoInfo) -> tuple[View, ...]:
         return tuple(self.sampler.sample(i, k, info) for k in range(self.sampler.views_per_video))
 
 
 @dataclass(frozen=True)
-class _FnViews:
+class _FnViews(_OnePerVideo):
     """Item i: ``fn(i, info)`` for video i (the plain view-function form)."""
 
     fn: ViewFn
     num_videos: int
     stacked: bool = field(default=False, init=False)
-
-    def __len__(self) -> int:
-        return self.num_videos
-
-    def video(self, i: int) -> int:
-        return i
-
-    def view_number(self, i: int) -> int:
-        return -1
 
     def draw(self, i: int, info: VideoInfo) -> tuple[View, ...]:
         view = self.fn(i, info)

@@ -4,58 +4,20 @@ from __future__ import annotations
 
 import click
 
-from dvfl_cache.commands.options import echo_config, options_from, recipe_options
+from dvfl_cache.commands.options import echo_config, field_values, options_from, recipe_options
+from dvfl_cache.errors import DvflError
 from dvfl_train.commands.train_options import (EpochProgress, data_model_options, fit_config,
                                                loss_schedule_options, runtime_options)
 from dvfl_train.config import FitConfig
+from dvfl_train.sweep_plan import SweepGrid
 
 __all__ = ["sweep_cmd"]
-
-
-def _numbers(kind: type, *, low: float, low_open: bool = False):
-    """Callback parsing a comma-separated list of ``kind`` values above ``low``."""
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            items = [kind(x) for x in str(value).split(",") if x.strip()]
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated {kind.__name__}s, got {value!r}",
-                                     ctx=ctx, param=param) from None
-        bad = [x for x in items if x < low or (low_open and x == low)]
-        if not items or bad:
-            raise click.BadParameter(f"need values {'>' if low_open else '>='} {low:g}, got "
-                                     f"{value!r}", ctx=ctx, param=param)
-        return items
-    return parse
-
-
-def _layouts(ctx, param, value):
-    from dvfl_train.evaluate import parse_views
-
-    try:
-        layouts = tuple(dict.fromkeys(parse_views(v).label for v in value.split(",")
-                                      if v.strip()))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
-    if not layouts:
-        raise click.BadParameter("name at least one layout, e.g. 1,4x3", ctx=ctx, param=param)
-    return layouts
 
 
 @click.command("sweep")
 @recipe_options("sweep", grid={"alpha": "alphas", "tau": "taus"})
 @data_model_options
-@click.option("--alphas", default="0.3,0.5,0.7", show_default=True,
-              callback=_numbers(float, low=0.0), help="KD weights, comma-separated (0 = the "
-                                                      "CE baseline).")
-@click.option("--taus", default="5,10,15", show_default=True,
-              callback=_numbers(float, low=0.0, low_open=True),
-              help="Temperatures, comma-separated.")
-@click.option("--seeds", default=None, callback=_numbers(int, low=0),
-              help="Student seeds (init and drop path), comma-separated; default: --seed.")
-@click.option("--no-baseline", is_flag=True,
-              help="No CE-only baseline (alpha 0, one per seed).")
+@options_from(SweepGrid, ("alphas", "taus", "seeds", "baseline"))
 @loss_schedule_options
 @options_from(FitConfig, ("seed",), seed={
     "help": "Data seed: views, batch order; shared by every student of the sweep."})
@@ -63,18 +25,14 @@ def _layouts(ctx, param, value):
 @options_from(FitConfig, ("out_dir",), out_dir={
     "required": True,
     "help": "Sweep folder: runs/<name>/ per student, results.csv, results.md, plots."})
-@click.option("--parallel", type=click.IntRange(1), default=None,
-              help="Students trained side by side on each decoded batch; default: all of them.")
-@click.option("--eval-views", default="1,4x3", show_default=True, callback=_layouts,
-              metavar="1|NxC,...", help="Test-view layouts for each run's best.pt.")
+@options_from(SweepGrid, ("parallel", "eval_views"))
 @click.option("--overwrite", is_flag=True, help="Start the sweep over in an existing --out.")
 @click.option("--resume", is_flag=True,
               help="Continue the sweep in --out: finished students and evaluations are skipped, "
                    "the others continue after their last finished epoch.")
 @click.option("--log-every", type=click.IntRange(1), default=10, show_default=True,
               help="Steps between metrics.jsonl step records.")
-def sweep_cmd(print_config, alphas, taus, seeds, no_baseline, parallel, eval_views, overwrite,
-              resume, log_every, threads, **settings):
+def sweep_cmd(print_config, overwrite, resume, log_every, threads, **settings):
     """Train one student per (alpha, tau, seed) from --cache, plus a CE baseline, sharing each
     decoded batch between them; evaluate every best.pt and tabulate.
 
@@ -86,18 +44,16 @@ def sweep_cmd(print_config, alphas, taus, seeds, no_baseline, parallel, eval_vie
     import os
 
     from dvfl_cache.runtime import resolve_device, set_compute_threads
-    from dvfl_train.sweep import SweepConfig, expand_grid, run_sweep
+    from dvfl_train.sweep import run_sweep
 
-    try:
-        points = expand_grid(alphas, taus, seeds if seeds is not None else [settings["seed"]],
-                             baseline=not no_baseline)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    grid = SweepGrid(**field_values(SweepGrid, settings))
     # alpha and tau are per student (the grid points); the shared config leaves them unset
     # (None: FitConfig's rule) and every student's own config is validated below.
     cfg = fit_config({**settings, "alpha": None})
-    sweep = SweepConfig(base=cfg, points=tuple(points), parallel=parallel,
-                        eval_views=eval_views)
+    try:
+        sweep = grid.sweep(cfg)
+    except DvflError as exc:
+        raise click.UsageError(str(exc)) from None
     sweep.validate()
     if print_config:  # sweep.json as the sweep would write it; nothing created, nothing read
         echo_config(sweep.to_dict())
