@@ -100,8 +100,14 @@ class LazyGroup(click.Group):
 
 
 def lazy_main(*, prog_name: str, doc: str, commands: dict[str, str]) -> click.Group:
-    """The top-level group of one dvfl entry point: --version, -v/-q logging, lazy commands."""
+    """The top-level group of one dvfl entry point: --version, -v/-q logging, lazy commands.
+
+    Called when the entry point's module is imported, before any command imports torch, so
+    it is where passive OpenMP waiting is asked for (``runtime.passive_openmp_waits``)."""
     from dvfl_cache import __version__
+    from dvfl_cache.runtime import passive_openmp_waits
+
+    passive_openmp_waits()
 
     @click.group(cls=LazyGroup, lazy_commands=commands, prog_name=prog_name, help=doc,
                  context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from dvfl_cache.errors import DvflError
@@ -25,7 +27,8 @@ from dvfl_cache.errors import DvflError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["auto_threads", "available_cores", "resolve_device", "set_compute_threads"]
+__all__ = ["auto_threads", "available_cores", "openmp_wait_env", "passive_openmp_waits",
+           "resolve_device", "set_compute_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +68,51 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def auto_threads(*, cores: int, workers: int, local_processes: int = 1) -> int:
-    """Compute threads for one process: its share of the cores, less one per decoding worker,
-    at least 1."""
+# What the user may have chosen about OpenMP waiting (standard, GNU, LLVM/Intel runtimes).
+OPENMP_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def openmp_wait_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables to add to ``environ`` for passive OpenMP waiting: none when the user set
+    any of ``OPENMP_WAIT_VARS`` (their choice wins; ``GOMP_SPINCOUNT=300000`` alone restores
+    libgomp's own default)."""
+    if any(environ.get(k) for k in OPENMP_WAIT_VARS):
+        return {}
+    return {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def passive_openmp_waits() -> dict[str, str]:
+    """Ask for passive OpenMP waiting in this process (see the module docstring); returns what
+    was set. The runtime reads it once, when torch loads it, so this must run before the
+    first ``import torch`` (the entry points call it first); afterwards it only reaches
+    child processes started with this environment."""
+    added = openmp_wait_env(os.environ)
+    os.environ.update(added)
+    if added and "torch" in sys.modules:
+        log.debug("OpenMP wait policy set after torch was imported: applies to child "
+                  "processes only")
+    return added
+
+
+def auto_threads(*, cores: int, workers: int, local_processes: int = 1,
+                 share_cores: bool = False) -> int:
+    """Compute threads for one process: its share of the cores, less one per decoding worker
+    (with ``share_cores``, the whole share: the decoders run on the same cores), at least 1."""
     if cores < 1 or workers < 0 or local_processes < 1:
         raise ValueError(f"need cores >= 1, workers >= 0, local_processes >= 1; got {cores}, "
                          f"{workers}, {local_processes}")
-    return max(1, cores // local_processes - workers)
+    return max(1, cores // local_processes - (0 if share_cores else workers))
 
 
-def set_compute_threads(*, device: torch.device, workers: int, threads: int = 0) -> int | None:
+def set_compute_threads(*, device: torch.device, workers: int, threads: int = 0,
+                        share_cores: bool = False) -> int | None:
     """Set torch's intra-op threads for a run on ``device`` (see ``resolve_device``) with
     ``workers`` decoding processes.
 
     ``threads`` > 0 is used as given. With 0 (auto) the count is chosen by ``auto_threads`` on a
-    CPU device, and left alone on an accelerator or when ``OMP_NUM_THREADS`` is set (the user's
-    choice wins). Returns the count set, or None when torch's own default was kept.
+    CPU device (``share_cores``: see there; the cache build), and left alone on an accelerator
+    or when ``OMP_NUM_THREADS`` is set (the user's choice wins). Returns the count set, or None
+    when torch's own default was kept.
     """
     import torch
 
@@ -96,9 +128,11 @@ def set_compute_threads(*, device: torch.device, workers: int, threads: int = 0)
             _torch_default = torch.get_num_threads()
         cores = min(available_cores(), _torch_default)
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        threads = auto_threads(cores=cores, workers=workers, local_processes=local)
-        log.info("CPU compute threads: %d (%d core(s), %d decoding worker(s)%s); --threads N to "
-                 "choose", threads, cores, workers,
+        threads = auto_threads(cores=cores, workers=workers, local_processes=local,
+                               share_cores=share_cores)
+        log.info("CPU compute threads: %d (%d core(s), %d decoding worker(s)%s%s); --threads N "
+                 "to choose", threads, cores, workers,
+                 " sharing them" if share_cores and workers else "",
                  f", {local} processes on this machine" if local > 1 else "")
     torch.set_num_threads(threads)
     return threads

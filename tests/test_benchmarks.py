@@ -81,19 +81,54 @@ def test_cache_clock_excludes_startup_and_tail(monkeypatch):
 def test_cache_bench_build_runs_on_a_tiny_teacher(synth_root, tmp_path):
     torch.set_num_threads(1)
     out = bench_cache.bench_build("vfl-nano", root=synth_root, work=tmp_path, size=32, frames=4,
-                                  batch=4, workers=0, views=1,
+                                  batch=4, workers=0, views=1, threads=1,
                                   opts={"embed_dim": 8, "depths": [1, 1, 1, 1]})
     assert out["views"] == 8 and out["startup_s"] > 0 and out["steady_s"] > 0
     assert out["bound_views_s"]["shared_cores"] < min(out["forward_only_views_s"],
                                                       out["decode_views_s"])
     assert out["cpu_s_per_view"]["build_steady"] > 0 and out["cpu_efficiency"] > 0
+    assert out["threads"] == 1 and len(out["forward_only_before_after_views_s"]) == 2
+    assert out["forward_only_views_s"] == pytest.approx(
+        sum(out["forward_only_before_after_views_s"]) / 2, abs=0.02)
 
 
 def test_data_bench_measures_the_trainers_loader(synth_index):
     from dvfl_cache.data.views import ViewSampler
 
     sampler = ViewSampler(num_frames=4, seed=0)
-    raw = bench_data.raw_rate(synth_index, sampler, 4, size=None)
-    u8 = bench_data.loader_rate(synth_index, sampler, 4, workers=0, size=32, batch=2,
+    items = bench_data.clip_items(len(synth_index), 6)
+    raw = bench_data.raw_rate(synth_index, sampler, items, size=None)
+    u8 = bench_data.loader_rate(synth_index, sampler, items, workers=0, size=32, batch=2,
                                 as_uint8=True)
-    assert all(r > 0 for r in (*raw, *u8))
+    u8_w1 = bench_data.loader_rate(synth_index, sampler, items, workers=1, size=32, batch=2,
+                                   as_uint8=True)
+    # the loader times exactly the clips raw decode does (its warm-up batch apart)
+    assert raw["clips"] == u8["clips"] == u8_w1["clips"] == 6
+    # the worker's CPU is read while it lives (it ends with the loader)
+    assert all(m[k] > 0 for m in (raw, u8, u8_w1) for k in ("clips_per_s", "clips_per_cpu_s",
+                                                             "cpu_ms", "main_ms"))
+
+
+def test_data_bench_clip_items_are_passes_over_the_videos():
+    assert bench_data.clip_items(3, 7) == ((0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1),
+                                           (0, 2))
+
+
+def test_data_bench_ratios_are_taken_within_rounds():
+    """Two rounds where the machine ran twice as fast in the second: every ratio to raw
+    decode is the same within each round, so the summary's ratio has no spread."""
+    def m(rate, cpu_rate):
+        return {"clips_per_s": rate, "clips_per_cpu_s": cpu_rate, "cpu_ms": 1e3 / cpu_rate,
+                "main_ms": 1.0}
+
+    rounds = [{"raw_decode": m(40.0, 40.0), "loader_u8_w1": m(34.0, 36.0),
+               "loader_u8_w2": m(60.0, 30.0)},
+              {"raw_decode": m(80.0, 80.0), "loader_u8_w1": m(68.0, 72.0),
+               "loader_u8_w2": m(120.0, 60.0)}]
+    s = bench_data.summarise(rounds)
+    assert s["loader_u8_w1"]["per_worker_vs_raw"] == pytest.approx(0.85)
+    assert s["loader_u8_w1"]["per_worker_vs_raw_range"] == pytest.approx([0.85, 0.85])
+    assert s["loader_u8_w1"]["cpu_vs_raw"] == pytest.approx(0.9)
+    assert s["loader_u8_w2"]["per_worker_vs_raw"] == pytest.approx(0.75)  # per worker
+    assert s["loader_u8_w1"]["clips_per_s"] == 51.0  # median of the two rounds
+    assert s["loader_u8_w1"]["clips_per_s_range"] == [34.0, 68.0]

@@ -15,6 +15,48 @@ def test_auto_threads(cores, workers, local, expected):
     assert th.auto_threads(cores=cores, workers=workers, local_processes=local) == expected
 
 
+@pytest.mark.parametrize("cores, workers, local, expected", [
+    (2, 1, 1, 2), (2, 4, 1, 2), (16, 4, 1, 16), (16, 4, 2, 8), (1, 3, 1, 1)])
+def test_auto_threads_sharing_the_cores_with_the_decoders(cores, workers, local, expected):
+    """The cache build's policy: the teacher takes its whole share, decoders or not."""
+    assert th.auto_threads(cores=cores, workers=workers, local_processes=local,
+                           share_cores=True) == expected
+
+
+@pytest.mark.parametrize("environ, added", [
+    ({}, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ({"OMP_WAIT_POLICY": ""}, {"OMP_WAIT_POLICY": "PASSIVE"}),  # empty: not a choice
+    ({"OMP_WAIT_POLICY": "active"}, {}), ({"GOMP_SPINCOUNT": "300000"}, {}),
+    ({"KMP_BLOCKTIME": "200"}, {}), ({"OMP_NUM_THREADS": "2"}, {"OMP_WAIT_POLICY": "PASSIVE"})])
+def test_openmp_waits_are_passive_unless_the_user_chose(environ, added):
+    assert th.openmp_wait_env(environ) == added
+
+
+def test_entry_points_ask_for_passive_waits_before_torch_loads():
+    """A fresh interpreter that only imports the entry point has the policy in its
+    environment, and torch, imported afterwards, runs under it (libgomp reads it then)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in th.OPENMP_WAIT_VARS}
+    code = ("import os, sys; import dvfl_cache.cli; assert 'torch' not in sys.modules; "
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "PASSIVE"
+    env["GOMP_SPINCOUNT"] = "300000"  # the user's choice: left alone
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "None"
+
+
+def test_build_gives_the_teacher_every_core(machine):
+    assert th.set_compute_threads(device=torch.device("cpu"), workers=2, threads=0,
+                                  share_cores=True) == 6
+    assert torch.get_num_threads() == 6
+
+
 @pytest.mark.parametrize("kw", [dict(cores=0, workers=0), dict(cores=2, workers=-1),
                                 dict(cores=2, workers=0, local_processes=0)])
 def test_auto_threads_refuses_nonsense(kw):
@@ -103,3 +145,22 @@ def test_resolve_device_refuses_what_is_missing(name, message):
     with pytest.raises(DvflError, match=message) as info:
         th.resolve_device(name)
     assert str(info.value).startswith(f"--device {name}: ")
+
+
+def test_build_command_gives_its_teacher_every_core(machine, synth_root, tmp_path):
+    """`dvfl-cache build --threads 0` on a CPU: all cores (8 here, torch's default 6 capped
+    by them: 6) beside its decoding worker, where fit and sweep would leave it one less."""
+    from dvfl_cache.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(main, [
+            "build", "--dataset", "ucf101", "--root", str(synth_root), "--split", "1",
+            "--teacher", "vfl-nano", "--random-weights", "--teacher-opt", "embed_dim=8",
+            "--teacher-opt", "depths=[1,1,1,1]", "--frames", "4", "--size", "32",
+            "--batch-size", "4", "--workers", "1", "--threads", "0", "--device", "cpu",
+            "--out", str(tmp_path / "c.zarr")], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 6
+    finally:
+        torch.set_num_threads(before)

@@ -1,7 +1,8 @@
 """Training-loader throughput beside raw decode throughput, on UCF101-like videos.
 
 Generates synthetic 320x240 MPEG-4 AVI videos (UCF101's size and codec family) with the synth
-generator, then measures in one run:
+generator, then measures, on the same clips (the same (video, view) list for every
+configuration):
   raw decode   open + demux + seek + decode + RGB of the 8 sampled frames, one process
   + transform  the same plus crop/resize to 224/normalise (what one loader worker does)
   loader w=N   the trainer's own loader (``make_loader``: ClipDataset of sampled views,
@@ -9,11 +10,17 @@ generator, then measures in one run:
   loader u8    the same shipping uint8 pixels (the cut ``dvfl-train fit`` uses), turned into
                float here with ``as_input`` as the trainer does
 and the RGB converter, PyAV's default (threaded) against ours (threads=1).
-Goal: the loader reaches >= 80% of the raw decode rate per worker. Rates are given per wall
-second and per CPU second of the processes doing the work (the latter is what to compare on a
-machine shared with other jobs).
 
-    python tools/bench_data.py [--videos 16 --frames 96 --clips 160 --workers 0,1,2]
+One measurement is a few seconds and the machine's speed drifts, so the configurations run in
+``--rounds`` rounds, each configuration once per round (the order rotated from round to
+round), and every ratio is taken within a round (configuration / raw decode of the same
+round) before the median and the range over rounds are reported. Goal: the trainer's loader
+(uint8, 1 worker) reaches >= 80% of the raw decode rate per worker, per wall second on a quiet
+machine. Rates are also given per CPU second of the processes doing the work (the decoding
+workers; with 0 workers this process), which is what to compare on a machine shared with
+other jobs, and the main process's own CPU per clip. The load average is printed and stored.
+
+    python tools/bench_data.py [--videos 16 --frames 96 --clips 160 --rounds 5 --workers 0,1]
     python tools/bench_data.py --quick      # smoke: 4 small videos, 64 px, seconds
 """
 
@@ -22,11 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from dvfl_cache.runtime import passive_openmp_waits
+
+passive_openmp_waits()  # as the dvfl entry points do, before torch loads its OpenMP runtime
+import torch  # noqa: E402
 from dvfl_cache.data.dataset import ClipDataset, Cut, SampledViews
 from dvfl_cache.data.decode import open_video
 from dvfl_cache.data.index import DatasetIndex
@@ -35,6 +46,9 @@ from dvfl_cache.data.synth import SynthConfig, write_synth
 from dvfl_cache.data.transforms import apply_view
 from dvfl_cache.data.views import ViewSampler
 from dvfl_train.train_data import as_input, make_loader
+
+GOAL = 0.80  # the trainer's loader per worker against raw decode
+TRAINER = "loader_u8_w1"  # what `dvfl-train fit` runs (uint8 clips, here with 1 worker)
 
 
 def make_dataset(root: Path, *, videos: int, frames: int, fmt: str) -> DatasetIndex:
@@ -50,6 +64,14 @@ def make_dataset(root: Path, *, videos: int, frames: int, fmt: str) -> DatasetIn
                         videos=train.videos + test.videos, root=train.root)
 
 
+def clip_items(videos: int, n: int) -> tuple[tuple[int, int], ...]:
+    """The first ``n`` (video, view) pairs of passes over the videos: view r of every video
+    in pass r. Every configuration decodes the same list, so they are compared on the same
+    clips (a view's frames, and so its seeks, are fixed by (seed, video, view))."""
+    passes = -(-n // videos)
+    return tuple((v, r) for r in range(passes) for v in range(videos))[:n]
+
+
 def _cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process (Linux /proc), None where unavailable."""
     try:
@@ -59,35 +81,38 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def raw_rate(index: DatasetIndex, sampler: ViewSampler, clips: int, *,
-             size: int | None) -> tuple[float, float]:
-    """(clips per wall second, clips per CPU second) decoding (and, with `size`,
-    transforming) in this process."""
-    n = 0
+def _record(n: int, wall: float, cpu: float, main_cpu: float) -> dict[str, float]:
+    """One measurement: clips per wall second, clips per CPU second of the processes doing
+    the work, and CPU ms per clip of those (``cpu_ms``) and of this process (``main_ms``)."""
+    return {"clips": n, "clips_per_s": n / wall,
+            "clips_per_cpu_s": n / cpu if cpu > 0 else float("nan"),
+            "cpu_ms": cpu / n * 1e3, "main_ms": main_cpu / n * 1e3}
+
+
+def raw_rate(index: DatasetIndex, sampler: ViewSampler, items, *,
+             size: int | None) -> dict[str, float]:
+    """Decoding (and, with ``size``, transforming to float) ``items`` in this process."""
     t0, c0 = time.perf_counter(), time.process_time()
-    while n < clips:
-        for v in range(len(index)):
-            with open_video(index.abspath(v)) as vid:
-                view = sampler.sample(v, n, vid.info)
-                frames = vid.frames(view.frames)
-            if size is not None:
-                apply_view(frames, view, size)
-            n += 1
-            if n == clips:
-                break
-    return clips / (time.perf_counter() - t0), clips / (time.process_time() - c0)
+    for v, r in items:
+        with open_video(index.abspath(v)) as vid:
+            view = sampler.sample(v, r, vid.info)
+            frames = vid.frames(view.frames)
+        if size is not None:
+            apply_view(frames, view, size)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return _record(len(items), wall, cpu, cpu)
 
 
-def loader_rate(index: DatasetIndex, sampler: ViewSampler, clips: int, *, workers: int,
-                size: int, batch: int, as_uint8: bool = False) -> tuple[float, float]:
-    """(clips per wall second, clips per CPU second of the processes doing the work) of the
-    training loader after its first batch (worker start-up excluded). The CPU rate counts
-    the workers' CPU time (with 0 workers, this process's), so it stays meaningful on a
-    machine shared with other jobs. `as_uint8`: workers ship uint8 pixels and this process
-    converts them to float (as a GPU would), outside the workers' CPU time."""
-    passes = -(-(clips + batch) // len(index))
-    items = tuple((v, r) for r in range(passes) for v in range(len(index)))
-    ds = ClipDataset(index, SampledViews(sampler, items), [Cut("clip", size, as_uint8=as_uint8)])
+def loader_rate(index: DatasetIndex, sampler: ViewSampler, items, *, workers: int, size: int,
+                batch: int, as_uint8: bool = False) -> dict[str, float]:
+    """The training loader over ``items`` after one untimed warm-up batch (worker start-up
+    excluded). ``cpu_ms`` counts the workers' CPU time (with 0 workers, this process's), so
+    it stays meaningful on a machine shared with other jobs; ``main_ms`` is this process's.
+    ``as_uint8``: workers ship uint8 pixels and this process converts them to float (as a
+    GPU would), outside the workers' CPU time."""
+    warm = clip_items(len(index), batch)
+    ds = ClipDataset(index, SampledViews(sampler, warm + tuple(items)),
+                     [Cut("clip", size, as_uint8=as_uint8)])
     batches = [list(range(i, min(i + batch, len(ds)))) for i in range(0, len(ds), batch)]
     loader = make_loader(ds, batches, workers=workers, pin_memory=False)
     it = iter(loader)
@@ -100,15 +125,14 @@ def loader_rate(index: DatasetIndex, sampler: ViewSampler, clips: int, *, worker
             return time.process_time()
         return sum(_cpu_seconds(p) or 0.0 for p in pids)
 
-    n, t0, c0 = 0, time.perf_counter(), cpu()
-    for b in it:
+    n, t0, c0, m0 = 0, time.perf_counter(), cpu(), time.process_time()
+    for _ in batches[1:]:  # not to the iterator's end: that stops the workers, CPU unread
+        b = next(it)
         as_input(b["clip"], torch.device("cpu"))
         n += len(b["label"])
-        if n >= clips:
-            break
-    wall, used = time.perf_counter() - t0, cpu() - c0
+    wall, used, main = time.perf_counter() - t0, cpu() - c0, time.process_time() - m0
     del it
-    return n / wall, (n / used if used > 0 else float("nan"))
+    return _record(n, wall, used, main)
 
 
 def converter_ms(path: str) -> tuple[float, float]:
@@ -127,58 +151,121 @@ def converter_ms(path: str) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def workers_of(name: str) -> int:
+    return int(name.rsplit("_w", 1)[1]) if name.startswith("loader") else 1
+
+
+def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per configuration over the rounds: median, min and max of the rates, and of the ratios
+    to raw decode taken within each round (per worker for the wall rate)."""
+    out = {}
+    for name in rounds[0]:
+        rs = [r[name] for r in rounds]
+        wall = [m["clips_per_s"] for m in rs]
+        cpu = [m["clips_per_cpu_s"] for m in rs]
+        vs = [r[name]["clips_per_s"] / max(workers_of(name), 1) / r["raw_decode"]["clips_per_s"]
+              for r in rounds]
+        vs_cpu = [r[name]["clips_per_cpu_s"] / r["raw_decode"]["clips_per_cpu_s"]
+                  for r in rounds]
+        out[name] = {
+            "clips_per_s": statistics.median(wall), "clips_per_s_range": [min(wall), max(wall)],
+            "clips_per_cpu_s": statistics.median(cpu),
+            "clips_per_cpu_s_range": [min(cpu), max(cpu)],
+            "per_worker_vs_raw": statistics.median(vs), "per_worker_vs_raw_range": [min(vs),
+                                                                                   max(vs)],
+            "cpu_vs_raw": statistics.median(vs_cpu), "cpu_vs_raw_range": [min(vs_cpu),
+                                                                         max(vs_cpu)],
+            "cpu_ms_per_clip": statistics.median(m["cpu_ms"] for m in rs),
+            "main_ms_per_clip": statistics.median(m["main_ms"] for m in rs)}
+    return out
+
+
+def print_table(summary: dict[str, dict[str, float]]) -> None:
+    print(f"{'measurement':<18}{'clips/s':>8}{'[min-max]':>13}{'/worker vs raw':>15}"
+          f"{'[min-max]':>11}{'clips/CPU-s':>12}{'vs raw':>7}{'[min-max]':>11}"
+          f"{'CPU ms/clip':>12}{'main ms':>8}")
+    for name, s in summary.items():
+        lo, hi = s["clips_per_s_range"]
+        vlo, vhi = s["per_worker_vs_raw_range"]
+        clo, chi = s["cpu_vs_raw_range"]
+        print(f"{name:<18}{s['clips_per_s']:>8.1f}{f'[{lo:.1f}-{hi:.1f}]':>13}"
+              f"{s['per_worker_vs_raw']:>15.0%}{f'[{vlo:.0%}-{vhi:.0%}]':>11}"
+              f"{s['clips_per_cpu_s']:>12.1f}{s['cpu_vs_raw']:>7.0%}"
+              f"{f'[{clo:.0%}-{chi:.0%}]':>11}{s['cpu_ms_per_clip']:>12.2f}"
+              f"{s['main_ms_per_clip']:>8.2f}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=16)
     ap.add_argument("--frames", type=int, default=96, help="frames per generated video")
     ap.add_argument("--clips", type=int, default=160, help="clips timed per measurement")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds; each configuration is measured once per round")
     ap.add_argument("--num-frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--workers", default="0,1,2")
+    ap.add_argument("--workers", default="0,1")
     ap.add_argument("--format", default="avi", choices=["avi", "mp4", "mixed"])
     ap.add_argument("--data", default=None, help="reuse/generate the videos here")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke setting: 4 videos of 32 frames, 16 clips at 64 px, workers 0,1")
+                    help="smoke setting: 4 videos of 24 frames, 16 clips at 64 px, 2 rounds")
     args = ap.parse_args(argv)
     if args.quick:
         args.videos, args.frames, args.clips, args.size, args.batch = 4, 24, 16, 64, 4
-        args.workers = "0,1"
+        args.workers, args.rounds = "0,1", 2
+    if args.rounds < 1 or args.clips < 1:
+        ap.error("--rounds and --clips must be >= 1")
     torch.set_num_threads(1)  # like a DataLoader worker; keeps the comparison per core
+    load_start = os.getloadavg()
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data or tmp)
         t0 = time.perf_counter()
         index = make_dataset(root, videos=args.videos, frames=args.frames, fmt=args.format)
         print(f"{len(index)} videos 320x240x{args.frames} ({args.format}) ready in "
-              f"{time.perf_counter() - t0:.1f} s; {args.num_frames} frames/clip, "
-              f"output {args.size}, {os.cpu_count()} CPUs")
+              f"{time.perf_counter() - t0:.1f} s; {args.num_frames} frames/clip, output "
+              f"{args.size}, {args.clips} clips x {args.rounds} rounds, {os.cpu_count()} CPUs, "
+              f"load average {' '.join(f'{x:.2f}' for x in load_start)}")
         sampler = ViewSampler(num_frames=args.num_frames, seed=0)
-        raw_rate(index, sampler, min(16, args.clips), size=None)  # warm the page cache
-        res = {"raw_decode": raw_rate(index, sampler, args.clips, size=None),
-               "decode_transform": raw_rate(index, sampler, args.clips, size=args.size)}
-        for w in [int(x) for x in args.workers.split(",")]:
-            res[f"loader_w{w}"] = loader_rate(index, sampler, args.clips, workers=w,
-                                              size=args.size, batch=args.batch)
-        for w in [int(x) for x in args.workers.split(",")]:
-            res[f"loader_u8_w{w}"] = loader_rate(index, sampler, args.clips, workers=w,
-                                                 size=args.size, batch=args.batch,
-                                                 as_uint8=True)
+        items = clip_items(len(index), args.clips)
+        raw_rate(index, sampler, clip_items(len(index), len(index)), size=None)  # page cache
+        configs = {"raw_decode": lambda: raw_rate(index, sampler, items, size=None),
+                   "decode_transform": lambda: raw_rate(index, sampler, items, size=args.size)}
+        for u8 in (False, True):
+            for w in [int(x) for x in args.workers.split(",")]:
+                configs[f"loader{'_u8' if u8 else ''}_w{w}"] = (
+                    lambda w=w, u8=u8: loader_rate(index, sampler, items, workers=w,
+                                                   size=args.size, batch=args.batch,
+                                                   as_uint8=u8))
+        names = list(configs)
+        rounds, loads = [], []
+        for k in range(args.rounds):
+            order = names[k % len(names):] + names[:k % len(names)]
+            rounds.append({name: configs[name]() for name in order})
+            loads.append(os.getloadavg()[0])
+            print(f"round {k + 1}/{args.rounds}: " + ", ".join(
+                f"{n} {rounds[-1][n]['clips_per_s']:.1f}" for n in names)
+                + f" clips/s; load {loads[-1]:.2f}", flush=True)
         default_ms, single_ms = converter_ms(index.abspath(0))
 
-    raw_wall, raw_cpu = res["raw_decode"]
-    print(f"{'measurement':<18}{'clips/s':>9}{'/worker vs raw':>16}{'clips/CPU-s':>13}"
-          f"{'vs raw':>8}")
-    for name, (wall, per_cpu) in res.items():
-        workers = int(name.rsplit("_w", 1)[1]) if name.startswith("loader") else 1
-        print(f"{name:<18}{wall:>9.1f}{wall / max(workers, 1) / raw_wall:>16.0%}"
-              f"{per_cpu:>13.1f}{per_cpu / raw_cpu:>8.0%}")
+    load_end = os.getloadavg()
+    summary = summarise([{n: r[n] for n in names} for r in rounds])
+    print_table(summary)
     print(f"rgb24 conversion: PyAV default {default_ms:.3f} ms/frame, threads=1 "
           f"{single_ms:.3f} ms/frame ({default_ms / single_ms:.1f}x)")
-    out = {**{k: {"clips_per_s": w, "clips_per_cpu_s": c} for k, (w, c) in res.items()},
+    if TRAINER in summary:
+        s = summary[TRAINER]
+        lo, hi = s["per_worker_vs_raw_range"]
+        print(f"goal: {TRAINER} >= {GOAL:.0%} of raw decode per worker: median "
+              f"{s['per_worker_vs_raw']:.0%} (rounds {lo:.0%}-{hi:.0%}; per CPU second "
+              f"{s['cpu_vs_raw']:.0%}); load average {load_start[0]:.2f} at the start, "
+              f"{load_end[0]:.2f} at the end")
+    out = {**summary, "rounds": rounds, "round_load_1min": loads,
            "rgb_default_ms": default_ms, "rgb_single_ms": single_ms, "cpus": os.cpu_count(),
-           "load_average": os.getloadavg()}
+           "clips": args.clips, "n_rounds": args.rounds,
+           "load_average": {"start": load_start, "end": load_end}}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return out

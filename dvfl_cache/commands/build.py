@@ -55,7 +55,9 @@ def build_cmd(print_config, kind, root, split, subset, index_path, videos_dir, a
         echo_config(cfg.record())
         return
     index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)
-    set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers, threads=threads)
+    # the teacher takes every core and the decoders share them (runtime.py says why)
+    set_compute_threads(device=resolve_device(cfg.device), workers=cfg.workers, threads=threads,
+                        share_cores=True)
     rank = int(os.environ.get("RANK", "0"))
     bar = tqdm(desc=f"build[{rank}]" if "WORLD_SIZE" in os.environ else "build", unit="view",
                disable=rank != 0, dynamic_ncols=True)

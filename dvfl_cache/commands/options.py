@@ -188,7 +188,8 @@ def dataset_options(*, subset: str = "train", subset_help: str = "") -> Callable
 threads_option = click.option(
     "--threads", type=click.IntRange(0), default=0, show_default=True,
     help="CPU compute threads. 0: on a CPU device, the cores the decoding --workers leave "
-         "(OMP_NUM_THREADS, when set, wins); on a GPU, PyTorch's default.")
+         "(`build`: every core, shared with its decoders; OMP_NUM_THREADS, when set, wins); on "
+         "a GPU, PyTorch's default.")
 
 
 def index_from_options(kind, root, split, subset, index_path, videos_dir, annotations):
