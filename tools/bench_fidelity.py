@@ -354,7 +354,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test_view = TestView(num_frames=args.student_frames, size=args.student_size,
                          temporal="stride", stride=4, span=args.teacher_frames)
 
-    for arm, kw in arms.items():
+    # trained with the fairness check (V = E) and the extremes first, so that a run cut short
+    # still answers the most; reported in the order above
+    order = [views[-1], views[0], *reversed(views[1:-1])] if views else []
+    first = [f"cached-{v}{m}" for m in ("", "-mix") for v in order]
+    trained = sorted(arms, key=lambda a: (a.endswith("-mix"), first.index(a) if a in first else -1))
+    for arm in trained:
+        kw = arms[arm]
         specs = [StudentSpec(alpha=kw["alpha"], tau=args.tau, beta=0.0, seed=s,
                              out_dir=str(work / arm / f"seed{s}"), name=f"{arm}-{s}")
                  for s in seeds]
