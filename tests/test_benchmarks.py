@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
@@ -96,14 +97,14 @@ def test_data_bench_measures_the_trainers_loader(synth_index):
     from dvfl_cache.data.views import ViewSampler
 
     sampler = ViewSampler(num_frames=4, seed=0)
-    items = bench_data.clip_items(len(synth_index), 6)
+    items = bench_data.clip_items(len(synth_index), 24)
     raw = bench_data.raw_rate(synth_index, sampler, items, size=None)
     u8 = bench_data.loader_rate(synth_index, sampler, items, workers=0, size=32, batch=2,
                                 as_uint8=True)
     u8_w1 = bench_data.loader_rate(synth_index, sampler, items, workers=1, size=32, batch=2,
                                    as_uint8=True)
     # the loader times exactly the clips raw decode does (its warm-up batch apart)
-    assert raw["clips"] == u8["clips"] == u8_w1["clips"] == 6
+    assert raw["clips"] == u8["clips"] == u8_w1["clips"] == 24
     # the worker's CPU is read while it lives (it ends with the loader)
     assert all(m[k] > 0 for m in (raw, u8, u8_w1) for k in ("clips_per_s", "clips_per_cpu_s",
                                                              "cpu_ms", "main_ms"))
