@@ -129,6 +129,12 @@ class FitConfig:
     # teacher: a cache, or a model run online; neither for plain CE training
     cache: str | None = setting(None, flag="--cache",
                                 help="Teacher-logit cache: directory, .zip or URL.")
+    # which cached views: epoch e replays view (e - 1) mod N of the first N; a run records the
+    # N it started with (the cache's V when not given), so an extended cache never changes it
+    views_subset: int | None = setting(
+        None, flag="--views-subset", low=1,
+        help="Train on the first N cached views per video only (reads only their rows). "
+             "Default: all the cache's views, recorded with the run so --resume keeps them.")
     teacher: str | None = setting(None, flag="--teacher",
                                   help="Online KD: teacher architecture (default: named by "
                                        "--teacher-weights).")
@@ -336,6 +342,8 @@ class FitConfig:
         need(self.cutmix >= 0.0, f"cutmix={self.cutmix} must be >= 0")
 
         has_teacher = self.cache is not None or self.teacher_weights is not None
+        need(self.views_subset is None or self.cache is not None,
+             f"views_subset={self.views_subset} needs a cache (--cache)")
         need(not (self.cache is not None and self.teacher_weights is not None),
              "cache and teacher_weights are both set: choose one source of teacher logits")
         need(self.teacher is None or self.teacher_weights is not None,

@@ -85,6 +85,7 @@ class CachedTeacher(TeacherSource):
         super().__init__(num_classes=num_classes, view_frames=view_frames, sampler=None,
                          feature_dim=feature_dim, need_features=need_features)
         self.reader = reader
+        self.views: int | None = None  # the first N views per video (cache_views.py)
         self._logits: torch.Tensor | None = None
         self._features: torch.Tensor | None = None
         self._device = torch.device("cpu")
@@ -94,7 +95,8 @@ class CachedTeacher(TeacherSource):
         return self
 
     def plan(self, epoch: int, index: DatasetIndex) -> EpochPlan:
-        plan = plan_epoch(epoch, index, reader=self.reader, need_features=self.need_features)
+        plan = plan_epoch(epoch, index, reader=self.reader, need_features=self.need_features,
+                          views=self.views)
         features = (None if plan.teacher_features is None
                     else torch.from_numpy(plan.teacher_features))
         self.use_block(torch.from_numpy(plan.teacher_logits), features)

@@ -115,8 +115,9 @@ class EpochPlan:
 
 
 def plan_epoch(epoch: int, index: DatasetIndex, *, reader: CacheReader | None = None,
-               need_features: bool = False) -> EpochPlan:
-    """The epoch's views: the cached block of view (epoch - 1) mod V, or all videos to sample."""
+               need_features: bool = False, views: int | None = None) -> EpochPlan:
+    """The epoch's views: the cached block of view (epoch - 1) mod V (V: ``views``, the first
+    of the cache's views, or all of them), or all videos to sample."""
     if epoch < 1:
         raise ValueError(f"epochs are numbered from 1, got {epoch}")
     if reader is None:
@@ -128,7 +129,10 @@ def plan_epoch(epoch: int, index: DatasetIndex, *, reader: CacheReader | None = 
         # pair them with the wrong input. The student-side replay of mixed rows comes next.
         raise CacheError(f"{reader.location}: a mixed cache (mixup/cutmix rows) cannot be "
                          "trained from by this dvfl yet; build the cache without --mixup/--cutmix")
-    r = (epoch - 1) % reader.meta.views_per_video
+    if views is not None and not 1 <= views <= reader.meta.views_per_video:
+        raise CacheError(f"{reader.location}: {views} views per video asked, the cache has "
+                         f"{reader.meta.views_per_video}")
+    r = (epoch - 1) % (views or reader.meta.views_per_video)
     view_names = [k for k in ("video", "view", "frames", "crop", "flip", "jitter", "gray",
                               "frame_jitter", "jitter_order") if k in reader.meta.row_arrays()]
     names = ["logits", "valid", *view_names]

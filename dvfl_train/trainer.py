@@ -50,6 +50,7 @@ from dvfl_train.checkpoint import (BEST, LAST, SUMMARY, RunDir, checkpoint_file,
 from dvfl_train.config import ConfigError, FitConfig
 from dvfl_train.schedule import lr_at
 from dvfl_train.student import Student, StudentSpec, build_student, derive_seed, train_step
+from dvfl_train.cache_views import pin_cache_views
 from dvfl_train.teachers import open_teacher
 from dvfl_train.train_data import (epoch_order, make_loader, mix_batch, rank_batches,
                                    student_inputs, train_clips, train_index, val_index)
@@ -176,6 +177,9 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
     teacher = open_teacher(cfg, index, data_seed=data_seed,
                            need_features=any(s.beta > 0 for s in specs), device=device)
     _check_test_span(cfg, teacher.view_frames)
+    if getattr(teacher, "reader", None) is not None:
+        cfg, configs, teacher.views = pin_cache_views(
+            cfg, configs, teacher.reader.meta.views_per_video, resume=resume)
     students = [_open_student(c, s, dist, num_classes=index.num_classes,
                               feature_dim=teacher.feature_dim, resume=resume, overwrite=overwrite)
                 for c, s in zip(configs, specs)]

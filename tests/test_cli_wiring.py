@@ -109,9 +109,12 @@ FIT_BEHAVIOUR = {
     "overwrite": "test_trainer.py::test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache",
     "resume": "test_trainer.py::test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache"
               " (the refusal names --resume); test_resume_* for the library",
+    "views_subset": "test_cache_views_subset.py (rows read over HTTP; pinned on resume) and "
+                    "test_fit_resume_after_extend_keeps_the_runs_views",
 }
 SWEEP_ONLY = {"alphas", "taus", "seeds", "no_baseline", "parallel", "eval_views", "seed"}
-SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume"}
+SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume",
+                   "views_subset"}
 
 
 def _flag(cmd, name: str) -> str:
