@@ -262,6 +262,7 @@ BUILD_META = {
     "views_per_shard": ("5", "views_per_shard", 5),
 }
 BUILD_BEHAVIOUR = {
+    "views_from": "test_cache_sameviews.py::test_views_from_runs_another_teacher_on_the_same_views",
     "root": "test_build_options_reach_the_cache_metadata: --videos/--annotations under "
             "another --root",
     "videos_dir": "same", "annotations": "same",

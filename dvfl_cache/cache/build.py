@@ -420,6 +420,10 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
 
     `on_start(n)` is told how many views are pending; `progress(k)` after each batch.
     """
+    if cfg.views_from is not None:
+        from dvfl_cache.cache.sameviews import views_from_config
+
+        cfg = views_from_config(cfg, cfg.views_from, dict(cfg.storage_options) or None)
     rank, world, barrier = _distributed()
     device = resolve_device(cfg.device)
     teacher, meta, sampler = prepare(cfg, index)
@@ -450,6 +454,10 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     if barrier is not None:
         barrier()
     reader = CacheReader(cfg.out, storage_options=so)
+    if cfg.views_from is not None and reader.complete:
+        from dvfl_cache.cache.sameviews import check_same_views
+
+        check_same_views(reader, CacheReader(cfg.views_from, storage_options=so))
     result = BuildResult(path=str(cfg.out), rows_written=rows_written, shards_written=len(written),
                          shards_total=meta.num_shards, failed=reader.failed_videos(),
                          complete=reader.complete, fp16_kl=reader.fp16_kl(),

@@ -38,6 +38,11 @@ class BuildConfig:
         flag="--teacher-opt", key_values=True, default_factory=dict,
         help="Override a teacher constructor option (repeatable), e.g. embed_dim=32 or "
              "depths=1,1,2,1.")
+    views_from: str | None = setting(
+        None, flag="--views-from",
+        help="Run this teacher over exactly the views (and mixes) of this store: its sampler, "
+             "seed, mixing, frames, size, views per video and shard size are taken, and the "
+             "new store's view columns are checked equal to its.")
     views_per_video: int = setting(1, flag="--views-per-video", low=1,
                                    help="Views cached per video; epoch e of training replays "
                                         "view e mod V.")
