@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import re
 import types
 import typing
@@ -127,8 +128,15 @@ class FitConfig:
                                help="Initial weights: ImageNet FocalNet, Video-FocalNet or dvfl "
                                     "checkpoint (fresh classifier head).")
     # teacher: a cache, or a model run online; neither for plain CE training
-    cache: str | None = setting(None, flag="--cache",
-                                help="Teacher-logit cache: directory, .zip or URL.")
+    # several caches: an ensemble of teachers over the same views (dvfl_train/ensemble.py)
+    cache: tuple[str, ...] = setting(
+        (), flag="--cache", multiple=True,
+        help="Teacher-logit cache: directory, .zip or URL. Repeat for an ensemble of teachers "
+             "over the same views (`dvfl-cache build --views-from`), combined by --teacher-mix.")
+    teacher_mix: str = setting(
+        "mean-logits", flag="--teacher-mix", choices=("mean-logits", "mean-probs"),
+        help="How several caches' logits make one target: their mean, or the log of the mean "
+             "of their softmax (at tau 1; the student's tau then applies).")
     # which cached views: epoch e replays view (e - 1) mod N of the first N; a run records the
     # N it started with (the cache's V when not given), so an extended cache never changes it
     views_subset: int | None = setting(
@@ -218,6 +226,14 @@ class FitConfig:
         help="Representation term (--beta): mean over elements, or sum over the feature "
              "dimension per clip (the fewer-frames paper's squared distance).")
 
+    def __post_init__(self) -> None:
+        # One cache may be given as a path (or None: no cache), as before ensembles.
+        if self.cache is None or isinstance(self.cache, (str, os.PathLike)):
+            object.__setattr__(self, "cache", () if self.cache is None
+                               else (os.fspath(self.cache),))
+        else:
+            object.__setattr__(self, "cache", tuple(os.fspath(c) for c in self.cache))
+
     def scaled_lrs(self) -> tuple[float, float, float]:
         """(base, warm-up, minimum) LR for this run's global batch, by the linear scaling rule."""
         return tuple(scaled_lr(lr, self.batch_size)  # type: ignore[return-value]
@@ -273,6 +289,9 @@ class FitConfig:
                    and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ConfigError(f"{source}: missing field(s) {', '.join(map(repr, missing))}")
+        if data.get("cache") is None or isinstance(data.get("cache"), str):
+            # configs from before ensembles: one cache path or null
+            data["cache"] = [] if data.get("cache") is None else [data["cache"]]
         hints = typing.get_type_hints(cls)
         values = {name: _parse(name, value, hints[name], source) for name, value in data.items()}
         return cls(**values)
@@ -341,10 +360,13 @@ class FitConfig:
         need(self.mixup >= 0.0, f"mixup={self.mixup} must be >= 0")
         need(self.cutmix >= 0.0, f"cutmix={self.cutmix} must be >= 0")
 
-        has_teacher = self.cache is not None or self.teacher_weights is not None
-        need(self.views_subset is None or self.cache is not None,
+        has_teacher = bool(self.cache) or self.teacher_weights is not None
+        need(self.views_subset is None or bool(self.cache),
              f"views_subset={self.views_subset} needs a cache (--cache)")
-        need(not (self.cache is not None and self.teacher_weights is not None),
+        need(len(self.cache) < 2 or self.beta == 0.0,
+             f"beta={self.beta} > 0 with {len(self.cache)} caches: the feature term needs one "
+             "teacher's features")
+        need(not (self.cache and self.teacher_weights is not None),
              "cache and teacher_weights are both set: choose one source of teacher logits")
         need(self.teacher is None or self.teacher_weights is not None,
              f"teacher={self.teacher!r} needs teacher_weights: a teacher must be used with its own "
@@ -449,6 +471,10 @@ def _convert(value: Any, hint: Any) -> Any:
         return float(value) if isinstance(value, (int, float)) else _BAD
     if hint is str:
         return value if isinstance(value, str) else _BAD
+    if (origin is tuple and isinstance(value, (list, tuple))
+            and typing.get_args(hint)[1:] == (Ellipsis,)):
+        items = [_convert(v, typing.get_args(hint)[0]) for v in value]
+        return _BAD if any(i is _BAD for i in items) else tuple(items)
     if origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return copy.deepcopy(value)
     return _BAD

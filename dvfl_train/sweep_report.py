@@ -116,12 +116,12 @@ def aggregate(rows: Sequence[RunResult]) -> list[AggregateRow]:
 
 def teacher_accuracy(base: FitConfig) -> dict[str, Any] | None:
     """The teacher's top-1/top-5 on its own cached training views (None without a cache)."""
-    if base.cache is None:
+    if not base.cache:
         return None
     from dvfl_cache.cache.inspect import teacher_accuracy as cached_accuracy
     from dvfl_cache.cache.store import CacheReader
 
-    reader = CacheReader(base.cache)
+    reader = CacheReader(base.cache[0])
     acc = cached_accuracy(reader)
     if acc["teacher_top1"] is None:
         return None
@@ -154,7 +154,7 @@ def results_markdown(cfg: SweepConfig, rows: Sequence[RunResult],
     kd = sorted({r.alpha for r in rows if not r.baseline})
     taus = sorted({r.tau for r in rows if r.tau is not None})
     seeds = sorted({r.seed for r in rows})
-    teacher_src = (f"cache {b.cache}" if b.cache else
+    teacher_src = (f"cache {', '.join(b.cache)}" if b.cache else
                    f"online teacher {b.teacher_weights}" if b.teacher_weights else "none")
     lines = [
         f"# Sweep results: {b.model} on {b.dataset} (split {b.split})", "",

@@ -145,10 +145,19 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
                  device: torch.device) -> TeacherSource:
     """The run's teacher source: ``cfg.cache``, else ``cfg.teacher_weights``, else none."""
     num_classes = index.num_classes
-    if cfg.cache is not None:
-        reader = open_cache(cfg.cache, index, num_frames=cfg.num_frames,
+    if len(cfg.cache) > 1:
+        from dvfl_train.ensemble import EnsembleTeacher
+
+        readers = [open_cache(c, index, num_frames=cfg.num_frames, need_features=False)
+                   for c in cfg.cache]
+        log.info("teacher logits: %s of %s", cfg.teacher_mix,
+                 ", ".join(f"{c} ({r.meta.teacher.name})" for c, r in zip(cfg.cache, readers)))
+        return EnsembleTeacher(readers, mix=cfg.teacher_mix, num_classes=num_classes,
+                               view_frames=readers[0].meta.num_frames).to(device)
+    if cfg.cache:
+        reader = open_cache(cfg.cache[0], index, num_frames=cfg.num_frames,
                             need_features=need_features)
-        log.info("teacher logits from %s (%s, %d views per video)", cfg.cache,
+        log.info("teacher logits from %s (%s, %d views per video)", cfg.cache[0],
                  reader.meta.teacher.name, reader.meta.views_per_video)
         return CachedTeacher(reader, num_classes=num_classes, view_frames=reader.meta.num_frames,
                              feature_dim=reader.meta.feature_dim,

@@ -58,7 +58,7 @@ SHARED = {
         "num_frames": ("2", 2),
         "size": ("32", 32),
         "sampler": (["temporal=stride", "stride=1"], {"temporal": "stride", "stride": 1}),
-        "cache": ("{files}/c.zarr", "{files}/c.zarr"),
+        "cache": ("{files}/c.zarr", ["{files}/c.zarr"]),
         "beta": ("0.5", 0.5),
         "label_smoothing": ("0.1", 0.1),
         "epochs": ("1", 1),
@@ -109,12 +109,13 @@ FIT_BEHAVIOUR = {
     "overwrite": "test_trainer.py::test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache",
     "resume": "test_trainer.py::test_cli_fit_prints_epoch_lines_and_refuses_mixup_with_a_cache"
               " (the refusal names --resume); test_resume_* for the library",
+    "teacher_mix": "test_ensemble.py (mean-logits and mean-probs targets of two caches)",
     "views_subset": "test_cache_views_subset.py (rows read over HTTP; pinned on resume) and "
                     "test_fit_resume_after_extend_keeps_the_runs_views",
 }
 SWEEP_ONLY = {"alphas", "taus", "seeds", "no_baseline", "parallel", "eval_views", "seed"}
 SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume",
-                   "views_subset"}
+                   "views_subset", "teacher_mix"}
 
 
 def _flag(cmd, name: str) -> str:
@@ -136,6 +137,8 @@ def _args(cmd, options: dict, fmt: dict) -> list[str]:
 
 
 def _expected(value, fmt: dict):
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v.format(**fmt) for v in value]
     return value.format(**fmt) if isinstance(value, str) else value
 
 
