@@ -76,6 +76,8 @@ def _model_names() -> tuple[str, ...]:
     return MODEL_NAMES
 
 # Fields that may change when a run is resumed without changing what it computes.
+# How several caches' logits make one target (dvfl_train/ensemble.py).
+TEACHER_MIXES = ("mean-logits", "mean-probs")
 RESUMABLE_CHANGES = frozenset({"workers", "device", "out_dir"})
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -134,7 +136,7 @@ class FitConfig:
         help="Teacher-logit cache: directory, .zip or URL. Repeat for an ensemble of teachers "
              "over the same views (`dvfl-cache build --views-from`), combined by --teacher-mix.")
     teacher_mix: str = setting(
-        "mean-logits", flag="--teacher-mix", choices=("mean-logits", "mean-probs"),
+        "mean-logits", flag="--teacher-mix", choices=TEACHER_MIXES,
         help="How several caches' logits make one target: their mean, or the log of the mean "
              "of their softmax (at tau 1; the student's tau then applies).")
     # which cached views: epoch e replays view (e - 1) mod N of the first N; a run records the
@@ -252,7 +254,8 @@ class FitConfig:
         """A JSON-able dict with a ``version`` key; ``from_dict`` inverts it exactly."""
         out: dict[str, Any] = {"version": CONFIG_VERSION}
         for f in dataclasses.fields(self):
-            out[f.name] = copy.deepcopy(getattr(self, f.name))
+            value = copy.deepcopy(getattr(self, f.name))
+            out[f.name] = list(value) if isinstance(value, tuple) else value  # as JSON has it
         return out
 
     @classmethod
@@ -485,5 +488,7 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(hint))
     if typing.get_origin(hint) is dict:
         return "an object with string keys"
+    if typing.get_origin(hint) is tuple:
+        return "a list of strings"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
             type(None): "null"}.get(hint, str(hint))

@@ -1,4 +1,4 @@
-"""Distilling from an ensemble: several caches of different teachers over the same views.
+"""Distilling from an ensemble (the pure target; the teacher source is teachers.EnsembleTeacher): several caches of different teachers over the same views.
 
 Why caches and not models: each teacher ran once (`dvfl-cache build --views-from`); the
 ensemble is a per-epoch combination of their blocks, no teacher runs during training. The
@@ -14,23 +14,11 @@ The combined target, per row, from teacher logits l_1..l_K:
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-
 import numpy as np
-import torch
 
-from dvfl_cache.cache.sameviews import check_same_views
-from dvfl_cache.cache.store import CacheReader
-from dvfl_cache.data.index import DatasetIndex
-from dvfl_train.train_data import EpochPlan, plan_epoch
-from dvfl_train.teachers import CachedTeacher
+from dvfl_train.config import TEACHER_MIXES
 
-__all__ = ["TEACHER_MIXES", "EnsembleTeacher", "combine_logits"]
-
-log = logging.getLogger(__name__)
-
-TEACHER_MIXES = ("mean-logits", "mean-probs")
+__all__ = ["TEACHER_MIXES", "combine_logits"]
 
 
 def combine_logits(blocks: list[np.ndarray], mix: str) -> np.ndarray:
@@ -44,33 +32,3 @@ def combine_logits(blocks: list[np.ndarray], mix: str) -> np.ndarray:
     p = np.exp(x)
     p /= p.sum(axis=2, keepdims=True)
     return np.log(p.mean(axis=0)).astype(np.float32)
-
-
-class EnsembleTeacher(CachedTeacher):
-    """CachedTeacher over K caches; rows invalid in any cache are left out of the epoch."""
-
-    kind = "cached"
-
-    def __init__(self, readers: list[CacheReader], *, mix: str, num_classes: int,
-                 view_frames: int):
-        if mix not in TEACHER_MIXES:
-            raise ValueError(f"unknown teacher mix {mix!r}; known: {', '.join(TEACHER_MIXES)}")
-        for other in readers[1:]:
-            check_same_views(readers[0], other)
-        super().__init__(readers[0], num_classes=num_classes, view_frames=view_frames)
-        self.readers, self.mix = list(readers), mix
-
-    def plan(self, epoch: int, index: DatasetIndex) -> EpochPlan:
-        plans = [plan_epoch(epoch, index, reader=r, views=self.views) for r in self.readers]
-        first = plans[0]
-        ok = set(first.videos.tolist())
-        for p in plans[1:]:
-            ok &= set(p.videos.tolist())
-        keep = [i for i, v in enumerate(first.videos.tolist()) if v in ok]
-        invalid = sorted(set().union(*(p.invalid for p in plans)))
-        logits = combine_logits([p.teacher_logits for p in plans], self.mix)
-        plan = dataclasses.replace(first, videos=first.videos[keep],
-                                   views=tuple(first.views[i] for i in keep),
-                                   teacher_logits=logits, invalid=tuple(invalid))
-        self.use_block(torch.from_numpy(logits))
-        return plan

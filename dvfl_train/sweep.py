@@ -127,8 +127,11 @@ def _trained(cfg: SweepConfig, point: GridPoint) -> bool:
     except (OSError, ValueError, ConfigError):
         return False
     wanted = cfg.spec(point).config(cfg.base)
+    have = stored.to_dict()
+    if wanted.views_subset is None:  # "all the cache's views": the run pinned how many it had
+        have["views_subset"] = None
     return (summary.get("epochs") == cfg.base.epochs and checkpoint_file(run, BEST).exists()
-            and _comparable(stored.to_dict()) == _comparable(wanted.to_dict()))
+            and _comparable(have) == _comparable(wanted.to_dict()))
 
 
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False,

@@ -21,8 +21,10 @@ so the loop stays as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -114,6 +116,39 @@ class CachedTeacher(TeacherSource):
         return self._logits[rows], (None if self._features is None else self._features[rows])
 
 
+class EnsembleTeacher(CachedTeacher):
+    """CachedTeacher over K caches of the same views (dvfl_train/ensemble.py); rows invalid
+    in any cache are left out of the epoch."""
+
+    kind = "cached"
+
+    def __init__(self, readers: list[CacheReader], *, mix: str, num_classes: int,
+                 view_frames: int):
+        from dvfl_cache.cache.sameviews import check_same_views
+
+        for other in readers[1:]:
+            check_same_views(readers[0], other)
+        super().__init__(readers[0], num_classes=num_classes, view_frames=view_frames)
+        self.readers, self.mix = list(readers), mix
+
+    def plan(self, epoch: int, index: DatasetIndex) -> EpochPlan:
+        from dvfl_train.ensemble import combine_logits
+
+        plans = [plan_epoch(epoch, index, reader=r, views=self.views) for r in self.readers]
+        first = plans[0]
+        ok = set(first.videos.tolist())
+        for p in plans[1:]:
+            ok &= set(p.videos.tolist())
+        keep = [i for i, v in enumerate(first.videos.tolist()) if v in ok]
+        invalid = sorted(set().union(*(p.invalid for p in plans)))
+        logits = combine_logits([p.teacher_logits for p in plans], self.mix)
+        plan = dataclasses.replace(first, videos=first.videos[keep],
+                                   views=tuple(first.views[i] for i in keep),
+                                   teacher_logits=logits, invalid=tuple(invalid))
+        self.use_block(torch.from_numpy(logits))
+        return plan
+
+
 class OnlineTeacher(TeacherSource):
     """A frozen teacher network run on each batch (online KD)."""
 
@@ -146,8 +181,6 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
     """The run's teacher source: ``cfg.cache``, else ``cfg.teacher_weights``, else none."""
     num_classes = index.num_classes
     if len(cfg.cache) > 1:
-        from dvfl_train.ensemble import EnsembleTeacher
-
         readers = [open_cache(c, index, num_frames=cfg.num_frames, need_features=False)
                    for c in cfg.cache]
         log.info("teacher logits: %s of %s", cfg.teacher_mix,

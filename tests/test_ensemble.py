@@ -45,7 +45,7 @@ def test_fit_config_with_two_caches_serves_the_ensemble_target(tmp_path, mix):
                     cache=(str(tmp_path / "a.zarr"), str(b)), teacher_mix=mix)
     cfg.validate()
     from dvfl_cache.cache.store import CacheReader
-    from dvfl_train.ensemble import EnsembleTeacher
+    from dvfl_train.teachers import EnsembleTeacher
 
     t = EnsembleTeacher([CacheReader(c) for c in cfg.cache], mix=cfg.teacher_mix,
                         num_classes=5, view_frames=4)
@@ -62,7 +62,7 @@ def test_fit_config_with_two_caches_serves_the_ensemble_target(tmp_path, mix):
 def test_caches_over_other_views_are_refused_in_one_line(tmp_path):
     from dvfl_cache.cache.store import CacheReader, CacheWriter
     from dvfl_cache.errors import CacheError
-    from dvfl_train.ensemble import EnsembleTeacher
+    from dvfl_train.teachers import EnsembleTeacher
 
     meta = _store(tmp_path / "a.zarr", views=2)
     b = tmp_path / "b.zarr"

@@ -90,12 +90,13 @@ def test_cli_choices_come_from_the_registries():
     from dvfl_cache.data.readers import KINDS
     from dvfl_cache.models.registry import MODEL_NAMES
     from dvfl_train.commands.fit import fit_cmd
-    from dvfl_train.config import KD_FORMS, OPTIMIZERS, PRED_LOSSES, REP_LOSSES
+    from dvfl_train.config import KD_FORMS, OPTIMIZERS, PRED_LOSSES, REP_LOSSES, TEACHER_MIXES
 
     choices = {p.name: tuple(p.type.choices) for p in fit_cmd.params
                if isinstance(p.type, click.Choice)}
     assert choices == {"dataset": KINDS, "model": MODEL_NAMES, "optimizer": OPTIMIZERS,
-                       "kd_form": KD_FORMS, "pred_loss": PRED_LOSSES, "rep_loss": REP_LOSSES}
+                       "kd_form": KD_FORMS, "pred_loss": PRED_LOSSES, "rep_loss": REP_LOSSES,
+                       "teacher_mix": TEACHER_MIXES}
 
 
 # -- config versions ----------------------------------------------------------------------------

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from dvfl_cache.cache.claims import DEFAULT_TTL_S
-from dvfl_cache.cache.format import DEFAULT_VIEWS_PER_SHARD, LOGIT_DTYPES
+from dvfl_cache.cache.format import DEFAULT_VIEWS_PER_SHARD, LOGIT_DTYPES, CacheMeta
 from dvfl_cache.settings import setting
 
-__all__ = ["BuildConfig"]
+__all__ = ["BuildConfig", "recorded_settings"]
 
 
 @dataclass(frozen=True)
@@ -84,3 +84,21 @@ class BuildConfig:
         help="Seconds after which a shard claimed by a process that stopped renewing its claim "
              "(killed, lost machine) is taken over by another builder.")
     command: tuple[str, ...] = setting(())  # the command line, recorded for the store's card
+
+
+# BuildConfig fields `extend` and `build --views-from` take from a store, never from the command line.
+RECORDED = ("sampler", "frames", "size", "seed", "dtype", "features", "mixup", "cutmix",
+            "mix_prob", "views_per_shard")
+
+
+def recorded_settings(meta: CacheMeta) -> dict[str, Any]:
+    """The BuildConfig values a store was built with (all but the teacher and the videos)."""
+    params = dict(meta.sampler.params)
+    size = params.pop("size")
+    mix = meta.mix
+    return {"sampler": {k: v for k, v in params.items() if k not in ("num_frames", "mode",
+                                                                    "seed")},
+            "frames": meta.num_frames, "size": int(size), "seed": meta.sampler.seed,
+            "dtype": meta.dtype, "features": meta.feature_dim is not None,
+            "mixup": mix.mixup if mix else 0.0, "cutmix": mix.cutmix if mix else 0.0,
+            "mix_prob": mix.prob if mix else 1.0, "views_per_shard": meta.views_per_shard}

@@ -31,7 +31,7 @@ import zarr
 from dvfl_cache.cache import codecs
 from dvfl_cache.cache.build import (BuildResult, _ClaimedRows, _distributed, _run_shards,
                                     prepare)
-from dvfl_cache.cache.build_config import BuildConfig
+from dvfl_cache.cache.build_config import BuildConfig, recorded_settings
 from dvfl_cache.cache.claims import put_atomic
 from dvfl_cache.cache.format import PROVENANCE_ONLY, SHARD_DONE, CacheMeta
 from dvfl_cache.cache.layout import PROVENANCE_GROUP, exists_fresh, layout_files
@@ -41,27 +41,9 @@ from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.errors import CacheError
 from dvfl_cache.runtime import resolve_device
 
-__all__ = ["extend_cache", "recorded_settings"]
+__all__ = ["extend_cache"]
 
 log = logging.getLogger(__name__)
-
-# BuildConfig fields `extend` takes from the store, never from the command line.
-RECORDED = ("sampler", "frames", "size", "seed", "dtype", "features", "mixup", "cutmix",
-            "mix_prob", "views_per_shard")
-
-
-def recorded_settings(meta: CacheMeta) -> dict[str, Any]:
-    """The BuildConfig values a store was built with (all but the teacher and the videos)."""
-    params = dict(meta.sampler.params)
-    size = params.pop("size")
-    mix = meta.mix
-    return {"sampler": {k: v for k, v in params.items() if k not in ("num_frames", "mode",
-                                                                    "seed")},
-            "frames": meta.num_frames, "size": int(size), "seed": meta.sampler.seed,
-            "dtype": meta.dtype, "features": meta.feature_dim is not None,
-            "mixup": mix.mixup if mix else 0.0, "cutmix": mix.cutmix if mix else 0.0,
-            "mix_prob": mix.prob if mix else 1.0, "views_per_shard": meta.views_per_shard}
-
 
 def _marker(root: str, s: int) -> str:
     return f"{root}/{PROVENANCE_GROUP}/extend-{s}.json"

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from dvfl_cache.cache.build_config import recorded_settings
 from dvfl_cache.cache.format import CacheMeta
 from dvfl_cache.cache.store import CacheReader
 from dvfl_cache.errors import CacheError
@@ -28,8 +29,6 @@ VALUE_COLUMNS = frozenset({"logits", "features", "logits_codes", "logits_params"
 
 def views_from_config(cfg: Any, store: str, storage_options: dict | None = None) -> Any:
     """`cfg` (a BuildConfig) with every setting that decides the views taken from `store`."""
-    from dvfl_cache.cache.extend import recorded_settings
-
     meta = CacheReader(store, storage_options=storage_options).meta
     keep = {"dtype", "features"}  # the new teacher's storage is its own
     rec = {k: v for k, v in recorded_settings(meta).items() if k not in keep}
