@@ -87,8 +87,10 @@ def rss_bytes() -> int:
 
 
 class Phase:
-    """Times a phase and its peak resident memory above the phase's start (polled every 20 ms
-    by a thread: real memory, NumPy and zarr's C buffers included, at no cost to the phase)."""
+    """Times a phase and its peak resident memory (polled every 20 ms by a thread: real memory,
+    NumPy and zarr's C buffers included): the process's peak RSS during the phase, and that
+    peak above the phase's start (a lower bound of what the phase allocates: freed pages are
+    reused without growing RSS)."""
 
     def __init__(self, results: dict, name: str):
         self.results, self.name = results, name
@@ -115,7 +117,8 @@ class Phase:
         self._thread.join()
         self.peak = max(self.peak, rss_bytes())
         self.results[self.name] = {"s": round(dt, 2),
-                                   "peak_mib": round((self.peak - self.base) / 2**20, 1)}
+                                   "peak_mib": round((self.peak - self.base) / 2**20, 1),
+                                   "rss_mib": round(self.peak / 2**20, 1)}
 
 
 def run_size(videos: int, views: int, classes: int, extra: int, per_shard: int,
@@ -197,11 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     phases = [k for k in results[0] if isinstance(results[0][k], dict)]
     print(f"\nfloat16, {args.classes} classes, RSS peak above each phase's start, {args.views} views (+{args.extra} by extend), "
           f"{args.views_per_shard} rows a shard; load average {os.getloadavg()[0]:.1f}")
-    print("| videos | rows | store GiB | " + " | ".join(f"{p} s / MiB" for p in phases) + " |")
+    print("| videos | rows | store GiB | " + " | ".join(f"{p}: s / peak RSS MiB (+ above start)"
+                                                      for p in phases) + " |")
     print("|---" * (3 + len(phases)) + "|")
     for r in results:
         print(f"| {r['videos']} | {r['rows']} | {r['store_gib']} | "
-              + " | ".join(f"{r[p]['s']} / {r[p]['peak_mib']}" for p in phases) + " |")
+              + " | ".join(f"{r[p]['s']} / {r[p]['rss_mib']:.0f} (+{r[p]['peak_mib']:.0f})"
+                           for p in phases) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if args.out is None:
