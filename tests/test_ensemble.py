@@ -78,3 +78,33 @@ def test_caches_over_other_views_are_refused_in_one_line(tmp_path):
                         num_classes=5, view_frames=4)
     assert str(e.value).endswith("not over the same views: column 'crop' at row 37 differs")
     assert "\n" not in str(e.value)
+
+
+def test_cli_fit_distils_from_two_caches(synth_root, tmp_path, caplog):
+    """`fit --cache A --cache B --teacher-mix mean-probs`: both caches reach the teacher source
+    and the mix is the one asked for (recorded in config.json, named in the log)."""
+    import json
+    import logging
+
+    from click.testing import CliRunner
+
+    from dvfl_cache.cli import main as cache_cli
+    from dvfl_train.cli import main as train_cli
+    from test_cache_build import build_args
+
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    assert CliRunner().invoke(cache_cli, build_args(synth_root, a)).exit_code == 0
+    args = build_args(synth_root, b, "--views-from", str(a))
+    args[args.index("embed_dim=8")] = "embed_dim=16"
+    assert CliRunner().invoke(cache_cli, args).exit_code == 0
+    fit = ["fit", "--dataset", "ucf101", "--root", str(synth_root), "--cache", str(a),
+           "--cache", str(b), "--teacher-mix", "mean-probs", "--frames", "2", "--size", "32",
+           "--model-opt", "embed_dim=8", "--model-opt", "depths=1,1,1,1", "--batch-size", "4",
+           "--workers", "0", "--device", "cpu", "--epochs", "1", "--warmup-epochs", "0",
+           "--out", str(tmp_path / "run")]
+    with caplog.at_level(logging.INFO, logger="dvfl_train.teachers"):
+        res = CliRunner().invoke(train_cli, fit, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["cache"] == [str(a), str(b)] and config["teacher_mix"] == "mean-probs"
+    assert f"teacher logits: mean-probs of {a} (vfl-nano), {b} (vfl-nano)" in caplog.text
