@@ -1,4 +1,5 @@
-"""Distilling from an ensemble (the pure target; the teacher source is teachers.EnsembleTeacher): several caches of different teachers over the same views.
+"""Distilling from an ensemble: several caches of different teachers over the same views (the
+target here; the teacher source is teachers.EnsembleTeacher).
 
 Why caches and not models: each teacher ran once (`dvfl-cache build --views-from`); the
 ensemble is a per-epoch combination of their blocks, no teacher runs during training. The

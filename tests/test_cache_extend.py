@@ -25,7 +25,8 @@ def extend_args(root: Path, store: Path, v2: int, *extra: str) -> list[str]:
 def file_hashes(store: Path) -> dict[str, str]:
     """sha256 of every shard data file (`<array>/c/...`), keyed by path in the store."""
     return {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(store.rglob("*")) if p.is_file() and "/c/" in f"/{p.relative_to(store)}"}
+            for p in sorted(store.rglob("*"))
+            if p.is_file() and "/c/" in f"/{p.relative_to(store)}"}
 
 
 def assert_same_arrays(a: dict, b: dict) -> None:

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         print(json.dumps(r), flush=True)
     phases = [k for k in results[0] if isinstance(results[0][k], dict)]
-    print(f"\nfloat16, {args.classes} classes, RSS peak above each phase's start, {args.views} views (+{args.extra} by extend), "
+    print(f"\nfloat16, {args.classes} classes, {args.views} views (+{args.extra} by extend), "
           f"{args.views_per_shard} rows a shard; load average {os.getloadavg()[0]:.1f}")
     print("| videos | rows | store GiB | " + " | ".join(f"{p}: s / peak RSS MiB (+ above start)"
                                                       for p in phases) + " |")

@@ -86,7 +86,8 @@ class BuildConfig:
     command: tuple[str, ...] = setting(())  # the command line, recorded for the store's card
 
 
-# BuildConfig fields `extend` and `build --views-from` take from a store, never from the command line.
+# BuildConfig fields `extend` and `build --views-from` take from a store, never from the
+# command line.
 RECORDED = ("sampler", "frames", "size", "seed", "dtype", "features", "mixup", "cutmix",
             "mix_prob", "views_per_shard")
 
