@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import numpy as np
 import torch
 from torch import nn
 

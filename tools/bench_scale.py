@@ -19,7 +19,6 @@ shard); only the index and the plan of the phase that holds it grow with the vid
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil

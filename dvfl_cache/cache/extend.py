@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -232,8 +233,6 @@ def extend_cache(cfg: BuildConfig, index: DatasetIndex, *,
         on_start(sum(len(target.shard_rows(s)) for s in target.pending_shards()))
     labels = np.array([v.label for v in index.videos], np.int32)
     written: list[int] = []
-    import time
-
     with target.claims(ttl_s=cfg.claim_ttl_s) as claims:
         while pending := target.pending_shards():
             rows = _ClaimedRows(target, claims, pending)
