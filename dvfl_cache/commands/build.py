@@ -23,6 +23,7 @@ SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "jitter_mode"
                             "views_per_video", "frames", "size"))
 @options_from(ViewSampler, SAMPLER_OPTIONS)
 @options_from(BuildConfig, ("mixup", "cutmix", "mix_prob", "seed"))
+@options_from(BuildConfig, ("views_from",))
 @options_from(BuildConfig, ("out",), out={"required": True})
 @storage_option
 @options_from(BuildConfig, ("claim_ttl_s",))
