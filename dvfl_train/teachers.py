@@ -134,7 +134,8 @@ class EnsembleTeacher(CachedTeacher):
         for other in readers[1:]:
             check_same_views(readers[0], other)
         super().__init__(readers[0], num_classes=num_classes, view_frames=view_frames)
-        self.readers, self.mix = list(readers), mix
+        # `mix` is the base's per-row mixing (None: a cache brings its own); this is the target's
+        self.readers, self.teacher_mix = list(readers), mix
 
     def plan(self, epoch: int, index: DatasetIndex) -> EpochPlan:
         from dvfl_train.ensemble import combine_logits
@@ -146,7 +147,7 @@ class EnsembleTeacher(CachedTeacher):
             ok &= set(p.videos.tolist())
         keep = [i for i, v in enumerate(first.videos.tolist()) if v in ok]
         invalid = sorted(set().union(*(p.invalid for p in plans)))
-        logits = combine_logits([p.teacher_logits for p in plans], self.mix)
+        logits = combine_logits([p.teacher_logits for p in plans], self.teacher_mix)
         # the caches hold the same views and mixes (checked when opened): the first's serve
         plan = dataclasses.replace(
             first, videos=first.videos[keep], views=tuple(first.views[i] for i in keep),

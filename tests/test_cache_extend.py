@@ -76,6 +76,33 @@ def test_extend_refuses_another_teacher_and_fewer_views(synth_root, tmp_path):
     assert "already has 2 views per video" in res.output
 
 
+def test_extend_past_max_failed_fails_and_keeps_the_store(synth_root, synth_index, tmp_path):
+    """A video broken since the build: its new views fail; extend fails past --max-failed (the
+    build's rule) and keeps the complete store; the partial shard's old row of that video is
+    marked missing with it (one failure record covers the video's rows in a shard)."""
+    import shutil
+
+    from dvfl_cache.cache.inspect import verify
+    from dvfl_cache.cache.store import CacheReader
+
+    store = tmp_path / "s.zarr"
+    # 12 rows a shard, 8 videos: shard 1 holds rows 12-15 (view 1 of videos 4-7), then 16-23
+    run_cli([*build_args(synth_root, store), "--views-per-shard", "12"])
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    (root / "UCF-101" / synth_index.videos[7].path).write_bytes(b"\x00not a video" * 50)
+    res = run_cli(extend_args(root, store, 3), expect=1)
+    assert "1 of 8 videos failed to decode" in res.output and "Traceback" not in res.output
+    r = CacheReader(store)
+    assert r.complete and list(r.failed_videos()) == [7]
+    valid = store_arrays(store)["valid"]
+    assert valid[7] == 1 and valid[15] == 0 and valid[23] == 0  # shard 0's row stays
+    assert valid.sum() == 24 - 2
+    verify(store)
+    res = run_cli([*extend_args(root, store, 3), "--max-failed", "0.2"])
+    assert "store complete" in res.output
+
+
 def test_extend_resumes_after_a_kill_at_every_step(synth_root, tmp_path):
     """Kill points: after the marker and flag (mid-grow), after the grow (nothing computed),
     and mid-rewrite of the partial shard (some of its files new, flag still 0)."""

@@ -3,6 +3,8 @@ different views are refused in one line naming the first differing column."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,9 @@ def test_views_from_runs_another_teacher_on_the_same_views(synth_root, tmp_path)
     args = build_args(synth_root, b, "--views-from", str(a), "--seed", "9",
                       "--views-per-video", "5")
     args[args.index("embed_dim=8")] = "embed_dim=16"
+    printed = json.loads(run_cli([*args, "--print-config"]).output)  # what it will build
+    assert (printed["views_per_video"], printed["sampler"]["seed"]) == (2, 3)
+    assert printed["mix"]["mixup"] == 0.8 and not b.exists()
     run_cli(args)
     ra, rb = CacheReader(a), CacheReader(b)
     assert rb.meta.teacher.config != ra.meta.teacher.config

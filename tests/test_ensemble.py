@@ -93,7 +93,9 @@ def test_cli_fit_distils_from_two_caches(synth_root, tmp_path, caplog):
     from test_cache_build import build_args
 
     a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
-    assert CliRunner().invoke(cache_cli, build_args(synth_root, a)).exit_code == 0
+    # mixed rows (mixup): the ensemble replays the first cache's stored mixes, equal in both
+    assert CliRunner().invoke(cache_cli, build_args(synth_root, a, "--mixup", "0.8")
+                              ).exit_code == 0
     args = build_args(synth_root, b, "--views-from", str(a))
     args[args.index("embed_dim=8")] = "embed_dim=16"
     assert CliRunner().invoke(cache_cli, args).exit_code == 0

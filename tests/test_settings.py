@@ -173,8 +173,9 @@ def test_a_version_two_config_loads_resumes_and_is_compared_by_its_cache(tmp_pat
     assert json.loads((run / "config.json").read_text())["cache"] == ["c.zarr"]
     assert FitConfig.from_dict({**old, "cache": None}).cache == ()
     # a version-2 record (one path) against today's (a list of one): no difference
-    assert resume_differences(old, cfg.to_dict()) == []
-    assert resume_differences(old, {**cfg.to_dict(), "cache": ["c.zarr", "d.zarr"]}) == [
+    assert resume_differences({"cache": "c.zarr"}, {"cache": ["c.zarr"]}) == []
+    assert resume_differences({"cache": None}, {"cache": []}) == []
+    assert resume_differences({"cache": "c.zarr"}, {"cache": ["c.zarr", "d.zarr"]}) == [
         "cache: ['c.zarr'] -> ['c.zarr', 'd.zarr']"]
     with pytest.raises(RunDirError, match="cache"):
         RunDir(run, resume=True).write_config(FitConfig.from_dict({**old, "cache": "d.zarr"}))

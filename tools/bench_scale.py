@@ -2,11 +2,13 @@
 
 The "videos" are served by a stub decoder (a fixed VideoInfo per video: frame count, size) and
 the "teacher" by a stub that draws seeded logits, so only dvfl's own work is measured: the real
-index (and its digest), the real planner (ViewSampler.sample for every row), the real shard
-writer (CacheWriter.write_shard: checks, float16 cast, crc32c, one file per shard and array),
-the real reader (one epoch block), `verify`, and extend's storage path (the grow step, then the
-partial shard rewritten through extend's target and the new shards written). The build's
+index (and its digest), the real planner (every row's view, by `row_plan.sample_arrays`, which
+is `ViewSampler.sample` row by row bit for bit, tests/test_row_plan.py), the real shard writer
+(CacheWriter.write_shard: checks, float16 cast, crc32c, one file per shard and array), the real
+reader (one epoch block), `verify`, and extend's storage path (the grow step, then the partial
+shard rewritten through extend's target and the new shards written). The build's
 DataLoader/teacher loop is replaced by a plain loop over shards (it only feeds these rows).
+The per-row planner's own rate is measured once on a few thousand rows and printed beside.
 
 Time and peak resident memory (RSS above the phase's start, polled) of each phase.
 The claim to check: build, verify and extend peaks stay flat as rows grow (they stream shard by
@@ -38,7 +40,8 @@ from dvfl_cache.cache.location import target_fs  # noqa: E402
 from dvfl_cache.cache.store import CacheReader, CacheWriter  # noqa: E402
 from dvfl_cache.data.decode import VideoInfo  # noqa: E402
 from dvfl_cache.data.index import DatasetIndex, VideoEntry  # noqa: E402
-from dvfl_cache.data.views import ViewSampler, views_to_arrays  # noqa: E402
+from dvfl_cache.data.row_plan import sample_arrays  # noqa: E402
+from dvfl_cache.data.views import ViewSampler  # noqa: E402
 
 
 def stub_info(video: int) -> VideoInfo:
@@ -46,10 +49,37 @@ def stub_info(video: int) -> VideoInfo:
     return VideoInfo(num_frames=90 + (video * 7919) % 270, fps=30.0, width=340, height=256)
 
 
+def plan_rows(sampler: ViewSampler, rows: range, num_videos: int) -> dict[str, np.ndarray]:
+    """The view of every row (row = view * num_videos + video) of stub videos."""
+    r = np.arange(rows.start, rows.stop, dtype=np.int64)
+    videos, views = r % num_videos, r // num_videos
+    return sample_arrays(sampler, videos, views, 90 + (videos * 7919) % 270,
+                         np.full(len(r), 340), np.full(len(r), 256))
+
+
+def per_row_planner_us(sampler: ViewSampler, n: int = 3000) -> tuple[float, float]:
+    """us per row of `ViewSampler.sample` and of `sample_arrays` over the same n rows."""
+    t0 = time.perf_counter()
+    for r in range(n):
+        sampler.sample(r, 0, stub_info(r))
+    t1 = time.perf_counter()
+    plan_rows(sampler, range(n), n)
+    t2 = time.perf_counter()
+    return (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6
+
+
+_LOGITS: dict[int, np.ndarray] = {}
+
+
 def stub_teacher(rows: np.ndarray, num_classes: int) -> np.ndarray:
-    """Seeded logits for `rows` (std 3, like a trained teacher's), float32."""
-    rng = np.random.default_rng(int(rows[0]) if len(rows) else 0)
-    return rng.normal(0, 3, size=(len(rows), num_classes)).astype(np.float32)
+    """Logits for `rows` (std 3, like a trained teacher's), float32: one seeded normal block,
+    rolled and offset per row, so the stub costs little beside what is measured."""
+    base = _LOGITS.get(num_classes)
+    if base is None or len(base) < len(rows):
+        base = _LOGITS[num_classes] = np.random.default_rng(0).normal(
+            0, 3, size=(max(len(rows), 4096), num_classes)).astype(np.float32)
+    shift = int(rows[0]) % len(base) if len(rows) else 0
+    return np.roll(base, shift, axis=0)[:len(rows)] + (rows % 97)[:, None].astype(np.float32) / 97
 
 
 def make_index(videos: int, classes: int) -> DatasetIndex:
@@ -68,9 +98,7 @@ def write_shards(writer, shards, sampler: ViewSampler, labels: np.ndarray,
     for s in shards:
         rows = writer.shard_rows(s)
         arrays = writer.empty_shard(s, labels=labels)
-        views = [sampler.sample(r % V, r // V, stub_info(r % V)) for r in rows]
-        cols = views_to_arrays(views)
-        for k, v in cols.items():
+        for k, v in plan_rows(sampler, rows, V).items():
             if k not in ("video", "view"):
                 arrays[k][:] = v
         arrays["logits"][:] = stub_teacher(np.arange(rows.start, rows.stop), num_classes)
@@ -130,7 +158,7 @@ def run_size(videos: int, views: int, classes: int, extra: int, per_shard: int,
         digest = index.digest
         sampler = ViewSampler(num_frames=8, mode="train", seed=0)
         # the plan of the first epoch block (every video's view 0), as a build's workers draw it
-        plan = [sampler.sample(v, 0, stub_info(v)) for v in range(videos)]
+        plan = plan_rows(sampler, range(videos), videos)
         del plan
     labels = np.array([v.label for v in index.videos], np.int32)
     meta = CacheMeta(
@@ -162,8 +190,7 @@ def run_size(videos: int, views: int, classes: int, extra: int, per_shard: int,
         for s in pending:  # the partial shard gets only its new rows, as extend computes them
             rows = target.shard_rows(s)
             arrays = target.empty_shard(s, labels=labels)
-            vs = [sampler.sample(r % videos, r // videos, stub_info(r % videos)) for r in rows]
-            for k, v in views_to_arrays(vs).items():
+            for k, v in plan_rows(sampler, rows, videos).items():
                 if k not in ("video", "view"):
                     arrays[k][:] = v
             arrays["logits"][:] = stub_teacher(np.arange(rows.start, rows.stop), classes)
@@ -191,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         args.views_per_shard = 50
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_scale_"))
     out.mkdir(parents=True, exist_ok=True)
+    slow, fast = per_row_planner_us(ViewSampler(num_frames=8, mode="train", seed=0),
+                                    300 if args.quick else 3000)
+    print(f"planner: ViewSampler.sample {slow:.1f} us/row, sample_arrays {fast:.2f} us/row",
+          flush=True)
     results = []
     for n in (int(x) for x in args.videos.split(",")):
         r = run_size(n, args.views, args.classes, args.extra, args.views_per_shard, out)

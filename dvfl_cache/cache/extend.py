@@ -173,7 +173,17 @@ class _ExtendTarget:
                   for name in meta.row_arrays()}
         old = reader.shard_record(s) or {}
         old_video = merged["video"][:keep - rows.start]
-        old_valid = merged["valid"][:keep - rows.start]
+        old_valid = merged["valid"][:keep - rows.start]  # a view: what follows updates merged
+        # A video that decoded at build time and fails now: a failure record covers every row
+        # of its video in the shard, so its old rows here are marked missing with it.
+        gone = np.isin(old_video, [f["video"] for f in failures if "row" not in f]) & (
+            old_valid == 1)
+        if gone.any():
+            log.warning("%s: shard %d: video(s) %s failed to decode now but not when the store "
+                        "was built; their %d old row(s) in this shard are marked missing too",
+                        self.writer.path, s, sorted(set(old_video[gone].tolist()))[:10],
+                        int(gone.sum()))
+            old_valid[gone] = 0
         kept = [f for f in old.get("failures", [])
                 if ("row" in f and f["row"] < keep)
                 or ("row" not in f and not old_valid[old_video == f["video"]].any()

@@ -183,6 +183,7 @@ class CacheWriter:
                                      f"for {CREATE_WAIT_S:.0f} s; is it stuck?")
                 time.sleep(0.2)
             created = not exists_fresh(fs, f"{root}/zarr.json") and write_layout(fs, root, meta)
+            claims.release(CREATE_CLAIM)  # done (or not ours): nobody waits for its expiry
         if not created:
             if resume:  # another resume created it a moment ago: join it
                 return cls(where, meta, storage_options=storage_options)
