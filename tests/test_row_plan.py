@@ -51,3 +51,15 @@ def test_sample_arrays_refuses_what_the_per_row_sampler_refuses():
     sampler = ViewSampler(mode="train")
     with pytest.raises(ValueError, match="video 5 has no frames"):
         sample_arrays(sampler, [4, 5], [0, 0], [10, 0], [32, 32], [32, 32])
+
+
+def test_sample_arrays_in_chunks_is_the_same(monkeypatch):
+    from dvfl_cache.data import row_plan
+
+    sampler = ViewSampler(mode="train", flip=0.3, jitter=(0.2, 0.2, 0.2, 0.05))
+    rows = _rows(2500, seed=1)
+    whole = sample_arrays(sampler, *rows)
+    monkeypatch.setattr(row_plan, "_CHUNK", 1000)  # three chunks, the last one short
+    parts = sample_arrays(sampler, *rows)
+    for k in whole:
+        np.testing.assert_array_equal(parts[k], whole[k], err_msg=k)

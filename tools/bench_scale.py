@@ -10,7 +10,8 @@ shard rewritten through extend's target and the new shards written). The build's
 DataLoader/teacher loop is replaced by a plain loop over shards (it only feeds these rows).
 The per-row planner's own rate is measured once on a few thousand rows and printed beside.
 
-Time and peak resident memory (RSS above the phase's start, polled) of each phase.
+Wall time, CPU time of this process (steadier than wall time on a shared machine) and peak
+resident memory (RSS above the phase's start, polled) of each phase.
 The claim to check: build, verify and extend peaks stay flat as rows grow (they stream shard by
 shard); only the index and the plan of the phase that holds it grow with the videos.
 
@@ -135,15 +136,15 @@ class Phase:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
-        dt = time.perf_counter() - self.t0
+        dt, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, rss_bytes())
-        self.results[self.name] = {"s": round(dt, 2),
+        self.results[self.name] = {"s": round(dt, 2), "cpu_s": round(cpu, 2),
                                    "peak_mib": round((self.peak - self.base) / 2**20, 1),
                                    "rss_mib": round(self.peak / 2**20, 1)}
 
@@ -230,13 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     phases = [k for k in results[0] if isinstance(results[0][k], dict)]
     print(f"\nfloat16, {args.classes} classes, {args.views} views (+{args.extra} by extend), "
           f"{args.views_per_shard} rows a shard; load average {os.getloadavg()[0]:.1f}")
-    print("| videos | rows | store GiB | " + " | ".join(f"{p}: s / peak RSS MiB (+ above start)"
-                                                      for p in phases) + " |")
+    print("| videos | rows | store GiB | " + " | ".join(
+        f"{p}: wall s (CPU s) / peak RSS MiB (+ above start)" for p in phases) + " |")
     print("|---" * (3 + len(phases)) + "|")
     for r in results:
         print(f"| {r['videos']} | {r['rows']} | {r['store_gib']} | "
-              + " | ".join(f"{r[p]['s']} / {r[p]['rss_mib']:.0f} (+{r[p]['peak_mib']:.0f})"
-                           for p in phases) + " |")
+              + " | ".join(f"{r[p]['s']} ({r[p]['cpu_s']}) / {r[p]['rss_mib']:.0f} "
+                           f"(+{r[p]['peak_mib']:.0f})" for p in phases) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if args.out is None:

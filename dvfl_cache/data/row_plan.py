@@ -27,6 +27,8 @@ from dvfl_cache.data.views import (_COLOUR, _CROP, _FLIP, _TEMPORAL, IDENTITY_JI
 
 __all__ = ["sample_arrays"]
 
+_CHUNK = 1 << 15  # rows planned at once
+
 _M32 = np.uint64(0xFFFFFFFF)
 
 # numpy's SeedSequence (O'Neill's seed_seq_fe, pool of four 32-bit words)
@@ -157,6 +159,11 @@ def sample_arrays(sampler: ViewSampler, videos, views, num_frames, width, height
     videos with `num_frames[i]` frames of `width[i]` x `height[i]` pixels."""
     videos, views = np.asarray(videos, np.int64), np.asarray(views, np.int64)
     num_frames, width, height = (np.asarray(a, np.int64) for a in (num_frames, width, height))
+    if len(videos) > _CHUNK:  # bounded temporaries (dozens of arrays of the rows' length)
+        parts = [sample_arrays(sampler, *(a[i:i + _CHUNK] for a in (videos, views, num_frames,
+                                                                    width, height)))
+                 for i in range(0, len(videos), _CHUNK)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if not (sampler.mode == "train" and sampler.temporal == "segment"
             and sampler.jitter_mode == "clip") or not len(videos):
         from dvfl_cache.data.decode import VideoInfo
