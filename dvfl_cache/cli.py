@@ -10,6 +10,7 @@ COMMANDS = {
     "synth": "dvfl_cache.commands.data:synth_cmd",
     "probe": "dvfl_cache.commands.data:probe_cmd",
     "build": "dvfl_cache.commands.build:build_cmd",
+    "extend": "dvfl_cache.commands.extend:extend_cmd",
     "info": "dvfl_cache.commands.store:info_cmd",
     "verify": "dvfl_cache.commands.store:verify_cmd",
     "export": "dvfl_cache.commands.store:export_cmd",

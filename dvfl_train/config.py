@@ -22,6 +22,10 @@ reproduce it (``_ADDED``), so round-1 runs resume and evaluate unchanged. Round 
 runs only) one lambda per batch, pairing a batch with its reverse; version 2 mixes per row.
 ``mix_scheme`` (no option: only a record says "batch") keeps the old scheme for version-1
 configs, so an old CE+mixup run still resumes bit-identically, and ``mix_prob`` is 1 for them.
+Version 3 made ``cache`` a list (several caches: an ensemble) and added ``teacher_mix`` and
+``views_subset``; versions 1-2 stored one path or null, which ``from_dict`` reads as a list of
+one or none (a single string is accepted in any version, for hand-written configs). A version-2
+run has no ``views_subset``: it resumes on all the views its cache has (``cache_views.py``).
 """
 
 from __future__ import annotations
@@ -42,15 +46,17 @@ from dvfl_cache.failbudget import max_failed_setting
 from dvfl_cache.settings import setting
 
 __all__ = ["CONFIG_VERSION", "KD_FORMS", "OPTIMIZERS", "PRED_LOSSES", "REFERENCE_BATCH",
-           "REP_LOSSES", "ConfigError", "FitConfig", "MIX_SCHEMES", "load_config", "scaled_lr"]
+           "REP_LOSSES", "TEACHER_MIXES", "ConfigError", "FitConfig", "MIX_SCHEMES",
+           "cache_paths", "load_config", "scaled_lr"]
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 
 # Fields added after version 1: the version that added each, and the value that reproduces a
 # run written by an older version.
 _ADDED: dict[str, tuple[int, Any]] = {"nesterov": (2, False), "kd_form": (2, "kl"),
                                       "pred_loss": (2, "kl"), "rep_loss": (2, "mean"),
-                                      "mix_prob": (2, 1.0), "mix_scheme": (2, "batch")}
+                                      "mix_prob": (2, 1.0), "mix_scheme": (2, "batch"),
+                                      "teacher_mix": (3, "mean-logits"), "views_subset": (3, None)}
 
 MIX_SCHEMES = ("row", "batch")   # per row (the cache's), or round 1's per batch (old runs)
 
@@ -87,6 +93,8 @@ def _model_names() -> tuple[str, ...]:
 RESUMABLE_CHANGES = frozenset({"workers", "device", "out_dir", "max_failed"})
 # Fields naming files or folders: compared resolved on resume (see resume_differences).
 PATH_FIELDS = ("data_root", "train_index", "val_index", "init", "cache", "teacher_weights")
+# How several caches' logits make one target (dvfl_train/ensemble.py).
+TEACHER_MIXES = ("mean-logits", "mean-probs")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -138,8 +146,21 @@ class FitConfig:
                                help="Initial weights: ImageNet FocalNet, Video-FocalNet or dvfl "
                                     "checkpoint (fresh classifier head).")
     # teacher: a cache, or a model run online; neither for plain CE training
-    cache: str | None = setting(None, flag="--cache",
-                                help="Teacher-logit cache: directory, .zip or URL.")
+    # several caches: an ensemble of teachers over the same views (dvfl_train/ensemble.py)
+    cache: tuple[str, ...] = setting(
+        (), flag="--cache", multiple=True,
+        help="Teacher-logit cache: directory, .zip or URL. Repeat for an ensemble of teachers "
+             "over the same views (`dvfl-cache build --views-from`), combined by --teacher-mix.")
+    teacher_mix: str = setting(
+        "mean-logits", flag="--teacher-mix", choices=TEACHER_MIXES,
+        help="How several caches' logits make one target: their mean, or the log of the mean "
+             "of their softmax (at tau 1; the student's tau then applies).")
+    # which cached views: epoch e replays view (e - 1) mod N of the first N; a run records the
+    # N it started with (the cache's V when not given), so an extended cache never changes it
+    views_subset: int | None = setting(
+        None, flag="--views-subset", low=1,
+        help="Train on the first N cached views per video only (reads only their rows). "
+             "Default: all the cache's views, recorded with the run so --resume keeps them.")
     teacher: str | None = setting(None, flag="--teacher",
                                   help="Online KD: teacher architecture (default: named by "
                                        "--teacher-weights).")
@@ -231,6 +252,10 @@ class FitConfig:
         help="Representation term (--beta): mean over elements, or sum over the feature "
              "dimension per clip (the fewer-frames paper's squared distance).")
 
+    def __post_init__(self) -> None:
+        # One cache may be given as a path (or None: no cache), as before ensembles.
+        object.__setattr__(self, "cache", tuple(os.fspath(c) for c in cache_paths(self.cache)))
+
     def scaled_lrs(self) -> tuple[float, float, float]:
         """(base, warm-up, minimum) LR for this run's global batch, by the linear scaling rule."""
         return tuple(scaled_lr(lr, self.batch_size)  # type: ignore[return-value]
@@ -257,7 +282,8 @@ class FitConfig:
         """A JSON-able dict with a ``version`` key; ``from_dict`` inverts it exactly."""
         out: dict[str, Any] = {"version": CONFIG_VERSION}
         for f in dataclasses.fields(self):
-            out[f.name] = copy.deepcopy(getattr(self, f.name))
+            value = copy.deepcopy(getattr(self, f.name))
+            out[f.name] = list(value) if isinstance(value, tuple) else value  # as JSON has it
         return out
 
     @classmethod
@@ -294,6 +320,8 @@ class FitConfig:
                    and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ConfigError(f"{source}: missing field(s) {', '.join(map(repr, missing))}")
+        if "cache" in data:  # versions 1-2 (and hand-written configs): one path or null
+            data["cache"] = cache_paths(data["cache"])
         hints = typing.get_type_hints(cls)
         values = {name: _parse(name, value, hints[name], source) for name, value in data.items()}
         return cls(**values)
@@ -326,6 +354,8 @@ class FitConfig:
         for name in PATH_FIELDS:  # a run names its files absolutely: resumable from anywhere
             if isinstance(values.get(name), str):
                 values[name] = _absolute(values[name])
+            elif name == "cache" and values.get(name) is not None:
+                values[name] = tuple(_absolute(os.fspath(c)) for c in cache_paths(values[name]))
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -365,8 +395,13 @@ class FitConfig:
         need(self.mixup >= 0.0, f"mixup={self.mixup} must be >= 0")
         need(self.cutmix >= 0.0, f"cutmix={self.cutmix} must be >= 0")
 
-        has_teacher = self.cache is not None or self.teacher_weights is not None
-        need(not (self.cache is not None and self.teacher_weights is not None),
+        has_teacher = bool(self.cache) or self.teacher_weights is not None
+        need(self.views_subset is None or bool(self.cache),
+             f"views_subset={self.views_subset} needs a cache (--cache)")
+        need(len(self.cache) < 2 or self.beta == 0.0,
+             f"beta={self.beta} > 0 with {len(self.cache)} caches: the feature term needs one "
+             "teacher's features")
+        need(not (self.cache and self.teacher_weights is not None),
              "cache and teacher_weights are both set: choose one source of teacher logits")
         need(self.teacher is None or self.teacher_weights is not None,
              f"teacher={self.teacher!r} needs teacher_weights: a teacher must be used with its own "
@@ -469,12 +504,27 @@ def resume_differences(old: dict[str, Any], new: dict[str, Any], *,
     skip = RESUMABLE_CHANGES | ignore
     out = []
     for k in sorted(set(old) | set(new)):
-        if k in skip or old.get(k) == new.get(k):
+        a, b = old.get(k), new.get(k)
+        if k == "cache":  # one path or null (versions 1-2), or a list; same files in order
+            a, b = cache_paths(a), cache_paths(b)
+            if len(a) == len(b) and all(_same_file(x, y, k) for x, y in zip(a, b)):
+                continue
+        if k in skip or a == b:
             continue
-        if k in PATH_FIELDS and _same_file(old.get(k), new.get(k), k):
+        if k in PATH_FIELDS and _same_file(a, b, k):
             continue
-        out.append(f"{k}: {old.get(k)!r} -> {new.get(k)!r}")
+        out.append(f"{k}: {a!r} -> {b!r}")
     return out
+
+
+def cache_paths(value: Any) -> Any:
+    """The ``cache`` field as a list: a single path (as versions 1-2 stored it) is a list of
+    one, null none; anything else is returned as it is, for the type check to name."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    return list(value) if isinstance(value, tuple) else value
 
 
 def load_config(path: str | Path) -> FitConfig:
@@ -518,6 +568,10 @@ def _convert(value: Any, hint: Any) -> Any:
         return float(value) if isinstance(value, (int, float)) else _BAD
     if hint is str:
         return value if isinstance(value, str) else _BAD
+    if (origin is tuple and isinstance(value, (list, tuple))
+            and typing.get_args(hint)[1:] == (Ellipsis,)):
+        items = [_convert(v, typing.get_args(hint)[0]) for v in value]
+        return _BAD if any(i is _BAD for i in items) else tuple(items)
     if origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return copy.deepcopy(value)
     return _BAD
@@ -528,5 +582,7 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(hint))
     if typing.get_origin(hint) is dict:
         return "an object with string keys"
+    if typing.get_origin(hint) is tuple:
+        return "a list of strings (or one string)"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
             type(None): "null"}.get(hint, str(hint))

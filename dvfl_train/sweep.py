@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from dvfl_cache.atomic import write_json_atomic
 from dvfl_cache.runtime import resolve_device
 
-from dvfl_train.config import ConfigError, load_config, resume_differences
+from dvfl_train.config import ConfigError, FitConfig, load_config, resume_differences
 from dvfl_train.runfiles import BEST, CONFIG, LAST, SUMMARY, checkpoint_file
 from dvfl_train.sweep_plan import (PLOT_FILES, RUNS, SWEEP_FILE, TRAIN_FILE, GridPoint,
                                    SweepConfig, SweepError, expand_grid, group_points,
@@ -90,7 +90,9 @@ def _prepare_dir(cfg: SweepConfig, *, resume: bool, overwrite: bool) -> None:
     if resume and path.exists():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))["base"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # as this dvfl records it: an older version's fields filled, one cache a list
+            old = FitConfig.from_dict(old, source=f"{path} (base)").to_dict()
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
             raise SweepError(f"{path}: cannot read the sweep record ({exc})") from None
         new = cfg.base.to_dict()
         # alpha and tau of the base are placeholders (each student has its own): a resumed
@@ -123,8 +125,11 @@ def _trained(cfg: SweepConfig, point: GridPoint) -> bool:
     except (OSError, ValueError, ConfigError):
         return False
     wanted = cfg.spec(point).config(cfg.base)
+    have = stored.to_dict()
+    if wanted.views_subset is None:  # "all the cache's views": the run pinned how many it had
+        have["views_subset"] = None
     return (summary.get("epochs") == cfg.base.epochs and checkpoint_file(run, BEST).exists()
-            and not resume_differences(stored.to_dict(), wanted.to_dict()))
+            and not resume_differences(have, wanted.to_dict()))
 
 
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False,

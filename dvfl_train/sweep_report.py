@@ -115,13 +115,14 @@ def aggregate(rows: Sequence[RunResult]) -> list[AggregateRow]:
 
 
 def teacher_accuracy(base: FitConfig) -> dict[str, Any] | None:
-    """The teacher's top-1/top-5 on its own cached training views (None without a cache)."""
-    if base.cache is None:
+    """The teacher's top-1/top-5 on its own cached training views (None without a cache, and
+    for an ensemble of caches: one member's accuracy is not the ensemble's target's)."""
+    if len(base.cache) != 1:
         return None
     from dvfl_cache.cache.inspect import teacher_accuracy as cached_accuracy
     from dvfl_cache.cache.store import CacheReader
 
-    reader = CacheReader(base.cache)
+    reader = CacheReader(base.cache[0])
     acc = cached_accuracy(reader)
     if acc["teacher_top1"] is None:
         return None
@@ -154,7 +155,8 @@ def results_markdown(cfg: SweepConfig, rows: Sequence[RunResult],
     kd = sorted({r.alpha for r in rows if not r.baseline})
     taus = sorted({r.tau for r in rows if r.tau is not None})
     seeds = sorted({r.seed for r in rows})
-    teacher_src = (f"cache {b.cache}" if b.cache else
+    teacher_src = (f"cache {b.cache[0]}" if len(b.cache) == 1 else
+                   f"the {b.teacher_mix} ensemble of caches {', '.join(b.cache)}" if b.cache else
                    f"online teacher {b.teacher_weights}" if b.teacher_weights else "none")
     lines = [
         f"# Sweep results: {b.model} on {b.dataset} (split {b.split})", "",

@@ -11,6 +11,8 @@ The training loop asks a teacher source three things, and nothing else:
   every video at epoch e); there are no targets.
 - ``CachedTeacher``: epoch e replays cached view (e - 1) mod V. Its logits (and features) are
   one contiguous ``epoch_block`` read, kept on the device; a batch finds its rows by video id.
+  ``EnsembleTeacher``: the same over several caches of the same views, their logits combined
+  per epoch (``ensemble.py``).
 - ``OnlineTeacher``: views drawn like ``NoTeacher``'s at the teacher's frames; the teacher runs
   on the full view at its own size, decoded once with the student's cut of the same frames.
 
@@ -22,6 +24,7 @@ mixed clip the student's cut comes from. The loop does not branch on either.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -37,8 +40,8 @@ from dvfl_cache.errors import CacheError, DvflError
 from dvfl_train.config import ConfigError, FitConfig
 from dvfl_train.train_data import EpochPlan, as_input, plan_epoch
 
-__all__ = ["CachedTeacher", "NoTeacher", "OnlineTeacher", "TeacherSource", "check_mixing",
-           "load_online_teacher", "open_cache", "open_teacher"]
+__all__ = ["CachedTeacher", "EnsembleTeacher", "NoTeacher", "OnlineTeacher", "TeacherSource",
+           "check_mixing", "load_online_teacher", "open_cache", "open_teacher"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ class CachedTeacher(TeacherSource):
         super().__init__(num_classes=num_classes, view_frames=view_frames, sampler=None,
                          feature_dim=feature_dim, need_features=need_features)
         self.reader = reader
+        self.views: int | None = None  # the first N views per video (cache_views.py)
         self._logits: torch.Tensor | None = None
         self._features: torch.Tensor | None = None
         self._device = torch.device("cpu")
@@ -98,7 +102,8 @@ class CachedTeacher(TeacherSource):
         return self
 
     def plan(self, epoch: int, index: DatasetIndex) -> EpochPlan:
-        plan = plan_epoch(epoch, index, reader=self.reader, need_features=self.need_features)
+        plan = plan_epoch(epoch, index, reader=self.reader, need_features=self.need_features,
+                          views=self.views)
         features = (None if plan.teacher_features is None
                     else torch.from_numpy(plan.teacher_features))
         self.use_block(torch.from_numpy(plan.teacher_logits), features)
@@ -114,6 +119,42 @@ class CachedTeacher(TeacherSource):
             return self._blank(device)
         rows = batch["video"].to(device, non_blocking=True)
         return self._logits[rows], (None if self._features is None else self._features[rows])
+
+
+class EnsembleTeacher(CachedTeacher):
+    """CachedTeacher over K caches of the same views (dvfl_train/ensemble.py); rows invalid
+    in any cache are left out of the epoch."""
+
+    kind = "cached"
+
+    def __init__(self, readers: list[CacheReader], *, mix: str, num_classes: int,
+                 view_frames: int):
+        from dvfl_cache.cache.sameviews import check_same_views
+
+        for other in readers[1:]:
+            check_same_views(readers[0], other)
+        super().__init__(readers[0], num_classes=num_classes, view_frames=view_frames)
+        # `mix` is the base's per-row mixing (None: a cache brings its own); this is the target's
+        self.readers, self.teacher_mix = list(readers), mix
+
+    def plan(self, epoch: int, index: DatasetIndex) -> EpochPlan:
+        from dvfl_train.ensemble import combine_logits
+
+        plans = [plan_epoch(epoch, index, reader=r, views=self.views) for r in self.readers]
+        first = plans[0]
+        ok = set(first.videos.tolist())
+        for p in plans[1:]:
+            ok &= set(p.videos.tolist())
+        keep = [i for i, v in enumerate(first.videos.tolist()) if v in ok]
+        invalid = sorted(set().union(*(p.invalid for p in plans)))
+        logits = combine_logits([p.teacher_logits for p in plans], self.teacher_mix)
+        # the caches hold the same views and mixes (checked when opened): the first's serve
+        plan = dataclasses.replace(
+            first, videos=first.videos[keep], views=tuple(first.views[i] for i in keep),
+            mixes=None if first.mixes is None else tuple(first.mixes[i] for i in keep),
+            teacher_logits=logits, invalid=tuple(invalid))
+        self.use_block(torch.from_numpy(logits))
+        return plan
 
 
 class OnlineTeacher(TeacherSource):
@@ -147,12 +188,21 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
                  device: torch.device) -> TeacherSource:
     """The run's teacher source: ``cfg.cache``, else ``cfg.teacher_weights``, else none."""
     num_classes = index.num_classes
-    if cfg.cache is not None:
-        reader = open_cache(cfg.cache, index, num_frames=cfg.num_frames,
-                            need_features=need_features,
-                            student_mixes=cfg.mixup > 0 or cfg.cutmix > 0,
+    student_mixes = cfg.mixup > 0 or cfg.cutmix > 0
+    if len(cfg.cache) > 1:
+        readers = [open_cache(c, index, num_frames=cfg.num_frames, need_features=False,
+                              student_mixes=student_mixes, workers=max(1, cfg.workers))
+                   for c in cfg.cache]
+        log.info("teacher logits: %s of %s", cfg.teacher_mix,
+                 ", ".join(f"{c} ({r.meta.teacher.name})" for c, r in zip(cfg.cache, readers)))
+        return EnsembleTeacher(readers, mix=cfg.teacher_mix, num_classes=num_classes,
+                               view_frames=readers[0].meta.num_frames).to(device)
+    if cfg.cache:
+        (path,) = cfg.cache
+        reader = open_cache(path, index, num_frames=cfg.num_frames,
+                            need_features=need_features, student_mixes=student_mixes,
                             workers=max(1, cfg.workers))
-        log.info("teacher logits from %s (%s, %d views per video%s)", cfg.cache,
+        log.info("teacher logits from %s (%s, %d views per video%s)", path,
                  reader.meta.teacher.name, reader.meta.views_per_video,
                  "" if reader.meta.mix is None else ", mixed rows")
         return CachedTeacher(reader, num_classes=num_classes, view_frames=reader.meta.num_frames,
@@ -208,8 +258,8 @@ def open_cache(path: str, index: DatasetIndex, *, num_frames: int, need_features
 def check_mixing(cfg: FitConfig) -> None:
     """Refuse ``--mixup/--cutmix`` with a ``--cache`` in one line, reading only its metadata:
     what ``open_cache`` refuses, for a sweep to check before it makes its folder."""
-    if cfg.cache is not None and (cfg.mixup > 0 or cfg.cutmix > 0):
-        _refuse_mixing(CacheReader(cfg.cache), cfg.cache)
+    if cfg.cache and (cfg.mixup > 0 or cfg.cutmix > 0):
+        _refuse_mixing(CacheReader(cfg.cache[0]), cfg.cache[0])
 
 
 def _refuse_mixing(reader: CacheReader, path: str) -> None:

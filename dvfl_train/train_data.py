@@ -43,7 +43,7 @@ from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.mix import OPS, Mix, MixConfig, mix_targets, mixes_from_arrays
 from dvfl_cache.data.transforms import to_float
 from dvfl_cache.data.views import View, ViewSampler, views_from_arrays
-from dvfl_cache.errors import DvflError
+from dvfl_cache.errors import CacheError, DvflError
 
 from dvfl_train.config import FitConfig
 
@@ -168,15 +168,19 @@ class EpochPlan:
 
 
 def plan_epoch(epoch: int, index: DatasetIndex, *, reader: CacheReader | None = None,
-               need_features: bool = False) -> EpochPlan:
-    """The epoch's views: the cached block of view (epoch - 1) mod V, or all videos to sample."""
+               need_features: bool = False, views: int | None = None) -> EpochPlan:
+    """The epoch's views: the cached block of view (epoch - 1) mod V (V: ``views``, the first
+    of the cache's views, or all of them), or all videos to sample."""
     if epoch < 1:
         raise ValueError(f"epochs are numbered from 1, got {epoch}")
     if reader is None:
         return EpochPlan(epoch=epoch, view_number=epoch - 1,
                          videos=np.arange(len(index), dtype=np.int64),
                          views=(None,) * len(index))
-    r = (epoch - 1) % reader.meta.views_per_video
+    if views is not None and not 1 <= views <= reader.meta.views_per_video:
+        raise CacheError(f"{reader.location}: {views} views per video asked, the cache has "
+                         f"{reader.meta.views_per_video}")
+    r = (epoch - 1) % (views or reader.meta.views_per_video)
     columns = reader.meta.row_arrays()
     view_names = [k for k in ("video", "view", "frames", "crop", "flip", "jitter", "gray",
                               "frame_jitter", "jitter_order") if k in columns]

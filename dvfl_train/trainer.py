@@ -47,6 +47,7 @@ from dvfl_cache.errors import CheckpointError
 from dvfl_cache.failbudget import TooManyFailed, failed_line
 from dvfl_cache.runtime import resolve_device
 
+from dvfl_train.cache_views import pin_cache_views
 from dvfl_train.checkpoint import (BEST, LAST, SUMMARY, RunDir, checkpoint_file, read_metrics,
                                    restore_training_state, training_state)
 from dvfl_train.config import ConfigError, FitConfig
@@ -180,6 +181,9 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
     teacher = open_teacher(cfg, index, data_seed=data_seed,
                            need_features=any(s.beta > 0 for s in specs), device=device)
     _check_test_span(cfg, teacher.view_frames)
+    if getattr(teacher, "reader", None) is not None:
+        cfg, configs, teacher.views = pin_cache_views(
+            cfg, configs, teacher.reader.meta.views_per_video, resume=resume)
     students = [_open_student(c, s, dist, num_classes=index.num_classes,
                               feature_dim=teacher.feature_dim, resume=resume, overwrite=overwrite)
                 for c, s in zip(configs, specs)]

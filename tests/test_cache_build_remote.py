@@ -15,7 +15,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from dvfl_cache.cli import main as cache_cli
-from test_cache_build import build_args, run_cli, store_arrays
+from test_cache_build import TINY_TEACHER, build_args, run_cli, store_arrays
 
 
 def test_build_into_s3_then_info_verify_card_and_fit(synth_root, bucket, s3_endpoint, tmp_path,
@@ -61,6 +61,19 @@ def test_build_into_s3_then_info_verify_card_and_fit(synth_root, bucket, s3_endp
         "--out", str(tmp_path / "run")], catch_exceptions=False)
     assert fit.exit_code == 0, fit.output
     assert "epoch 1/1: loss " in fit.output
+    # extend in the bucket: a third view per video, equal to building three from the start
+    res = run_cli(["extend", url, "--dataset", "ucf101", "--root", str(synth_root),
+                   *TINY_TEACHER, "--views-per-video", "3", "--batch-size", "3",
+                   "--workers", "0", "--storage-option", f"endpoint_url={s3_endpoint}"])
+    assert "store complete, 6 shards" in res.output
+    run_cli([*build_args(synth_root, tmp_path / "ref3.zarr"), "--views-per-video", "3"])
+    a, b = store_arrays(url), store_arrays(tmp_path / "ref3.zarr")
+    for name in b:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=name)
+    extend_record = CacheReader(url).build_records()[-1]
+    assert extend_record["command"][:2] == ["dvfl-cache", "extend"]
+    assert "endpoint_url=***" in extend_record["command"]
+    assert s3_endpoint not in json.dumps(extend_record)
     # a changed file is caught by the card's manifest
     import s3fs
 

@@ -129,6 +129,24 @@ def test_claims_exclude_expire_and_are_retaken(claim_root):
         b.close()
 
 
+def test_a_released_claim_is_dead_at_once_for_anyone_in_any_process(claim_root):
+    """A written shard's claim must not make others wait out its expiry: a second command in
+    the same live process (build, then extend) once waited the whole time to live."""
+    fs, root = _fs(claim_root)
+    a, b = ShardClaims(fs, root, ttl_s=600), ShardClaims(fs, root, ttl_s=600)
+    try:
+        assert a.try_claim(0) and a.try_claim(1)
+        a.release(0)
+        assert a.newest(0).expires == 0.0 and a.newest(1).expires > time.time() + 500
+        assert b.try_claim(0) and b.newest(0).gen == 1  # no wait: retaken at once
+        assert not b.try_claim(1)  # the claim still held stands
+        a.release(0)  # not held any more: b's newer claim is left alone
+        assert b.holds(0) and b.newest(0).expires > time.time() + 500
+    finally:
+        a.close()
+        b.close()
+
+
 def _hold_claim_forever(root: str, ready) -> None:
     fs, r = target_fs(root)
     ShardClaims(fs, r, ttl_s=600).try_claim(0)

@@ -59,7 +59,7 @@ def test_defaults_are_the_recipe():
     ({"epochs": 1.5}, "'epochs' expects an integer"),
     ({"amp": 1}, "'amp' expects true or false"),
     ({"seed": True}, "'seed' expects an integer"),
-    ({"cache": 3}, "'cache' expects a string or null"),
+    ({"cache": 3}, "'cache' expects a list of strings"),
     ({"model_opts": [1]}, "'model_opts' expects an object"),
     ({"model_opts": None}, "'model_opts' expects an object"),
     ({"alpah": 0.3}, "unknown field.*'alpah'"),

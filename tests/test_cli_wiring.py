@@ -17,7 +17,7 @@ TINY = {"embed_dim": 8, "depths": [1, 1, 1, 1]}
 
 @pytest.fixture(scope="module")
 def files(synth_root, synth_index, synth_test_index, tmp_path_factory):
-    """A 4-frame teacher checkpoint with a features cache of it, a 2-frame init checkpoint and
+    """A 4-frame teacher checkpoint with a 2-view features cache of it, a 2-frame init checkpoint and
     the train/test index files."""
     from dvfl_cache.cache.build import BuildConfig, build_cache
     from dvfl_cache.data.index import save_index
@@ -31,7 +31,7 @@ def files(synth_root, synth_index, synth_test_index, tmp_path_factory):
                                                   img_size=32, **TINY))
     build_cache(BuildConfig(out=str(tmp / "c.zarr"), teacher=str(tmp / "teacher.pt"),
                             frames=4, size=32, dtype="float32", features=True, workers=0,
-                            device="cpu"), synth_index)
+                            device="cpu", views_per_video=2), synth_index)
     save_index(synth_index, tmp / "train.json")
     save_index(synth_test_index, tmp / "test.json")
     return tmp
@@ -58,7 +58,11 @@ SHARED = {
         "num_frames": ("2", 2),
         "size": ("32", 32),
         "sampler": (["temporal=stride", "stride=1"], {"temporal": "stride", "stride": 1}),
-        "cache": ("{files}/c.zarr", "{files}/c.zarr"),
+        "cache": ("{files}/c.zarr", ["{files}/c.zarr"]),
+        # the cache has 2 views: ignored, the run would pin all 2; the target of two caches:
+        # test_ensemble.py::test_cli_fit_distils_from_two_caches
+        "views_subset": ("1", 1),
+        "teacher_mix": ("mean-probs", "mean-probs"),
         "beta": ("0.5", 0.5),
         "label_smoothing": ("0.1", 0.1),
         "epochs": ("1", 1),
@@ -145,6 +149,8 @@ def _args(cmd, options: dict, fmt: dict) -> list[str]:
 
 
 def _expected(value, fmt: dict):
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v.format(**fmt) for v in value]
     return value.format(**fmt) if isinstance(value, str) else value
 
 
@@ -271,6 +277,7 @@ BUILD_META = {
     "views_per_shard": ("5", "views_per_shard", 5),
 }
 BUILD_BEHAVIOUR = {
+    "views_from": "test_cache_sameviews.py::test_views_from_runs_another_teacher_on_the_same_views",
     "root": "test_build_options_reach_the_cache_metadata: --videos/--annotations under "
             "another --root",
     "videos_dir": "same", "annotations": "same",
@@ -368,3 +375,85 @@ def test_build_index_option_names_the_videos(synth_root, synth_test_index, tmp_p
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert CacheReader(tmp_path / "c.zarr").meta.dataset.index_digest == synth_test_index.digest
+
+
+# -- extend -------------------------------------------------------------------------------------
+
+# Every `dvfl-cache extend` option, by its effect: the store records the settings extend takes
+# from it, and a teacher or videos other than the store's are refused, so a wrongly passed
+# dataset or teacher option fails the run below.
+EXTEND_BEHAVIOUR = {
+    "store": "every extend here",
+    "kind": "test_extend_options_reach_the_run: a store of split 2 / test videos under another "
+            "--root (--videos/--annotations) is extended; any of them lost changes the index "
+            "digest and extend refuses",
+    "root": "same", "split": "same", "subset": "same", "videos_dir": "same", "annotations": "same",
+    "index_path": "test_extend_options_reach_the_run: the second extend names the videos by "
+                  "--index",
+    "teacher": "test_extend_options_reach_the_run: the store's checkpoint teacher by name (the "
+               "default vfn-base is refused)",
+    "weights": "test_extend_options_reach_the_run: the store's checkpoint (its sha256 is checked)",
+    "random_weights": "test_cache_extend.py: every extend there runs a seeded random teacher",
+    "teacher_opts": "test_cache_extend.py::test_extend_refuses_another_teacher_and_fewer_views",
+    "views_per_video": "every extend here: the store's new views per video",
+    "claim_ttl_s": "test_extend_options_reach_the_run: 'claims live 7 s'",
+    "max_failed": "test_cache_extend.py::test_extend_past_max_failed_fails_and_keeps_the_store",
+    "batch_size": "test_extend_options_reach_the_run: a debug record per teacher batch",
+    "workers": "test_extend_options_reach_the_run: the start record",
+    "device": "test_extend_options_reach_the_run: an unavailable --device is refused",
+    "threads": "test_extend_options_reach_the_run: torch threads after the run",
+    "storage_opts": "test_cache_build_remote.py::test_build_into_s3_then_info_verify_card_and_fit"
+                    " (extend on the S3 server; the value is recorded hidden)",
+}
+
+
+def test_every_extend_option_has_a_wiring_entry():
+    from dvfl_cache.commands.extend import extend_cmd
+
+    assert {p.name for p in extend_cmd.params} == set(EXTEND_BEHAVIOUR)
+
+
+def test_extend_options_reach_the_run(synth_root, files, tmp_path, caplog, threads):
+    from dvfl_cache.cache.store import CacheReader
+    from dvfl_cache.cli import main
+
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    where = ["--dataset", "ucf101", "--root", str(empty), "--videos",
+             str(synth_root / "UCF-101"), "--annotations", str(synth_root / "ucfTrainTestlist"),
+             "--split", "2", "--subset", "test"]
+    teacher = ["--teacher", "vfl-nano", "--weights", str(files / "teacher.pt"),
+               "--teacher-opt", "embed_dim=8", "--teacher-opt", "depths=1,1,1,1"]
+    store = tmp_path / "c.zarr"
+    build = CliRunner().invoke(main, ["build", *where, *teacher, "--frames", "4", "--size", "32",
+                                      "--views-per-shard", "3", "--workers", "0",
+                                      "--device", "cpu", "--out", str(store)],
+                               catch_exceptions=False)
+    assert build.exit_code == 0, build.output
+    run = ["extend", str(store), *where, *teacher, "--views-per-video", "2", "--batch-size", "2",
+           "--workers", "0", "--device", "cpu", "--threads", "2", "--claim-ttl", "7",
+           "--max-failed", "0"]
+    refused = CliRunner().invoke(main, [*run, "--device", "cuda:7"])
+    assert refused.exit_code == 1 and "--device cuda:7" in refused.output
+    with caplog.at_level(logging.DEBUG, logger="dvfl_cache.cache"):
+        result = CliRunner().invoke(main, run, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    r = CacheReader(store)
+    assert r.complete and r.meta.views_per_video == 2
+    assert torch.get_num_threads() == 2
+    messages = [rec.getMessage() for rec in caplog.records]
+    # rows n..2n-1 are new, and the partial shard's batches start at its first new row
+    assert [m for m in messages if m.startswith("teacher on")] and all(
+        m in ("teacher on 2 views", "teacher on 1 views")
+        for m in messages if m.startswith("teacher on"))
+    assert any("0 decoding workers, claims live 7 s" in m for m in messages)
+    # --index: the same videos named by an index file; one more view
+    from dvfl_cache.data.index import save_index
+    from dvfl_cache.data.readers import build_index
+
+    save_index(build_index("ucf101", synth_root, split=2, subset="test"), tmp_path / "test.json")
+    idx = ["extend", str(store), "--index", str(tmp_path / "test.json"), *teacher,
+           "--views-per-video", "3", "--workers", "0", "--device", "cpu"]
+    result = CliRunner().invoke(main, idx, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert CacheReader(store).meta.views_per_video == 3 and CacheReader(store).complete

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,12 +91,13 @@ def test_cli_choices_come_from_the_registries():
     from dvfl_cache.data.readers import KINDS
     from dvfl_cache.models.registry import MODEL_NAMES
     from dvfl_train.commands.fit import fit_cmd
-    from dvfl_train.config import KD_FORMS, OPTIMIZERS, PRED_LOSSES, REP_LOSSES
+    from dvfl_train.config import KD_FORMS, OPTIMIZERS, PRED_LOSSES, REP_LOSSES, TEACHER_MIXES
 
     choices = {p.name: tuple(p.type.choices) for p in fit_cmd.params
                if isinstance(p.type, click.Choice)}
     assert choices == {"dataset": KINDS, "model": MODEL_NAMES, "optimizer": OPTIMIZERS,
-                       "kd_form": KD_FORMS, "pred_loss": PRED_LOSSES, "rep_loss": REP_LOSSES}
+                       "kd_form": KD_FORMS, "pred_loss": PRED_LOSSES, "rep_loss": REP_LOSSES,
+                       "teacher_mix": TEACHER_MIXES}
 
 
 # -- config versions ----------------------------------------------------------------------------
@@ -111,7 +113,8 @@ def test_a_round_one_config_loads_with_its_old_behaviour():
 
     cfg = FitConfig.from_dict(_round1_config())
     assert cfg.nesterov is False and cfg.momentum == 0.9
-    assert cfg.to_dict()["version"] == CONFIG_VERSION == 2
+    assert cfg.to_dict()["version"] == CONFIG_VERSION == 3
+    assert cfg.cache == ("c.zarr",) and cfg.to_dict()["cache"] == ["c.zarr"]
     assert FitConfig.from_dict(cfg.to_dict()) == cfg
 
 
@@ -143,6 +146,45 @@ def test_round_one_configs_load_from_config_json_and_from_a_checkpoint(tmp_path)
     assert FitConfig.from_dict(state["config"]).nesterov is False
 
 
+def _version2_config(run) -> dict:
+    """A config.json as version 2 wrote it: one cache path (or null), no teacher_mix or
+    views_subset."""
+    cfg = {**_round1_config(), "version": 2, "out_dir": str(run), "nesterov": True,
+           "kd_form": "kl", "pred_loss": "kl", "rep_loss": "mean", "mix_prob": 1.0,
+           "mix_scheme": "row"}
+    return cfg
+
+
+def test_a_version_two_config_loads_resumes_and_is_compared_by_its_cache(tmp_path):
+    """Version 2 stored `cache` as one path or null: it loads as a list of one (or none), a run
+    directory holding it resumes with the same cache (also named another way), and a version-2
+    sweep.json base compares equal to the same sweep today."""
+    from dvfl_train.checkpoint import RunDir, RunDirError
+    from dvfl_train.config import ConfigError, FitConfig, load_config, resume_differences
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old = _version2_config(run)
+    (run / "config.json").write_text(json.dumps(old))
+    cfg = load_config(run / "config.json")
+    assert cfg.cache == ("c.zarr",) and cfg.teacher_mix == "mean-logits"
+    assert cfg.views_subset is None  # all the cache's views, as version 2 ran (cache_views.py)
+    RunDir(run, resume=True).write_config(cfg)
+    assert json.loads((run / "config.json").read_text())["cache"] == ["c.zarr"]
+    assert FitConfig.from_dict({**old, "cache": None}).cache == ()
+    # a version-2 record (one path) against today's (a list of one): no difference
+    assert resume_differences({"cache": "c.zarr"}, {"cache": ["c.zarr"]}) == []
+    assert resume_differences({"cache": None}, {"cache": []}) == []
+    assert resume_differences({"cache": "c.zarr"}, {"cache": ["c.zarr", "d.zarr"]}) == [
+        "cache: ['c.zarr'] -> ['c.zarr', 'd.zarr']"]
+    with pytest.raises(RunDirError, match="cache"):
+        RunDir(run, resume=True).write_config(FitConfig.from_dict({**old, "cache": "d.zarr"}))
+    with pytest.raises(ConfigError, match="'teacher_mix' is from config version 3"):
+        FitConfig.from_dict({**old, "teacher_mix": "mean-probs"})
+    with pytest.raises(ConfigError, match="'cache' expects a list of strings"):
+        FitConfig.from_dict({**old, "cache": ["c.zarr", 3]})
+
+
 def test_nesterov_needs_sgd_with_momentum():
     from dvfl_train.config import ConfigError, FitConfig
 
@@ -165,6 +207,13 @@ def test_from_cli_takes_kind_and_root_from_the_index_and_alpha_from_the_teacher(
     cfg = FitConfig.from_cli({"dataset": "ucf101", "data_root": "d", "out_dir": "r",
                               "alpha": None, "cache": "c.zarr"})
     assert cfg.alpha == 0.3 and cfg.out_dir == "r"
+    assert cfg.cache == (os.path.abspath("c.zarr"),)  # named absolutely: resumable anywhere
+    cfg = FitConfig.from_cli({"dataset": "ucf101", "data_root": "d", "out_dir": "r",
+                              "alpha": None, "cache": ("a.zarr", "s3://b/c.zarr")})
+    assert cfg.cache == (os.path.abspath("a.zarr"), "s3://b/c.zarr")
+    cfg = FitConfig.from_cli({"dataset": "ucf101", "data_root": "d", "out_dir": "r",
+                              "alpha": None, "cache": ()})  # `fit` without --cache
+    assert cfg.cache == () and cfg.alpha == 0.0
 
 
 # -- the module graph ---------------------------------------------------------------------------

@@ -205,7 +205,7 @@ def test_a_round_1_mixup_config_keeps_the_batch_scheme(synth_root, tmp_path):
 
     old = {k: v for k, v in _cfg(synth_root, tmp_path / "old", mixup=0.4).to_dict().items()
            if k not in ("nesterov", "kd_form", "pred_loss", "rep_loss", "mix_prob",
-                        "mix_scheme")}
+                        "mix_scheme", "teacher_mix", "views_subset")}
     cfg = FitConfig.from_dict({**old, "version": 1})
     assert (cfg.mix_scheme, cfg.mix_prob) == ("batch", 1.0)
     assert FitConfig.from_dict({**old, "version": 2}).mix_scheme == "row"

@@ -363,6 +363,10 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
 
     `on_start(n)` is told how many views are pending; `progress(k)` after each batch.
     """
+    if cfg.views_from is not None:
+        from dvfl_cache.cache.sameviews import views_from_config
+
+        cfg = views_from_config(cfg, cfg.views_from, dict(cfg.storage_options) or None)
     rank, world, barrier = _distributed()
     device = resolve_device(cfg.device)
     teacher, meta, sampler = prepare(cfg, index)
@@ -391,8 +395,9 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
                 # a claim to expire (its shard is then retaken on the next pass).
                 time.sleep(min(2.0, cfg.claim_ttl_s / 4))
                 continue
-            log.info("rank %d/%d: %d shards pending on %s, batches of %d, %d decoding workers",
-                     rank, world, len(pending), device, cfg.batch_size, cfg.workers)
+            log.info("rank %d/%d: %d shards pending on %s, batches of %d, %d decoding workers, "
+                     "claims live %g s", rank, world, len(pending), device, cfg.batch_size,
+                     cfg.workers, claims.ttl_s)
             written += _run_shards(cfg, index, sampler, teacher, device, meta, writer, claims,
                                    labels, rows, progress)
     rows_written = sum(len(writer.shard_rows(s)) for s in written)
@@ -401,6 +406,10 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     if cfg.repair and rank == 0 and writer.meta.decoder_version != decoder_version():
         writer.record_decoder_version(decoder_version())
     reader = CacheReader(cfg.out, storage_options=so)
+    if cfg.views_from is not None and reader.complete:
+        from dvfl_cache.cache.sameviews import check_same_views
+
+        check_same_views(reader, CacheReader(cfg.views_from, storage_options=so))
     result = BuildResult(path=str(cfg.out), rows_written=rows_written, shards_written=len(written),
                          shards_total=meta.num_shards, failed=reader.failed_videos(),
                          complete=reader.complete, fp16_kl=reader.fp16_kl(),

@@ -13,13 +13,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dvfl_cache.cache.claims import DEFAULT_TTL_S
-from dvfl_cache.cache.format import DEFAULT_VIEWS_PER_SHARD, LOGIT_DTYPES
+from dvfl_cache.cache.format import DEFAULT_VIEWS_PER_SHARD, LOGIT_DTYPES, CacheMeta
 from dvfl_cache.data.views import ViewSampler
 from dvfl_cache.errors import DvflError
 from dvfl_cache.failbudget import max_failed_setting
 from dvfl_cache.settings import setting
 
-__all__ = ["BuildConfig"]
+__all__ = ["BuildConfig", "recorded_settings"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class BuildConfig:
         flag="--teacher-opt", key_values=True, default_factory=dict,
         help="Override a teacher constructor option (repeatable), e.g. embed_dim=32 or "
              "depths=1,1,2,1.")
+    views_from: str | None = setting(
+        None, flag="--views-from",
+        help="Run this teacher over exactly the views (and mixes) of this store: its sampler, "
+             "seed, mixing, frames, size, views per video and shard size are taken, and the "
+             "new store's view columns are checked equal to its.")
     views_per_video: int = setting(1, flag="--views-per-video", low=1,
                                    help="Views cached per video; epoch e of training replays "
                                         "view e mod V.")
@@ -121,3 +126,22 @@ class BuildConfig:
                 "views_per_video": self.views_per_video, "num_frames": self.frames,
                 "dtype": self.dtype, "views_per_shard": self.views_per_shard,
                 "mix": mix.to_dict() if mix.enabled else None}
+
+
+# BuildConfig fields `extend` and `build --views-from` take from a store, never from the
+# command line.
+RECORDED = ("sampler", "frames", "size", "seed", "dtype", "features", "mixup", "cutmix",
+            "mix_prob", "views_per_shard")
+
+
+def recorded_settings(meta: CacheMeta) -> dict[str, Any]:
+    """The BuildConfig values a store was built with (all but the teacher and the videos)."""
+    params = dict(meta.sampler.params)
+    size = params.pop("size")
+    mix = meta.mix
+    return {"sampler": {k: v for k, v in params.items() if k not in ("num_frames", "mode",
+                                                                    "seed")},
+            "frames": meta.num_frames, "size": int(size), "seed": meta.sampler.seed,
+            "dtype": meta.dtype, "features": meta.feature_dim is not None,
+            "mixup": mix.mixup if mix else 0.0, "cutmix": mix.cutmix if mix else 0.0,
+            "mix_prob": mix.prob if mix else 1.0, "views_per_shard": meta.views_per_shard}

@@ -10,6 +10,8 @@ Why this shape:
   the expiry forward while the shard is being computed. A claim past its expiry, or held by a
   pid on this host that no longer runs, is dead: it is retaken by creating the next
   generation `claims/<s>/<gen + 1>.json`, which again only one process can do.
+  A writer that has written its shard gives the claim up at once (`release` rewrites it with
+  `expires` 0), so nobody waits out the expiry of a claim on a finished shard.
 - The newest generation is the owner. A writer checks it still owns its shard before writing,
   and the shard's `shard_done` flag remains the only completion record (claims are advisory
   bookkeeping about who is working, never about what is finished).
@@ -193,9 +195,10 @@ class ShardClaims:
         return out
 
     # --- taking and holding claims ---
-    def _payload(self) -> bytes:
+    def _payload(self, *, expires: float | None = None) -> bytes:
         return json.dumps({"host": self.host, "pid": self.pid, "token": self.token,
-                           "expires": time.time() + self.ttl_s}).encode()
+                           "expires": time.time() + self.ttl_s if expires is None
+                           else expires}).encode()
 
     def try_claim(self, s: int) -> bool:
         """Own shard `s` now, or False when a live process owns it (or won the race)."""
@@ -234,9 +237,19 @@ class ShardClaims:
         return c is not None and c.token == self.token
 
     def release(self, s: int) -> None:
-        """Stop renewing `s` (its shard is written; the done flag now speaks for it)."""
+        """Give `s` up (its shard is written; the done flag now speaks for it): stop renewing
+        the claim and mark it expired, so that nobody waits for it. Without the mark a released
+        claim looked alive until its expiry while this process ran on: another builder in the
+        same process (a script building then extending, `build --repair`, tests) or on another
+        machine waited up to `ttl_s` for a shard nobody was computing."""
         with self._lock:
-            self._held.pop(s, None)
+            gen = self._held.pop(s, None)
+            if gen is None:
+                return
+            try:  # our own generation only: a newer claimant's file is never touched
+                put_atomic(self.fs, self._key(s, gen), self._payload(expires=0.0))
+            except Exception as e:  # only a wait (until ttl_s) for others, never wrong
+                log.warning("could not mark the claim on shard %d released: %s", s, e)
 
     def _ensure_heartbeat(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -250,10 +263,13 @@ class ShardClaims:
             with self._lock:
                 held = dict(self._held)
             for s, gen in held.items():
-                try:
-                    put_atomic(self.fs, self._key(s, gen), self._payload())
-                except Exception as e:  # a missed beat is retried; expiry is ttl_s away
-                    log.warning("claim heartbeat for shard %d failed: %s", s, e)
+                with self._lock:  # never renew a claim `release` has marked expired meanwhile
+                    if self._held.get(s) != gen:
+                        continue
+                    try:
+                        put_atomic(self.fs, self._key(s, gen), self._payload())
+                    except Exception as e:  # a missed beat is retried; expiry is ttl_s away
+                        log.warning("claim heartbeat for shard %d failed: %s", s, e)
 
     def close(self) -> None:
         self._stop.set()

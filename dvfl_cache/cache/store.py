@@ -80,7 +80,12 @@ def _array_problem(meta: CacheMeta, group: zarr.Group, name: str) -> str | None:
         return f"array '{name}' is missing"
     if not isinstance(arr, zarr.Array):
         return f"'{name}' is a group, expected an array"
-    if tuple(arr.shape) != shape or np.dtype(arr.dtype) != dtype:
+    have = tuple(arr.shape)
+    # An array longer than the root metadata says is a store being extended (extend.py grows
+    # every array before the root): its first rows are this meta's.
+    if have[:1] >= shape[:1] and have[1:] == shape[1:] and np.dtype(arr.dtype) == dtype:
+        return None
+    if have != shape or np.dtype(arr.dtype) != dtype:
         return (f"array '{name}' has shape {tuple(arr.shape)} {arr.dtype}, expected "
                 f"{shape} {dtype}")
     return None
@@ -178,6 +183,7 @@ class CacheWriter:
                                      f"for {CREATE_WAIT_S:.0f} s; is it stuck?")
                 time.sleep(0.2)
             created = not exists_fresh(fs, f"{root}/zarr.json") and write_layout(fs, root, meta)
+            claims.release(CREATE_CLAIM)  # done (or not ours): nobody waits for its expiry
         if not created:
             if resume:  # another resume created it a moment ago: join it
                 return cls(where, meta, storage_options=storage_options)
@@ -247,7 +253,7 @@ class CacheWriter:
 
     def pending_shards(self, *, rank: int = 0, world_size: int = 1) -> list[int]:
         """Shards not yet marked done (those of `rank` when work is split round-robin)."""
-        done = np.asarray(self._arrays[SHARD_DONE][:])
+        done = np.asarray(self._arrays[SHARD_DONE][:self.num_shards])
         return [s for s in range(self.num_shards) if not done[s] and s % world_size == rank]
 
     def clear_done(self, s: int) -> None:
@@ -408,7 +414,7 @@ class CacheReader:
         """Completion flags, one per shard (re-read until the store is complete)."""
         if self._done_all:
             return np.ones(self.num_shards, dtype=bool)
-        done = np.asarray(self.array(SHARD_DONE)[:]) == 1
+        done = np.asarray(self.array(SHARD_DONE)[:self.num_shards]) == 1
         self._done_all = bool(done.all())
         return done
 

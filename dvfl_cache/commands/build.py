@@ -23,6 +23,7 @@ SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "jitter_mode"
                             "views_per_video", "frames", "size"))
 @options_from(ViewSampler, SAMPLER_OPTIONS)
 @options_from(BuildConfig, ("mixup", "cutmix", "mix_prob", "seed"))
+@options_from(BuildConfig, ("views_from",))
 @options_from(BuildConfig, ("out",), out={"required": True})
 @storage_option
 @options_from(BuildConfig, ("claim_ttl_s",))
@@ -51,7 +52,11 @@ def build_cmd(print_config, kind, root, split, subset, index_path, videos_dir, a
                       storage_options=storage_options_from(storage_opts) or {},
                       command=tuple(canonical_command(click.get_current_context())))
     check_model_options(cfg.teacher, cfg.teacher_opts, "--teacher-opt")
-    if print_config:  # no store, no video, no teacher
+    if print_config:  # no store written, no video, no teacher
+        if cfg.views_from is not None:  # the views (and mixing) are that store's: show them
+            from dvfl_cache.cache.sameviews import views_from_config
+
+            cfg = views_from_config(cfg, cfg.views_from, dict(cfg.storage_options) or None)
         echo_config(cfg.record())
         return
     index = index_from_options(kind, root, split, subset, index_path, videos_dir, annotations)

@@ -67,6 +67,8 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
     if meta.get("key_values"):
         return click.option(meta["flag"], f.name, multiple=True, callback=_key_values,
                             **{**kw, "metavar": "KEY=VALUE"})
+    if meta.get("multiple"):  # repeatable: --cache A --cache B
+        return click.option(meta["flag"], f.name, multiple=True, **kw)
     if kind is bool:  # "--x/--no-x" is a pair; a lone "--x" a flag that turns the default over
         pair = "/" in meta["flag"]
         flag = {} if pair else {"is_flag": True, "flag_value": not default}

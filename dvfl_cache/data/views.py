@@ -349,6 +349,11 @@ class ViewSampler:
                 y0 = rng.uniform(0, height - h)
                 x0 = rng.uniform(0, width - w)
                 return (y0 / height, x0 / width, h / height, w / width)
+        return self.centred_crop(width, height)
+
+    def centred_crop(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The random-resized crop's fallback: the largest centred crop whose aspect is
+        clamped into `ratio`."""
         aspect = width / height
         if aspect < self.ratio[0]:
             w, h = float(width), width / self.ratio[0]

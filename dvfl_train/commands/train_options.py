@@ -23,7 +23,8 @@ __all__ = ["EpochProgress", "LOSS_SCHEDULE", "RUNTIME", "DATA_MODEL", "data_mode
 # (names, defaults, help, choices, ranges) come from the fields' metadata in config.py.
 DATA_MODEL = ("dataset", "data_root", "split", "train_index", "val_index", "val_subset",
               "val_every", "test_span", "model", "model_opts", "init", "drop_path", "num_frames",
-              "size", "sampler", "cache", "teacher", "teacher_weights", "teacher_opts")
+              "size", "sampler", "cache", "teacher_mix", "views_subset", "teacher",
+              "teacher_weights", "teacher_opts")
 LOSS_SCHEDULE = ("beta", "kd_form", "pred_loss", "rep_loss", "label_smoothing", "mixup", "cutmix",
                  "mix_prob", "epochs", "warmup_epochs",
                  "batch_size", "base_lr", "warmup_lr", "min_lr", "optimizer", "momentum",
