@@ -450,8 +450,9 @@ def _plot(rows: list[dict[str, Any]], views: list[int], prefix: str) -> None:
         on = by_arm[f"online{suffix}"]
         ax.axhspan(100 * (on["mean"] - on["std"]), 100 * (on["mean"] + on["std"]), alpha=0.2,
                    label=f"online KD, {label} (mean ± std)")
-        cached = [by_arm[f"cached-{v}{suffix}"] for v in views]
-        ax.errorbar(views, [100 * r["mean"] for r in cached], [100 * r["std"] for r in cached],
+        done = [v for v in views if f"cached-{v}{suffix}" in by_arm]  # a run cut short
+        cached = [by_arm[f"cached-{v}{suffix}"] for v in done]
+        ax.errorbar(done, [100 * r["mean"] for r in cached], [100 * r["std"] for r in cached],
                     marker="o", label=f"cached KD, {label}")
     ax.axhline(100 * ce["mean"], color="k", linestyle="--", label="CE only")
     ax.set_xscale("log", base=2)
