@@ -126,7 +126,7 @@ def test_quick_runs_and_a_rerun_continues_without_redoing(tmp_path, capsys):
 
     # other arguments on the same folder are refused, with one line naming it
     with pytest.raises(SystemExit, match="other arguments"):
-        bench.main(["--quick", "--work", str(work), "--seeds", "0"])
+        bench.main(["--quick", "--work", str(work), "--alpha", "0.9"])
 
 
 def test_a_weak_teacher_stops_the_run_before_any_student(tmp_path):

@@ -71,6 +71,11 @@ view), on the shared 2-core box under ``nice -n 10``:
 |---|---|---|---|
 | (filled in by the session that runs them) | | | |
 
+Estimated cost of the full run, from the last run's stages (1 torch thread, 1 decoding
+worker): synth 30 CPU-s, teacher about 370 (24 epochs at ~15 s), cache 205, students 2, 4, 8
+frames about 260, 340 and 420 (twelve students each, against six before), evaluation 20: about
+1650 CPU-s, **28 CPU-minutes**.
+
 How the full run is called (resumable: every stage writes into ``--work`` and is skipped when
 a rerun finds it done; ``--json`` and ``progress.json`` are rewritten after each stage):
 
