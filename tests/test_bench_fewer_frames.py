@@ -135,3 +135,10 @@ def test_a_weak_teacher_stops_the_run_before_any_student(tmp_path):
         bench.main(["--quick", "--work", str(work), "--min-teacher-top1", "1.01"])
     assert not (work / "teacher.zarr").exists() and not (work / "s2").exists()
     assert "teacher-eval" in json.loads((work / "progress.json").read_text())["stages"]
+
+
+def test_a_rerun_may_reorder_the_frame_counts_but_not_change_them():
+    args = vars(bench._parse_args(["--work", "w"]))
+    same = bench._computed({**args, "student_frames": "4,8,2", "json": "other.json"})
+    assert same == bench._computed(args)
+    assert bench._computed({**args, "student_frames": "2,4"}) != bench._computed(args)

@@ -72,7 +72,7 @@ view), on the shared 2-core box under ``nice -n 10``:
 |---|---|---|---|---|
 | batch 8 (LR 1e-3 per step kept), 24 epochs | epoch 7 (step ~350) | 97.9% | **97.0%** | 396 (799) |
 
-(2026-11-29, 15:47-16:00 UTC, load average 5.7-7.8 from other jobs.) The first pilot passed,
+(2026-11-29, 15:46-16:00 UTC, load average 5.7-7.8 from other jobs.) The first pilot passed,
 so it is the full run's teacher: no other teacher setting was tried.
 
 Estimated cost of the full run, from the last run's stages (1 torch thread, 1 decoding
@@ -84,6 +84,9 @@ How the full run is called (resumable: every stage writes into ``--work`` and is
 a rerun finds it done; ``--json`` and ``progress.json`` are rewritten after each stage):
 
     uptime; nice -n 10 python tools/bench_fewer_frames.py --work bench_ff --json ff.json; uptime
+
+A rerun may list ``--student-frames`` in another order (each k is its own stages; a killed
+k resumes its students from their ``last.pt``), e.g. ``4,8,2`` to finish the claim's k first.
 """
 
 from __future__ import annotations
@@ -135,6 +138,14 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _computed(args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments that change what is computed. The order of ``--student-frames`` does not
+    (each k is its own stages), so a rerun may put the k that matters most first."""
+    out = {k: v for k, v in args.items() if k not in _FREE}
+    out["student_frames"] = sorted(int(k) for k in str(out["student_frames"]).split(","))
+    return out
+
+
 class Record:
     """The results known so far, rewritten (atomically) to ``progress.json`` in the working
     folder and to ``--json`` after every stage; a rerun on the same folder reads it back and
@@ -143,8 +154,7 @@ class Record:
     def __init__(self, work: Path, out: Path | None, header: dict[str, Any]):
         self.paths = [work / "progress.json", *([out] if out else [])]
         old = json.loads(self.paths[0].read_text()) if self.paths[0].is_file() else {}
-        if old and ({k: v for k, v in old["args"].items() if k not in _FREE}
-                    != {k: v for k, v in header["args"].items() if k not in _FREE}):
+        if old and _computed(old["args"]) != _computed(header["args"]):
             raise SystemExit(f"{self.paths[0]} holds a run with other arguments; continue it "
                              "with those, or use another --work")
         self.data = {**header, "stages": old.get("stages", {}),
