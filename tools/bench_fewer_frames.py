@@ -85,6 +85,11 @@ a rerun finds it done; ``--json`` and ``progress.json`` are rewritten after each
 
     uptime; nice -n 10 python tools/bench_fewer_frames.py --work bench_ff --json ff.json; uptime
 
+Outcome of that run (docs/benchmarks.md has the table): teacher 97.0%; the claim **does not
+hold** (4-frame kd+rep 57.7 ± 12.4% against CE 40.7 ± 8.5%, 30% of the gap, interval includes
+0); kd alone helps at no k; the paper's forms at 4 frames reach 80.0 ± 3.6%, 70% of the gap,
+the only arm whose gain over CE is shown.
+
 A rerun may list ``--student-frames`` in another order (each k is its own stages; a killed
 k resumes its students from their ``last.pt``), e.g. ``4,8,2`` to finish the claim's k first.
 """
