@@ -1,9 +1,9 @@
 """One student of a run: its network, optimizer, random stream and optimizer step.
 
 Why this shape:
-- ``StudentSpec`` holds only what differs between the students of one run (loss weights, init
-  seed, run directory); everything else is the shared ``FitConfig``, so ``spec.config(shared)``
-  is the student's own reproducible config.
+- ``StudentSpec`` holds only what differs between the students of one run (loss weights and
+  forms, init seed, run directory); everything else is the shared ``FitConfig``, so
+  ``spec.config(shared)`` is the student's own reproducible config.
 - Each student owns its drop-path random stream (``_RngSlot``), swapped in around its steps:
   students sharing a process would otherwise shift each other's masks, and a student trained in
   a sweep would differ from the same student trained alone.
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StudentSpec:
-    """What differs between the students of one run: loss weights, init seed, run directory."""
+    """What differs between the students of one run: loss weights and forms, init seed, run
+    directory."""
 
     alpha: float
     tau: float
@@ -46,6 +47,10 @@ class StudentSpec:
     seed: int
     out_dir: str
     name: str = ""  # for progress lines; default: the run directory's name
+    # loss forms (FitConfig.pred_loss / rep_loss); None keeps the shared config's, so students of
+    # one pass may compare the forms side by side
+    pred_loss: str | None = None
+    rep_loss: str | None = None
 
     @property
     def label(self) -> str:
@@ -54,9 +59,12 @@ class StudentSpec:
     def config(self, cfg: FitConfig) -> FitConfig:
         """The student's own FitConfig (its config.json): reproduces it alone, data order too."""
         data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+        forms = {name: value for name, value in (("pred_loss", self.pred_loss),
+                                                 ("rep_loss", self.rep_loss)) if value is not None}
         return dataclasses.replace(cfg, alpha=self.alpha, tau=self.tau, beta=self.beta,
                                    seed=self.seed, out_dir=str(self.out_dir),
-                                   data_seed=None if data_seed == self.seed else data_seed)
+                                   data_seed=None if data_seed == self.seed else data_seed,
+                                   **forms)
 
 
 class StudentNet(nn.Module):

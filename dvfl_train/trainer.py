@@ -143,7 +143,7 @@ def train_students(cfg: FitConfig, specs: list[StudentSpec], *, resume: bool = F
     """Train every student of ``specs`` on the data of ``cfg`` from one pipeline.
 
     ``cfg`` gives everything shared (data, model, schedule, teacher source); each spec its
-    alpha, tau, beta, init seed and run directory. The data seed is ``cfg.data_seed`` or else
+    alpha, tau, beta, loss forms, init seed and run directory. The data seed is ``cfg.data_seed`` or else
     ``cfg.seed``. Returns one summary per student, in the order of ``specs``.
     """
     if not specs:

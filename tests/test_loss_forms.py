@@ -70,3 +70,37 @@ def test_train_step_uses_the_configured_forms(kw):
         assert parts[key].item() == pytest.approx(want[key].item(), rel=1e-5, abs=1e-7)
     if kw.keys() - {"beta"}:  # a non-default form must change what the step optimises
         assert parts["loss"].item() != pytest.approx(default["loss"].item(), rel=1e-3)
+
+
+def test_a_students_own_forms_override_the_shared_config():
+    """Students of one pass may differ in loss form (the fewer-frames benchmark trains the
+    paper's forms beside dvfl's): the spec's forms reach its config and its optimizer step,
+    and a spec that names none keeps the shared config's."""
+    from dvfl_train.student import StudentSpec, build_student, train_step
+
+    shared = _cfg(beta=0.5)
+    plain = StudentSpec(alpha=0.5, tau=1.0, beta=0.5, seed=0, out_dir="/runs/p")
+    paper = dataclasses.replace(plain, out_dir="/runs/q", pred_loss="mse", rep_loss="sum")
+    assert (plain.config(shared).pred_loss, plain.config(shared).rep_loss) == ("kl", "mean")
+    assert (paper.config(shared).pred_loss, paper.config(shared).rep_loss) == ("mse", "sum")
+    assert paper.config(_cfg(beta=0.5, pred_loss="mse")).rep_loss == "sum"
+
+    g = torch.Generator().manual_seed(1)
+    clip = torch.randn(3, 2, 3, 32, 32, generator=g)
+    teacher, feats = torch.randn(3, 4, generator=g) * 3, torch.randn(3, 6, generator=g)
+    target = torch.tensor([0, 1, 2])
+    parts = {}
+    for spec in (plain, paper):
+        student = build_student(spec.config(shared), spec, num_classes=4,
+                                device=torch.device("cpu"), feature_dim=6)
+        with torch.no_grad():
+            _, projected = student.model(clip)
+        parts[spec.out_dir], logits = train_step(student, clip, target, teacher_logits=teacher,
+                                                 teacher_features=feats, lr=0.0)
+        want = kd_loss(logits, teacher, target, 0.5, 1.0, beta=0.5, student_features=projected,
+                       teacher_features=feats, pred_loss=spec.config(shared).pred_loss,
+                       rep_loss=spec.config(shared).rep_loss)
+        assert parts[spec.out_dir]["loss"].item() == pytest.approx(want["loss"].item(), rel=1e-5)
+    # same init seed, same inputs: only the forms differ, and the sum over 6 features is 6x the mean
+    assert parts["/runs/q"]["feat_loss"].item() == pytest.approx(
+        6 * parts["/runs/p"]["feat_loss"].item(), rel=1e-5)
