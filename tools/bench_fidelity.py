@@ -83,7 +83,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import platform
 import resource
 import shutil
@@ -96,13 +95,10 @@ from typing import Any
 
 import torch
 
+from dvfl_cache.tables import paired_interval
+
 TWO_STAGES = {"depths": [1, 1], "focal_levels": [2, 2], "focal_windows": [3, 3],
               "tubelet_size": 2}
-# two-sided 95% Student t quantiles by degrees of freedom (1..10); 1.96 beyond
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262, 10: 2.228}
-
-
 # the reference recipe's mixing (every batch mixed, mixup 0.8 / cutmix 1.0 at even odds)
 MIX = {"mixup": 0.8, "cutmix": 1.0, "mix_prob": 1.0}
 
@@ -111,16 +107,6 @@ def _cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def paired_interval(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """Mean of ``a - b`` (paired by position) and its 95% t-interval (low, high)."""
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    mean = statistics.fmean(d)
-    if len(d) < 2:
-        return mean, math.nan, math.nan
-    half = _T975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
-    return mean, mean - half, mean + half
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

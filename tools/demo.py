@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import resource
 import shlex
@@ -365,11 +364,6 @@ def summary(demo: Demo, timings: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-# two-sided 95% Student t quantiles by degrees of freedom (1..10); 1.96 beyond
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262, 10: 2.228}
-
-
 def _read_rows(results_csv: Path) -> list[dict[str, str]]:
     with open(results_csv, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
@@ -406,13 +400,13 @@ def conclusion(rows: list[dict[str, str]], *, teacher_top1: float, classes: int)
                 "learn")
         paired = sorted(set(runs) & set(ce)) if alpha > 0 else []
         if len(paired) >= 2:
-            d = [runs[s] - ce[s] for s in paired]
-            dm, half = statistics.fmean(d), (_T975.get(len(d) - 1, 1.96) * statistics.stdev(d)
-                                             / math.sqrt(len(d)))
-            verdict = "helped" if dm - half > 0 else "hurt" if dm + half < 0 else "unclear"
+            from dvfl_cache.tables import paired_interval
+
+            dm, low, high = paired_interval([runs[s] for s in paired], [ce[s] for s in paired])
+            verdict = "helped" if low > 0 else "hurt" if high < 0 else "unclear"
             verdicts.append((name, verdict))
             line += (f"; minus CE (same seed) {dm:+.1f} points, 95% interval "
-                     f"({dm - half:+.1f}, {dm + half:+.1f}): {verdict}")
+                     f"({low:+.1f}, {high:+.1f}): {verdict}")
         lines.append(line)
     if not verdicts:
         lines.append("  no KD setting has at least 2 seeds paired with CE: no verdict")
