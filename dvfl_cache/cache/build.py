@@ -279,6 +279,26 @@ class _ClaimedRows:
             s = self._next_claim()
 
 
+def write_pending(cfg: BuildConfig, index, sampler, teacher, device, meta, target, claims,
+                  labels, progress, *, rank: int, world: int) -> list[int]:
+    """Claim and write every pending shard of ``target`` (a build's writer, or an extend's
+    grown store) until none is left; the shards this process wrote."""
+    written: list[int] = []
+    while pending := target.pending_shards():
+        rows = _ClaimedRows(target, claims, pending)
+        if not rows.claim_first():
+            # Everything left is held by live claimants: wait for them to finish, or for a
+            # claim to expire (its shard is then retaken on the next pass).
+            time.sleep(min(2.0, cfg.claim_ttl_s / 4))
+            continue
+        log.info("rank %d/%d: %d shards pending on %s, batches of %d, %d decoding workers, "
+                 "claims live %g s", rank, world, len(pending), device, cfg.batch_size,
+                 cfg.workers, claims.ttl_s)
+        written += _run_shards(cfg, index, sampler, teacher, device, meta, target, claims,
+                               labels, rows, progress)
+    return written
+
+
 def _run_shards(cfg: BuildConfig, index: DatasetIndex, sampler: ViewSampler, teacher, device,
                 meta: CacheMeta, writer: CacheWriter, claims: ShardClaims, labels: np.ndarray,
                 rows: _ClaimedRows, progress: Callable[[int], None] | None) -> list[int]:
@@ -388,18 +408,8 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
             mark_for_repair(cfg, index, writer, claims, workers=cfg.workers)
         if barrier is not None:
             barrier()
-        while pending := writer.pending_shards():
-            rows = _ClaimedRows(writer, claims, pending)
-            if not rows.claim_first():
-                # Everything left is held by live claimants: wait for them to finish, or for
-                # a claim to expire (its shard is then retaken on the next pass).
-                time.sleep(min(2.0, cfg.claim_ttl_s / 4))
-                continue
-            log.info("rank %d/%d: %d shards pending on %s, batches of %d, %d decoding workers, "
-                     "claims live %g s", rank, world, len(pending), device, cfg.batch_size,
-                     cfg.workers, claims.ttl_s)
-            written += _run_shards(cfg, index, sampler, teacher, device, meta, writer, claims,
-                                   labels, rows, progress)
+        written += write_pending(cfg, index, sampler, teacher, device, meta, writer, claims,
+                                 labels, progress, rank=rank, world=world)
     rows_written = sum(len(writer.shard_rows(s)) for s in written)
     if barrier is not None:
         barrier()

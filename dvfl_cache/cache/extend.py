@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -30,8 +29,7 @@ import numpy as np
 import zarr
 
 from dvfl_cache.cache import codecs
-from dvfl_cache.cache.build import (BuildResult, _ClaimedRows, _distributed, _run_shards,
-                                    prepare)
+from dvfl_cache.cache.build import BuildResult, _distributed, prepare, write_pending
 from dvfl_cache.cache.build_config import BuildConfig, recorded_settings
 from dvfl_cache.cache.claims import put_atomic
 from dvfl_cache.cache.format import PROVENANCE_ONLY, SHARD_DONE, CacheMeta
@@ -245,16 +243,8 @@ def extend_cache(cfg: BuildConfig, index: DatasetIndex, *,
     labels = np.array([v.label for v in index.videos], np.int32)
     written: list[int] = []
     with target.claims(ttl_s=cfg.claim_ttl_s) as claims:
-        while pending := target.pending_shards():
-            rows = _ClaimedRows(target, claims, pending)
-            if not rows.claim_first():
-                time.sleep(min(2.0, cfg.claim_ttl_s / 4))
-                continue
-            log.info("rank %d/%d: %d shards pending on %s, batches of %d, %d decoding workers, "
-                     "claims live %g s", rank, world, len(pending), device, cfg.batch_size,
-                     cfg.workers, claims.ttl_s)
-            written += _run_shards(cfg, index, sampler, teacher, device, new, target, claims,
-                                   labels, rows, progress)
+        written += write_pending(cfg, index, sampler, teacher, device, new, target, claims,
+                                 labels, progress, rank=rank, world=world)
     if barrier is not None:
         barrier()
     reader = CacheReader(cfg.out, storage_options=so)
