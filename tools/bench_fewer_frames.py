@@ -114,6 +114,7 @@ from typing import Any, Callable
 
 import torch
 
+from dvfl_cache.atomic import write_json_atomic
 from dvfl_cache.tables import mean_std, paired_interval
 
 # Two stages with tubelets: at 32-64 px four stages end on 1x1-2x2 tokens, and without tubelets a
@@ -184,11 +185,8 @@ class Record:
         self.save()
 
     def save(self) -> None:
-        text = json.dumps(self.data, indent=1)
         for path in self.paths:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            write_json_atomic(path, self.data, indent=1)
 
 
 def _throughput(models: dict[str, tuple[torch.nn.Module, int, int]], *, batch: int,

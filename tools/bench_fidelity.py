@@ -95,6 +95,7 @@ from typing import Any
 
 import torch
 
+from dvfl_cache.atomic import write_json_atomic
 from dvfl_cache.tables import paired_interval
 
 TWO_STAGES = {"depths": [1, 1], "focal_levels": [2, 2], "focal_windows": [3, 3],
@@ -196,11 +197,8 @@ class Record:
         self.save()
 
     def save(self) -> None:
-        text = json.dumps(self.data, indent=1)
         for path in self.paths:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            write_json_atomic(path, self.data, indent=1)
 
 
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
