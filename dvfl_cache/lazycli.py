@@ -10,6 +10,7 @@ import importlib
 import logging
 import shlex
 import sys
+from pathlib import Path
 
 import click
 
@@ -20,6 +21,23 @@ from dvfl_cache.errors import DvflError
 KEPT = {"build": "finished shards are kept in {out}",
         "fit": "finished epochs are kept in {out} (last.pt)",
         "sweep": "finished students and epochs are kept in {out}"}
+# Said instead when a local --out shows that nothing had finished (the resume command still
+# works: it starts the run in the folder the interrupted one began).
+NOTHING_KEPT = {"build": "no shard had been written to {out}",
+                "fit": "no epoch had finished in {out}",
+                "sweep": "no student had finished an epoch in {out}"}
+
+
+def _kept_anything(command: str, out: str) -> bool:
+    """Whether a local ``out`` holds finished work of ``command`` (a remote store: assumed)."""
+    if "://" in out:
+        return True
+    path = Path(out)
+    if command == "fit":
+        return (path / "last.pt").is_file()
+    if command == "sweep":
+        return any(path.glob("runs/*/last.pt"))
+    return path.exists()
 
 
 class Interrupted(click.ClickException):
@@ -46,7 +64,8 @@ def interrupted_line(prog: str, argv: list[str]) -> str:
     words = [a for a in argv if a != "--overwrite"]
     if "--resume" not in words and "--repair" not in words:
         words.append("--resume")
-    return (f"interrupted; {KEPT[command].format(out=out)}; resume with: "
+    kept = (KEPT if _kept_anything(command, out) else NOTHING_KEPT)[command].format(out=out)
+    return (f"interrupted; {kept}; resume with: "
             f"{shlex.join([prog, *words])}")
 
 

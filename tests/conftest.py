@@ -29,6 +29,16 @@ SYNTH_TINY = dict(classes=4, videos_per_class=4, width=32, height=32, frames=16,
 COUNTER_BASE, COUNTER_STEP = 16, 7  # 16..219 over 30 frames
 
 
+def free_port() -> str:
+    """A TCP port free on 127.0.0.1 right now, for a torchrun rendezvous: a fixed port made two
+    test suites running at once on one machine fail with EADDRINUSE."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def counter_frame(i: int, *, width: int = 64, height: int = 48) -> np.ndarray:
     """Frame i: left half flat at COUNTER_BASE + COUNTER_STEP * i (readable after lossy coding),
     right half a seeded noise texture so the encoder has real work (motion, B-frames)."""

@@ -36,6 +36,15 @@ def test_paired_interval_closed_form():
         bench.paired_interval([1.0, 2.0], [1.0])
 
 
+def test_teacher_options_reach_the_teacher_run():
+    default = bench.teacher_settings(bench._parse_args([]))
+    assert (default["batch_size"], default["base_lr"], default["epochs"]) == (16, 0.032, 20)
+    strong = bench.teacher_settings(bench._parse_args(
+        ["--teacher-batch", "8", "--teacher-lr", "0.064", "--teacher-epochs", "24"]))
+    assert (strong["batch_size"], strong["base_lr"], strong["epochs"]) == (8, 0.064, 24)
+    assert strong["val_every"] == 24 and strong["alpha"] == 0.0
+
+
 def test_mixed_arms_are_tried_before_they_are_run(tmp_path):
     """The guard tries the student-side mixed replay on a tiny run: today's trainer refuses a
     mixed cache (and FitConfig has no mix_prob), so the mixed arms are skipped with the reason;

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from click.testing import CliRunner
+from conftest import free_port
 
 from dvfl_cache.cli import main as cache_cli
 
@@ -161,7 +162,7 @@ def test_torchrun_two_ranks_split_the_shards(synth_root, tmp_path):
     out = tmp_path / "ddp.zarr"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29517", "-m", "dvfl_cache.cli",
+           "--master-port", free_port(), "-m", "dvfl_cache.cli",
            *build_args(synth_root, out)[0:]]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 import torch
 from click.testing import CliRunner
 
@@ -154,7 +155,7 @@ def test_torchrun_two_ranks_build_the_same_mixed_cache(synth_root, tmp_path):
     run_cli(build_args(synth_root, tmp_path / "one", *MIX))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29533", "-m", "dvfl_cache.cli",
+           "--master-port", free_port(), "-m", "dvfl_cache.cli",
            *build_args(synth_root, tmp_path / "two", *MIX)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

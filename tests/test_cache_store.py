@@ -424,12 +424,21 @@ def test_info_reports_teacher_accuracy_from_valid_rows(store):
     valid = (rows % m.num_videos) != 3
     rank = label_rank(rows, m.num_classes)[valid]
     assert d["valid_rows"] == valid.sum() == 27
+    assert d["done_rows"] == m.num_rows == 30
     assert d["teacher_top1"] == pytest.approx((rank == 0).mean())
     assert d["teacher_top5"] == pytest.approx((rank < 5).mean())
     assert 0 < d["teacher_top1"] < d["teacher_top5"] < 1
     assert (d["shards_done"], d["shards_total"], d["complete"]) == (4, 4, True)
     assert d["failed_videos"] == [{"video": 3, "path": "clips/v3.avi", "reason": FAILED[3]}]
     assert d["teacher"] == "vfn-tiny" and d["dataset"] == "synth split 1 train"
+    # the CLI says what share of the finished rows is valid (a failed video's rows are not)
+    from click.testing import CliRunner
+
+    from dvfl_cache.cli import main as cache_cli
+
+    out = CliRunner().invoke(cache_cli, ["info", str(store)])
+    assert out.exit_code == 0, out.output
+    assert "over 27 valid views (90.00% of the 30 rows of done shards)" in out.output
 
 
 def test_reader_pickles_and_reopens(store):

@@ -487,3 +487,33 @@ def test_resume_differences_compare_inputs_by_identity(data, train_json, tmp_pat
     changed = resume_differences(old, {**old, "train_index": str(tmp_path / "other.json"),
                                        "tau": 2.0})
     assert [c.split(":")[0] for c in changed] == ["tau", "train_index"]
+
+
+def test_interrupted_line_says_nothing_finished_when_no_epoch_or_shard_was_kept(tmp_path):
+    """Ctrl-C before the first epoch (or shard) ended: the line must not claim kept epochs;
+    the resume command is the same either way (it starts over in the same folder)."""
+    from dvfl_cache.lazycli import interrupted_line
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    line = interrupted_line("dvfl-train", ["fit", "--epochs", "3", "--out", str(run)])
+    assert f"no epoch had finished in {run}" in line and line.endswith("--resume")
+    (run / "last.pt").write_bytes(b"")
+    line = interrupted_line("dvfl-train", ["fit", "--epochs", "3", "--out", str(run)])
+    assert f"finished epochs are kept in {run} (last.pt)" in line
+    sweep = tmp_path / "sw"
+    line = interrupted_line("dvfl-train", ["sweep", f"--out={sweep}"])
+    assert "no student had finished an epoch" in line
+    (sweep / "runs" / "a0").mkdir(parents=True)
+    (sweep / "runs" / "a0" / "last.pt").write_bytes(b"")
+    assert "finished students and epochs are kept" in interrupted_line(
+        "dvfl-train", ["sweep", f"--out={sweep}"])
+    store = tmp_path / "c.zarr"
+    assert "no shard had been written" in interrupted_line("dvfl-cache", [
+        "build", "--out", str(store)])
+    store.mkdir()
+    assert "finished shards are kept" in interrupted_line("dvfl-cache", [
+        "build", "--out", str(store)])
+    assert "finished shards are kept" in interrupted_line("dvfl-cache", [
+        "build", "--out", "s3://bucket/c.zarr"])  # remote: not looked at

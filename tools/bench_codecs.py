@@ -22,7 +22,12 @@ import numpy as np
 from dvfl_cache.cache import codecs
 
 
-def trained_logits(n: int, classes: int = 101, dim: int = 48, steps: int = 300) -> np.ndarray:
+def trained_logits(n: int, classes: int = 101, dim: int = 48, steps: int = 300
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(logits float32 (n, classes), labels) of a linear softmax classifier trained (seeded)
+    by full-batch gradient descent on ``classes`` Gaussian clusters: peaked rows with
+    near-ties between neighbouring classes, as trained logits have (tests/test_cache_codecs.py
+    uses the same set)."""
     rng = np.random.default_rng(1)
     means = rng.normal(0, 1, (classes, dim))
     y = rng.integers(0, classes, n)
@@ -35,10 +40,7 @@ def trained_logits(n: int, classes: int = 101, dim: int = 48, steps: int = 300) 
         p[np.arange(n), y] -= 1
         w -= 0.5 * x.T @ p / n
         b -= 0.5 * p.mean(0)
-    logits = x @ w + b
-    print(f"trained classifier: train top-1 {(logits.argmax(1) == y).mean():.3f}, mean row "
-          f"range {np.ptp(logits, 1).mean():.1f}, mean row std {logits.std(1).mean():.2f}")
-    return logits.astype(np.float32)
+    return (x @ w + b).astype(np.float32), y
 
 
 def main() -> None:
@@ -52,7 +54,10 @@ def main() -> None:
     outlier = rng.normal(0, 3, (args.rows, 101)).astype(np.float32)
     outlier[:, 0] -= 1000  # one class far below the rest
     sets["std 3, one -1000"] = outlier
-    sets["trained"] = trained_logits(args.rows)
+    sets["trained"], y = trained_logits(args.rows)
+    print(f"trained classifier: train top-1 {(sets['trained'].argmax(1) == y).mean():.3f}, "
+          f"mean row range {np.ptp(sets['trained'], 1).mean():.1f}, mean row std "
+          f"{sets['trained'].std(1).mean():.2f}")
     forms = {"float32": "float32", "float16": "float16", "affine8": "q8-affine",
              "q8-logit": "q8-logit"}
     print("\n| form | bytes/view (101) | logits | worst KL tau 1 / 5 / 10 / 20 | mean KL "

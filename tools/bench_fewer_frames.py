@@ -100,22 +100,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import platform
-import resource
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from dvfl_cache.atomic import write_json_atomic
 from dvfl_cache.tables import mean_std, paired_interval
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: _stages, however loaded
+from _stages import COMMON_FIT, Stages, synth_task  # noqa: E402
 
 # Two stages with tubelets: at 32-64 px four stages end on 1x1-2x2 tokens, and without tubelets a
 # freshly initialised Video-FocalNet is blind to frame order (its temporal modulator starts near
@@ -139,54 +139,12 @@ def arm_losses(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                       "rep_loss": "sum"}}
 
 
-def _cpu_seconds() -> float:
-    """User + system time of this process and its reaped children (decoding workers)."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def _computed(args: dict[str, Any]) -> dict[str, Any]:
     """The arguments that change what is computed. The order of ``--student-frames`` does not
     (each k is its own stages), so a rerun may put the k that matters most first."""
     out = {k: v for k, v in args.items() if k not in _FREE}
     out["student_frames"] = sorted(int(k) for k in str(out["student_frames"]).split(","))
     return out
-
-
-class Record:
-    """The results known so far, rewritten (atomically) to ``progress.json`` in the working
-    folder and to ``--json`` after every stage; a rerun on the same folder reads it back and
-    skips the stages it holds."""
-
-    def __init__(self, work: Path, out: Path | None, header: dict[str, Any]):
-        self.paths = [work / "progress.json", *([out] if out else [])]
-        old = json.loads(self.paths[0].read_text()) if self.paths[0].is_file() else {}
-        if old and _computed(old["args"]) != _computed(header["args"]):
-            raise SystemExit(f"{self.paths[0]} holds a run with other arguments; continue it "
-                             "with those, or use another --work")
-        self.data = {**header, "stages": old.get("stages", {}),
-                     "results": old.get("results", {})}
-
-    def run(self, stage: str, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` as ``stage`` (wall and CPU seconds, decoding workers included) unless an
-        earlier run finished it; ``fn`` returns what the stage found (kept under ``results``)."""
-        if stage in self.data["stages"]:
-            print(f"[{stage}] done earlier, skipped", file=sys.stderr, flush=True)
-            return
-        print(f"[{stage}] ...", file=sys.stderr, flush=True)
-        wall, cpu = time.perf_counter(), _cpu_seconds()
-        found = fn()
-        wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
-        if found is not None:
-            self.data["results"][stage] = found
-        self.data["stages"][stage] = {"wall_s": wall, "cpu_s": cpu}
-        print(f"[{stage}] {wall:.0f} s wall, {cpu:.0f} s CPU", file=sys.stderr, flush=True)
-        self.save()
-
-    def save(self) -> None:
-        for path in self.paths:
-            write_json_atomic(path, self.data, indent=1)
 
 
 def _throughput(models: dict[str, tuple[torch.nn.Module, int, int]], *, batch: int,
@@ -305,8 +263,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
 
     from dvfl_cache.cache.build import BuildConfig, build_cache
-    from dvfl_cache.data.readers import build_index
-    from dvfl_cache.data.synth import SynthConfig, write_synth
     from dvfl_cache.models import count_gmacs
     from dvfl_train.config import FitConfig
     from dvfl_train.evaluate import evaluate, evaluate_many, load_for_eval
@@ -317,28 +273,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     frames_list = [int(k) for k in args.student_frames.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    rec = Record(work, Path(args.json) if args.json else None, {
+    rec = Stages(work, Path(args.json) if args.json else None, {
         "status": "quick check, not a result" if args.quick else "full run",
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch "
                    f"thread(s), {args.workers} decode worker(s)",
-        "python": platform.python_version(), "torch": torch.__version__, "args": vars(args)})
+        "python": platform.python_version(), "torch": torch.__version__, "args": vars(args)},
+        free=_FREE, normalise=_computed)
     res = rec.data["results"]
     sampler = {"temporal": "stride", "stride": args.stride, "flip": 0.0, "area": [0.5, 1.0]}
     data = work / "data"
-
-    def synth() -> None:
-        shutil.rmtree(data, ignore_errors=True)
-        write_synth(data, SynthConfig(classes=args.classes, videos_per_class=args.videos_per_class,
-                                      width=args.video_size, height=args.video_size,
-                                      frames=args.video_frames, seed=0))
-
-    rec.run("synth", synth)
-    train_idx = build_index("ucf101", data, split=1, subset="train")
-    test_idx = build_index("ucf101", data, split=1, subset="test")
-
-    common = dict(dataset="ucf101", data_root=str(data), sampler=sampler, optimizer="adamw",
-                  weight_decay=0.05, warmup_lr=0.0, min_lr=0.0, workers=args.workers,
-                  device="cpu", seed=0, amp=False)
+    train_idx, test_idx = synth_task(rec, data, args)
+    common = dict(COMMON_FIT, data_root=str(data), sampler=sampler, workers=args.workers)
     teacher_dir = work / "teacher"
     teacher_ckpt = teacher_dir / "best.pt"
 
@@ -433,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report(rec, args, frames_list, seeds, work)
 
 
-def report(rec: Record, args: argparse.Namespace, frames_list: list[int], seeds: list[int],
+def report(rec: Stages, args: argparse.Namespace, frames_list: list[int], seeds: list[int],
            work: Path) -> dict[str, Any]:
     """Rows, verdict and the printed table, from the record alone."""
     res = rec.data["results"]

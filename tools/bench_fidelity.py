@@ -81,33 +81,26 @@ student-side mixed replay had landed):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
-import resource
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dvfl_cache.atomic import write_json_atomic
 from dvfl_cache.tables import paired_interval
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: _stages, however loaded
+from _stages import COMMON_FIT, Stages, synth_task  # noqa: E402
 
 TWO_STAGES = {"depths": [1, 1], "focal_levels": [2, 2], "focal_windows": [3, 3],
               "tubelet_size": 2}
 # the reference recipe's mixing (every batch mixed, mixup 0.8 / cutmix 1.0 at even odds)
 MIX = {"mixup": 0.8, "cutmix": 1.0, "mix_prob": 1.0}
-
-
-def _cpu_seconds() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -161,44 +154,13 @@ def _try_mixed(work: Path) -> str | None:
     return None
 
 
-class Record:
-    """The results known so far, rewritten (atomically) to ``progress.json`` in the working
-    folder and to ``--json`` after every stage; a rerun on the same folder reads it back and
-    skips what it holds."""
-
-    def __init__(self, work: Path, out: Path | None, header: dict[str, Any]):
-        self.paths = [work / "progress.json", *([out] if out else [])]
-        old = json.loads(self.paths[0].read_text()) if self.paths[0].is_file() else {}
-        # these change nothing that is computed (--mix only adds arms: a plain run continues
-        # with --mix and keeps every plain arm it finished)
-        same = {"json", "plot", "keep", "verbose", "work", "mix"}
-        if old and ({k: v for k, v in old["args"].items() if k not in same}
-                    != {k: v for k, v in header["args"].items() if k not in same}):
-            raise SystemExit(f"{self.paths[0]} holds a run with other arguments; continue it "
-                             "with those, or use another --work")
-        self.data = {**header, "stages": old.get("stages", {}), "arms": old.get("arms", {}),
-                     "teacher_top1": old.get("teacher_top1")}
-
-    def done(self, stage: str) -> bool:
-        return stage in self.data["stages"]
-
-    def run(self, stage: str, fn) -> None:
-        """Run ``fn`` as stage ``stage`` (wall and CPU seconds, decoding workers included),
-        unless an earlier run finished it; then save."""
-        if self.done(stage):
-            print(f"[{stage}] done earlier, skipped", file=sys.stderr, flush=True)
-            return
-        print(f"[{stage}] ...", file=sys.stderr, flush=True)
-        wall, cpu = time.perf_counter(), _cpu_seconds()
-        fn()
-        wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
-        self.data["stages"][stage] = {"wall_s": wall, "cpu_s": cpu}
-        print(f"[{stage}] {wall:.0f} s wall, {cpu:.0f} s CPU", file=sys.stderr, flush=True)
-        self.save()
-
-    def save(self) -> None:
-        for path in self.paths:
-            write_json_atomic(path, self.data, indent=1)
+def teacher_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The teacher's own training settings (CE only, validated once at the end)."""
+    return dict(num_frames=args.teacher_frames, size=args.teacher_size, model="vfl-nano",
+                model_opts={"embed_dim": args.teacher_embed, **TWO_STAGES}, alpha=0.0,
+                epochs=args.teacher_epochs, warmup_epochs=args.warmup_epochs,
+                val_every=args.teacher_epochs, batch_size=args.teacher_batch,
+                base_lr=args.teacher_lr)
 
 
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -218,6 +180,8 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-size", type=int, default=64)
     p.add_argument("--teacher-epochs", type=int, default=20)
     p.add_argument("--teacher-embed", type=int, default=32)
+    p.add_argument("--teacher-batch", type=int, default=16)
+    p.add_argument("--teacher-lr", type=float, default=0.032, help="per 512 (AdamW 1e-3 at 16)")
     p.add_argument("--student-frames", type=int, default=4)
     p.add_argument("--student-size", type=int, default=32)
     p.add_argument("--student-epochs", type=int, default=32)
@@ -252,8 +216,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
 
     from dvfl_cache.cache.build import BuildConfig, build_cache
-    from dvfl_cache.data.readers import build_index
-    from dvfl_cache.data.synth import SynthConfig, write_synth
     from dvfl_cache.data.views import TestView
     from dvfl_train.config import FitConfig
     from dvfl_train.evaluate import evaluate, evaluate_many, load_for_eval
@@ -271,36 +233,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if mix_skipped:
             print(f"mixed arms skipped: this dvfl cannot train them ({mix_skipped})",
                   file=sys.stderr, flush=True)
-    rec = Record(work, Path(args.json) if args.json else None, {
+    # --mix only adds arms: a plain run continues with --mix and keeps every arm it finished
+    rec = Stages(work, Path(args.json) if args.json else None, {
         "status": "quick check, not a result" if args.quick else "full run",
         "machine": f"{platform.machine()}, {args.threads} torch thread(s), "
                    f"{args.workers} decode worker(s)",
-        "torch": torch.__version__, "args": vars(args), "mixed_arms_skipped": mix_skipped})
+        "torch": torch.__version__, "args": vars(args), "mixed_arms_skipped": mix_skipped},
+        free=("json", "plot", "keep", "verbose", "work", "mix"),
+        carry={"arms": {}, "teacher_top1": None}, results=False)
     mixed = args.mix and mix_skipped is None
     # flips off: a flip turns PanLeft into PanRight (docs/demo.md)
     sampler = {"temporal": "stride", "stride": 4, "flip": 0.0, "area": [0.5, 1.0]}
     data = work / "data"
-
-    def synth() -> None:
-        shutil.rmtree(data, ignore_errors=True)
-        write_synth(data, SynthConfig(classes=args.classes, videos_per_class=args.videos_per_class,
-                                      width=args.video_size, height=args.video_size,
-                                      frames=args.video_frames, seed=0))
-
-    rec.run("synth", synth)
-    train_idx = build_index("ucf101", data, split=1, subset="train")
-    test_idx = build_index("ucf101", data, split=1, subset="test")
-
-    common = dict(dataset="ucf101", data_root=str(data), sampler=sampler, optimizer="adamw",
-                  weight_decay=0.05, warmup_lr=0.0, min_lr=0.0, workers=args.workers,
-                  device="cpu", seed=0, amp=False)
+    train_idx, test_idx = synth_task(rec, data, args)
+    common = dict(COMMON_FIT, data_root=str(data), sampler=sampler, workers=args.workers)
     teacher_ckpt = work / "teacher" / "best.pt"
-    rec.run("teacher", lambda: fit(FitConfig(
-        **common, out_dir=str(work / "teacher"), num_frames=args.teacher_frames,
-        size=args.teacher_size, model="vfl-nano",
-        model_opts={"embed_dim": args.teacher_embed, **TWO_STAGES}, alpha=0.0,
-        epochs=args.teacher_epochs, warmup_epochs=args.warmup_epochs,
-        val_every=args.teacher_epochs, batch_size=16, base_lr=0.032), overwrite=True))
+    rec.run("teacher", lambda: fit(FitConfig(**common, **teacher_settings(args),
+                                             out_dir=str(work / "teacher")), overwrite=True))
     geometry = dict(batch_size=16, workers=args.workers)
 
     def teacher_eval() -> None:

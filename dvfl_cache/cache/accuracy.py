@@ -15,10 +15,12 @@ __all__ = ["teacher_accuracy"]
 
 def teacher_accuracy(reader: CacheReader) -> dict[str, Any]:
     """Top-1/top-5 of the stored logits against the stored labels, valid rows of done shards
-    (ties: the lower class index ranks first, ``dvfl_cache.topk``)."""
-    n = c1 = c5 = 0
+    (ties: the lower class index ranks first, ``dvfl_cache.topk``), with the counts of valid
+    rows and of all rows of done shards (a failed video's rows are not valid)."""
+    n = c1 = c5 = done = 0
     for s in np.flatnonzero(reader.shard_done()).tolist():
         rows = reader.shard_rows(s)
+        done += len(rows)
         valid = reader.read("valid", rows.start, rows.stop) == 1
         if not valid.any():
             continue
@@ -29,5 +31,5 @@ def teacher_accuracy(reader: CacheReader) -> dict[str, Any]:
         hits = topk_correct(logits[finite], labels[finite], ks=(1, 5))
         c1 += hits[1]
         c5 += hits[5]
-    return {"valid_rows": n, "teacher_top1": c1 / n if n else None,
+    return {"valid_rows": n, "done_rows": done, "teacher_top1": c1 / n if n else None,
             "teacher_top5": c5 / n if n else None}

@@ -485,8 +485,9 @@ def mark_for_repair(cfg: BuildConfig, index: DatasetIndex, writer: CacheWriter,
     redo = sorted(set(broken) | set(shards_of_videos(reader, stale)))
     cleared = []
     for s in redo:
-        # A done shard is computed by nobody (builders skip it); its last claim may still look
-        # alive (released by a builder that is running on), so it is taken over.
+        # A done shard is computed by nobody (builders skip it), yet its last claim may still
+        # look alive: a builder killed between the shard's write and its release, or one whose
+        # release could not be written (it warns). So the claim is taken over.
         if not writer.is_done(s) or not (claims.try_claim(s) or claims.take_over(s)):
             continue
         writer.clear_done(s)  # still claimed by us: the build loop below takes it first

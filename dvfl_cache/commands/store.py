@@ -70,7 +70,9 @@ def _print_info(d: dict[str, Any]) -> None:
         ("size on disk", f"{_human_bytes(d['size_bytes'])} (logits and features alone: "
                          f"{_human_bytes(d['logit_bytes'])})"),
         ("bytes per view", ", ".join(f"{k} {v}" for k, v in d["bytes_per_view"].items())),
-        ("teacher top-1", f"{_pct(d['teacher_top1'])} over {d['valid_rows']} valid views"),
+        ("teacher top-1", f"{_pct(d['teacher_top1'])} over {d['valid_rows']} valid views"
+                          + (f" ({_pct(d['valid_rows'] / d['done_rows'])} of the "
+                             f"{d['done_rows']} rows of done shards)" if d["done_rows"] else "")),
         ("teacher top-5", _pct(d["teacher_top5"])),
         ("fp16 KL (worst)", "not recorded" if not d["fp16_kl"] else
          ", ".join(f"tau={t}: {v:.3g}" for t, v in d["fp16_kl"].items())),
