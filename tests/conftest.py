@@ -29,6 +29,19 @@ SYNTH_TINY = dict(classes=4, videos_per_class=4, width=32, height=32, frames=16,
 COUNTER_BASE, COUNTER_STEP = 16, 7  # 16..219 over 30 frames
 
 
+def load_tool(name: str):
+    """tools/NAME.py as a module (``dvfl_NAME``): the tools are scripts, not a package."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"dvfl_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"dvfl_{name}"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> str:
     """A TCP port free on 127.0.0.1 right now, for a torchrun rendezvous: a fixed port made two
     test suites running at once on one machine fail with EADDRINUSE."""

@@ -3,26 +3,13 @@ and that --quick runs, records every stage and continues a killed run without re
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "bench_fewer_frames.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("dvfl_bench_fewer_frames", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dvfl_bench_fewer_frames"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_tool("bench_fewer_frames")
 
 
 def test_paired_interval_closed_form():

@@ -3,26 +3,13 @@ baseline."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_tool
 import torch
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "bench_fidelity.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("dvfl_bench_fidelity", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dvfl_bench_fidelity"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_tool("bench_fidelity")
 
 
 def test_paired_interval_closed_form():

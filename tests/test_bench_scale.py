@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "bench_scale.py"
+from conftest import load_tool
 
 
 def test_quick_runs_every_phase(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("dvfl_bench_scale", TOOL)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["dvfl_bench_scale"] = bench
-    spec.loader.exec_module(bench)
+    bench = load_tool("bench_scale")
     out = tmp_path / "r.json"
     assert bench.main(["--quick", "--videos", "60", "--out", str(tmp_path / "s"),
                        "--json", str(out)]) == 0

@@ -3,27 +3,14 @@ bench_data.py): closed forms, the split of a run into its phases, and tiny real 
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import load_tool
 import torch
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"dvfl_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"dvfl_{name}"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_sweep, bench_cache, bench_data = (_load(n) for n in ("bench_sweep", "bench_cache",
+bench_sweep, bench_cache, bench_data = (load_tool(n) for n in ("bench_sweep", "bench_cache",
                                                               "bench_data"))
 
 

@@ -9,13 +9,12 @@ tools/bench_codecs.py's ``trained_logits`` so that the bench and the tests judge
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_tool
 from click.testing import CliRunner
 
 from dvfl_cache.cache import codecs
@@ -27,7 +26,6 @@ from dvfl_cache.errors import CacheError
 from test_cache_store import make_meta, synthetic_shard
 
 TAUS = ("1", "5", "10", "20")
-BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench_codecs.py"  # trained_logits
 
 
 def std10_logits(n: int = 4000, classes: int = 101) -> np.ndarray:
@@ -36,10 +34,7 @@ def std10_logits(n: int = 4000, classes: int = 101) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def trained():
-    spec = importlib.util.spec_from_file_location("dvfl_bench_codecs", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    logits, y = bench.trained_logits(3000, steps=150)
+    logits, y = load_tool("bench_codecs").trained_logits(3000, steps=150)
     assert (logits.argmax(1) == y).mean() > 0.9  # it did learn: these are trained logits
     return logits
 

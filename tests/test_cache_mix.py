@@ -15,40 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import free_port
+from test_cache_build import build_args, run_cli, store_arrays
 import torch
 from click.testing import CliRunner
 
 from dvfl_cache.cli import main as cache_cli
 
 V1_STORE = Path(__file__).parent / "data" / "v1_store.zip"
-TINY_TEACHER = ["--teacher", "vfl-nano", "--random-weights", "--teacher-opt", "embed_dim=8",
-                "--teacher-opt", "depths=[1,1,1,1]"]
 MIX = ["--mixup", "0.8", "--cutmix", "1.0", "--jitter", "0.4,0.4,0.4,0.1", "--jitter-mode",
        "frame", "--gray", "0.2"]
 RECORDS = ("video", "view", "frames", "crop", "flip", "jitter", "gray", "frame_jitter",
            "jitter_order", "mix_op", "mix_lambda", "mix_box", "partner_video", "partner_frames",
            "partner_crop", "partner_flip", "partner_jitter", "partner_gray",
            "partner_frame_jitter", "partner_jitter_order", "valid", "label")
-
-
-def build_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["build", "--dataset", "ucf101", "--root", str(root), "--split", "1",
-            *TINY_TEACHER, "--views-per-video", "2", "--frames", "4", "--size", "32",
-            "--views-per-shard", "4", "--batch-size", "3", "--workers", "0",
-            "--dtype", "float32", "--out", str(out), *extra]
-
-
-def run_cli(args: list[str], expect: int = 0):
-    result = CliRunner().invoke(cache_cli, args, catch_exceptions=False)
-    assert result.exit_code == expect, result.output
-    return result
-
-
-def store_arrays(path: Path) -> dict[str, np.ndarray]:
-    import zarr
-
-    g = zarr.open_group(str(path), mode="r")
-    return {name: np.asarray(a[:]) for name, a in g.arrays()}
 
 
 def _sha(t: torch.Tensor) -> str:

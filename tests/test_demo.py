@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,20 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "tools" / "demo.py"
 
 
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("dvfl_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dvfl_demo"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
+demo = load_tool("demo")
 
 
 def _plan(out: Path, *, tiny: bool = True, seeds=(0, 1)):
