@@ -237,11 +237,22 @@ def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, 
     }
 
 
+# How the optimizer computes, not what it computes: the running build's choice wins on resume
+# (torch's load_state_dict would bring back a checkpoint's, e.g. foreach=None from a run saved
+# before the multi-tensor steps: identical results, slower kernels).
+_OPTIMIZER_IMPLEMENTATION = ("foreach", "fused", "capturable", "differentiable")
+
+
 def restore_training_state(state: dict[str, Any], model: torch.nn.Module,
                            optimizer: torch.optim.Optimizer) -> tuple[int, int, float | None]:
-    """Load model, optimizer and RNG states (strictly); return ``(epoch, step, best_metric)``."""
+    """Load model, optimizer and RNG states (strictly); return ``(epoch, step, best_metric)``.
+    The optimizer keeps its own implementation flags (``_OPTIMIZER_IMPLEMENTATION``)."""
     model.load_state_dict(state["model"])
+    chosen = [{k: g[k] for k in _OPTIMIZER_IMPLEMENTATION if k in g}
+              for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for group, keep in zip(optimizer.param_groups, chosen):
+        group.update(keep)
     restore_rng(state["rng"])
     return state["epoch"], state["step"], state["best_metric"]
 

@@ -266,6 +266,22 @@ def test_training_state_loads_with_weights_only_and_restores(tmp_path):
     assert fresh_opt.param_groups[0]["param_names"] == ["fc.weight"]
 
 
+def test_resume_keeps_the_running_optimizers_implementation(tmp_path):
+    """A checkpoint saved by an optimizer with foreach=None (before the multi-tensor steps)
+    restores its state but not that choice: the resumed run keeps foreach=True."""
+    model, _ = _trained_pair()
+    old = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=None)
+    model(torch.randn(2, 4)).sum().backward()
+    old.step()
+    state = training_state(model, old, epoch=1, step=5, best_metric=None, config=_cfg())
+    fresh = _Net()
+    opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9, foreach=True)
+    restore_training_state(state, fresh, opt)
+    assert opt.param_groups[0]["foreach"] is True
+    assert torch.equal(opt.state[next(iter(fresh.parameters()))]["momentum_buffer"],
+                       old.state[next(iter(model.parameters()))]["momentum_buffer"])
+
+
 def test_best_checkpoint_rebuilds_the_model(tmp_path):
     from dvfl_cache.models import create_model, model_from_checkpoint
 
