@@ -76,6 +76,12 @@ student-side mixed replay had landed):
 
     nice -n 10 python tools/bench_fidelity.py --work bench_fidelity --json fidelity.json \
         --plot docs/fidelity [--mix]
+
+The second run (2026-12-07), the same comparison with a strong teacher (99.4%), trained as the
+fewer-frames benchmark trains its own:
+
+    nice -n 10 python tools/bench_fidelity.py --work W --json fidelity_strong.json \
+        --plot docs/fidelity_strong --teacher-batch 8 --teacher-lr 0.064 --teacher-epochs 24 [--mix]
 """
 
 from __future__ import annotations
@@ -375,23 +381,27 @@ def _plot(rows: list[dict[str, Any]], views: list[int], prefix: str) -> None:
     import matplotlib.pyplot as plt
 
     by_arm = {r["arm"]: r for r in rows}
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    kinds = [(suffix, label) for suffix, label in (("", "plain"), ("-mix", "every batch mixed"))
+             if f"online{suffix}" in by_arm]
+    # one panel per kind, side by side: overlapping online bands could not be told apart
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.5), sharey=True,
+                             squeeze=False)
     ce = by_arm["ce"]
-    for suffix, label in (("", "plain"), ("-mix", "mixed")):
-        if f"online{suffix}" not in by_arm:
-            continue
+    for ax, (suffix, label) in zip(axes[0], kinds):
         on = by_arm[f"online{suffix}"]
         ax.axhspan(100 * (on["mean"] - on["std"]), 100 * (on["mean"] + on["std"]), alpha=0.2,
-                   label=f"online KD, {label} (mean ± std)")
+                   color="C0", label="online KD (mean ± std)")
+        ax.axhline(100 * on["mean"], color="C0", linewidth=1)
         done = [v for v in views if f"cached-{v}{suffix}" in by_arm]  # a run cut short
         cached = [by_arm[f"cached-{v}{suffix}"] for v in done]
         ax.errorbar(done, [100 * r["mean"] for r in cached], [100 * r["std"] for r in cached],
-                    marker="o", label=f"cached KD, {label}")
-    ax.axhline(100 * ce["mean"], color="k", linestyle="--", label="CE only")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("cached views per video (V)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.legend(fontsize=7)
+                    marker="o", color="C1", capsize=3, label="cached KD (mean ± std)")
+        ax.axhline(100 * ce["mean"], color="k", linestyle="--", label="CE only")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("cached views per video (V)")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("test top-1 (%)")
     fig.tight_layout()
     fig.savefig(f"{prefix}_vs_views.png", dpi=120)
     fig, ax = plt.subplots(figsize=(5, 3.5))
