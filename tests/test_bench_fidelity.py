@@ -79,3 +79,19 @@ def test_quick_runs_and_cached_every_epoch_equals_online(tmp_path, capsys):
     assert gap(online, weights("cached-4")) < 1e-5
     assert gap(online, weights("cached-1")) > 1e-4  # fewer views do change the student
     assert gap(online, weights("ce")) > 1e-4
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_plot_draws_one_panel_per_kind_of_arm(tmp_path, mixed):
+    import matplotlib.image
+
+    def row(arm, mean):
+        return {"arm": arm, "mean": mean, "std": 0.05, "cpu_s": 10.0 + mean}
+
+    rows = [row("ce", 0.3), row("online", 0.6), row("cached-1", 0.55), row("cached-4", 0.62)]
+    if mixed:
+        rows += [row("online-mix", 0.4), row("cached-1-mix", 0.5)]
+    bench._plot(rows, [1, 4], str(tmp_path / "f"))
+    height, width = matplotlib.image.imread(tmp_path / "f_vs_views.png").shape[:2]
+    assert width / height == pytest.approx((2 if mixed else 1) * 5 / 3.5, rel=0.05)
+    assert (tmp_path / "f_vs_cpu.png").stat().st_size > 0
