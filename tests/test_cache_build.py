@@ -188,3 +188,20 @@ def test_area_option_bounds_the_stored_crops_and_bad_ranges_are_refused(synth_ro
                                                        flag, bad))
         assert res.exit_code == 2 and flag in res.output, res.output
         assert not (tmp_path / "x.zarr").exists()
+
+
+def test_recorded_build_command_names_dvfl_cache_however_launched(synth_root, tmp_path):
+    """Launched as `python -m dvfl_cache.cli` (how torchrun runs it), the store records
+    `dvfl-cache build ...`, not `dvfl-cache -m dvfl_cache.cli build ...`; the card shows it."""
+    from dvfl_cache.cache.card import make_card
+    from dvfl_cache.cache.store import CacheReader
+
+    out = tmp_path / "c.zarr"
+    result = CliRunner().invoke(cache_cli, build_args(synth_root, out),
+                                prog_name="python -m dvfl_cache.cli", catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    reader = CacheReader(out)
+    command = reader.build_records()[0]["command"]
+    assert command[:4] == ["dvfl-cache", "build", "--dataset", "ucf101"]
+    fields = make_card(reader, address=str(out))[2]
+    assert fields["built_with"][0].startswith("dvfl-cache build --dataset")

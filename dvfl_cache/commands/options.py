@@ -246,7 +246,13 @@ def canonical_command(ctx: click.Context, *, hide: tuple[str, ...] = ("storage_o
     """This invocation as a command line: every option that differs from its default, with
     values of `hide` (secrets) replaced by KEY=***. Built from the parsed parameters, so it is
     the same however the command was launched (shell, torchrun, a test runner)."""
-    words = ["dvfl-cache", *ctx.command_path.split()[1:]]  # however the group was launched
+    # The sub-command names, not the launcher: `python -m dvfl_cache.cli` (torchrun's form) makes
+    # the root's name "python -m dvfl_cache.cli", which command_path would carry along.
+    names, c = [], ctx
+    while c.parent is not None:
+        names.append(c.info_name)
+        c = c.parent
+    words = ["dvfl-cache", *reversed(names)]
     args: list[str] = []
     for p in ctx.command.params:
         value = ctx.params.get(p.name)
