@@ -213,6 +213,23 @@ def test_reader_opened_in_parent_works_in_forked_workers(store, tmp_path, packed
 
 # --- CLI -------------------------------------------------------------------------------------
 
+def test_cli_info_names_a_random_teacher_instead_of_a_none_digest(tmp_path):
+    """A --random-weights build has no weights file: info says so rather than 'sha256 None'."""
+    import dataclasses
+
+    from dvfl_cache.cache.format import TeacherInfo
+
+    meta = make_meta()
+    meta = dataclasses.replace(meta, teacher=TeacherInfo(name="vfn-tiny",
+                                                         config=meta.teacher.config,
+                                                         weights_sha256=None))
+    write_all(CacheWriter.create(tmp_path / "c.zarr", meta))
+    res = CliRunner().invoke(main, ["info", str(tmp_path / "c.zarr")])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("teacher "))
+    assert line.split(None, 1)[1] == "vfn-tiny (random weights, no checkpoint)"
+
+
 def test_cli_info_verify_pack_export_import(store, tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["info", str(store)])

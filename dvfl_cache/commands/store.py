@@ -50,7 +50,9 @@ def _print_info(d: dict[str, Any]) -> None:
     lines = [
         ("store", d["store"]),
         ("format", d["format"]),
-        ("teacher", f"{d['teacher']} (weights sha256 {d['teacher_weights_sha256']})"),
+        ("teacher", f"{d['teacher']} " + (f"(weights sha256 {d['teacher_weights_sha256']})"
+                                          if d["teacher_weights_sha256"] else
+                                          "(random weights, no checkpoint)")),
         ("dataset", f"{d['dataset']}, {d['num_classes']} classes, {d['num_videos']} videos"),
         ("index digest", d["index_digest"]),
         ("views", f"{d['views_per_video']} per video, {d['rows']} rows, {d['num_frames']} frames"
