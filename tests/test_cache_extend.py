@@ -155,3 +155,18 @@ def test_reader_of_the_old_size_reads_a_store_being_extended(synth_root, tmp_pat
     _grow(str(store), None, r.meta, r.meta.replace(views_per_video=3))
     np.testing.assert_array_equal(r.epoch_block(1, names=["video"])["video"], block["video"])
     assert CacheReader(store).meta.views_per_video == 3
+
+
+def test_extend_of_a_carded_store_says_to_write_the_card_again(synth_root, tmp_path):
+    """The card describes the store before extend: extend says so, verify names it in one
+    problem (not every changed file), and `card` again makes verify pass."""
+    store = tmp_path / "s.zarr"
+    run_cli(build_args(synth_root, store))
+    run_cli(["card", str(store)])
+    res = run_cli(extend_args(synth_root, store, 3))
+    assert f"write it again with `dvfl-cache card {store}`" in res.output
+    res = run_cli(["verify", str(store)], expect=1)
+    assert "verify found 1 problem(s): card: written for 2 views per video (16 rows), the " \
+           "store now has 3 (24)" in res.output
+    run_cli(["card", str(store)])
+    assert "matches its card" in run_cli(["verify", str(store)]).output

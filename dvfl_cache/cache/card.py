@@ -216,6 +216,12 @@ def card_problems(reader) -> tuple[dict[str, Any] | None, list[str]]:
                           "subset": m.dataset.subset, "index_digest": m.dataset.index_digest,
                           "num_classes": m.num_classes, "num_videos": m.num_videos},
               "sampler": m.sampler.to_dict()}
+    if (fields.get("num_rows"), fields.get("views_per_video")) != (m.num_rows, m.views_per_video):
+        # Grown by `extend` after the card was written: every file differs; say that once.
+        return fields, [f"written for {fields.get('views_per_video')} views per video "
+                        f"({fields.get('num_rows')} rows), the store now has "
+                        f"{m.views_per_video} ({m.num_rows}), extended after its card; write "
+                        f"the card again with `dvfl-cache card {where}`"]
     for key, want in expect.items():
         if json.dumps(fields.get(key), sort_keys=True) != json.dumps(want, sort_keys=True):
             problems.append(f"card field '{key}' says {json.dumps(fields.get(key))[:80]}, the "

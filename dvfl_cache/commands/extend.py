@@ -49,3 +49,14 @@ def extend_cmd(store, kind, root, split, subset, index_path, videos_dir, annotat
     if result.failed:
         click.echo(f"{len(result.failed)} video(s) failed to decode; their views are marked "
                    "missing", err=True)
+    if result.complete and _has_card(store, cfg.storage_options):
+        click.echo(f"{store}: its card (README.md, manifest.sha256) describes the store before "
+                   f"this extend; write it again with `dvfl-cache card {store}`", err=True)
+
+
+def _has_card(store: str, storage_options) -> bool:
+    from dvfl_cache.cache.card import CARD_NAME, store_get
+    from dvfl_cache.cache.store import CacheReader
+
+    with CacheReader(store, storage_options=storage_options or None) as reader:
+        return store_get(reader, CARD_NAME) is not None
