@@ -457,3 +457,23 @@ def test_extend_options_reach_the_run(synth_root, files, tmp_path, caplog, threa
     result = CliRunner().invoke(main, idx, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert CacheReader(store).meta.views_per_video == 3 and CacheReader(store).complete
+
+
+def test_every_option_of_every_command_has_help_text():
+    """`--help` of each sub-command of both entry points explains every option (defaults are
+    shown by the groups' show_default)."""
+    import click
+
+    from dvfl_cache.cli import COMMANDS as CACHE
+    from dvfl_cache.cli import main as cache_main
+    from dvfl_train.cli import COMMANDS as TRAIN
+    from dvfl_train.cli import main as train_main
+
+    bare = []
+    for group, commands in ((cache_main, CACHE), (train_main, TRAIN)):
+        ctx = click.Context(group)
+        for name in commands:
+            for p in group.get_command(ctx, name).params:
+                if isinstance(p, click.Option) and not (p.help or "").strip():
+                    bare.append(f"{name} {max(p.opts, key=len)}")
+    assert bare == []

@@ -39,7 +39,7 @@ def _print_failures(index) -> None:
 @click.option("--split", type=int, default=1, show_default=True,
               help="Split number (UCF101/HMDB51 1-3; UCF50 test group 1-25).")
 @click.option("--subset", type=click.Choice(SUBSETS), default="train",
-              show_default=True)
+              show_default=True, help="Which subset of the split to index.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Index JSON file to write.")
 @click.option("--videos", "videos_dir", type=click.Path(exists=True, file_okay=False),
@@ -99,13 +99,18 @@ def index_cmd(kind, root, split, subset, out, videos_dir, annotations, class_nam
 @click.option("--classes", type=click.IntRange(1, 10), default=6, show_default=True,
               help="The first N of the 10 classes. 6 (pans and hues) is what small nets learn "
                    "from scratch; 7-10 add rotations and zooms, much harder (docs/demo.md).")
-@click.option("--videos-per-class", type=click.IntRange(1), default=12, show_default=True)
+@click.option("--videos-per-class", type=click.IntRange(1), default=12, show_default=True,
+              help="Videos per class, spread over UCF's 25 groups (gNN); split N tests on groups "
+                   "7N-6..7N, as UCF101 does.")
 @click.option("--size", default="64", show_default=True, help="Frame size: N or WxH (even).")
-@click.option("--frames", type=click.IntRange(2), default=32, show_default=True)
-@click.option("--fps", type=click.IntRange(1), default=25, show_default=True)
+@click.option("--frames", type=click.IntRange(2), default=32, show_default=True,
+              help="Frames per video.")
+@click.option("--fps", type=click.IntRange(1), default=25, show_default=True,
+              help="Frame rate written into the videos.")
 @click.option("--format", "fmt", type=click.Choice(["mixed", "avi", "mp4"]), default="mixed",
               show_default=True, help="mixed alternates .avi (MPEG-4) and .mp4 (H.264).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the videos' random content (the same seed writes the same frames).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes.")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in --out.")
 def synth_cmd(out, classes, videos_per_class, size, frames, fps, fmt, seed, workers, overwrite):
@@ -132,7 +137,8 @@ def synth_cmd(out, classes, videos_per_class, size, frames, fps, fmt, seed, work
               help="Where an index's videos are now (if moved).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="With one index JSON: write the probed index here.")
-@click.option("--workers", type=int, default=_default_workers(), show_default=True)
+@click.option("--workers", type=int, default=_default_workers(), show_default=True,
+              help="Processes opening videos.")
 def probe_cmd(paths, root, out, workers):
     """Open videos (or every video of an index JSON) and report frame counts and errors."""
     from tqdm import tqdm

@@ -232,8 +232,8 @@ class ViewSampler:
                           help="Horizontal flip probability (use 0 for Something-Something-v2).")
     jitter: tuple[float, float, float, float] = setting(
         (0.0, 0.0, 0.0, 0.0), flag="--jitter", low=0, metavar="B,C,S,H",
-        help="Colour jitter strengths (brightness, contrast, saturation, hue), drawn once per "
-             "clip.")
+        help="Colour jitter strengths (brightness, contrast, saturation, hue), applied with "
+             "probability 0.8; factors drawn per clip or per frame (--jitter-mode).")
     jitter_p: float = 0.8
     gray_p: float = setting(0.0, flag="--gray", low=0, high=1, help="Grayscale probability.")
     clips: int = 1

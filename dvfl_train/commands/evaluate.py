@@ -158,7 +158,8 @@ def eval_cmd(checkpoint: str, kind, root, split, subset, index_path, videos_dir,
 @click.option("--views", "layout", default="1", show_default=True, callback=_one_view,
               metavar="1|NxC",
               help="Test views: 1 (centre crop) or N clips x C crops, e.g. 4x3.")
-@click.option("--topk", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--topk", default=5, show_default=True, type=click.IntRange(1),
+              help="How many classes to print.")
 @_frames_opt
 @_size_opt
 @_temporal_opt

@@ -27,15 +27,20 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 @click.command("profile")
 @click.option("--model", "model_name", required=True, type=click.Choice([*MODEL_NAMES, "all"]),
               help="Registered model, or 'all' for the efficiency table of every variant.")
-@click.option("--frames", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--size", default=224, show_default=True, type=click.IntRange(32))
-@click.option("--num-classes", default=101, show_default=True, type=click.IntRange(0))
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--frames", default=8, show_default=True, type=click.IntRange(1),
+              help="Frames per clip.")
+@click.option("--size", default=224, show_default=True, type=click.IntRange(32),
+              help="Input side in pixels (square).")
+@click.option("--num-classes", default=101, show_default=True, type=click.IntRange(0),
+              help="Classifier outputs (0: no head).")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1),
+              help="Clips per forward.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, mps or auto.")
 @key_values_option("--model-opt", "model_opts",
                    help="Constructor option override, repeatable (e.g. embed_dim=32, "
                         "depths=1,1,2,1).")
-@click.option("--warmup", default=2, show_default=True, type=click.IntRange(0))
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(0),
+              help="Untimed forwards before the timed ones.")
 @click.option("--runs", default=5, show_default=True, type=click.IntRange(1),
               help="Timed forwards; the median is reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON lines.")
