@@ -217,6 +217,25 @@ def test_repair_fixes_a_flipped_byte_and_equals_the_original(data, train_json, t
         np.testing.assert_array_equal(repaired[name], original[name], err_msg=name)
 
 
+def test_repair_fixes_the_last_partly_filled_shard(data, train_json, tmp_path):
+    """16 rows in shards of 5: the last shard holds one row, so its rewrite is a partial write,
+    which must not read the damaged file back (it raised zarr's checksum error, a traceback)."""
+    from dvfl_cache.cache.store import CacheReader
+
+    out = tmp_path / "c.zarr"
+    args = build_args(out, "--index", train_json, extra=("--views-per-shard", "5"))
+    cli(cache_cli, args)
+    original = store_arrays(out)
+    _flip_byte(out / CacheReader(out).shard_key("logits", 3))
+    cli(cache_cli, ["verify", out], expect=1)
+    res = cli(cache_cli, [*args, "--repair"])
+    assert "1 views in 1 shards written" in res.output
+    cli(cache_cli, ["verify", out])
+    repaired = store_arrays(out)
+    for name in original:  # the row ran in a batch of 1, not 4: float reduction order
+        np.testing.assert_allclose(repaired[name], original[name], atol=1e-6, err_msg=name)
+
+
 def test_remote_store_is_not_read_up_front_and_a_bad_shard_names_the_repair(data, train_json,
                                                                             tmp_path):
     from test_cache_share import RangeHandler, serve

@@ -257,9 +257,17 @@ class CacheWriter:
         return [s for s in range(self.num_shards) if not done[s] and s % world_size == rank]
 
     def clear_done(self, s: int) -> None:
-        """Mark shard `s` pending again (`build --repair`; call while holding its claim)."""
+        """Mark shard `s` pending again (`build --repair`; call while holding its claim).
+
+        Its files are removed too: the shard is rewritten whole, and a write into a partly
+        filled shard (the store's last) would first read back the damaged file it replaces."""
+        from zarr.core.sync import sync
+
         self.shard_rows(s)
         self._arrays[SHARD_DONE][s] = 0
+        for name, arr in self._arrays.items():
+            if name != SHARD_DONE:
+                sync(self._store.delete(_shard_key(name, s, arr)))
 
     def record_decoder_version(self, version: int | str) -> None:
         """After `build --repair` re-ran every row whose frames changed: the store now holds the
