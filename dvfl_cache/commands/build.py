@@ -36,7 +36,7 @@ def build_cmd(print_config, kind, root, split, subset, index_path, videos_dir, a
     """Run the teacher once over every sampled view and store its raw logits.
 
     `--recipe dvfl-net` builds with the reference recipe's views and mixing. Resumable
-    (--resume) after any crash; under `torchrun ... dvfl-cache build ...`, or several
+    (--resume) after any crash; under `torchrun ... -m dvfl_cache.cli build ...`, or several
     `build --resume` processes on one store, the processes claim the shards between them.
     """
     import os

@@ -36,7 +36,7 @@ def fit_cmd(print_config, overwrite, resume, log_every, threads, **settings):
 
     Writes config.json, metrics.jsonl, last.pt, best.pt (by validation top-1) and
     summary.json to --out. `--recipe dvfl-net` trains with the reference recipe. Under
-    `torchrun --nproc-per-node N dvfl-train fit ...` the processes share each batch.
+    `torchrun --nproc-per-node N -m dvfl_train.cli fit ...` the processes share each batch.
     """
     import os
 
