@@ -131,6 +131,21 @@ def test_dvfl_checkpoint_head_and_structure_checks(tmp_path):
         model_from_checkpoint(newer)
 
 
+def test_loading_a_dvfl_checkpoint_at_another_clip_geometry_warns(tmp_path, caplog):
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, create_model("vfl-nano", **{**TOY, "num_frames": 4, "img_size": 32}))
+    with caplog.at_level("WARNING", logger="dvfl_cache.models.weights"):
+        load_pretrained(create_model("vfl-nano", **{**TOY, "num_frames": 4, "img_size": 32}),
+                        path)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="dvfl_cache.models.weights"):
+        load_pretrained(create_model("vfl-nano", **{**TOY, "num_frames": 8, "img_size": 64}),
+                        path)
+    (rec,) = caplog.records
+    assert "num_frames=4 (this model 8)" in rec.getMessage()
+    assert "img_size=32 (this model 64)" in rec.getMessage()
+
+
 def test_save_checkpoint_refuses_what_loading_could_not_read(tmp_path):
     model = create_model("vfl-nano", **TOY)
     with pytest.raises(ValueError, match="model"):

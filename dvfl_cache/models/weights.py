@@ -49,6 +49,8 @@ _BLOCK = re.compile(r"^layers\.(\d+)\.(?:blocks\.(\d+)\.)?")
 _STRUCTURAL = ("patch_size", "in_chans", "embed_dim", "depths", "mlp_ratio", "patch_norm",
                "focal_levels", "focal_windows", "use_conv_embed", "use_layerscale",
                "use_postln", "use_postln_in_modulation", "normalize_modulator", "tubelet_size")
+# Clip geometry: any value runs with the same weights, but the network was trained at one.
+_GEOMETRY = ("num_frames", "img_size")
 _SHOWN = 8  # keys listed in an error message before "... and N more"
 
 
@@ -232,6 +234,20 @@ def _check_structure(model: VideoFocalNet, saved: Mapping[str, Any], path: str) 
                                   f"but the model has {name}={config[name]!r}")
 
 
+def _warn_geometry(model: VideoFocalNet, saved: Mapping[str, Any], path: str) -> None:
+    """A dvfl checkpoint loaded into a model built by name (``--teacher vfn-base --weights
+    CKPT``) runs at the model's clip geometry, which the weights do not fix: say so when the
+    checkpoint was trained at another one, since the network then sees clips unlike its
+    training clips (passing the checkpoint alone, e.g. ``--teacher CKPT``, keeps its own)."""
+    config = getattr(model, "config", {})
+    differ = [f"{k}={saved[k]!r} (this model {config[k]!r})" for k in _GEOMETRY
+              if k in saved and k in config and saved[k] != config[k]]
+    if differ:
+        log.warning("%s: trained at %s; the model built by name runs at its own geometry. Pass "
+                    "the checkpoint alone to use its settings, or set them as model options",
+                    path, ", ".join(differ))
+
+
 def _apply(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, kind: str,
            path: str, fresh_head: bool, dropped: Sequence[str] = (),
            ignored: Sequence[str] = ()) -> LoadReport:
@@ -301,6 +317,7 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, *,
     dropped: list[str] = []
     if kind == "dvfl":
         _check_structure(model, obj.get("model_config") or {}, path)
+        _warn_geometry(model, obj.get("model_config") or {}, path)
     elif kind == "image-focalnet":
         config = getattr(model, "config", None)
         if config is None:
