@@ -241,6 +241,21 @@ def test_build_print_config_is_the_reference_table_and_does_no_work(tmp_path):
     assert record["mix"]["mixup"] == 0.8 and record["mix"]["cutmix"] == 1.0
 
 
+def test_build_recipe_asks_for_weights_only_when_the_teacher_needs_a_file(tmp_path, caplog):
+    base = ["build", "--recipe", "dvfl-net", "--dataset", "ucf101", "--root", tmp_path,
+            "--out", tmp_path / "c.zarr", "--print-config"]
+    with caplog.at_level(logging.WARNING):
+        assert _invoke("dvfl-cache", base).exit_code == 0
+    assert "--weights FILE" in caplog.text
+    caplog.clear()
+    ckpt = tmp_path / "teacher.pt"
+    ckpt.write_bytes(b"")
+    for extra in (["--random-weights"], ["--teacher", str(ckpt)]):
+        with caplog.at_level(logging.WARNING):
+            assert _invoke("dvfl-cache", [*base, *extra]).exit_code == 0
+        assert "--weights FILE" not in caplog.text, extra
+
+
 def test_build_print_config_is_the_stored_metadata(synth_index, tmp_path):
     """The sampler and mixing sections printed are those the same build stores."""
     from dvfl_cache.cache.store import CacheReader

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -370,7 +371,10 @@ def resolve_recipe(name: str, stage: str, params: dict[str, Any], *, explicit: s
                 raise RecipeError(f"recipe {name!r} sets sampler {key}={value!r}, which `{stage}` "
                                   "has no option for")
     for key, what in recipe.needs.items():
-        if key in out and out[key] is None:
+        # a build that needs no weights file: a random teacher, or --teacher CKPT (its own)
+        own_weights = key == "weights" and (out.get("random_weights")
+                                            or os.path.isfile(str(out.get("teacher") or "")))
+        if key in out and out[key] is None and not own_weights:
             flag = next((p for p in click.get_current_context().command.params
                          if p.name == key), None)
             log.warning("--recipe %s: the reference %s; pass the file with %s FILE", name,
