@@ -82,6 +82,9 @@ fewer-frames benchmark trains its own:
 
     nice -n 10 python tools/bench_fidelity.py --work W --json fidelity_strong.json \
         --plot docs/fidelity_strong --teacher-batch 8 --teacher-lr 0.064 --teacher-epochs 24 [--mix]
+
+and the third, the same with the students trained twice as long (``--student-epochs 64``, plots
+``docs/fidelity_long``). The tables as they came out are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
