@@ -3,20 +3,15 @@ the whole rehearsal that the GPU run repeats at full size."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
-gpu_check = importlib.util.module_from_spec(_spec)
-sys.modules["gpu_check"] = gpu_check
-_spec.loader.exec_module(gpu_check)
+gpu_check = load_tool("gpu_check")
 
 
 def _parity_or_skip() -> Path:
