@@ -51,6 +51,18 @@ log = logging.getLogger(__name__)
 DECODER_VERSION = 2
 
 
+def _side_data(frame) -> Iterator:
+    """The frame's side-data entries, whichever API this PyAV offers.
+
+    PyAV 17 iterates `frame.side_data` as a sequence of entries; PyAV 18 made it a mapping
+    whose iteration yields the entry types (`av.sidedata.sidedata.Type`). A feature test on
+    what iteration gives, not a version number, so a release that keeps either form works.
+    """
+    container = frame.side_data
+    for item in container:
+        yield item if hasattr(item, "type") else container[item]
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What sampling needs to know: the decodable frame count, mean rate and displayed size.
@@ -167,7 +179,7 @@ class OpenVideo:
         if frame is None:  # frames() will say what is wrong with this video
             log.debug("%s: no frame decodes; rotation taken as 0", self.path)
             return 0
-        for side in frame.side_data:
+        for side in _side_data(frame):
             if side.type.name == "DISPLAYMATRIX":
                 a, b, _, c, d = np.frombuffer(bytes(side), np.int32)[:5].astype(np.int64)
                 if a * d - b * c < 0:  # players mirror such video; frames would come out wrong
