@@ -47,11 +47,10 @@ def test_every_floor_checked_is_declared():
     assert {p: declared_floor(p) for p in FLOORS}  # a renamed requirement fails here, fast
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("package", list(FLOORS))
-def test_declared_floor_passes_its_tests(tmp_path, package):
-    floor = declared_floor(package)
-    venv = tmp_path / "venv"
+def layered_venv(where: Path, *pins: str) -> Path:
+    """A venv in `where` that sees this venv's packages behind its own (a .pth file), with
+    `pins` (e.g. "av==17.1.0") and whatever they need beyond this venv installed: its python."""
+    venv = where / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()"
@@ -59,13 +58,24 @@ def test_declared_floor_passes_its_tests(tmp_path, package):
                           check=True).stdout.strip()
     ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
     Path(site, "zz_dvfl_base.pth").write_text("".join(f"{p}\n" for p in ours))
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{package}=={floor}"],
-                         capture_output=True, text=True)
-    assert pip.returncode == 0, (f"pip could not install {package}=={floor}:\n"
-                                 f"{pip.stderr[-2000:]}")
-    got = subprocess.run([str(py), "-c", f"import {package}; print({package}.__version__)"],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    assert Version(got) == Version(floor)
+    if pins:
+        pip = subprocess.run([str(py), "-m", "pip", "install", "-q", *pins],
+                             capture_output=True, text=True)
+        assert pip.returncode == 0, f"pip could not install {pins}:\n{pip.stderr[-2000:]}"
+    return py
+
+
+def installed_version(py: Path, package: str) -> Version:
+    return Version(subprocess.run([str(py), "-c", f"import {package}; print({package}.__version__)"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("package", list(FLOORS))
+def test_declared_floor_passes_its_tests(tmp_path, package):
+    floor = declared_floor(package)
+    py = layered_venv(tmp_path, f"{package}=={floor}")
+    assert installed_version(py, package) == Version(floor)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     run = subprocess.run([str(py), "-m", "pytest", "-q", "-x", "-m", "not slow", "-p",
                           "no:cacheprovider", *FLOORS[package]], cwd=REPO, env=env,
