@@ -285,3 +285,22 @@ def test_verify_recompute_reads_the_store_with_the_storage_options(bucket, s3_en
     assert "recomputed on 4 rows (0 mixed)" in res.stdout
     res = _cli(args, env, timeout=300)  # without the option: the closed port, one line
     assert res.returncode == 1 and "cannot reach the storage endpoint" in res.stderr
+
+
+def test_a_missing_object_on_s3_is_an_error_for_reads_export_and_pack(bucket, tmp_path):
+    """A shard file lost from a bucket never reads as zeros (issue 25, 1 and 2)."""
+    url = f"{bucket}/c.zarr"
+    write_all(CacheWriter.create(url, make_meta(feature_dim=3)))
+    fs, root = _fs(url)
+    key = CacheReader(url).shard_key("logits", 0)
+    fs.rm(f"{root}/{key}")
+    missing = f"array 'logits' shard 0: file {key} is missing"
+    reader = CacheReader(url)
+    assert reader.complete
+    with pytest.raises(CacheError, match=missing):
+        reader.epoch_block(0)
+    with pytest.raises(CacheError, match=missing):
+        export_hdf5(url, tmp_path / "c.h5")
+    with pytest.raises(CacheError, match=missing):
+        pack(url, tmp_path / "c.zip")
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.zip").exists()
