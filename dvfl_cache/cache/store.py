@@ -79,6 +79,8 @@ def _array_problem(meta: CacheMeta, group: zarr.Group, name: str) -> str | None:
         arr = group[name]
     except KeyError:
         return f"array '{name}' is missing"
+    except Exception as e:  # crafted or damaged metadata zarr refuses (a bad chunk-key rule)
+        return f"array '{name}' has unreadable metadata ({name}/zarr.json): {_first_line(e)}"
     if not isinstance(arr, zarr.Array):
         return f"'{name}' is a group, expected an array"
     have = tuple(arr.shape)
@@ -332,6 +334,11 @@ class CacheWriter:
         done[s] = 1
         log.debug("%s: wrote shard %d (rows %d-%d, %d failures)", self.path, s, rows.start,
                   rows.stop - 1, len(record["failures"]))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def _short(value: Any) -> str:
