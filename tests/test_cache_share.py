@@ -421,3 +421,27 @@ def test_export_and_pack_refuse_a_store_with_a_missing_shard_file(store, tmp_pat
         assert len(lines) == 1 and "Traceback" not in res.output, res.output
         assert f"array 'view' shard 2: file {key} is missing" in lines[0]
         assert not out.exists()
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("num_videos", 3, "does not follow the row layout"),
+    ("num_frames", 9, "array 'frames' has shape (30, 2) int32, expected (30, 9) int32"),
+    ("feature_dim", 3, "array 'features' is missing"),
+])
+def test_card_only_certifies_a_store_that_verifies(field, value, says, tmp_path):
+    """Issue 25, 10: card wrote a card for stores whose metadata lies (verify rejects them)."""
+    import json
+
+    path = tmp_path / "cache.zarr"
+    write_all(CacheWriter.create(path, make_meta()))
+    root = path / "zarr.json"
+    doc = json.loads(root.read_text())
+    doc["attributes"][field] = value
+    root.write_text(json.dumps(doc))
+    res = CliRunner().invoke(main, ["card", str(path)])
+    assert res.exit_code == 1, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert "no card for a store that does not verify: verify found" in errors[0]
+    assert says in errors[0]
+    assert not (path / "README.md").exists() and not (path / "manifest.sha256").exists()
