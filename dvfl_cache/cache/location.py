@@ -198,11 +198,15 @@ def target_fs(target: str | os.PathLike, storage_options: dict[str, Any] | None 
     return fs, path.rstrip("/")
 
 
-def check_writable(target: str) -> None:
-    """Refuse read-only addresses before anything is attempted there."""
-    if target.lower().startswith(("http://", "https://", "zip::")) or (
-            is_url(target) and target.rstrip("/").lower().endswith(".zip")):
-        raise CacheError(f"{target}: cannot write a store there: http(s) and zip URLs are "
+def check_writable(target: str | os.PathLike) -> None:
+    """Refuse read-only addresses before anything is attempted there: http(s) and zip URLs,
+    and a packed .zip on disk (a zip cannot rewrite a member; share.py)."""
+    s = os.fspath(target)
+    local_zip = (not is_url(s) and s.rstrip("/").lower().endswith(".zip")
+                 and os.path.isfile(local_path(s)))
+    if local_zip or s.lower().startswith(("http://", "https://", "zip::")) or (
+            is_url(s) and s.rstrip("/").lower().endswith(".zip")):
+        raise CacheError(f"{s}: cannot write a store there: zips and http(s) stores are "
                          "read-only (write a directory or s3://, gs://, ... and serve or pack "
                          "it)")
 
