@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from dvfl_cache.errors import DvflError
+from dvfl_cache.redact import SECRET_OPTIONS, hide_argv
 
 
 # What an interrupted command keeps, for the commands that can resume.
@@ -61,12 +62,14 @@ def interrupted_line(prog: str, argv: list[str]) -> str:
     out = _out_of(argv)
     if command not in KEPT or out is None:
         return "interrupted; nothing was kept to resume, run the command again"
-    words = [a for a in argv if a != "--overwrite"]
+    words, hid = hide_argv([a for a in argv if a != "--overwrite"])
     if "--resume" not in words and "--repair" not in words:
         words.append("--resume")
     kept = (KEPT if _kept_anything(command, out) else NOTHING_KEPT)[command].format(out=out)
+    again = (f" (the {' and '.join(SECRET_OPTIONS)} values are hidden: give them again)"
+             if hid else "")
     return (f"interrupted; {kept}; resume with: "
-            f"{shlex.join([prog, *words])}")
+            f"{shlex.join([prog, *words])}{again}")
 
 
 # Errors only a write can cause: without a file name in the error, they are --out's.

@@ -170,3 +170,32 @@ def test_extend_of_a_carded_store_says_to_write_the_card_again(synth_root, tmp_p
            "store now has 3 (24)" in res.output
     run_cli(["card", str(store)])
     assert "matches its card" in run_cli(["verify", str(store)]).output
+
+
+def test_extend_of_a_zip_or_an_http_store_is_refused_before_any_work(synth_root, tmp_path):
+    """Issue 25, 14: extend of an HTTP zip sent PUTs (501), of a local .zip said "Not a
+    directory"; both are read-only, said in one line before the dataset or store is read."""
+    from test_cache_share import RangeHandler, serve
+
+    from dvfl_cache.cache.share import pack
+
+    store = tmp_path / "s.zarr"
+    run_cli([*build_args(synth_root, store), *SHARD])
+    pack(store, tmp_path / "s.zip")
+    asked: list[str] = []
+
+    class Recording(RangeHandler):
+        def log_request(self, *args) -> None:
+            asked.append(self.requestline)
+
+    empty = tmp_path / "no-dataset"
+    empty.mkdir()
+    with serve(tmp_path, Recording) as base:
+        for where in (tmp_path / "s.zip", f"{base}/s.zip", f"{base}/s.zarr"):
+            # An empty --root: were the dataset read first, it would be the error.
+            res = run_cli([*extend_args(empty, where, 3)], expect=1)
+            errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+            assert len(errors) == 1 and "Traceback" not in res.output, res.output
+            assert f"{where}: cannot write a store there: zips and http(s) stores are " \
+                   "read-only" in errors[0]
+    assert asked == []  # not even a read, let alone a PUT

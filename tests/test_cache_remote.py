@@ -285,3 +285,46 @@ def test_verify_recompute_reads_the_store_with_the_storage_options(bucket, s3_en
     assert "recomputed on 4 rows (0 mixed)" in res.stdout
     res = _cli(args, env, timeout=300)  # without the option: the closed port, one line
     assert res.returncode == 1 and "cannot reach the storage endpoint" in res.stderr
+
+
+def test_a_missing_object_on_s3_is_an_error_for_reads_export_and_pack(bucket, tmp_path):
+    """A shard file lost from a bucket never reads as zeros (issue 25, 1 and 2)."""
+    url = f"{bucket}/c.zarr"
+    write_all(CacheWriter.create(url, make_meta(feature_dim=3)))
+    fs, root = _fs(url)
+    key = CacheReader(url).shard_key("logits", 0)
+    fs.rm(f"{root}/{key}")
+    missing = f"array 'logits' shard 0: file {key} is missing"
+    reader = CacheReader(url)
+    assert reader.complete
+    with pytest.raises(CacheError, match=missing):
+        reader.epoch_block(0)
+    with pytest.raises(CacheError, match=missing):
+        export_hdf5(url, tmp_path / "c.h5")
+    with pytest.raises(CacheError, match=missing):
+        pack(url, tmp_path / "c.zip")
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.zip").exists()
+
+
+def test_a_plain_web_server_as_s3_endpoint_is_named_as_such(s3_endpoint, synth_root, tmp_path):
+    """Issue 25, 5: a static HTTP server given as endpoint_url read as "the bucket does not
+    exist" (info) and "[Errno 38] Not Implemented" (build)."""
+    from test_cache_share import serve
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env = {**base, **S3_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with serve(tmp_path) as web:
+        so = ["--storage-option", f"endpoint_url={web}"]
+        build = ["build", "--dataset", "ucf101", "--root", str(synth_root), "--teacher",
+                 "vfl-nano", "--random-weights", "--teacher-opt", "embed_dim=8", "--teacher-opt",
+                 "depths=[1,1,1,1]", "--frames", "2", "--size", "32", "--workers", "0",
+                 "--out", "s3://b/c.zarr", *so]
+        for args in (["info", "s3://b/c.zarr", *so], build):
+            res = _cli(args, env)
+            assert res.returncode == 1, res.stdout + res.stderr
+            errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
+            assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+            assert f"the endpoint {web} does not speak S3" in errors[0]
+    # The S3 server itself is not mistaken for one that does not speak S3.
+    res = _cli(["info", "s3://b/c.zarr", "--storage-option", f"endpoint_url={s3_endpoint}"], env)
+    assert res.returncode == 1 and "the bucket does not exist" in res.stderr, res.stderr

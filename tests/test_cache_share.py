@@ -375,3 +375,73 @@ def test_pack_and_card_write_a_card_that_verify_checks(store, tmp_path):
     (store / CARD_NAME).write_text(text.replace('dtype: "float16"', 'dtype: "float32"'))
     with pytest.raises(CacheError, match="card field 'dtype' says \"float32\""):
         verify(store)
+
+
+# --- a missing shard file is an error wherever the store lives (issue 25, 1 and 2) -------------
+
+def _without(zip_in, zip_out, member: str) -> None:
+    """A copy of a packed store with one member left out (as if lost or never uploaded)."""
+    with zipfile.ZipFile(zip_in) as src, zipfile.ZipFile(zip_out, "w") as dst:
+        for info_ in src.infolist():
+            if info_.filename != member:
+                dst.writestr(info_, src.read(info_))
+
+
+def test_a_missing_shard_file_is_an_error_in_every_location_never_zeros(store, tmp_path):
+    pack(store, tmp_path / "whole.zip")
+    key = CacheReader(store).shard_key("logits", 1)
+    _without(tmp_path / "whole.zip", tmp_path / "cache.zip", key)
+    (store / key).unlink()
+    missing = rf"array 'logits' shard 1: file {re.escape(key)} is missing"
+    with serve(tmp_path) as base:
+        for where in (store, tmp_path / "cache.zip", f"{base}/cache.zarr", f"{base}/cache.zip"):
+            reader = CacheReader(where)
+            assert reader.complete  # the flag says done: only the file tells
+            np.testing.assert_array_equal(  # other shards still read
+                reader.read("logits", 0, 8), CacheReader(tmp_path / "whole.zip").read(
+                    "logits", 0, 8))
+            with pytest.raises(CacheError, match=missing + ".*--repair"):
+                reader.epoch_block(0)  # rows 0-9 reach into shard 1 (rows 8-15)
+            with pytest.raises(CacheError, match=missing):
+                export_hdf5(where, tmp_path / "x.h5", overwrite=True)
+            assert not (tmp_path / "x.h5").exists()
+            reader.close()
+
+
+def test_export_and_pack_refuse_a_store_with_a_missing_shard_file(store, tmp_path):
+    """Neither launders the hole: no HDF5 of zeros marked done, no zip with a fresh card."""
+    key = CacheReader(store).shard_key("view", 2)  # an array the card never reads
+    (store / key).unlink()
+    runner = CliRunner()
+    for args, out in ((["export", str(store), str(tmp_path / "c.h5")], tmp_path / "c.h5"),
+                      (["pack", str(store), str(tmp_path / "c.zip")], tmp_path / "c.zip")):
+        res = runner.invoke(main, args)
+        assert res.exit_code == 1, res.output
+        lines = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+        assert len(lines) == 1 and "Traceback" not in res.output, res.output
+        assert f"array 'view' shard 2: file {key} is missing" in lines[0]
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("num_videos", 3, "does not follow the row layout"),
+    ("num_frames", 9, "array 'frames' has shape (30, 2) int32, expected (30, 9) int32"),
+    ("feature_dim", 3, "array 'features' is missing"),
+])
+def test_card_only_certifies_a_store_that_verifies(field, value, says, tmp_path):
+    """Issue 25, 10: card wrote a card for stores whose metadata lies (verify rejects them)."""
+    import json
+
+    path = tmp_path / "cache.zarr"
+    write_all(CacheWriter.create(path, make_meta()))
+    root = path / "zarr.json"
+    doc = json.loads(root.read_text())
+    doc["attributes"][field] = value
+    root.write_text(json.dumps(doc))
+    res = CliRunner().invoke(main, ["card", str(path)])
+    assert res.exit_code == 1, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert "no card for a store that does not verify: verify found" in errors[0]
+    assert says in errors[0]
+    assert not (path / "README.md").exists() and not (path / "manifest.sha256").exists()

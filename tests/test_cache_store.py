@@ -472,3 +472,28 @@ def test_teacher_accuracy_breaks_ties_as_student_evaluation_does(tmp_path):
     assert 0 < d["teacher_top1"] < d["teacher_top5"] < 1
     rep = accuracy_report(np.tile(tied, (len(labels), 1)), labels, 6)
     assert (rep.top1, rep.top5) == pytest.approx((d["teacher_top1"], d["teacher_top5"]))
+
+
+def test_a_crafted_chunk_key_separator_is_one_line_in_info_verify_and_card(tmp_path):
+    """Issue 25, 4: a separator zarr refuses was a ValueError traceback (nothing escaped)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from dvfl_cache.cli import main
+
+    store = tmp_path / "in" / "c.zarr"
+    write_all(CacheWriter.create(store, make_meta()))
+    meta_file = store / "logits" / "zarr.json"
+    doc = json.loads(meta_file.read_text())
+    doc["chunk_key_encoding"]["configuration"]["separator"] = "/../../../ESCAPE/"
+    meta_file.write_text(json.dumps(doc))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    for cmd in ("info", "verify", "card"):
+        res = CliRunner().invoke(main, [cmd, str(store)])
+        assert res.exit_code == 1, (cmd, res.output)
+        assert not isinstance(res.exception, ValueError) and "Traceback" not in res.output
+        errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+        assert len(errors) == 1, res.output
+        assert "array 'logits' has unreadable metadata (logits/zarr.json)" in errors[0]
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written, inside or out

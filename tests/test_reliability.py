@@ -264,6 +264,42 @@ def test_remote_store_is_not_read_up_front_and_a_bad_shard_names_the_repair(data
         reader.close()
 
 
+
+@pytest.mark.parametrize("where", ["http-zip", "s3"])
+def test_fit_refuses_a_remote_store_with_a_missing_shard_file(where, data, train_json, tmp_path,
+                                                              request):
+    """Issue 25, 1: fit over HTTP or S3 trained on zero logits where a shard file was lost."""
+    import zipfile
+
+    from test_cache_share import serve
+
+    from dvfl_cache.cache.location import target_fs
+    from dvfl_cache.cache.share import pack
+    from dvfl_cache.cache.store import CacheReader
+
+    out = tmp_path / "c.zarr"
+    cli(cache_cli, build_args(out, "--index", train_json))
+    key = CacheReader(out).shard_key("logits", 0)
+    fit = ["fit", "--index", train_json, "--val-index", train_json, *TINY_STUDENT,
+           "--out", tmp_path / "run"]
+    if where == "s3":
+        url = f"{request.getfixturevalue('bucket')}/c.zarr"
+        fs, root = target_fs(url)
+        fs.put(str(out), root, recursive=True)
+        fs.rm(f"{root}/{key}")
+        res = cli(train_cli, [*fit, "--cache", url], expect=1)
+    else:
+        pack(out, tmp_path / "whole.zip")
+        with zipfile.ZipFile(tmp_path / "whole.zip") as src, \
+                zipfile.ZipFile(tmp_path / "c.zip", "w") as dst:
+            for member in src.infolist():
+                if member.filename != key:
+                    dst.writestr(member, src.read(member))
+        with serve(tmp_path) as base:
+            res = cli(train_cli, [*fit, "--cache", f"{base}/c.zip"], expect=1)
+    assert f"array 'logits' shard 0: file {key} is missing" in one_line_error(res)
+    assert not list((tmp_path / "run").glob("*.pt"))
+
 # -- 3. resume from another directory ------------------------------------------------------------
 
 def test_fit_resume_from_another_directory_with_absolute_paths(data, train_json, tmp_path,
@@ -404,6 +440,34 @@ def test_ctrl_c_in_build_says_what_was_kept_and_how_to_resume(train_json, tmp_pa
     assert done.exit_code == 0, done.output
     assert CacheReader(out).complete
 
+
+
+def test_ctrl_c_never_prints_a_storage_secret(train_json, tmp_path, bucket):
+    """Issue 25, 3: the resume command hides --storage-option values as provenance does."""
+    from dvfl_cache.cache.store import CacheReader
+
+    url = f"{bucket}/c.zarr"
+    secret = "SK-do-not-print-42"
+    so = ["--storage-option", "key=testing", f"--storage-option=secret={secret}"]
+    args = build_args(url, "--index", train_json,
+                      extra=("--views-per-video", "16", "--batch-size", "1", *so))
+
+    def started() -> bool:
+        try:
+            return int(CacheReader(url).shard_done().sum()) >= 1
+        except Exception:
+            return False
+
+    res = _interrupt([sys.executable, "-m", "dvfl_cache.cli", *map(str, args)], started)
+    assert res.returncode == 130, res.stderr
+    assert secret not in res.stdout + res.stderr
+    line = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")][-1]
+    import shlex
+
+    command, _, note = line.split("resume with: ", 1)[1].partition(" (")
+    assert shlex.split(command)[-4:] == ["--storage-option", "key=***",
+                                         "--storage-option=secret=***", "--resume"], line
+    assert note == "the --storage-option values are hidden: give them again)"
 
 def test_ctrl_c_in_fit_says_what_was_kept_and_how_to_resume(data, tmp_path):
     run = tmp_path / "run"

@@ -180,8 +180,13 @@ def make_card(reader, *, address: str, progress: Callable[[int], None] | None = 
 
 def write_card(store: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Write README.md and manifest.sha256 into a store directory or object-store URL."""
+    """Write README.md and manifest.sha256 into a store directory or object-store URL.
+
+    A card vouches for a store, so only a store that passes `verify` (every chunk read back,
+    complete, consistent with its metadata) gets one; an old card is not checked, it is being
+    replaced."""
     from dvfl_cache.cache.claims import put_atomic
+    from dvfl_cache.cache.inspect import verify
     from dvfl_cache.cache.location import target_fs
     from dvfl_cache.cache.store import CacheReader
 
@@ -190,6 +195,11 @@ def write_card(store: str | os.PathLike, *, storage_options: dict[str, Any] | No
         if reader.location.kind in ("zip", "url-zip") or address.lower().startswith("http"):
             raise CacheError(f"{address}: cannot write a card into a zip or http(s) store; "
                              "`pack` writes one into the zip it makes")
+        try:
+            verify(address, storage_options=storage_options, against_card=False)
+        except CacheError as e:
+            raise CacheError(f"{address}: no card for a store that does not verify: "
+                             f"{str(e).removeprefix(f'{reader.location}: ')}") from None
         card, manifest, fields = make_card(reader, address=address, progress=progress)
     fs, root = target_fs(address, storage_options)
     put_atomic(fs, f"{root}/{MANIFEST_NAME}", manifest.encode())

@@ -34,7 +34,7 @@ from dvfl_cache.cache.build_config import BuildConfig, recorded_settings
 from dvfl_cache.cache.claims import put_atomic
 from dvfl_cache.cache.format import PROVENANCE_ONLY, SHARD_DONE, CacheMeta
 from dvfl_cache.cache.layout import PROVENANCE_GROUP, exists_fresh, layout_files
-from dvfl_cache.cache.location import open_writable, target_fs
+from dvfl_cache.cache.location import check_writable, open_writable, target_fs
 from dvfl_cache.cache.store import CacheReader, CacheWriter
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.errors import CacheError
@@ -206,6 +206,7 @@ def extend_cache(cfg: BuildConfig, index: DatasetIndex, *,
 
     Only the teacher, the videos and the run settings (batch, workers, device) of `cfg` count;
     the sampler, seed, mixing, dtype and shard size are the store's."""
+    check_writable(cfg.out)  # before the teacher is loaded or anything is read
     so = dict(cfg.storage_options) or None
     stored = CacheReader(cfg.out, storage_options=so).meta
     V2 = cfg.views_per_video

@@ -11,8 +11,10 @@ Storage failures (no endpoint, no credentials, no bucket) become one `CacheError
 
 from __future__ import annotations
 
+import functools
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,8 +25,8 @@ import zarr
 
 from dvfl_cache.errors import CacheError, storage_error  # noqa: F401  (re-exported)
 
-__all__ = ["Location", "check_byte_ranges", "is_url", "locate", "open_store", "open_writable",
-           "storage_error", "target_fs"]
+__all__ = ["Location", "check_byte_ranges", "check_s3_endpoint", "is_url", "locate",
+           "open_store", "open_writable", "storage_error", "target_fs"]
 
 _PROBE_TIMEOUT_S = 30.0
 
@@ -102,6 +104,52 @@ def check_byte_ranges(url: str, *, headers: Mapping[str, str] | None = None) -> 
                          "server that honours HTTP Range requests")
 
 
+def _s3_endpoint(storage_options: Mapping[str, Any] | None) -> str | None:
+    """The endpoint an s3:// address is sent to when one is set (None: AWS's own)."""
+    so = storage_options or {}
+    kwargs = so.get("client_kwargs")
+    return (so.get("endpoint_url") or (kwargs.get("endpoint_url") if isinstance(kwargs, Mapping)
+                                       else None)
+            or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+
+
+@functools.lru_cache(maxsize=16)
+def _speaks_s3(endpoint: str) -> bool | None:
+    """Whether `endpoint` answers an anonymous ListBuckets (GET /) as an S3 server does: with
+    x-amz-* headers or an S3 XML body (a listing or an <Error>), whatever the status. None when
+    it cannot be asked (unreachable: the storage call names that itself)."""
+    req = urllib.request.Request(endpoint.rstrip("/") + "/", method="GET")
+    try:
+        with urllib.request.urlopen(req, timeout=_PROBE_TIMEOUT_S) as resp:
+            headers, body = resp.headers, resp.read(4096)
+    except urllib.error.HTTPError as e:
+        headers, body = e.headers, e.read(4096)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    if any(k.lower().startswith(("x-amz-", "x-amzn-")) for k in (headers or {}).keys()):
+        return True
+    text = body.decode("utf-8", "replace")
+    return "<ListAllMyBucketsResult" in text or ("<Error>" in text and "<Code>" in text)
+
+
+def check_s3_endpoint(target: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Refuse an s3:// address whose endpoint is a web server that does not speak S3 (a
+    static file server given as endpoint_url): without this, its 404s read as "the bucket does
+    not exist" and its 501s as "[Errno 38] Not Implemented"."""
+    if not target.lower().startswith(("s3://", "s3a://")):
+        return
+    endpoint = _s3_endpoint(storage_options)
+    if not isinstance(endpoint, str) or not endpoint.lower().startswith(("http://", "https://")):
+        return
+    if _speaks_s3(endpoint) is False:
+        parts = urllib.parse.urlsplit(endpoint)
+        shown = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        raise CacheError(f"{target}: the endpoint {shown} does not speak S3 (it answers like a "
+                         "plain web server); give an S3 endpoint (--storage-option "
+                         "endpoint_url=... or AWS_ENDPOINT_URL), or read a store that a web "
+                         "server serves by its http(s):// address")
+
+
 def _probe_url(loc: Location) -> str:
     return loc.target if loc.kind == "url-zip" else f"{loc.target}/zarr.json"
 
@@ -119,6 +167,7 @@ def open_store(loc: Location, *, storage_options: dict[str, Any] | None = None):
 
         fs, path = target_fs(loc.target, storage_options)
         return ZipRangeStore(fs, path, where=loc.target)
+    check_s3_endpoint(loc.target, storage_options)
     try:
         return zarr.storage.FsspecStore.from_url(loc.target,
                                                  storage_options=_fresh(storage_options),
@@ -141,6 +190,7 @@ def target_fs(target: str | os.PathLike, storage_options: dict[str, Any] | None 
     s = os.fspath(target)
     if not is_url(s):
         return fsspec.filesystem("file"), os.path.abspath(local_path(s))
+    check_s3_endpoint(s, storage_options)
     try:
         fs, path = fsspec.core.url_to_fs(s, **_fresh(storage_options))
     except Exception as e:
@@ -148,11 +198,15 @@ def target_fs(target: str | os.PathLike, storage_options: dict[str, Any] | None 
     return fs, path.rstrip("/")
 
 
-def check_writable(target: str) -> None:
-    """Refuse read-only addresses before anything is attempted there."""
-    if target.lower().startswith(("http://", "https://", "zip::")) or (
-            is_url(target) and target.rstrip("/").lower().endswith(".zip")):
-        raise CacheError(f"{target}: cannot write a store there: http(s) and zip URLs are "
+def check_writable(target: str | os.PathLike) -> None:
+    """Refuse read-only addresses before anything is attempted there: http(s) and zip URLs,
+    and a packed .zip on disk (a zip cannot rewrite a member; share.py)."""
+    s = os.fspath(target)
+    local_zip = (not is_url(s) and s.rstrip("/").lower().endswith(".zip")
+                 and os.path.isfile(local_path(s)))
+    if local_zip or s.lower().startswith(("http://", "https://", "zip::")) or (
+            is_url(s) and s.rstrip("/").lower().endswith(".zip")):
+        raise CacheError(f"{s}: cannot write a store there: zips and http(s) stores are "
                          "read-only (write a directory or s3://, gs://, ... and serve or pack "
                          "it)")
 
@@ -165,6 +219,7 @@ def open_writable(target: str | os.PathLike, storage_options: dict[str, Any] | N
     if not is_url(s):
         return zarr.storage.LocalStore(local_path(s))
     check_writable(s)
+    check_s3_endpoint(s, storage_options)
     try:
         return zarr.storage.FsspecStore.from_url(s, storage_options=_fresh(storage_options),
                                                  read_only=False)

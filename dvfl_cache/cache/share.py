@@ -29,7 +29,8 @@ from dvfl_cache.cache.format import SHARD_DONE, CacheMeta
 from dvfl_cache.cache.card import (CARD_NAME, MANIFEST_NAME, card_fields, is_data_key,
                                    manifest_text, render_card, store_get, store_keys)
 from dvfl_cache.cache.location import is_url, local_path, locate, storage_error, target_fs
-from dvfl_cache.cache.store import CacheReader, CacheWriter
+from dvfl_cache.cache.store import (CacheReader, CacheWriter, MissingChunkError,
+                                    shard_error)
 from dvfl_cache.errors import CacheError
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ def pack(store: str | os.PathLike, out: str | os.PathLike, *, allow_incomplete: 
                              "done); finish it with --resume or pass --allow-incomplete")
         _check_output(out, overwrite=overwrite, storage_options=storage_options)
         keys = [k for k in store_keys(reader) if is_data_key(k)]
+        _refuse_missing_files(reader, done, set(keys))
         # Root metadata first: a reader streaming the zip meets the description before the data.
         keys.sort(key=lambda f: (f != "zarr.json", f))
         tmp = _tmp_for(out)
@@ -157,6 +159,21 @@ def pack(store: str | os.PathLike, out: str | os.PathLike, *, allow_incomplete: 
     log.info("packed %s -> %s (%d files)", store, out, len(digests))
     return {"zip": out, "files": len(digests), "bytes": size, "complete": bool(done.all()),
             "manifest": fields["manifest"]["sha256"]}
+
+
+def _refuse_missing_files(reader: CacheReader, done: np.ndarray, present: set[str]) -> None:
+    """A done shard whose file is absent must not be copied on as if it were whole (a reader
+    of the copy would refuse it only when it reaches that shard, and a card would vouch for
+    it): the reader's own rule (`MissingChunkError`), checked up front on the listing."""
+    from dvfl_cache.cache.health import repair_command
+
+    for s in np.flatnonzero(done).tolist():
+        for name in reader.meta.row_arrays():
+            key = reader.shard_key(name, s)
+            if key not in present:
+                what = shard_error(name, s, reader.array(name), MissingChunkError(key))
+                raise CacheError(f"{reader.location}: {what}; repair it with "
+                                 f"{repair_command(reader.location)}")
 
 
 def _member(name: str) -> zipfile.ZipInfo:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.storage import WrapperStore
 
 from dvfl_cache.cache import codecs
 from dvfl_cache.cache.claims import DEFAULT_TTL_S, ShardClaims, put_atomic
@@ -42,8 +43,8 @@ from dvfl_cache.cache.location import (Location, check_writable, is_url, locate,
 from dvfl_cache.cache.shard_check import check_failures, check_shard_arrays, json_record
 from dvfl_cache.errors import CacheError
 
-__all__ = ["MAX_CHUNK_ROWS", "CacheReader", "CacheWriter", "chunk_rows", "shard_error",
-           "shard_rows"]
+__all__ = ["MAX_CHUNK_ROWS", "CacheReader", "CacheWriter", "MissingChunkError", "chunk_rows",
+           "shard_error", "shard_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ def _array_problem(meta: CacheMeta, group: zarr.Group, name: str) -> str | None:
         arr = group[name]
     except KeyError:
         return f"array '{name}' is missing"
+    except Exception as e:  # crafted or damaged metadata zarr refuses (a bad chunk-key rule)
+        return f"array '{name}' has unreadable metadata ({name}/zarr.json): {_first_line(e)}"
     if not isinstance(arr, zarr.Array):
         return f"'{name}' is a group, expected an array"
     have = tuple(arr.shape)
@@ -333,12 +336,61 @@ class CacheWriter:
                   rows.stop - 1, len(record["failures"]))
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
 
 
 # --- reading ---------------------------------------------------------------------------------
+
+class MissingChunkError(CacheError):
+    """A data file of the store is absent where zarr would read fill values (zeros)."""
+
+    def __init__(self, key: str):
+        super().__init__(f"file {key} is missing")
+        self.key = key
+
+
+class _RefuseMissingChunks(WrapperStore):
+    """A read-only store in which a row array's absent chunk (shard) file is an error.
+
+    Why: zarr reads an absent chunk as the array's fill value, so a shard file lost from a
+    directory, a zip, a web server or a bucket would read as zero logits, marked valid=0 or
+    not, and a student would train on them. The one rule, for every location: the data files
+    of the row arrays (`data_arrays`, set once the metadata is read) must be there when read;
+    `shard_done`'s per-shard files stay optional (absent means "not done").
+    """
+
+    def __init__(self, store, data_arrays: frozenset[str] = frozenset()):
+        super().__init__(store)
+        self.data_arrays = data_arrays
+
+    def _with_store(self, store):
+        return type(self)(store, self.data_arrays)
+
+    def _is_chunk(self, key: str) -> bool:
+        name, sep, rest = key.partition("/")
+        return bool(sep) and name in self.data_arrays and rest != "zarr.json"
+
+    async def get(self, key, prototype, byte_range=None):
+        buf = await self._store.get(key, prototype, byte_range)
+        if buf is None and self._is_chunk(key):
+            raise MissingChunkError(key)
+        return buf
+
+    async def get_partial_values(self, prototype, key_ranges):
+        key_ranges = list(key_ranges)
+        out = await self._store.get_partial_values(prototype, key_ranges)
+        for (key, _), buf in zip(key_ranges, out):
+            if buf is None and self._is_chunk(key):
+                raise MissingChunkError(key)
+        return out
+
 
 class CacheReader:
     """Read access to a finished (or partly finished) store.
@@ -351,8 +403,11 @@ class CacheReader:
                  storage_options: dict[str, Any] | None = None):
         self.location = locate(path_or_url)
         self._storage_options = storage_options
+        self._data_arrays: frozenset[str] = frozenset()
         self._reset()
         self.meta = CacheMeta.from_dict(self._group().attrs.asdict(), source=str(self.location))
+        self._data_arrays = frozenset(self.meta.row_arrays())
+        self._store.data_arrays = self._data_arrays
         self._done_all = False
 
     def _reset(self) -> None:
@@ -367,7 +422,9 @@ class CacheReader:
             # event loops); never touch them, open fresh ones.
             self._reset()
             try:
-                self._store = open_store(self.location, storage_options=self._storage_options)
+                self._store = _RefuseMissingChunks(
+                    open_store(self.location, storage_options=self._storage_options),
+                    self._data_arrays)
                 self._root = _open_group(self._store, self.location)
             except CacheError:
                 if self.location.kind == "url":
@@ -623,5 +680,7 @@ def _shard_key(name: str, s: int, arr: zarr.Array) -> str:
 
 def shard_error(name: str, s: int, arr: zarr.Array, err: Exception) -> str:
     """One line naming the array, the shard and its file for a failed shard read."""
+    if isinstance(err, MissingChunkError):
+        return f"array '{name}' shard {s}: {err}"
     what = "checksum mismatch (corrupt data)" if "checksum" in str(err).lower() else str(err)
     return f"array '{name}' shard {s} ({_shard_key(name, s, arr)}): {what}"

@@ -29,8 +29,10 @@ def extend_cmd(store, kind, root, split, subset, index_path, videos_dir, annotat
     from tqdm import tqdm
 
     from dvfl_cache.cache.extend import extend_cache
+    from dvfl_cache.cache.location import check_writable
     from dvfl_cache.runtime import resolve_device, set_compute_threads
 
+    check_writable(store)  # a zip or an http(s) store: say so before reading the dataset
     cfg = BuildConfig(out=store, **field_values(BuildConfig, settings),
                       storage_options=storage_options_from(storage_opts) or {},
                       command=tuple(canonical_command(click.get_current_context())))

@@ -21,6 +21,7 @@ import click
 
 from dvfl_cache.data.readers import KINDS, SUBSETS
 from dvfl_cache.errors import DvflError
+from dvfl_cache.redact import hidden
 from dvfl_cache.settings import parse_key_values as _parse_key_values
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ def canonical_command(ctx: click.Context, *, hide: tuple[str, ...] = ("storage_o
         else:
             values = [_shown(value)]
         for v in values:
-            args += [flag, f"{v.partition('=')[0]}=***" if p.name in hide else v]
+            args += [flag, hidden(v) if p.name in hide else v]
     return words + args
 
 
