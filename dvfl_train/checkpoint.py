@@ -34,7 +34,7 @@ import torch
 
 from dvfl_cache.atomic import TMP_SUFFIX, atomic_path, write_atomic
 from dvfl_cache.errors import CheckpointError
-from dvfl_cache.models.weights import FORMAT, FORMAT_VERSION, check_plain
+from dvfl_cache.models.weights import FORMAT, FORMAT_VERSION, check_plain, read_checkpoint
 
 from dvfl_train.config import FitConfig, load_config, resume_differences
 from dvfl_train.runfiles import (BEST, CONFIG, LAST, METRICS, RUN_FILES, SUMMARY, RunDirError,
@@ -179,10 +179,7 @@ class RunDir:
         path = self.checkpoint_path(name)
         if not path.exists():
             raise CheckpointError(f"{path}: no such checkpoint")
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # torch raises several types for truncated or foreign files
-            raise CheckpointError(f"{path}: cannot load checkpoint safely ({exc})") from None
+        state = read_checkpoint(path, map_location=map_location)
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: expected a dict, found {type(state).__name__}")
         return state

@@ -43,7 +43,7 @@ from typing import Any
 
 from dvfl_cache.errors import DvflError
 from dvfl_cache.failbudget import max_failed_setting
-from dvfl_cache.settings import setting
+from dvfl_cache.settings import check_finite, setting
 
 __all__ = ["CONFIG_VERSION", "KD_FORMS", "OPTIMIZERS", "PRED_LOSSES", "REFERENCE_BATCH",
            "REP_LOSSES", "TEACHER_MIXES", "ConfigError", "FitConfig", "MIX_SCHEMES",
@@ -368,6 +368,7 @@ class FitConfig:
             if not ok:
                 problems.append(message)
 
+        problems += check_finite(self)  # nan passes every comparison below
         need(bool(self.dataset), "dataset must name a dataset kind")
         need(bool(self.data_root), "data_root must be a path")
         need(bool(self.out_dir), "out_dir must be a path")

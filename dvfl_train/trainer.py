@@ -45,6 +45,7 @@ from torch import nn
 from dvfl_cache.data.dataset import Cut, FailureLog
 from dvfl_cache.errors import CheckpointError
 from dvfl_cache.failbudget import TooManyFailed, failed_line
+from dvfl_cache.models.weights import read_checkpoint
 from dvfl_cache.runtime import resolve_device
 
 from dvfl_train.cache_views import pin_cache_views
@@ -347,10 +348,7 @@ def _open_student(cfg: FitConfig, spec: StudentSpec, dist: _Dist, *, num_classes
     if dist.rank != 0 and resume:
         path = checkpoint_file(cfg.out_dir, LAST)
         if path.exists():
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # torch raises several types for truncated files
-                raise CheckpointError(f"{path}: cannot load checkpoint safely ({exc})") from None
+            state = read_checkpoint(path)
     # A resumed student gets its weights from last.pt: loading --init first would be wasted.
     s = build_student(cfg, spec, num_classes=num_classes, device=dist.device,
                       feature_dim=feature_dim, load_init=state is None)

@@ -1,0 +1,130 @@
+"""Bad input is one line and a non-zero exit, before any work (issue 25): non-finite numbers,
+files that are no checkpoint, contradictory teacher and mixing options."""
+
+from __future__ import annotations
+
+import os
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_counter_video
+
+TINY = ["--model-opt", "embed_dim=8", "--model-opt", "depths=1,1,1,1"]
+
+
+def _one_line(result, exit_code: int, *needles: str) -> str:
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output, result.output
+    if exit_code == 1:  # one error line (progress bars may precede it)
+        assert sum(ln.startswith("Error: ") for ln in result.output.splitlines()) == 1
+        assert result.output.strip().splitlines()[-1].startswith("Error: "), result.output
+    else:  # a usage error
+        assert result.output.startswith("Usage:"), result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+    return result.output
+
+
+def _clis():
+    from dvfl_cache.cli import main as cache_cli
+    from dvfl_train.cli import main as train_cli
+
+    return cache_cli, train_cli
+
+
+# -- non-finite numbers ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cli, command, option, value", [
+    ("cache", "build", "--mixup", "nan"), ("cache", "build", "--mixup", "inf"),
+    ("cache", "build", "--cutmix", "nan"), ("train", "fit", "--mixup", "inf"),
+    ("train", "fit", "--cutmix", "inf"), ("train", "fit", "--lr", "inf"),
+    ("train", "fit", "--mix-prob", "nan"), ("train", "sweep", "--alphas", "0.3,nan"),
+    ("cache", "build", "--area", "0.5,inf"),
+])
+def test_non_finite_numbers_are_one_line(cli, command, option, value, synth_root, tmp_path):
+    cache_cli, train_cli = _clis()
+    data = ["--dataset", "ucf101", "--root", str(synth_root), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(cache_cli if cli == "cache" else train_cli,
+                                [command, *data, option, value])
+    _one_line(result, 2, option, "is not a finite number")
+    assert not any(tmp_path.iterdir())
+
+
+def _float_params():
+    """Every float option (or list of floats) of every command of both CLIs."""
+    from dvfl_cache.commands.options import FiniteFloat
+
+    for cli in _clis():
+        ctx = click.Context(cli)
+        for name in cli.list_commands(ctx):
+            command = cli.get_command(ctx, name)
+            for p in command.params:
+                item = getattr(p.type, "item", None)
+                if isinstance(p.type, (click.FloatRange, FiniteFloat)) or item is float \
+                        or p.type is click.FLOAT:
+                    yield f"{name} {p.opts[0]}", p
+
+
+def test_every_float_option_refuses_nan_and_inf():
+    params = dict(_float_params())
+    assert {"build --mixup", "fit --lr", "sweep --alphas", "build --area",
+            "index --hold-out"} <= set(params)
+    for where, p in params.items():
+        count = getattr(p.type, "count", None) or (2 if getattr(p.type, "item", None) else 1)
+        for text in ("nan", "inf", "-inf"):
+            with pytest.raises(click.BadParameter) as info:  # inf may fail the range first
+                p.type.convert(",".join([text] * count), p, None)
+            assert text != "nan" or "not a finite number" in str(info.value), where
+
+
+def test_a_config_file_with_nan_is_refused():
+    from dvfl_train.config import ConfigError, FitConfig
+
+    with pytest.raises(ConfigError, match="base_lr=nan must be a finite number"):
+        FitConfig.from_dict({"version": 3, "dataset": "ucf101", "data_root": "d",
+                             "out_dir": "o", "base_lr": float("nan")}).validate()
+
+
+# -- files that are no checkpoint -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """Three files named .pt that are no checkpoint, and a video to explain/predict."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "text.pt").write_text("hello, this is a text file\n" * 20)
+    (d / "random.pt").write_bytes(os.urandom(4096))
+    video = write_counter_video(d / "clip.avi", 8, codec="mpeg4")
+    (d / "video.pt").write_bytes(video.read_bytes())
+    return d
+
+
+@pytest.mark.parametrize("kind", ["text", "random", "video"])
+@pytest.mark.parametrize("command", ["explain", "predict", "eval", "fit --init",
+                                     "fit --teacher-weights", "build --teacher",
+                                     "build --weights"])
+def test_a_file_that_is_no_checkpoint_is_one_line_everywhere(command, kind, bad_files,
+                                                             synth_root, tmp_path):
+    cache_cli, train_cli = _clis()
+    bad = str(bad_files / f"{kind}.pt")
+    data = ["--dataset", "ucf101", "--root", str(synth_root)]
+    video = str(bad_files / "clip.avi")
+    fit = ["fit", *data, *TINY, "--out", str(tmp_path / "r"), "--frames", "2", "--size", "32",
+           "--epochs", "1", "--warmup-epochs", "0", "--workers", "0", "--device", "cpu",
+           "--batch-size", "4"]
+    build = ["build", *data, "--out", str(tmp_path / "c.zarr"), "--frames", "2", "--size", "32",
+             "--workers", "0", "--device", "cpu"]
+    cli, args = {
+        "explain": (train_cli, ["explain", video, "--checkpoint", bad, "--out",
+                                str(tmp_path / "x")]),
+        "predict": (train_cli, ["predict", video, "--checkpoint", bad]),
+        "eval": (train_cli, ["eval", "--checkpoint", bad, *data, "--workers", "0"]),
+        "fit --init": (train_cli, [*fit, "--init", bad]),
+        "fit --teacher-weights": (train_cli, [*fit, "--teacher-weights", bad]),
+        "build --teacher": (cache_cli, [*build, "--teacher", bad]),
+        "build --weights": (cache_cli, [*build, "--teacher", "vfl-nano", "--weights", bad]),
+    }[command]
+    result = CliRunner().invoke(cli, args)
+    out = _one_line(result, 1, f"{bad}: not a PyTorch checkpoint (")
+    assert "allow-list" not in out
