@@ -413,6 +413,18 @@ class FitConfig:
         need(self.beta == 0.0 or has_teacher,
              f"beta={self.beta} > 0 needs teacher features: set cache or teacher_weights")
         need(0.0 <= self.mix_prob <= 1.0, f"mix_prob={self.mix_prob} must be in [0, 1]")
+        # a mix-prob that mixes nothing would be recorded as if it had: refuse it (a cache
+        # replays its own mixing, its mix-prob included)
+        need(self.mix_prob == 1.0 or self.mixup > 0 or self.cutmix > 0,
+             f"mix_prob={self.mix_prob:g} does nothing without mixup or cutmix"
+             + ("; a --cache replays its own mixing (its mix-prob included): drop --mix-prob"
+                if self.cache else ""))
+        need(len(self.cache) >= 2 or self.teacher_mix == _FIELDS["teacher_mix"].default,
+             f"teacher_mix={self.teacher_mix!r} combines several caches; "
+             f"{len(self.cache)} given")
+        repeated = _repeated(self.cache)
+        need(not repeated, f"cache {repeated!r} is given twice: an ensemble needs different "
+                           "teachers")
         need(self.mix_scheme in MIX_SCHEMES,
              f"mix_scheme={self.mix_scheme!r} must be one of {', '.join(MIX_SCHEMES)}")
         need(self.mix_scheme == "row" or not has_teacher,
@@ -467,6 +479,17 @@ class FitConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(FitConfig)}
+
+
+def _repeated(paths: tuple[str, ...]) -> str | None:
+    """The first of ``paths`` that names a store given before it (resolved, for local ones)."""
+    seen = set()
+    for p in paths:
+        key = p if "://" in p else os.path.realpath(p)
+        if key in seen:
+            return p
+        seen.add(key)
+    return None
 
 
 def _absolute(path: str) -> str:

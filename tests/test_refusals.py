@@ -128,3 +128,25 @@ def test_a_file_that_is_no_checkpoint_is_one_line_everywhere(command, kind, bad_
     result = CliRunner().invoke(cli, args)
     out = _one_line(result, 1, f"{bad}: not a PyTorch checkpoint (")
     assert "allow-list" not in out
+
+
+# -- mixing and ensembles that would be recorded but do nothing -----------------------------------
+
+@pytest.mark.parametrize("command", ["fit", "sweep"])
+@pytest.mark.parametrize("extra, code, message", [
+    (["--cache", "{d}/mixed.zarr", "--mix-prob", "0.5"], 1,
+     "mix_prob=0.5 does nothing without mixup or cutmix; a --cache replays its own mixing"),
+    (["--mix-prob", "0.3"], 1, "mix_prob=0.3 does nothing without mixup or cutmix"),
+    (["--cache", "{d}/a.zarr", "--teacher-mix", "mean-probs"], 2,
+     "--teacher-mix: combines the logits of several --cache stores; 1 given"),
+    (["--teacher-mix", "mean-logits"], 2, "several --cache stores; 0 given"),
+    (["--cache", "{d}/a.zarr", "--cache", "{d}/./a.zarr"], 1, "a.zarr' is given twice"),
+])
+def test_options_that_would_do_nothing_are_refused(command, extra, code, message, tmp_path):
+    _, train_cli = _clis()
+    args = [command, "--dataset", "ucf101", "--root", str(tmp_path), "--out",
+            str(tmp_path / "r"), *(a.format(d=tmp_path) for a in extra)]
+    if command == "sweep":
+        args += ["--alphas", "0.5"]
+    _one_line(CliRunner().invoke(train_cli, args), code, message)
+    assert not (tmp_path / "r").exists()

@@ -37,9 +37,17 @@ runtime_options = group(options_from(FitConfig, RUNTIME), threads_option)
 
 
 def fit_config(settings: dict[str, Any]) -> FitConfig:
-    """The validated FitConfig of a command's options; model options of the wrong name or type
-    are a usage error of their flag before anything is built."""
+    """The validated FitConfig of a command's options; model options of the wrong name or type,
+    and a --teacher-mix given without an ensemble to combine, are a usage error of their flag
+    before anything is built."""
     check_model_options(settings["model"], settings["model_opts"], "--model-opt")
+    ctx = click.get_current_context(silent=True)
+    explicit = ctx is not None and ctx.get_parameter_source("teacher_mix") not in (
+        None, click.core.ParameterSource.DEFAULT)
+    if explicit and len(settings.get("cache") or ()) < 2:  # FitConfig sees only the default
+        raise click.BadParameter(f"combines the logits of several --cache stores; "
+                                 f"{len(settings.get('cache') or ())} given",
+                                 param_hint="--teacher-mix")
     if settings.get("teacher"):
         check_model_options(settings["teacher"], settings["teacher_opts"], "--teacher-opt")
     return FitConfig.from_cli(settings)
