@@ -150,3 +150,80 @@ def test_options_that_would_do_nothing_are_refused(command, extra, code, message
         args += ["--alphas", "0.5"]
     _one_line(CliRunner().invoke(train_cli, args), code, message)
     assert not (tmp_path / "r").exists()
+
+
+# -- a loss that stops being finite ---------------------------------------------------------------
+
+def _strict_json(path):
+    """JSON as any reader sees it: bare NaN or Infinity is an error."""
+    import json
+
+    def refuse(name):
+        raise ValueError(f"{path}: bare {name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+FIT_TINY = ["--frames", "2", "--size", "32", *TINY, "--warmup-epochs", "0", "--batch-size", "4",
+            "--workers", "0", "--device", "cpu"]
+
+
+def test_fit_stops_at_the_first_non_finite_loss(synth_root, tmp_path):
+    _, train_cli = _clis()
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train_cli, ["fit", "--dataset", "ucf101", "--root",
+                                            str(synth_root), "--out", str(out), *FIT_TINY,
+                                            "--epochs", "3", "--lr", "1e30"])
+    # 8 videos in batches of 4: step 1 is finite (the weights are still the init), step 2 not
+    _one_line(result, 1, f"{out}: the loss became nan at epoch 1, step 2; training stopped "
+                         "there (before any checkpoint)")
+    assert not (out / "best.pt").exists() and not (out / "last.pt").exists()
+    summary = _strict_json(out / "summary.json")
+    assert summary["diverged"] == {"epoch": 1, "step": 2, "loss": "nan"}
+    assert summary["epochs"] == 0 and summary["best_val_top1"] is None
+    _strict_json(out / "config.json")
+
+
+def test_metrics_and_summaries_write_null_for_nan(tmp_path):
+    from dvfl_train.checkpoint import RunDir
+
+    run = RunDir(tmp_path)
+    run.append_metrics({"type": "step", "epoch": 1, "loss": float("nan"), "kd": float("inf")})
+    run.write_summary({"best_val_top1": float("nan"), "final": {"loss": float("-inf")}})
+    import json
+
+    line = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
+    assert json.loads(line, parse_constant=pytest.fail) == {
+        "type": "step", "epoch": 1, "loss": None, "kd": None}
+    assert _strict_json(tmp_path / "summary.json") == {"best_val_top1": None,
+                                                       "final": {"loss": None}}
+
+
+def test_a_sweep_student_that_diverges_stops_and_the_others_go_on(synth_root, tmp_path,
+                                                                  monkeypatch):
+    """Student ce_s2's loss is made NaN from its second step; ce_s1 trains to the end."""
+    import torch
+
+    import dvfl_train.trainer as trainer
+
+    real = trainer.train_step
+
+    def step(student, *args, **kwargs):
+        parts, logits = real(student, *args, **kwargs)
+        if student.spec.label == "ce_s2" and student.step >= 2:
+            parts = {**parts, "loss": torch.tensor(float("nan"))}
+        return parts, logits
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    _, train_cli = _clis()
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(train_cli, [
+        "sweep", "--dataset", "ucf101", "--root", str(synth_root), "--out", str(out), *FIT_TINY,
+        "--epochs", "2", "--alphas", "0", "--seeds", "1,2", "--eval-views", "1x1"])
+    _one_line(result, 1, "1 student(s) diverged: ", f"{out / 'runs' / 'ce_s2'}: the loss became "
+              "nan at epoch 1, step 2", "the other students are trained (--resume skips them)")
+    good, bad = out / "runs" / "ce_s1", out / "runs" / "ce_s2"
+    assert _strict_json(good / "summary.json")["epochs"] == 2 and (good / "best.pt").exists()
+    assert _strict_json(bad / "summary.json")["diverged"]["step"] == 2
+    assert not (bad / "last.pt").exists() and not (bad / "best.pt").exists()
+    assert not (out / "results.csv").exists()
