@@ -227,3 +227,55 @@ def test_a_sweep_student_that_diverges_stops_and_the_others_go_on(synth_root, tm
     assert _strict_json(bad / "summary.json")["diverged"]["step"] == 2
     assert not (bad / "last.pt").exists() and not (bad / "best.pt").exists()
     assert not (out / "results.csv").exists()
+
+
+# -- build --views-from: refused before the teacher runs ------------------------------------------
+
+@pytest.fixture(scope="module")
+def views_source(synth_index, tmp_path_factory):
+    """A tiny store over split 1's training videos, to take views from."""
+    from dvfl_cache.cache.build import BuildConfig, build_cache
+
+    out = tmp_path_factory.mktemp("views") / "a.zarr"
+    build_cache(BuildConfig(out=str(out), teacher="vfl-nano", random_weights=True,
+                            teacher_opts={"embed_dim": 8, "depths": [1, 1, 1, 1]}, frames=2,
+                            size=32, workers=0, device="cpu", dtype="float32"), synth_index)
+    return out
+
+
+@pytest.mark.parametrize("data, message", [
+    (["--subset", "test"], "subset 'train' (run expects 'test')"),
+    (["--split", "2"], "split 1 (run expects 2)"),
+])
+def test_views_from_another_dataset_is_refused_before_the_teacher_runs(
+        data, message, views_source, synth_root, tmp_path, monkeypatch):
+    import dvfl_cache.cache.build as build
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded")
+
+    monkeypatch.setattr(build, "prepare", no_teacher)
+    cache_cli, _ = _clis()
+    out = tmp_path / "b.zarr"
+    result = CliRunner().invoke(cache_cli, [
+        "build", "--dataset", "ucf101", "--root", str(synth_root), *data, "--teacher",
+        "vfl-nano", "--random-weights", "--views-from", str(views_source), "--out", str(out),
+        "--workers", "0", "--device", "cpu"])
+    _one_line(result, 1, f"--views-from {views_source}: cache built for another run: ", message,
+              "its views are of other videos than this build's, so nothing was built")
+    assert not out.exists()
+
+
+def test_views_from_its_own_out_is_refused(views_source, synth_root):
+    from dvfl_cache.cache.store import CacheReader
+
+    before = CacheReader(views_source).meta.to_dict()
+    cache_cli, _ = _clis()
+    for same in (str(views_source), f"{views_source.parent}/./{views_source.name}/"):
+        result = CliRunner().invoke(cache_cli, [
+            "build", "--dataset", "ucf101", "--root", str(synth_root), "--teacher", "vfl-nano",
+            "--random-weights", "--views-from", str(views_source), "--out", same,
+            "--overwrite", "--workers", "0", "--device", "cpu"])
+        _one_line(result, 1, "is the --views-from store: a store cannot be rebuilt over its "
+                             "own views")
+    assert CacheReader(views_source).meta.to_dict() == before
