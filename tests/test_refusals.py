@@ -279,3 +279,59 @@ def test_views_from_its_own_out_is_refused(views_source, synth_root):
         _one_line(result, 1, "is the --views-from store: a store cannot be rebuilt over its "
                              "own views")
     assert CacheReader(views_source).meta.to_dict() == before
+
+
+# -- extend: the teacher named by what differs, equivalent spellings accepted ---------------------
+
+TEACHER_TINY = ["--teacher-opt", "embed_dim=8", "--teacher-opt", "depths=1,1,1,1"]
+
+
+def _store_args(synth_root, out, *teacher):
+    return ["build", "--dataset", "ucf101", "--root", str(synth_root), *teacher, "--frames",
+            "2", "--size", "32", "--workers", "0", "--device", "cpu", "--out", str(out)]
+
+
+def _extend_args(synth_root, store, *teacher):
+    return ["extend", str(store), "--dataset", "ucf101", "--root", str(synth_root), *teacher,
+            "--views-per-video", "2", "--workers", "0", "--device", "cpu"]
+
+
+def test_extend_names_the_first_differing_teacher_field(synth_root, tmp_path):
+    cache_cli, _ = _clis()
+    store = tmp_path / "s.zarr"
+    random = ["--teacher", "vfl-nano", "--random-weights", *TEACHER_TINY]
+    result = CliRunner().invoke(cache_cli, _store_args(synth_root, store, *random,
+                                                       "--teacher-opt", "img_size=32"))
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cache_cli, _extend_args(synth_root, store, *random))
+    _one_line(result, 1, "extend must run the store's teacher on its videos; "
+                         "teacher.config.img_size differs: stored 32, given 224")
+
+
+def test_extend_accepts_another_spelling_of_the_stores_teacher(synth_root, tmp_path):
+    import torch
+
+    from dvfl_cache.cache.store import CacheReader
+    from dvfl_cache.models import create_model, save_checkpoint
+
+    for seed, name in ((0, "t.pt"), (1, "other.pt")):
+        torch.manual_seed(seed)
+        save_checkpoint(tmp_path / name, create_model(
+            "vfl-nano", num_classes=4, num_frames=2, img_size=32, embed_dim=8,
+            depths=[1, 1, 1, 1]))
+    cache_cli, _ = _clis()
+    store = tmp_path / "s.zarr"
+    result = CliRunner().invoke(cache_cli, _store_args(synth_root, store, "--teacher",
+                                                       str(tmp_path / "t.pt")))
+    assert result.exit_code == 0, result.output
+    before = CacheReader(store).meta.teacher
+    # the registry name with the checkpoint as --weights: img_size 224 (unused by the network)
+    spelled = ["--teacher", "vfl-nano", *TEACHER_TINY]
+    result = CliRunner().invoke(cache_cli, _extend_args(
+        synth_root, store, *spelled, "--weights", str(tmp_path / "other.pt")))
+    _one_line(result, 1, "teacher.weights_sha256 differs")
+    result = CliRunner().invoke(cache_cli, _extend_args(
+        synth_root, store, *spelled, "--weights", str(tmp_path / "t.pt")))
+    assert result.exit_code == 0, result.output
+    after = CacheReader(store)
+    assert after.complete and after.meta.views_per_video == 2 and after.meta.teacher == before

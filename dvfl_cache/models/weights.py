@@ -48,9 +48,10 @@ _TEMPORAL = re.compile(r"\.modulation\.(f_temporal|h_temporal|focal_layers_tempo
 _BLOCK = re.compile(r"^layers\.(\d+)\.(?:blocks\.(\d+)\.)?")
 # Options that change the function a set of weights computes; a checkpoint written with other
 # values must not be loaded silently. (drop rates, checkpointing, img_size and num_frames do not.)
-_STRUCTURAL = ("patch_size", "in_chans", "embed_dim", "depths", "mlp_ratio", "patch_norm",
-               "focal_levels", "focal_windows", "use_conv_embed", "use_layerscale",
-               "use_postln", "use_postln_in_modulation", "normalize_modulator", "tubelet_size")
+STRUCTURAL_OPTIONS = ("patch_size", "in_chans", "embed_dim", "depths", "mlp_ratio",
+                      "patch_norm", "focal_levels", "focal_windows", "use_conv_embed",
+                      "use_layerscale", "use_postln", "use_postln_in_modulation",
+                      "normalize_modulator", "tubelet_size")
 # Clip geometry: any value runs with the same weights, but the network was trained at one.
 _GEOMETRY = ("num_frames", "img_size")
 _SHOWN = 8  # keys listed in an error message before "... and N more"
@@ -291,7 +292,7 @@ def _listing(keys: Sequence[str]) -> str:
 
 def _check_structure(model: VideoFocalNet, saved: Mapping[str, Any], path: str) -> None:
     config = getattr(model, "config", {})
-    for name in _STRUCTURAL:
+    for name in STRUCTURAL_OPTIONS:
         if name in saved and name in config and saved[name] != config[name]:
             raise CheckpointError(f"{path}: checkpoint was trained with {name}={saved[name]!r} "
                                   f"but the model has {name}={config[name]!r}")
