@@ -58,6 +58,9 @@ _ADDED: dict[str, tuple[int, Any]] = {"nesterov": (2, False), "kd_form": (2, "kl
                                       "mix_prob": (2, 1.0), "mix_scheme": (2, "batch"),
                                       "teacher_mix": (3, "mean-logits"), "views_subset": (3, None)}
 
+# Fields never written to config.json (secrets): a run is reproduced without them.
+_NOT_RECORDED = ("storage_options",)
+
 MIX_SCHEMES = ("row", "batch")   # per row (the cache's), or round 1's per batch (old runs)
 
 KD_FORMS = ("kl", "reference")   # the true KL, or the published code's criterion
@@ -252,6 +255,10 @@ class FitConfig:
         help="Representation term (--beta): mean over elements, or sum over the feature "
              "dimension per clip (the fewer-frames paper's squared distance).")
 
+    # Where a --cache URL lives (endpoint, profile, credentials): may hold secrets, so it is
+    # never recorded (to_dict leaves it out) and a resume takes it from the command line again.
+    storage_options: dict[str, Any] = setting(default_factory=dict, hash=False)
+
     def __post_init__(self) -> None:
         # One cache may be given as a path (or None: no cache), as before ensembles.
         object.__setattr__(self, "cache", tuple(os.fspath(c) for c in cache_paths(self.cache)))
@@ -282,6 +289,8 @@ class FitConfig:
         """A JSON-able dict with a ``version`` key; ``from_dict`` inverts it exactly."""
         out: dict[str, Any] = {"version": CONFIG_VERSION}
         for f in dataclasses.fields(self):
+            if f.name in _NOT_RECORDED:
+                continue
             value = copy.deepcopy(getattr(self, f.name))
             out[f.name] = list(value) if isinstance(value, tuple) else value  # as JSON has it
         return out
@@ -468,7 +477,7 @@ class FitConfig:
             ViewSampler.from_dict({**self.sampler, "num_frames": self.num_frames})
         except (TypeError, ValueError) as exc:
             problems.append(f"sampler options {self.sampler}: {exc}")
-        for name in ("sampler", "model_opts", "teacher_opts"):
+        for name in ("sampler", "model_opts", "teacher_opts", "storage_options"):
             try:
                 json.dumps(getattr(self, name), allow_nan=False)
             except (TypeError, ValueError) as exc:

@@ -123,12 +123,14 @@ FIT_BEHAVIOUR = {
                   "zero_steps (1 of 8 fails at 0.05, passes at 0.2)",
     "teacher_mix": "test_teacher_mix_reaches_fit_and_sweep_records (two caches); its effect: "
                    "test_ensemble.py::test_cli_fit_distils_from_two_caches",
+    "storage_opts": "test_refusals.py::test_fit_and_sweep_read_an_s3_cache_by_storage_option "
+                    "(no endpoint or credentials in the environment; never recorded)",
 }
 SWEEP_ONLY = {"alphas", "taus", "seeds", "baseline", "parallel", "eval_views", "seed"}
 # recipe, print_config: test_recipes.py::test_sweep_print_config_is_the_reference_point;
 # max_failed: test_reliability.py::test_sweep_evaluation_fails_past_the_budget
 SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume",
-                   "recipe", "print_config", "max_failed", "teacher_mix"}
+                   "recipe", "print_config", "max_failed", "teacher_mix", "storage_opts"}
 
 
 def _flag(cmd, name: str) -> str:

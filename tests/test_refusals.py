@@ -335,3 +335,40 @@ def test_extend_accepts_another_spelling_of_the_stores_teacher(synth_root, tmp_p
     assert result.exit_code == 0, result.output
     after = CacheReader(store)
     assert after.complete and after.meta.views_per_video == 2 and after.meta.teacher == before
+
+
+# -- fit and sweep read a cache in object storage with --storage-option ---------------------------
+
+@pytest.mark.parametrize("command", ["fit", "sweep"])
+def test_fit_and_sweep_read_an_s3_cache_by_storage_option(command, synth_root, synth_index,
+                                                          bucket, s3_endpoint, tmp_path,
+                                                          monkeypatch):
+    import json
+
+    from dvfl_cache.cache.build import BuildConfig, build_cache
+
+    url = f"{bucket}/c.zarr"
+    build_cache(BuildConfig(out=url, teacher="vfl-nano", random_weights=True,
+                            teacher_opts={"embed_dim": 8, "depths": [1, 1, 1, 1]}, frames=2,
+                            size=32, workers=0, device="cpu", dtype="float32",
+                            storage_options={"endpoint_url": s3_endpoint}), synth_index)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)  # where and who: only on the command line
+    secret = "s3cr3t-for-this-test"
+    out = tmp_path / "run"
+    args = [command, "--dataset", "ucf101", "--root", str(synth_root), "--cache", url,
+            *FIT_TINY, "--epochs", "1", "--out", str(out),
+            "--storage-option", f"endpoint_url={s3_endpoint}",
+            "--storage-option", "key=testing", "--storage-option", f"secret={secret}"]
+    if command == "sweep":
+        args += ["--alphas", "0.5", "--no-baseline", "--eval-views", "1x1"]
+    _, train_cli = _clis()
+    result = CliRunner().invoke(train_cli, args)
+    assert result.exit_code == 0, result.output
+    run = out if command == "fit" else out / "runs" / "a0.5_t10_s0"
+    config = json.loads((run / "config.json").read_text())
+    assert config["cache"] == [url] and "storage_options" not in config
+    for f in out.rglob("*.json"):
+        assert secret not in f.read_text() and s3_endpoint not in f.read_text(), f
+    if command == "sweep":  # the report read the teacher's accuracy from the bucket too
+        assert "| teacher vfl-nano †" in (out / "results.md").read_text()
