@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dvfl_cache.data.decode import open_video
+from dvfl_cache.data.decode import open_video, short_video
 from dvfl_cache.data.transforms import to_float, view_pixels
 from dvfl_cache.data.views import View
 from dvfl_cache.errors import CheckpointError, DvflError
@@ -276,6 +276,9 @@ def explain_video(video: str | os.PathLike, checkpoints: Sequence[str | os.PathL
     with open_video(video, threads=0) as v:
         vinfo = v.info
         views = [col.sampler.sample(0, 0, vinfo) for col in loaded]
+        short = short_video(video, vinfo, max(len(view.frames) for view in views))
+        if short:  # the maps are of the frames there are, repeated (predict and eval's rule)
+            log.warning("%s", short)
         rows = tuple(sorted({f for view in views for f in view.frames}))
         step = max(1, math.ceil((rows[-1] - rows[0] + 1) / MAX_VIDEO_FRAMES))
         played = tuple(range(rows[0], rows[-1] + 1, step))

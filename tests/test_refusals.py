@@ -372,3 +372,58 @@ def test_fit_and_sweep_read_an_s3_cache_by_storage_option(command, synth_root, s
         assert secret not in f.read_text() and s3_endpoint not in f.read_text(), f
     if command == "sweep":  # the report read the teacher's accuracy from the bucket too
         assert "| teacher vfl-nano †" in (out / "results.md").read_text()
+
+
+# -- a truncated video: said so by the commands on one file ---------------------------------------
+
+@pytest.fixture(scope="module")
+def truncated(tmp_path_factory):
+    """A 30-frame AVI cut in half, one cut to fewer decodable frames than a 4-frame clip, and a
+    4-frame model to run on them."""
+    import torch
+
+    from dvfl_cache.data.decode import video_info
+    from dvfl_cache.models import create_model, save_checkpoint
+
+    d = tmp_path_factory.mktemp("truncated")
+    data = write_counter_video(d / "full.avi", 30, codec="mpeg4").read_bytes()
+    (d / "half.avi").write_bytes(data[:len(data) // 2])
+    for percent in range(5, 50):  # the first cut that still decodes, but fewer than 4 frames
+        (d / "stub.avi").write_bytes(data[:len(data) * percent // 100])
+        try:
+            if 1 <= video_info(d / "stub.avi").num_frames < 4:
+                break
+        except Exception:
+            continue
+    torch.manual_seed(0)
+    save_checkpoint(d / "m.pt", create_model("vfl-nano", num_classes=4, num_frames=4,
+                                             img_size=32, embed_dim=8, depths=[1, 1, 1, 1]),
+                    classes=["a", "b", "c", "d"])
+    return d
+
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
+@pytest.mark.parametrize("name", ["half", "stub", "full"])
+def test_a_truncated_video_is_said_so(command, name, truncated, tmp_path, caplog):
+    import logging
+
+    from dvfl_cache.data.decode import video_info
+
+    _, train_cli = _clis()
+    video = str(truncated / f"{name}.avi")
+    args = [command, video, "--checkpoint", str(truncated / "m.pt")]
+    args += ["--out", str(tmp_path / "x")] if command == "explain" else ["--device", "cpu"]
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(train_cli, args)
+    assert result.exit_code == 0, result.output  # the scores stand, as eval's would
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+              and r.getMessage().startswith(video)]
+    info = video_info(video)
+    if name == "full":
+        assert not warned
+        return
+    (line,) = warned
+    assert f"only {info.num_frames} of the 30 frames its container lists can be decoded" in line
+    assert ("frames are repeated" in line) == (name == "stub")
+    if name == "stub":
+        assert f"{info.num_frames} decodable frame(s) for a 4-frame clip" in line
