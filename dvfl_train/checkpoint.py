@@ -42,7 +42,7 @@ from dvfl_train.runfiles import (BEST, CONFIG, LAST, METRICS, RUN_FILES, SUMMARY
                                  checkpoint_file, metric_lines, read_metrics)
 
 __all__ = ["BEST", "CONFIG", "LAST", "METRICS", "SUMMARY", "RunDir", "RunDirError",
-           "checkpoint_file", "read_metrics", "capture_rng", "restore_rng",
+           "checkpoint_file", "plain_json", "read_metrics", "capture_rng", "restore_rng",
            "restore_training_state", "training_state"]
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class RunDir:
         """Append one JSON line. ``record["epoch"]`` (int) is required: resume truncates by it."""
         if not isinstance(record.get("epoch"), int) or isinstance(record.get("epoch"), bool):
             raise ValueError(f"a metrics record needs an integer 'epoch', got {record!r}")
-        line = _json(record)
+        line = plain_json(record)
         with open(self.path / METRICS, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
@@ -205,7 +205,7 @@ class RunDir:
     # -- summary -----------------------------------------------------------------------------
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self._write_text(SUMMARY, _json(summary, indent=2) + "\n")
+        self._write_text(SUMMARY, plain_json(summary, indent=2) + "\n")
 
     def _write_text(self, name: str, text: str) -> None:
         write_atomic(self.path / name, text)
@@ -298,9 +298,10 @@ def _is_our_tmp(name: str) -> bool:
                                                     and bool(_NAME_RE.match(stem[:-3]))))
 
 
-def _json(record: Any, *, indent: int | None = None) -> str:
-    """Strict JSON of a metrics line or summary: a NaN or infinity is written as null (bare
-    ``NaN`` is not JSON, and most readers other than Python's refuse the file)."""
+def plain_json(record: Any, *, indent: int | None = None) -> str:
+    """Strict JSON of a run's record (metrics line, summary, explain.json): a NaN or infinity
+    is written as null (bare ``NaN`` is not JSON, and most readers other than Python's refuse
+    the file); tensors and NumPy values as lists and numbers."""
     return json.dumps(_finite_or_null(record), indent=indent, default=_json_scalar,
                       allow_nan=False)
 

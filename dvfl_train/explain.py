@@ -32,7 +32,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -49,6 +48,8 @@ from dvfl_cache.data.decode import open_video, short_video
 from dvfl_cache.data.transforms import to_float, view_pixels
 from dvfl_cache.data.views import View
 from dvfl_cache.errors import CheckpointError, DvflError
+
+from dvfl_train.checkpoint import plain_json
 
 __all__ = ["Column", "ExplainError", "ExplainResult", "FILES", "Loaded", "covered_frames",
            "explain_video", "load_column", "magnitudes", "nearest_position", "overlay",
@@ -309,7 +310,7 @@ def explain_video(video: str | os.PathLike, checkpoints: Sequence[str | os.PathL
                     paths["modulators.mp4"])
     record = _record(video, vinfo, columns, rows, played, stage, block, paths)
     tmp = paths["explain.json"].with_name("explain.json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(plain_json(record, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, paths["explain.json"])
     return ExplainResult(video=str(video), columns=tuple(columns), paths=paths, rows=rows,
                          video_frames=played)
