@@ -61,7 +61,8 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, record: Any, *, indent: int | None = 2) -> Path:
     """``record`` as JSON (UTF-8, non-ASCII kept, a final newline) written atomically."""
-    return write_atomic(path, json.dumps(record, indent=indent, ensure_ascii=False) + "\n")
+    return write_atomic(path, json.dumps(record, indent=indent, ensure_ascii=False,
+                                         allow_nan=False) + "\n")
 
 
 def discard(tmp: str | os.PathLike) -> None:

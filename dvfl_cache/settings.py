@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from dvfl_cache.errors import DvflError
 
-__all__ = ["check_options", "parse_key_values", "setting"]
+__all__ = ["check_finite", "check_options", "parse_key_values", "setting"]
 
 
 def setting(default: Any = dataclasses.MISSING, *, flag: str | None = None, help: str = "",
             choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
             low: float | None = None, high: float | None = None, low_open: bool = False,
-            high_open: bool = False, path: str | None = None, metavar: str | None = None,
+            high_open: bool = False, finite: bool = True, path: str | None = None,
+            metavar: str | None = None,
             key_values: bool = False, ordered: bool = False, multiple: bool = False,
             parse: Callable[[str], Any] | None = None,
             default_factory: Any = dataclasses.MISSING, hash: bool | None = None) -> Any:
@@ -39,16 +41,35 @@ def setting(default: Any = dataclasses.MISSING, *, flag: str | None = None, help
     ``key_values`` makes a repeatable KEY=VALUE option collected into a dict; ``multiple`` a
     repeatable option collected into a tuple. Otherwise a tuple field is a comma list of its
     length on the command line; ``low``/``high`` bound each item and ``ordered`` asks for
-    MIN <= MAX. A ``tuple[X, ...]`` field is a comma list of any length (duplicates dropped);
+    MIN <= MAX. A float (or each float item) must be finite unless ``finite=False``: ``nan``
+    passes every range check and ``inf`` most, and either would only fail deep in the work
+    (``Beta(inf, inf)``) or, worse, run (an ``inf`` learning rate). A ``tuple[X, ...]`` field is a comma list of any length (duplicates dropped);
     ``parse`` turns each text item into its value (raising ``ValueError`` with the reason)
     where ``X`` is ``str``.
     """
     meta = {"flag": flag, "help": help, "choices": choices, "range": (low, high, low_open,
                                                                      high_open),
+            "finite": finite,
             "path": path, "metavar": metavar, "key_values": key_values, "ordered": ordered,
             "multiple": multiple, "parse": parse}
     return dataclasses.field(default=default, default_factory=default_factory, hash=hash,
                              metadata=meta)
+
+
+def check_finite(record: Any) -> list[str]:
+    """The float fields of the dataclass instance ``record`` (items of float tuples included)
+    that hold ``nan`` or ``inf`` although their ``setting`` did not allow it, as
+    'name=value must be a finite number': the same rule as the command line's, for records read
+    from files or built in code."""
+    problems = []
+    for f in dataclasses.fields(record):
+        if not f.metadata.get("finite", True):
+            continue
+        value = getattr(record, f.name)
+        items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(x, float) and not math.isfinite(x) for x in items):
+            problems.append(f"{f.name}={value} must be a finite number")
+    return problems
 
 
 def parse_key_values(pairs: Iterable[str], flag: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -34,14 +35,14 @@ import torch
 
 from dvfl_cache.atomic import TMP_SUFFIX, atomic_path, write_atomic
 from dvfl_cache.errors import CheckpointError
-from dvfl_cache.models.weights import FORMAT, FORMAT_VERSION, check_plain
+from dvfl_cache.models.weights import FORMAT, FORMAT_VERSION, check_plain, read_checkpoint
 
 from dvfl_train.config import FitConfig, load_config, resume_differences
 from dvfl_train.runfiles import (BEST, CONFIG, LAST, METRICS, RUN_FILES, SUMMARY, RunDirError,
                                  checkpoint_file, metric_lines, read_metrics)
 
 __all__ = ["BEST", "CONFIG", "LAST", "METRICS", "SUMMARY", "RunDir", "RunDirError",
-           "checkpoint_file", "read_metrics", "capture_rng", "restore_rng",
+           "checkpoint_file", "plain_json", "read_metrics", "capture_rng", "restore_rng",
            "restore_training_state", "training_state"]
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class RunDir:
                 raise RunDirError(f"{path}: cannot resume with a different config "
                                   f"({', '.join(changed)}); give the same settings to resume "
                                   "this run, or a new --out for a new one")
-        self._write_text(CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        self._write_text(CONFIG, json.dumps(cfg.to_dict(), indent=2, allow_nan=False) + "\n")
 
     def read_config(self) -> FitConfig:
         return load_config(self.path / CONFIG)
@@ -110,7 +111,7 @@ class RunDir:
         """Append one JSON line. ``record["epoch"]`` (int) is required: resume truncates by it."""
         if not isinstance(record.get("epoch"), int) or isinstance(record.get("epoch"), bool):
             raise ValueError(f"a metrics record needs an integer 'epoch', got {record!r}")
-        line = json.dumps(record, default=_json_scalar)
+        line = plain_json(record)
         with open(self.path / METRICS, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
@@ -179,10 +180,7 @@ class RunDir:
         path = self.checkpoint_path(name)
         if not path.exists():
             raise CheckpointError(f"{path}: no such checkpoint")
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # torch raises several types for truncated or foreign files
-            raise CheckpointError(f"{path}: cannot load checkpoint safely ({exc})") from None
+        state = read_checkpoint(path, map_location=map_location)
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: expected a dict, found {type(state).__name__}")
         return state
@@ -207,7 +205,7 @@ class RunDir:
     # -- summary -----------------------------------------------------------------------------
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self._write_text(SUMMARY, json.dumps(summary, indent=2, default=_json_scalar) + "\n")
+        self._write_text(SUMMARY, plain_json(summary, indent=2) + "\n")
 
     def _write_text(self, name: str, text: str) -> None:
         write_atomic(self.path / name, text)
@@ -300,8 +298,26 @@ def _is_our_tmp(name: str) -> bool:
                                                     and bool(_NAME_RE.match(stem[:-3]))))
 
 
+def plain_json(record: Any, *, indent: int | None = None) -> str:
+    """Strict JSON of a run's record (metrics line, summary, explain.json): a NaN or infinity
+    is written as null (bare ``NaN`` is not JSON, and most readers other than Python's refuse
+    the file); tensors and NumPy values as lists and numbers."""
+    return json.dumps(_finite_or_null(record), indent=indent, default=_json_scalar,
+                      allow_nan=False)
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
+
+
 def _json_scalar(obj: Any) -> Any:
     """Let 0-d tensors and NumPy scalars/arrays be logged without manual conversion."""
     if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
-        return obj.tolist()
+        return _finite_or_null(obj.tolist())
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

@@ -43,7 +43,7 @@ from typing import Any
 
 from dvfl_cache.errors import DvflError
 from dvfl_cache.failbudget import max_failed_setting
-from dvfl_cache.settings import setting
+from dvfl_cache.settings import check_finite, setting
 
 __all__ = ["CONFIG_VERSION", "KD_FORMS", "OPTIMIZERS", "PRED_LOSSES", "REFERENCE_BATCH",
            "REP_LOSSES", "TEACHER_MIXES", "ConfigError", "FitConfig", "MIX_SCHEMES",
@@ -57,6 +57,9 @@ _ADDED: dict[str, tuple[int, Any]] = {"nesterov": (2, False), "kd_form": (2, "kl
                                       "pred_loss": (2, "kl"), "rep_loss": (2, "mean"),
                                       "mix_prob": (2, 1.0), "mix_scheme": (2, "batch"),
                                       "teacher_mix": (3, "mean-logits"), "views_subset": (3, None)}
+
+# Fields never written to config.json (secrets): a run is reproduced without them.
+_NOT_RECORDED = ("storage_options",)
 
 MIX_SCHEMES = ("row", "batch")   # per row (the cache's), or round 1's per batch (old runs)
 
@@ -252,6 +255,10 @@ class FitConfig:
         help="Representation term (--beta): mean over elements, or sum over the feature "
              "dimension per clip (the fewer-frames paper's squared distance).")
 
+    # Where a --cache URL lives (endpoint, profile, credentials): may hold secrets, so it is
+    # never recorded (to_dict leaves it out) and a resume takes it from the command line again.
+    storage_options: dict[str, Any] = setting(default_factory=dict, hash=False)
+
     def __post_init__(self) -> None:
         # One cache may be given as a path (or None: no cache), as before ensembles.
         object.__setattr__(self, "cache", tuple(os.fspath(c) for c in cache_paths(self.cache)))
@@ -282,6 +289,8 @@ class FitConfig:
         """A JSON-able dict with a ``version`` key; ``from_dict`` inverts it exactly."""
         out: dict[str, Any] = {"version": CONFIG_VERSION}
         for f in dataclasses.fields(self):
+            if f.name in _NOT_RECORDED:
+                continue
             value = copy.deepcopy(getattr(self, f.name))
             out[f.name] = list(value) if isinstance(value, tuple) else value  # as JSON has it
         return out
@@ -368,6 +377,7 @@ class FitConfig:
             if not ok:
                 problems.append(message)
 
+        problems += check_finite(self)  # nan passes every comparison below
         need(bool(self.dataset), "dataset must name a dataset kind")
         need(bool(self.data_root), "data_root must be a path")
         need(bool(self.out_dir), "out_dir must be a path")
@@ -412,6 +422,18 @@ class FitConfig:
         need(self.beta == 0.0 or has_teacher,
              f"beta={self.beta} > 0 needs teacher features: set cache or teacher_weights")
         need(0.0 <= self.mix_prob <= 1.0, f"mix_prob={self.mix_prob} must be in [0, 1]")
+        # a mix-prob that mixes nothing would be recorded as if it had: refuse it (a cache
+        # replays its own mixing, its mix-prob included)
+        need(self.mix_prob == 1.0 or self.mixup > 0 or self.cutmix > 0,
+             f"mix_prob={self.mix_prob:g} does nothing without mixup or cutmix"
+             + ("; a --cache replays its own mixing (its mix-prob included): drop --mix-prob"
+                if self.cache else ""))
+        need(len(self.cache) >= 2 or self.teacher_mix == _FIELDS["teacher_mix"].default,
+             f"teacher_mix={self.teacher_mix!r} combines several caches; "
+             f"{len(self.cache)} given")
+        repeated = _repeated(self.cache)
+        need(not repeated, f"cache {repeated!r} is given twice: an ensemble needs different "
+                           "teachers")
         need(self.mix_scheme in MIX_SCHEMES,
              f"mix_scheme={self.mix_scheme!r} must be one of {', '.join(MIX_SCHEMES)}")
         need(self.mix_scheme == "row" or not has_teacher,
@@ -455,7 +477,7 @@ class FitConfig:
             ViewSampler.from_dict({**self.sampler, "num_frames": self.num_frames})
         except (TypeError, ValueError) as exc:
             problems.append(f"sampler options {self.sampler}: {exc}")
-        for name in ("sampler", "model_opts", "teacher_opts"):
+        for name in ("sampler", "model_opts", "teacher_opts", "storage_options"):
             try:
                 json.dumps(getattr(self, name), allow_nan=False)
             except (TypeError, ValueError) as exc:
@@ -466,6 +488,17 @@ class FitConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(FitConfig)}
+
+
+def _repeated(paths: tuple[str, ...]) -> str | None:
+    """The first of ``paths`` that names a store given before it (resolved, for local ones)."""
+    seen = set()
+    for p in paths:
+        key = p if "://" in p else os.path.realpath(p)
+        if key in seen:
+            return p
+        seen.add(key)
+    return None
 
 
 def _absolute(path: str) -> str:

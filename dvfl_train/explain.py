@@ -32,7 +32,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -45,10 +44,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dvfl_cache.data.decode import open_video
+from dvfl_cache.data.decode import open_video, short_video
 from dvfl_cache.data.transforms import to_float, view_pixels
 from dvfl_cache.data.views import View
 from dvfl_cache.errors import CheckpointError, DvflError
+
+from dvfl_train.checkpoint import plain_json
 
 __all__ = ["Column", "ExplainError", "ExplainResult", "FILES", "Loaded", "covered_frames",
            "explain_video", "load_column", "magnitudes", "nearest_position", "overlay",
@@ -276,6 +277,9 @@ def explain_video(video: str | os.PathLike, checkpoints: Sequence[str | os.PathL
     with open_video(video, threads=0) as v:
         vinfo = v.info
         views = [col.sampler.sample(0, 0, vinfo) for col in loaded]
+        short = short_video(video, vinfo, max(len(view.frames) for view in views))
+        if short:  # the maps are of the frames there are, repeated (predict and eval's rule)
+            log.warning("%s", short)
         rows = tuple(sorted({f for view in views for f in view.frames}))
         step = max(1, math.ceil((rows[-1] - rows[0] + 1) / MAX_VIDEO_FRAMES))
         played = tuple(range(rows[0], rows[-1] + 1, step))
@@ -306,7 +310,7 @@ def explain_video(video: str | os.PathLike, checkpoints: Sequence[str | os.PathL
                     paths["modulators.mp4"])
     record = _record(video, vinfo, columns, rows, played, stage, block, paths)
     tmp = paths["explain.json"].with_name("explain.json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(plain_json(record, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, paths["explain.json"])
     return ExplainResult(video=str(video), columns=tuple(columns), paths=paths, rows=rows,
                          video_frames=played)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dvfl_cache.data.decode import short_video, video_info
 from dvfl_cache.data.index import DatasetIndex, VideoEntry
 from dvfl_cache.data.views import TestView
 from dvfl_cache.errors import VideoDecodeError
@@ -54,6 +55,12 @@ def predict_video(model: torch.nn.Module, path: str | os.PathLike, view: TestVie
         raise ValueError(f"{len(classes)} class names for a model with {num_classes} outputs")
     if not num_classes:  # a bare callable: learn the width from one forward
         num_classes = len(classes) if classes is not None else _width(model, view, device)
+    try:  # one line if the file cannot give the clip's frames (the scores stand: eval's rule)
+        short = short_video(path, video_info(path), view.span or view.num_frames)
+    except VideoDecodeError:
+        short = None  # scoring below names the failure
+    if short:
+        log.warning("%s", short)
     one = DatasetIndex(kind="file", split=0, subset="predict",
                        classes=tuple(f"class {i}" for i in range(num_classes)),
                        videos=(VideoEntry(path=str(path), label=0, video_id=str(path)),), root="")

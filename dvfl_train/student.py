@@ -143,6 +143,8 @@ class Student:
     lr: float = 0.0
     last_record: dict[str, Any] | None = None
     session_epochs: int = 0        # epochs trained by this call
+    nonfinite: torch.Tensor | None = None  # (step, loss) of the epoch's first non-finite loss
+    diverged: dict[str, Any] | None = None  # where the loss stopped being finite: it stopped
 
     @property
     def parts(self) -> StudentNet:

@@ -17,6 +17,11 @@ Why this shape:
 - Every per-run number lives in the run's own directory (summary.json, eval_*.json,
   sweep_train.json); the tables and plots are rebuilt from those files, so a resumed sweep
   reports the students of earlier sessions exactly like the new ones.
+- A student whose loss becomes NaN or infinite stops there (no checkpoint from it); the other
+  students of its group and the later groups train on, since each is its own experiment and
+  their compute would otherwise be lost. The sweep then ends with an error naming every such
+  student and makes no evaluation or report (the grid would have holes): change the settings
+  (a lower --lr, other grid points) and run again, or --resume, which skips the finished ones.
 - Wall time: a group's students train together, so a run's training wall time is its group's
   (shared, not its own), plus its share of the evaluation passes; results.md says so.
 """
@@ -140,7 +145,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False
     continue from their last finished epoch. Under torchrun every rank trains, rank 0 alone
     evaluates and writes the reports (others return an empty list).
     """
-    from dvfl_train.trainer import train_students
+    from dvfl_train.trainer import diverged_line, train_students
 
     emit = progress or (lambda event: None)
     if not cfg.points:
@@ -161,6 +166,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False
         if p not in todo:
             emit(SweepEvent("skip", name=p.name, message="train"))
     groups = group_points(todo, cfg.parallel) if todo else []
+    diverged: list[dict[str, Any]] = []
     for g, group in enumerate(groups, 1):
         names = tuple(p.name for p in group)
         log.info("group %d/%d: training %s", g, len(groups), ", ".join(names))
@@ -189,12 +195,19 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, overwrite: bool = False
                 record_wall([p for p in group if p.name in event.records])
             emit(SweepEvent("train", group=g, groups=len(groups), names=names, train=event))
 
-        train_students(dataclasses.replace(cfg.base, out_dir=str(cfg.out_dir / RUNS)),
-                       [cfg.spec(p) for p in group], resume=resume, overwrite=overwrite,
-                       log_every=log_every, progress=on_train)
+        summaries = train_students(
+            dataclasses.replace(cfg.base, out_dir=str(cfg.out_dir / RUNS)),
+            [cfg.spec(p) for p in group], resume=resume, overwrite=overwrite,
+            log_every=log_every, progress=on_train)
+        diverged += [s for s in summaries if s.get("diverged")]
         if main:
             record_wall(group)
         emit(SweepEvent("group_end", group=g, groups=len(groups), names=names))
+    if diverged:  # the others trained to the end; the grid's report would miss these points
+        raise SweepError(f"{len(diverged)} student(s) diverged: "
+                         + "; ".join(diverged_line(s) for s in diverged)
+                         + "; the other students are trained (--resume skips them); "
+                           "no evaluation or report was made")
     if not main:
         return []
     _evaluate_all(cfg, emit)

@@ -122,7 +122,7 @@ def teacher_accuracy(base: FitConfig) -> dict[str, Any] | None:
     from dvfl_cache.cache.inspect import teacher_accuracy as cached_accuracy
     from dvfl_cache.cache.store import CacheReader
 
-    reader = CacheReader(base.cache[0])
+    reader = CacheReader(base.cache[0], storage_options=base.storage_options or None)
     acc = cached_accuracy(reader)
     if acc["teacher_top1"] is None:
         return None

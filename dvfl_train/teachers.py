@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -191,7 +192,8 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
     student_mixes = cfg.mixup > 0 or cfg.cutmix > 0
     if len(cfg.cache) > 1:
         readers = [open_cache(c, index, num_frames=cfg.num_frames, need_features=False,
-                              student_mixes=student_mixes, workers=max(1, cfg.workers))
+                              student_mixes=student_mixes, workers=max(1, cfg.workers),
+                              storage_options=cfg.storage_options or None)
                    for c in cfg.cache]
         log.info("teacher logits: %s of %s", cfg.teacher_mix,
                  ", ".join(f"{c} ({r.meta.teacher.name})" for c, r in zip(cfg.cache, readers)))
@@ -201,7 +203,8 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
         (path,) = cfg.cache
         reader = open_cache(path, index, num_frames=cfg.num_frames,
                             need_features=need_features, student_mixes=student_mixes,
-                            workers=max(1, cfg.workers))
+                            workers=max(1, cfg.workers),
+                            storage_options=cfg.storage_options or None)
         log.info("teacher logits from %s (%s, %d views per video%s)", path,
                  reader.meta.teacher.name, reader.meta.views_per_video,
                  "" if reader.meta.mix is None else ", mixed rows")
@@ -228,14 +231,16 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
 
 
 def open_cache(path: str, index: DatasetIndex, *, num_frames: int, need_features: bool,
-               student_mixes: bool = False, workers: int = 1) -> CacheReader:
+               student_mixes: bool = False, workers: int = 1,
+               storage_options: dict[str, Any] | None = None) -> CacheReader:
     """The cache, refused unless it was built for exactly these videos and can serve the run
     (``dvfl_cache.cache.health.check_for_training``: valid rows, chunk checksums of a local
     store, the decoder's frame numbering).
 
     ``student_mixes``: the run asks for --mixup/--cutmix, which a cache cannot serve: a mixed
-    one brings its own mixing, an unmixed one has no logits of mixed clips."""
-    reader = CacheReader(path)
+    one brings its own mixing, an unmixed one has no logits of mixed clips. ``storage_options``:
+    fsspec settings of a URL (``--storage-option``)."""
+    reader = CacheReader(path, storage_options=storage_options)
     if student_mixes:
         _refuse_mixing(reader, path)
     reader.check_compatible(dataset=index, num_classes=index.num_classes)
@@ -259,7 +264,8 @@ def check_mixing(cfg: FitConfig) -> None:
     """Refuse ``--mixup/--cutmix`` with a ``--cache`` in one line, reading only its metadata:
     what ``open_cache`` refuses, for a sweep to check before it makes its folder."""
     if cfg.cache and (cfg.mixup > 0 or cfg.cutmix > 0):
-        _refuse_mixing(CacheReader(cfg.cache[0]), cfg.cache[0])
+        _refuse_mixing(CacheReader(cfg.cache[0], storage_options=cfg.storage_options or None),
+                       cfg.cache[0])
 
 
 def _refuse_mixing(reader: CacheReader, path: str) -> None:

@@ -43,8 +43,9 @@ import torch
 from torch import nn
 
 from dvfl_cache.data.dataset import Cut, FailureLog
-from dvfl_cache.errors import CheckpointError
+from dvfl_cache.errors import CheckpointError, DvflError
 from dvfl_cache.failbudget import TooManyFailed, failed_line
+from dvfl_cache.models.weights import read_checkpoint
 from dvfl_cache.runtime import resolve_device
 
 from dvfl_train.cache_views import pin_cache_views
@@ -58,7 +59,7 @@ from dvfl_train.train_data import (MixCount, epoch_order, make_loader, mix_batch
                                    mixed_targets, rank_batches, student_inputs, train_clips,
                                    train_index, val_index)
 
-__all__ = ["TrainEvent", "fit", "train_students"]
+__all__ = ["Diverged", "TrainEvent", "fit", "train_students"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,19 @@ class TrainEvent:
 Progress = Callable[[TrainEvent], None]
 
 
+class Diverged(DvflError):
+    """A run whose loss became NaN or infinite: it stopped there, with no checkpoint from it."""
+
+
+def diverged_line(summary: Mapping[str, Any]) -> str:
+    """Where a student's loss stopped being finite, from its summary's ``diverged`` entry."""
+    d = summary["diverged"]
+    kept = (f"last.pt holds epoch {d['epoch'] - 1}, nothing later was saved" if d["epoch"] > 1
+            else "before any checkpoint")
+    return (f"{summary['out_dir']}: the loss became {d['loss']} at epoch {d['epoch']}, step "
+            f"{d['step']}; training stopped there ({kept}); lower --lr or check the inputs")
+
+
 # -- distributed plumbing ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -96,6 +110,11 @@ class _Dist:
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
             torch.distributed.all_reduce(t)
+        return t
+
+    def min(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
         return t
 
     def total(self, n: int) -> int:
@@ -130,11 +149,17 @@ def _setup(device: str) -> _Dist:
 
 def fit(cfg: FitConfig, *, resume: bool = False, overwrite: bool = False, log_every: int = 10,
         progress: Progress | None = None) -> dict[str, Any]:
-    """Train one student as ``cfg`` says; returns its summary (also in ``summary.json``)."""
+    """Train one student as ``cfg`` says; returns its summary (also in ``summary.json``).
+
+    A loss that stops being finite ends the run with ``Diverged`` (its summary.json says where).
+    """
     spec = StudentSpec(alpha=cfg.alpha, tau=cfg.tau, beta=cfg.beta, seed=cfg.seed,
                        out_dir=cfg.out_dir)
-    return train_students(cfg, [spec], resume=resume, overwrite=overwrite, log_every=log_every,
-                          progress=progress)[0]
+    summary = train_students(cfg, [spec], resume=resume, overwrite=overwrite,
+                             log_every=log_every, progress=progress)[0]
+    if summary.get("diverged"):
+        raise Diverged(diverged_line(summary))
+    return summary
 
 
 def train_students(cfg: FitConfig, specs: list[StudentSpec], *, resume: bool = False,
@@ -145,6 +170,12 @@ def train_students(cfg: FitConfig, specs: list[StudentSpec], *, resume: bool = F
     ``cfg`` gives everything shared (data, model, schedule, teacher source); each spec its
     alpha, tau, beta, loss forms, init seed and run directory. The data seed is ``cfg.data_seed`` or else
     ``cfg.seed``. Returns one summary per student, in the order of ``specs``.
+
+    A student whose loss becomes NaN or infinite stops at once: no further step, no validation
+    and no checkpoint from that epoch; its summary gets ``diverged`` (epoch, step, loss). The
+    other students go on (each is its own experiment; they only share the data). The check
+    reads a flag kept on the device at every step record and at the end of the epoch, so the
+    step named is the first non-finite one without a host sync per step.
     """
     if not specs:
         raise ValueError("train_students needs at least one StudentSpec")
@@ -194,7 +225,9 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
     amp = cfg.amp and device.type == "cuda"
 
     for epoch in range(min(s.done for s in students) + 1, cfg.epochs + 1):
-        active = [s for s in students if s.done < epoch]
+        active = [s for s in students if s.done < epoch and s.diverged is None]
+        if not active:
+            break
         plan = teacher.plan(epoch, index)
         invalid.add(plan.invalid)
         batches = rank_batches(epoch_order(data_seed, epoch, len(plan.videos)),
@@ -230,16 +263,24 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
             weight = dist.world * n_local / n_global
             lr = schedule.lr(epoch, i)
             for s in active:
+                if s.diverged is not None:
+                    continue
                 parts, logits = train_step(s, clip, target, teacher_logits=t_logits,
                                            teacher_features=t_feats, lr=lr, weight=weight, amp=amp,
                                            label_smoothing=smoothing)
                 _accumulate(s, parts, logits, labels, n_local, lr)
-                if s.step % log_every == 0:
+                if s.step % log_every == 0 and _still_finite(s, dist, epoch):
                     _log_window(s, dist, epoch)
             clips_seen += n_global
             emit(TrainEvent("step", epoch, cfg.epochs, clips=n_global))
+            if all(s.diverged is not None for s in active):
+                break
 
         train_time = time.perf_counter() - started
+        active = [s for s in active if _still_finite(s, dist, epoch)]
+        if not active:
+            emit(TrainEvent("epoch_end", epoch, cfg.epochs))
+            break
         failed = dist.total(len(failures) - failed_before)
         mixed = _mix_record(mixing, dist, epoch)
         _check_failures(cfg, index, plan, failures.failures[failed_before:], clips_seen, dist,
@@ -333,6 +374,7 @@ def _start_epoch(s: Student, epoch: int, dist: _Dist) -> None:
     s.model.train()
     s.window = torch.zeros(6, dtype=torch.float64, device=dist.device)
     s.totals = torch.zeros(6, dtype=torch.float64, device=dist.device)
+    s.nonfinite = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=dist.device)
 
 
 def _open_student(cfg: FitConfig, spec: StudentSpec, dist: _Dist, *, num_classes: int,
@@ -347,10 +389,7 @@ def _open_student(cfg: FitConfig, spec: StudentSpec, dist: _Dist, *, num_classes
     if dist.rank != 0 and resume:
         path = checkpoint_file(cfg.out_dir, LAST)
         if path.exists():
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # torch raises several types for truncated files
-                raise CheckpointError(f"{path}: cannot load checkpoint safely ({exc})") from None
+            state = read_checkpoint(path)
     # A resumed student gets its weights from last.pt: loading --init first would be wasted.
     s = build_student(cfg, spec, num_classes=num_classes, device=dist.device,
                       feature_dim=feature_dim, load_init=state is None)
@@ -387,6 +426,28 @@ def _accumulate(s: Student, parts: dict[str, torch.Tensor], logits: torch.Tensor
     s.window += row
     s.totals += row
     s.lr = lr
+    # (step, loss) of the epoch's first non-finite loss, kept on the device: no sync per step
+    loss = parts["loss"].detach().to(torch.float64)
+    first = ~torch.isfinite(loss) & (s.nonfinite[0] < 0)
+    s.nonfinite = torch.where(first, torch.stack([torch.full_like(loss, s.step), loss]),
+                              s.nonfinite)
+
+
+def _still_finite(s: Student, dist: _Dist, epoch: int) -> bool:
+    """False, with ``s.diverged`` set, once a step of ``s`` (on any rank) had a loss that is
+    NaN or infinite; the same answer on every rank."""
+    if s.diverged is not None:
+        return False
+    step, loss = s.nonfinite.tolist()
+    first = dist.min(torch.tensor([step if step >= 0 else math.inf], dtype=torch.float64,
+                                  device=dist.device)).item()
+    if math.isinf(first):
+        return True
+    s.diverged = {"epoch": epoch, "step": int(first),
+                  "loss": str(loss) if step == first else "non-finite"}
+    log.warning("%s: the loss became %s at epoch %d, step %d; this student stops here (no "
+                "checkpoint from it)", s.spec.label, s.diverged["loss"], epoch, int(first))
+    return False
 
 
 def _means(sums: list[float], with_feat: bool) -> dict[str, float]:
@@ -495,7 +556,7 @@ def _summaries(students: list[Student], dist: _Dist, failures: FailureLog,
     out = []
     for s in students:
         path = Path(s.cfg.out_dir) / SUMMARY
-        if s.session_epochs == 0 and path.exists():  # finished in an earlier session
+        if s.session_epochs == 0 and s.diverged is None and path.exists():  # an earlier session
             out.append(json.loads(path.read_text(encoding="utf-8")))
             continue
         summary = {
@@ -506,6 +567,8 @@ def _summaries(students: list[Student], dist: _Dist, failures: FailureLog,
             "failed_videos": [{"path": p, "reason": reasons[p]} for p in log_all.videos],
             "failed_clips": len(log_all), "invalid_views": invalid_views,
         }
+        if s.diverged is not None:
+            summary["diverged"] = s.diverged
         if s.run is not None:
             s.run.write_summary(summary)
         out.append(summary)

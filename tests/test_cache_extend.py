@@ -71,7 +71,8 @@ def test_extend_refuses_another_teacher_and_fewer_views(synth_root, tmp_path):
     i = args.index("embed_dim=8")
     args[i] = "embed_dim=16"
     res = run_cli(args, expect=1)
-    assert "teacher.config differs" in res.output and "Traceback" not in res.output
+    assert "teacher.config.embed_dim differs: stored 8, given 16" in res.output
+    assert "Traceback" not in res.output
     res = run_cli(extend_args(synth_root, store, 1), expect=1)
     assert "already has 2 views per video" in res.output
 

@@ -59,10 +59,9 @@ SHARED = {
         "size": ("32", 32),
         "sampler": (["temporal=stride", "stride=1"], {"temporal": "stride", "stride": 1}),
         "cache": ("{files}/c.zarr", ["{files}/c.zarr"]),
-        # the cache has 2 views: ignored, the run would pin all 2; the target of two caches:
-        # test_ensemble.py::test_cli_fit_distils_from_two_caches
+        # the cache has 2 views: ignored, the run would pin all 2; --teacher-mix needs two
+        # caches: test_teacher_mix_reaches_fit_and_sweep_records
         "views_subset": ("1", 1),
-        "teacher_mix": ("mean-probs", "mean-probs"),
         "beta": ("0.5", 0.5),
         "label_smoothing": ("0.1", 0.1),
         "epochs": ("1", 1),
@@ -122,12 +121,16 @@ FIT_BEHAVIOUR = {
                     "config.json of the same command; nothing written)",
     "max_failed": "test_reliability.py::test_fit_past_max_failed_fails_and_never_checkpoints_"
                   "zero_steps (1 of 8 fails at 0.05, passes at 0.2)",
+    "teacher_mix": "test_teacher_mix_reaches_fit_and_sweep_records (two caches); its effect: "
+                   "test_ensemble.py::test_cli_fit_distils_from_two_caches",
+    "storage_opts": "test_refusals.py::test_fit_and_sweep_read_an_s3_cache_by_storage_option "
+                    "(no endpoint or credentials in the environment; never recorded)",
 }
 SWEEP_ONLY = {"alphas", "taus", "seeds", "baseline", "parallel", "eval_views", "seed"}
 # recipe, print_config: test_recipes.py::test_sweep_print_config_is_the_reference_point;
 # max_failed: test_reliability.py::test_sweep_evaluation_fails_past_the_budget
 SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume",
-                   "recipe", "print_config", "max_failed"}
+                   "recipe", "print_config", "max_failed", "teacher_mix", "storage_opts"}
 
 
 def _flag(cmd, name: str) -> str:
@@ -203,6 +206,20 @@ def test_fit_options_reach_config_json(synth_root, files, tmp_path, threads):
             torch.set_num_threads(1)
         if run == "C":
             assert config["alpha"] == 0.0  # no teacher: --alpha defaults to plain CE
+
+
+@pytest.mark.parametrize("command", ["fit", "sweep"])
+def test_teacher_mix_reaches_fit_and_sweep_records(command, tmp_path):
+    """--teacher-mix combines two or more caches (one or none is refused: test_refusals.py)."""
+    from dvfl_train.cli import main
+
+    args = [command, "--dataset", "ucf101", "--root", str(tmp_path), "--out", str(tmp_path / "r"),
+            "--cache", str(tmp_path / "a.zarr"), "--cache", str(tmp_path / "b.zarr"),
+            "--teacher-mix", "mean-probs", "--print-config"]
+    result = CliRunner().invoke(main, args + (["--alphas", "0.5"] if command == "sweep" else []))
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert (record["base"] if command == "sweep" else record)["teacher_mix"] == "mean-probs"
 
 
 def test_sweep_options_reach_every_students_config(synth_root, files, tmp_path, threads):

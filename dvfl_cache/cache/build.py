@@ -386,7 +386,8 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     if cfg.views_from is not None:
         from dvfl_cache.cache.sameviews import views_from_config
 
-        cfg = views_from_config(cfg, cfg.views_from, dict(cfg.storage_options) or None)
+        cfg = views_from_config(cfg, cfg.views_from, dict(cfg.storage_options) or None,
+                                index=index)
     rank, world, barrier = _distributed()
     device = resolve_device(cfg.device)
     teacher, meta, sampler = prepare(cfg, index)

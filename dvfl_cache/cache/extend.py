@@ -32,13 +32,14 @@ from dvfl_cache.cache import codecs
 from dvfl_cache.cache.build import BuildResult, _distributed, prepare, write_pending
 from dvfl_cache.cache.build_config import BuildConfig, recorded_settings
 from dvfl_cache.cache.claims import put_atomic
-from dvfl_cache.cache.format import PROVENANCE_ONLY, SHARD_DONE, CacheMeta
+from dvfl_cache.cache.format import PROVENANCE_ONLY, SHARD_DONE, CacheMeta, TeacherInfo
 from dvfl_cache.cache.layout import PROVENANCE_GROUP, exists_fresh, layout_files
 from dvfl_cache.cache.location import check_writable, open_writable, target_fs
 from dvfl_cache.cache.store import CacheReader, CacheWriter
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.errors import CacheError
 from dvfl_cache.failbudget import check_failed
+from dvfl_cache.models.weights import STRUCTURAL_OPTIONS
 from dvfl_cache.runtime import resolve_device
 
 __all__ = ["extend_cache"]
@@ -199,6 +200,50 @@ class _ExtendTarget:
         self.fs.rm(_marker(self.root, s))
 
 
+# Teacher options that change what an eval-mode forward pass with loaded weights computes (the
+# structural ones, the classes and the frames); img_size, drop rates, checkpointing and init
+# values do not.
+_FUNCTION_OPTIONS = (*STRUCTURAL_OPTIONS, "num_classes", "num_frames")
+
+
+def same_teacher(a: TeacherInfo, b: TeacherInfo) -> bool:
+    """Whether two teacher records denote one network: equal records, or the same weights file
+    (sha256) under the same function-defining options, however it was named (``--teacher
+    CKPT`` records the checkpoint's architecture name, ``--teacher NAME --weights CKPT`` the
+    registry name, and the two record other img_size or drop rates). A random teacher (no
+    weights file) is its whole record: its init depends on every option."""
+    if a == b:
+        return True
+    if a.weights_sha256 is None or a.weights_sha256 != b.weights_sha256:
+        return False
+    return all(a.config.get(k) == b.config.get(k) for k in _FUNCTION_OPTIONS)
+
+
+def _teacher_differences(want: TeacherInfo, have: TeacherInfo) -> list[tuple[str, Any, Any]]:
+    """(field, given, stored) of two teacher records, most telling first: the weights file,
+    the options that shape what the network computes, the name, then the other options."""
+    keys = [*_FUNCTION_OPTIONS, *sorted(set(want.config) | set(have.config))]
+    out = [("teacher.weights_sha256", want.weights_sha256, have.weights_sha256)]
+    out += [(f"teacher.config.{k}", want.config.get(k), have.config.get(k))
+            for k in dict.fromkeys(keys)]
+    out.insert(1 + len(_FUNCTION_OPTIONS), ("teacher.name", want.name, have.name))
+    return [d for d in out if d[1] != d[2]]
+
+
+def _first_leaf(field: str, want: Any, have: Any) -> tuple[str, Any, Any]:
+    """The first (sorted) key path below ``field`` where two JSON values differ: the field a
+    reader must change, not two records cut short."""
+    while isinstance(want, dict) and isinstance(have, dict):
+        key = next(k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k))
+        field, want, have = f"{field}.{key}", want.get(key), have.get(key)
+    return field, want, have
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def extend_cache(cfg: BuildConfig, index: DatasetIndex, *,
                  progress: Callable[[int], None] | None = None,
                  on_start: Callable[[int], None] | None = None) -> BuildResult:
@@ -218,11 +263,14 @@ def extend_cache(cfg: BuildConfig, index: DatasetIndex, *,
     device = resolve_device(cfg.device)
     teacher, meta, sampler = prepare(cfg, index)
     diffs = meta.differences(stored, ignore=(*PROVENANCE_ONLY, "views_per_video"))
+    if same_teacher(meta.teacher, stored.teacher):  # another spelling of the store's teacher
+        diffs = [d for d in diffs if not d[0].startswith("teacher.")]
+    else:  # the teacher's own record first, its weights before its options
+        diffs = [*_teacher_differences(meta.teacher, stored.teacher), *diffs]
     if diffs:
-        field, want, have = diffs[0]
+        field, want, have = _first_leaf(*diffs[0])
         raise CacheError(f"{cfg.out}: extend must run the store's teacher on its videos; "
-                         f"{field} differs: stored {json.dumps(have)[:120]}, given "
-                         f"{json.dumps(want)[:120]}")
+                         f"{field} differs: stored {_shown(have)}, given {_shown(want)}")
     new = stored.replace(views_per_video=V2)
     if stored.views_per_video < V2 and rank == 0:
         _grow(cfg.out, so, stored, new)

@@ -27,12 +27,38 @@ VALUE_COLUMNS = frozenset({"logits", "features", "logits_codes", "logits_params"
                            "features_codes", "features_params", "valid"})
 
 
-def views_from_config(cfg: Any, store: str, storage_options: dict | None = None) -> Any:
-    """`cfg` (a BuildConfig) with every setting that decides the views taken from `store`."""
-    meta = CacheReader(store, storage_options=storage_options).meta
+def views_from_config(cfg: Any, store: str, storage_options: dict | None = None, *,
+                      index: Any = None) -> Any:
+    """`cfg` (a BuildConfig) with every setting that decides the views taken from `store`.
+
+    Refused here, before a teacher is loaded or a byte written: `store` as the build's own
+    --out (--overwrite would replace the views it reads), and, given the build's `index`, a
+    store of another dataset, split, subset, index or class list (its views are of other
+    videos; the column check after the build would only say so once the teacher had run over
+    every view)."""
+    if _same_place(cfg.out, store):
+        raise CacheError(f"--out {cfg.out} is the --views-from store: a store cannot be "
+                         "rebuilt over its own views; write the new teacher's store elsewhere")
+    reader = CacheReader(store, storage_options=storage_options)
+    if index is not None:
+        try:
+            reader.check_compatible(dataset=index)
+        except CacheError as exc:  # "STORE: cache built for another run: WHAT DIFFERS"
+            raise CacheError(f"--views-from {exc}; its views are of other videos than this "
+                             "build's, so nothing was built") from None
+    meta = reader.meta
     keep = {"dtype", "features"}  # the new teacher's storage is its own
     rec = {k: v for k, v in recorded_settings(meta).items() if k not in keep}
     return dataclasses.replace(cfg, **rec, views_per_video=meta.views_per_video)
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Whether two store addresses name one store (local paths resolved, URLs as written)."""
+    import os
+
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _layout_difference(a: CacheMeta, b: CacheMeta) -> str | None:

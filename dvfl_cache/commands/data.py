@@ -6,6 +6,7 @@ import os
 
 import click
 
+from dvfl_cache.commands.options import FiniteFloat
 from dvfl_cache.data.readers import KINDS, SUBSETS
 
 
@@ -52,7 +53,7 @@ def _print_failures(index) -> None:
               help="Open every video and record frame count, fps, size and errors.")
 @click.option("--workers", type=int, default=_default_workers(), show_default=True,
               help="Processes for --probe.")
-@click.option("--hold-out", "hold_out", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--hold-out", "hold_out", type=FiniteFloat(0, 1, min_open=True, max_open=True),
               default=None, help="Hold out this fraction of the training subset, whole groups "
               "at a time (UCF gNN, HMDB51 source videos), into --hold-out-out; --out gets the "
               "rest. For choosing checkpoints without test videos (fit --val-index).")

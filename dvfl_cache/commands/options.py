@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import types
 import typing
@@ -88,6 +89,7 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
         any_length = len(items) == 2 and items[1] is Ellipsis
         kw["type"] = _Items(items[0], None if any_length else len(items), low=low, high=high,
                             low_open=low_open, high_open=high_open,
+                            finite=meta.get("finite", True),
                             ordered=meta.get("ordered", False), parse=meta.get("parse"))
         kw["metavar"] = kw["metavar"] or (
             f"{_ITEM_NAMES.get(items[0], 'X')},..." if any_length else ",".join(["N"] * len(items)))
@@ -95,7 +97,8 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
         kw["type"] = (int if low is None and high is None else
                       click.IntRange(low, high, min_open=low_open, max_open=high_open))
     elif kind is float:
-        kw["type"] = (float if low is None and high is None else
+        kw["type"] = (FiniteFloat(low, high, min_open=low_open, max_open=high_open)
+                      if meta.get("finite", True) else
                       click.FloatRange(low, high, min_open=low_open, max_open=high_open))
     shown = (",".join(x if isinstance(x, str) else f"{x:g}" for x in default)
              if isinstance(default, tuple) else default is not None)
@@ -116,6 +119,19 @@ def _key_values(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
+class FiniteFloat(click.FloatRange):
+    """A float within the range that is neither ``nan`` (which passes every comparison) nor
+    ``inf``: the one float type of options derived from settings (``setting(finite=...)``)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        x = super().convert(value, param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return x
+
+
 _ITEM_NAMES = {int: "N", float: "X", str: "S"}
 
 
@@ -128,8 +144,9 @@ class _Items(click.ParamType):
     name = "list"
 
     def __init__(self, item: type, count: int | None, *, low, high, low_open, high_open,
-                 ordered, parse):
+                 finite, ordered, parse):
         self.item, self.count, self.ordered, self.parse = item, count, ordered, parse
+        self.finite = finite
         self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
 
     def convert(self, value, param, ctx):
@@ -152,6 +169,8 @@ class _Items(click.ParamType):
         if not values:
             self.fail(f"expected one or more comma-separated {what}, got {value!r}", param, ctx)
         for x in values if self.item is not str else ():
+            if self.finite and not math.isfinite(x):
+                self.fail(f"{x} is not a finite number in {value!r}", param, ctx)
             if ((self.low is not None and (x < self.low or (self.low_open and x == self.low)))
                     or (self.high is not None
                         and (x > self.high or (self.high_open and x == self.high)))):

@@ -68,7 +68,9 @@ class VideoInfo:
     """What sampling needs to know: the decodable frame count, mean rate and displayed size.
 
     `rotation` (degrees counter-clockwise, 0/90/180/270) is already applied to `width`,
-    `height` and every frame; `edit_skipped` counts the packets an edit list hides.
+    `height` and every frame; `edit_skipped` counts the packets an edit list hides;
+    `listed_frames` is the frame count the container's header states (0: none stated), more
+    than `num_frames` in a truncated or damaged file.
     """
 
     num_frames: int
@@ -77,6 +79,7 @@ class VideoInfo:
     height: int
     rotation: int = 0
     edit_skipped: int = 0
+    listed_frames: int = 0
 
 
 class OpenVideo:
@@ -149,7 +152,8 @@ class OpenVideo:
         if self._rot % 2:
             w, h = h, w
         self.info = VideoInfo(num_frames=len(pts), fps=self._fps(len(pts)), width=w, height=h,
-                              rotation=rotation, edit_skipped=len(discarded))
+                              rotation=rotation, edit_skipped=len(discarded),
+                              listed_frames=self._meta_frames)
 
     def _read_rotation(self, key_packet) -> int:
         """The display rotation (counter-clockwise degrees, a multiple of 90) of the stream.
@@ -346,6 +350,24 @@ def decode_frames(path: str | os.PathLike, indices: Sequence[int], *,
 def video_info(path: str | os.PathLike) -> VideoInfo:
     with open_video(path) as v:
         return v.info
+
+
+def short_video(path: str | os.PathLike, info: VideoInfo, frames: int) -> str | None:
+    """Why ``path`` cannot give a clip of ``frames`` distinct frames as its container promises,
+    as one line, or None.
+
+    Every view is sampled over the decodable frames (the build's rule too: a video shorter than
+    the clip repeats frames, a truncated file is what is left of it), so nothing fails; commands
+    on one file say so, because their result may rest on a few frames repeated.
+    """
+    problems = []
+    if info.listed_frames > info.num_frames:
+        problems.append(f"only {info.num_frames} of the {info.listed_frames} frames its "
+                        "container lists can be decoded (truncated or damaged?)")
+    if info.num_frames < frames:
+        problems.append(f"{info.num_frames} decodable frame(s) for a {frames}-frame clip: "
+                        "frames are repeated")
+    return f"{path}: {'; '.join(problems)}" if problems else None
 
 
 def numbering_changed(path: str | os.PathLike) -> str | None:

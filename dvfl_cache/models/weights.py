@@ -13,9 +13,11 @@ strictly; the caller gets a ``LoadReport`` of what was loaded, left fresh, dropp
 from __future__ import annotations
 
 import inspect
+import io
 import logging
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from collections import OrderedDict
@@ -46,9 +48,10 @@ _TEMPORAL = re.compile(r"\.modulation\.(f_temporal|h_temporal|focal_layers_tempo
 _BLOCK = re.compile(r"^layers\.(\d+)\.(?:blocks\.(\d+)\.)?")
 # Options that change the function a set of weights computes; a checkpoint written with other
 # values must not be loaded silently. (drop rates, checkpointing, img_size and num_frames do not.)
-_STRUCTURAL = ("patch_size", "in_chans", "embed_dim", "depths", "mlp_ratio", "patch_norm",
-               "focal_levels", "focal_windows", "use_conv_embed", "use_layerscale",
-               "use_postln", "use_postln_in_modulation", "normalize_modulator", "tubelet_size")
+STRUCTURAL_OPTIONS = ("patch_size", "in_chans", "embed_dim", "depths", "mlp_ratio",
+                      "patch_norm", "focal_levels", "focal_windows", "use_conv_embed",
+                      "use_layerscale", "use_postln", "use_postln_in_modulation",
+                      "normalize_modulator", "tubelet_size")
 # Clip geometry: any value runs with the same weights, but the network was trained at one.
 _GEOMETRY = ("num_frames", "img_size")
 _SHOWN = 8  # keys listed in an error message before "... and N more"
@@ -76,12 +79,24 @@ class LoadReport:
 # --------------------------------------------------------------------------- safe reading
 
 
-def _read(path: str | os.PathLike) -> tuple[Any, list[Any]]:
+def _read(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+          ) -> tuple[Any, list[Any]]:
     """torch.load(weights_only=True) with yacs configs allowed as data; returns (object, the
-    objects that were yacs configs)."""
+    objects that were yacs configs).
+
+    Every checkpoint dvfl reads comes through here, so a file that is no checkpoint at all (a
+    text file, random bytes, a video renamed ``.pt``) gets one answer everywhere: "FILE: not a
+    PyTorch checkpoint (...)". torch's own errors for such files are ``KeyError: 101`` or an
+    ``IndexError`` from inside its unpickler, or its weights-only advice, which talks of
+    allow-lists as if the file held code. That advice is kept for the one case it fits: a real
+    pickle that names a global outside the allow-list.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    reason = _not_a_checkpoint(path)
+    if reason is not None:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({reason})")
     yacs_nodes: list[Any] = []
 
     class CfgNodeAsData:
@@ -99,29 +114,78 @@ def _read(path: str | os.PathLike) -> tuple[Any, list[Any]]:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except ValueError:  # legacy (non-zip) file: torch.load below is still weights-only
             unsafe = []
-        except (RuntimeError, zipfile.BadZipFile, OSError) as exc:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
+        except Exception as exc:  # a zip archive that torch.save did not write
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_last_line(exc)})"
+                                  ) from None
         if unsafe:
             raise CheckpointError(
                 f"refusing to load {path}: it would run code outside the allow-list "
                 f"({', '.join(sorted(unsafe))}); only tensors, plain containers and yacs "
                 f"configs (as data) are read")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as exc:
             found = re.search(r"GLOBAL (\S+)", str(exc))
-            what = found.group(1) if found else str(exc).strip().splitlines()[-1]
-            raise CheckpointError(f"refusing to load {path}: {what} is not on the allow-list "
-                                  f"of what a checkpoint may contain") from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
+            if found is None:  # a pickle, but broken or not torch's: nothing to refuse
+                raise CheckpointError(f"{path}: not a PyTorch checkpoint "
+                                      f"({_weights_only_reason(exc)})") from None
+            raise CheckpointError(f"refusing to load {path}: {found.group(1)} is not on the "
+                                  f"allow-list of what a checkpoint may contain") from None
+        except Exception as exc:  # torch raises many types for truncated or foreign files
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_last_line(exc)})"
+                                  ) from None
     return obj, yacs_nodes
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
+# How much of a file is read to tell whether it is a pickle (a legacy torch file opens with a
+# 16-byte one, the magic number).
+_SNIFF_BYTES = 1 << 16
+# pickletools' complaints about a stream that ends early, as opposed to one that is not pickle
+_ENDS_EARLY = ("not enough data", "but only", "no newline found", "exhausted before")
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch checkpoint (neither a zip archive nor a pickle), or None
+    when it may be one. Reads opcodes with ``pickletools``, which executes nothing."""
+    if zipfile.is_zipfile(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "a damaged or truncated zip archive"
+    try:
+        for op, _, _ in pickletools.genops(io.BytesIO(head)):
+            if op.name == "STOP":
+                return None
+    except ValueError as exc:
+        if head.startswith(b"\x80") and any(s in str(exc) for s in _ENDS_EARLY):
+            if len(head) == _SNIFF_BYTES:
+                return None  # a long first pickle: torch.load decides
+            return f"a truncated pickle, {len(head)} bytes"
+    return f"neither a zip archive nor a pickle; it starts with {head[:12]!r}"
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
+def _weights_only_reason(exc: BaseException) -> str:
+    """The weights-only unpickler's own reason, without its advice to turn the check off."""
+    _, marker, rest = str(exc).partition("WeightsUnpickler error:")
+    lines = [ln.strip() for ln in rest.splitlines() if ln.strip()]
+    return lines[0][:200] if marker and lines else _last_line(exc)
+
+
+def read_checkpoint(path: str | os.PathLike, *,
+                    map_location: str | torch.device = "cpu") -> Any:
     """The object stored in ``path``, read without running pickled code (yacs configs come back
-    as OrderedDicts)."""
-    return _read(path)[0]
+    as OrderedDicts); a file that is no checkpoint, or one that would run code, is a
+    ``CheckpointError`` of one line."""
+    return _read(path, map_location)[0]
 
 
 # --------------------------------------------------------------------------- conversions
@@ -228,7 +292,7 @@ def _listing(keys: Sequence[str]) -> str:
 
 def _check_structure(model: VideoFocalNet, saved: Mapping[str, Any], path: str) -> None:
     config = getattr(model, "config", {})
-    for name in _STRUCTURAL:
+    for name in STRUCTURAL_OPTIONS:
         if name in saved and name in config and saved[name] != config[name]:
             raise CheckpointError(f"{path}: checkpoint was trained with {name}={saved[name]!r} "
                                   f"but the model has {name}={config[name]!r}")

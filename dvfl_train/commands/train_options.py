@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from dvfl_cache.commands.options import (check_model_options, group, options_from,
-                                         threads_option)
+                                         storage_option, storage_options_from, threads_option)
 from dvfl_train.config import FitConfig
 
 __all__ = ["EpochProgress", "LOSS_SCHEDULE", "RUNTIME", "DATA_MODEL", "data_model_options",
@@ -31,18 +31,28 @@ LOSS_SCHEDULE = ("beta", "kd_form", "pred_loss", "rep_loss", "label_smoothing", 
                  "nesterov", "weight_decay", "clip_grad")
 RUNTIME = ("workers", "device", "amp", "max_failed")
 
-data_model_options = options_from(FitConfig, DATA_MODEL)
+# --storage-option (build's and info's declaration) follows --cache: where a URL cache lives
+data_model_options = group(options_from(FitConfig, DATA_MODEL), storage_option)
 loss_schedule_options = options_from(FitConfig, LOSS_SCHEDULE)
 runtime_options = group(options_from(FitConfig, RUNTIME), threads_option)
 
 
 def fit_config(settings: dict[str, Any]) -> FitConfig:
-    """The validated FitConfig of a command's options; model options of the wrong name or type
-    are a usage error of their flag before anything is built."""
+    """The validated FitConfig of a command's options; model options of the wrong name or type,
+    and a --teacher-mix given without an ensemble to combine, are a usage error of their flag
+    before anything is built."""
     check_model_options(settings["model"], settings["model_opts"], "--model-opt")
+    ctx = click.get_current_context(silent=True)
+    explicit = ctx is not None and ctx.get_parameter_source("teacher_mix") not in (
+        None, click.core.ParameterSource.DEFAULT)
+    if explicit and len(settings.get("cache") or ()) < 2:  # FitConfig sees only the default
+        raise click.BadParameter(f"combines the logits of several --cache stores; "
+                                 f"{len(settings.get('cache') or ())} given",
+                                 param_hint="--teacher-mix")
     if settings.get("teacher"):
         check_model_options(settings["teacher"], settings["teacher_opts"], "--teacher-opt")
-    return FitConfig.from_cli(settings)
+    storage = storage_options_from(settings.pop("storage_opts", ()))
+    return FitConfig.from_cli({**settings, "storage_options": storage or {}})
 
 
 def epoch_line(record: dict[str, Any], *, epochs: int) -> str:
