@@ -44,6 +44,7 @@ from typing import Any
 from dvfl_cache.errors import DvflError
 from dvfl_cache.failbudget import max_failed_setting
 from dvfl_cache.settings import setting
+from dvfl_cache.teacher_mix import TEACHER_MIXES
 
 __all__ = ["CONFIG_VERSION", "KD_FORMS", "OPTIMIZERS", "PRED_LOSSES", "REFERENCE_BATCH",
            "REP_LOSSES", "TEACHER_MIXES", "ConfigError", "FitConfig", "MIX_SCHEMES",
@@ -93,8 +94,6 @@ def _model_names() -> tuple[str, ...]:
 RESUMABLE_CHANGES = frozenset({"workers", "device", "out_dir", "max_failed"})
 # Fields naming files or folders: compared resolved on resume (see resume_differences).
 PATH_FIELDS = ("data_root", "train_index", "val_index", "init", "cache", "teacher_weights")
-# How several caches' logits make one target (dvfl_train/ensemble.py).
-TEACHER_MIXES = ("mean-logits", "mean-probs")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
