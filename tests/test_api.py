@@ -151,7 +151,7 @@ def test_a_video_that_fails_to_decode_is_one_line(caches, synth_root, synth_inde
 
     root = tmp_path / "root"
     shutil.copytree(synth_root, root)
-    broken = root / synth_index.videos[2].path
+    broken = root / "UCF-101" / synth_index.videos[2].path
     cache = open_cache(caches["plain"])
     ds = CachedClips(cache, root=root, **STUDENT)  # checked while the videos were whole
     broken.write_bytes(b"not a video")
