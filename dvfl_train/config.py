@@ -91,7 +91,7 @@ def _model_names() -> tuple[str, ...]:
     return MODEL_NAMES
 
 # Fields that may change when a run is resumed without changing what it computes.
-RESUMABLE_CHANGES = frozenset({"workers", "device", "out_dir", "max_failed"})
+RESUMABLE_CHANGES = frozenset({"workers", "device", "out_dir", "max_failed", "tensorboard"})
 # Fields naming files or folders: compared resolved on resume (see resume_differences).
 PATH_FIELDS = ("data_root", "train_index", "val_index", "init", "cache", "teacher_weights")
 
@@ -236,6 +236,11 @@ class FitConfig:
     amp: bool = setting(True, flag="--amp/--no-amp", help="bf16 autocast on CUDA; ignored "
                                                           "elsewhere.")
     max_failed: float = max_failed_setting()
+    tensorboard: bool = setting(
+        False, flag="--tensorboard/--no-tensorboard",
+        help="Also write TensorBoard event files (per student: loss and its parts, learning "
+             "rate, top-1, mixed fraction) to OUT/tensorboard beside metrics.jsonl; needs "
+             "pip install 'dvfl[tensorboard]'.")
     # loss forms other than dvfl's defaults (dvfl_train.losses)
     kd_form: str = setting(
         "kl", flag="--kd-form", choices=KD_FORMS,

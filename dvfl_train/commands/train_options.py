@@ -29,7 +29,7 @@ LOSS_SCHEDULE = ("beta", "kd_form", "pred_loss", "rep_loss", "label_smoothing", 
                  "mix_prob", "epochs", "warmup_epochs",
                  "batch_size", "base_lr", "warmup_lr", "min_lr", "optimizer", "momentum",
                  "nesterov", "weight_decay", "clip_grad")
-RUNTIME = ("workers", "device", "amp", "max_failed")
+RUNTIME = ("workers", "device", "amp", "max_failed", "tensorboard")
 
 data_model_options = options_from(FitConfig, DATA_MODEL)
 loss_schedule_options = options_from(FitConfig, LOSS_SCHEDULE)
