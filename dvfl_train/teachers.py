@@ -24,7 +24,6 @@ mixed clip the student's cut comes from. The loop does not branch on either.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
@@ -36,7 +35,7 @@ from dvfl_cache.data.dataset import Cut
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.mix import MixConfig
 from dvfl_cache.data.views import ViewSampler
-from dvfl_cache.errors import CacheError, DvflError
+from dvfl_cache.errors import DvflError
 
 from dvfl_train.config import ConfigError, FitConfig
 from dvfl_train.train_data import as_input
