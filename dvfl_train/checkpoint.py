@@ -38,8 +38,8 @@ from dvfl_cache.errors import CheckpointError
 from dvfl_cache.models.weights import FORMAT, FORMAT_VERSION, check_plain, read_checkpoint
 
 from dvfl_train.config import FitConfig, load_config, resume_differences
-from dvfl_train.runfiles import (BEST, CONFIG, LAST, METRICS, RUN_FILES, SUMMARY, RunDirError,
-                                 checkpoint_file, metric_lines, read_metrics)
+from dvfl_train.runfiles import (BEST, CONFIG, LAST, METRICS, RUN_FILES, SUMMARY, TENSORBOARD,
+                                 RunDirError, checkpoint_file, metric_lines, read_metrics)
 
 __all__ = ["BEST", "CONFIG", "LAST", "METRICS", "SUMMARY", "RunDir", "RunDirError",
            "checkpoint_file", "plain_json", "read_metrics", "capture_rng", "restore_rng",
@@ -84,9 +84,13 @@ class RunDir:
                 if name in RUN_FILES:
                     (self.path / name).unlink()
                     log.info("overwrite: removed %s", self.path / name)
+                elif name == TENSORBOARD and (self.path / name).is_dir():
+                    shutil.rmtree(self.path / name)
+                    log.info("overwrite: removed %s", self.path / name)
         for name in ours_tmp:
             (self.path / name).unlink()
         self.path.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = None  # a TensorBoardLog once open_tensorboard is called
 
     # -- config ------------------------------------------------------------------------------
 
@@ -108,13 +112,27 @@ class RunDir:
     # -- metrics -----------------------------------------------------------------------------
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line. ``record["epoch"]`` (int) is required: resume truncates by it."""
+        """Append one JSON line. ``record["epoch"]`` (int) is required: resume truncates by it.
+        With TensorBoard open, the record goes to its event files too."""
         if not isinstance(record.get("epoch"), int) or isinstance(record.get("epoch"), bool):
             raise ValueError(f"a metrics record needs an integer 'epoch', got {record!r}")
         line = plain_json(record)
         with open(self.path / METRICS, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.add(json.loads(line))
+
+    def open_tensorboard(self, *, resume_step: int | None = None) -> None:
+        """Mirror the metrics records into TensorBoard event files (``--tensorboard``)."""
+        from dvfl_train.tensorboard_log import TensorBoardLog
+
+        self.tensorboard = TensorBoardLog(self.path, resume_step=resume_step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every complete record; a torn line (the run was killed mid-write) is skipped."""

@@ -44,6 +44,7 @@ from typing import Any
 from dvfl_cache.errors import DvflError
 from dvfl_cache.failbudget import max_failed_setting
 from dvfl_cache.settings import check_finite, setting
+from dvfl_cache.teacher_mix import TEACHER_MIXES
 
 __all__ = ["CONFIG_VERSION", "KD_FORMS", "OPTIMIZERS", "PRED_LOSSES", "REFERENCE_BATCH",
            "REP_LOSSES", "TEACHER_MIXES", "ConfigError", "FitConfig", "MIX_SCHEMES",
@@ -93,11 +94,9 @@ def _model_names() -> tuple[str, ...]:
     return MODEL_NAMES
 
 # Fields that may change when a run is resumed without changing what it computes.
-RESUMABLE_CHANGES = frozenset({"workers", "device", "out_dir", "max_failed"})
+RESUMABLE_CHANGES = frozenset({"workers", "device", "out_dir", "max_failed", "tensorboard"})
 # Fields naming files or folders: compared resolved on resume (see resume_differences).
 PATH_FIELDS = ("data_root", "train_index", "val_index", "init", "cache", "teacher_weights")
-# How several caches' logits make one target (dvfl_train/ensemble.py).
-TEACHER_MIXES = ("mean-logits", "mean-probs")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -240,6 +239,11 @@ class FitConfig:
     amp: bool = setting(True, flag="--amp/--no-amp", help="bf16 autocast on CUDA; ignored "
                                                           "elsewhere.")
     max_failed: float = max_failed_setting()
+    tensorboard: bool = setting(
+        False, flag="--tensorboard/--no-tensorboard",
+        help="Also write TensorBoard event files (per student: loss and its parts, learning "
+             "rate, top-1, mixed fraction) to OUT/tensorboard beside metrics.jsonl; needs "
+             "pip install 'dvfl[tensorboard]'.")
     # loss forms other than dvfl's defaults (dvfl_train.losses)
     kd_form: str = setting(
         "kl", flag="--kd-form", choices=KD_FORMS,

@@ -15,21 +15,7 @@ The combined target, per row, from teacher logits l_1..l_K:
 
 from __future__ import annotations
 
-import numpy as np
-
-from dvfl_train.config import TEACHER_MIXES
+# The rule lives beside the cache's epoch plan, so the public CachedClips combines alike.
+from dvfl_cache.teacher_mix import TEACHER_MIXES, combine_logits
 
 __all__ = ["TEACHER_MIXES", "combine_logits"]
-
-
-def combine_logits(blocks: list[np.ndarray], mix: str) -> np.ndarray:
-    """One (N, C) float32 target from K teachers' (N, C) logits (formulas in the docstring)."""
-    if mix not in TEACHER_MIXES:
-        raise ValueError(f"unknown teacher mix {mix!r}; known: {', '.join(TEACHER_MIXES)}")
-    x = np.stack([np.asarray(b, np.float64) for b in blocks])
-    if mix == "mean-logits":
-        return x.mean(axis=0).astype(np.float32)
-    x -= x.max(axis=2, keepdims=True)
-    p = np.exp(x)
-    p /= p.sum(axis=2, keepdims=True)
-    return np.log(p.mean(axis=0)).astype(np.float32)

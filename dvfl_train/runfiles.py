@@ -14,8 +14,8 @@ from typing import Any
 
 from dvfl_cache.errors import DvflError
 
-__all__ = ["BEST", "CONFIG", "LAST", "METRICS", "RUN_FILES", "SUMMARY", "RunDirError",
-           "checkpoint_file", "metric_lines", "read_metrics"]
+__all__ = ["BEST", "CONFIG", "LAST", "METRICS", "RUN_FILES", "SUMMARY", "TENSORBOARD",
+           "RunDirError", "checkpoint_file", "metric_lines", "read_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ SUMMARY = "summary.json"
 LAST = "last"   # checkpoint names: <name>.pt
 BEST = "best"
 RUN_FILES = (CONFIG, METRICS, SUMMARY, f"{LAST}.pt", f"{BEST}.pt")
+TENSORBOARD = "tensorboard"  # a folder of event files (--tensorboard), beside METRICS
 
 
 class RunDirError(DvflError):

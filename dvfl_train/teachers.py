@@ -24,22 +24,22 @@ mixed clip the student's cut comes from. The loop does not branch on either.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
 import torch
 from torch import nn
 
+from dvfl_cache.cache.epochs import EpochPlan, ensemble_plan, plan_epoch
 from dvfl_cache.cache.store import CacheReader
 from dvfl_cache.data.dataset import Cut
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.mix import MixConfig
 from dvfl_cache.data.views import ViewSampler
-from dvfl_cache.errors import CacheError, DvflError
+from dvfl_cache.errors import DvflError
 
 from dvfl_train.config import ConfigError, FitConfig
-from dvfl_train.train_data import EpochPlan, as_input, plan_epoch
+from dvfl_train.train_data import as_input
 
 __all__ = ["CachedTeacher", "EnsembleTeacher", "NoTeacher", "OnlineTeacher", "TeacherSource",
            "check_mixing", "load_online_teacher", "open_cache", "open_teacher"]
@@ -139,22 +139,8 @@ class EnsembleTeacher(CachedTeacher):
         self.readers, self.teacher_mix = list(readers), mix
 
     def plan(self, epoch: int, index: DatasetIndex) -> EpochPlan:
-        from dvfl_train.ensemble import combine_logits
-
-        plans = [plan_epoch(epoch, index, reader=r, views=self.views) for r in self.readers]
-        first = plans[0]
-        ok = set(first.videos.tolist())
-        for p in plans[1:]:
-            ok &= set(p.videos.tolist())
-        keep = [i for i, v in enumerate(first.videos.tolist()) if v in ok]
-        invalid = sorted(set().union(*(p.invalid for p in plans)))
-        logits = combine_logits([p.teacher_logits for p in plans], self.teacher_mix)
-        # the caches hold the same views and mixes (checked when opened): the first's serve
-        plan = dataclasses.replace(
-            first, videos=first.videos[keep], views=tuple(first.views[i] for i in keep),
-            mixes=None if first.mixes is None else tuple(first.mixes[i] for i in keep),
-            teacher_logits=logits, invalid=tuple(invalid))
-        self.use_block(torch.from_numpy(logits))
+        plan = ensemble_plan(epoch, index, self.readers, mix=self.teacher_mix, views=self.views)
+        self.use_block(torch.from_numpy(plan.teacher_logits))
         return plan
 
 
@@ -234,8 +220,7 @@ def open_cache(path: str, index: DatasetIndex, *, num_frames: int, need_features
                student_mixes: bool = False, workers: int = 1,
                storage_options: dict[str, Any] | None = None) -> CacheReader:
     """The cache, refused unless it was built for exactly these videos and can serve the run
-    (``dvfl_cache.cache.health.check_for_training``: valid rows, chunk checksums of a local
-    store, the decoder's frame numbering).
+    (``dvfl_cache.cache.health.check_replayable``, which the public ``CachedClips`` asks too).
 
     ``student_mixes``: the run asks for --mixup/--cutmix, which a cache cannot serve: a mixed
     one brings its own mixing, an unmixed one has no logits of mixed clips. ``storage_options``:
@@ -243,20 +228,10 @@ def open_cache(path: str, index: DatasetIndex, *, num_frames: int, need_features
     reader = CacheReader(path, storage_options=storage_options)
     if student_mixes:
         _refuse_mixing(reader, path)
-    reader.check_compatible(dataset=index, num_classes=index.num_classes)
-    if not reader.complete:
-        raise CacheError(f"{path}: cache is unfinished (shards {reader.pending_shards()[:10]} "
-                         "pending); finish it with `dvfl-cache build --resume`")
-    if num_frames > reader.meta.num_frames:
-        raise CacheError(f"{path}: the teacher saw {reader.meta.num_frames} frames per view; a "
-                         f"student cannot replay {num_frames} of them (use --frames <= "
-                         f"{reader.meta.num_frames})")
-    if need_features and reader.meta.feature_dim is None:
-        raise CacheError(f"{path}: the feature term (beta > 0) needs teacher features; rebuild "
-                         "the cache with `dvfl-cache build --features`")
-    from dvfl_cache.cache.health import check_for_training
+    from dvfl_cache.cache.health import check_replayable
 
-    check_for_training(reader, index, workers=workers)
+    check_replayable(reader, index, num_frames=num_frames, need_features=need_features,
+                     workers=workers)
     return reader
 
 

@@ -1,7 +1,8 @@
 """Data plumbing of student training: which views an epoch trains on, in which order, on which rank.
 
 Why this shape:
-- An epoch is planned up front (:class:`EpochPlan`): its videos, their views and, with a cache,
+- An epoch is planned up front (:class:`EpochPlan`, from ``dvfl_cache.cache.epochs``, which
+  the public ``CachedClips`` reads too): its videos, their views and, with a cache,
   the teacher logits of those views as one in-memory block read with a single contiguous
   ``epoch_block`` call. A batch then finds its teacher logits by video id; nothing is read per
   sample.
@@ -29,21 +30,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dvfl_cache.cache.store import CacheReader
-from dvfl_cache.data.dataset import (ClipDataset, Cut, DrawnMixes, FixedViews, MixSource,
-                                    SampledViews, StoredMixes, collate_clips)
+from dvfl_cache.cache.epochs import EpochPlan, plan_epoch
+from dvfl_cache.data.dataset import ClipDataset, Cut, collate_clips
 from dvfl_cache.data.index import DatasetIndex
-from dvfl_cache.data.mix import OPS, Mix, MixConfig, mix_targets, mixes_from_arrays
+from dvfl_cache.data.mix import OPS, MixConfig, mix_targets
 from dvfl_cache.data.transforms import to_float
-from dvfl_cache.data.views import View, ViewSampler, views_from_arrays
-from dvfl_cache.errors import CacheError, DvflError
+from dvfl_cache.data.views import ViewSampler
+from dvfl_cache.errors import DvflError
 
 from dvfl_train.config import FitConfig
 
@@ -122,88 +122,6 @@ def _derived_val_index(cfg: FitConfig) -> DatasetIndex:
 
 
 # -- epochs -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True, eq=False)
-class EpochPlan:
-    """What epoch ``epoch`` trains on.
-
-    ``videos`` are the positions (in the index) trained on, in index order; ``views[i]`` is the
-    view of ``videos[i]`` (None: drawn by ``sampler`` as view number ``view_number`` when the
-    video is opened). ``teacher_logits``/``teacher_features`` are rows per *index position*
-    (cache mode), float32. ``invalid`` lists videos whose cached view failed at build time.
-    ``mixes[i]`` is the stored mix of ``views[i]`` (None: unmixed) for a mixed cache, else None.
-    """
-
-    epoch: int
-    view_number: int
-    videos: np.ndarray
-    views: tuple[View | None, ...]
-    teacher_logits: np.ndarray | None = None
-    teacher_features: np.ndarray | None = None
-    invalid: tuple[int, ...] = field(default=())
-    mixes: tuple[Mix | None, ...] | None = None
-
-    def source(self, sampler: ViewSampler | None = None) -> FixedViews | SampledViews:
-        """The plan's views for ``ClipDataset``: the fixed (cached) views, or view number
-        ``view_number`` of each video drawn by ``sampler``."""
-        if all(v is not None for v in self.views):
-            return FixedViews(tuple(self.views))
-        if sampler is None:
-            raise ValueError("the plan has views to draw but no sampler was given")
-        return SampledViews.of_videos(sampler, self.videos.tolist(), self.view_number)
-
-    def mix_source(self, mix: MixConfig | None, sampler: ViewSampler | None,
-                   num_videos: int) -> MixSource | None:
-        """The stored mixes of a mixed cache's rows, else mixes drawn per row by ``mix`` (the
-        partner's view drawn by ``sampler``), else None (no mixing)."""
-        if self.mixes is not None:
-            if mix is not None:
-                raise ValueError("the plan's rows are mixed already; do not mix them again")
-            return StoredMixes(self.mixes)
-        if mix is None or not mix.enabled:
-            return None
-        if sampler is None:
-            raise ValueError("drawing partner views needs a sampler")
-        return DrawnMixes(mix, sampler, num_videos)
-
-
-def plan_epoch(epoch: int, index: DatasetIndex, *, reader: CacheReader | None = None,
-               need_features: bool = False, views: int | None = None) -> EpochPlan:
-    """The epoch's views: the cached block of view (epoch - 1) mod V (V: ``views``, the first
-    of the cache's views, or all of them), or all videos to sample."""
-    if epoch < 1:
-        raise ValueError(f"epochs are numbered from 1, got {epoch}")
-    if reader is None:
-        return EpochPlan(epoch=epoch, view_number=epoch - 1,
-                         videos=np.arange(len(index), dtype=np.int64),
-                         views=(None,) * len(index))
-    if views is not None and not 1 <= views <= reader.meta.views_per_video:
-        raise CacheError(f"{reader.location}: {views} views per video asked, the cache has "
-                         f"{reader.meta.views_per_video}")
-    r = (epoch - 1) % (views or reader.meta.views_per_video)
-    columns = reader.meta.row_arrays()
-    view_names = [k for k in ("video", "view", "frames", "crop", "flip", "jitter", "gray",
-                              "frame_jitter", "jitter_order") if k in columns]
-    # a mixed cache's logits are the teacher's on the mixed clips: the records travel along
-    mix_names = [k for k in columns if k.startswith(("mix_", "partner_"))]
-    names = ["logits", "valid", *view_names, *mix_names]
-    if need_features:
-        names.append("features")
-    block = reader.epoch_block(r, names=names)  # one contiguous read per array
-    valid = block["valid"].astype(bool)
-    ok = np.flatnonzero(valid)
-    views = views_from_arrays({k: block[k][ok] for k in view_names})
-    invalid = tuple(int(v) for v in np.flatnonzero(~valid))
-    mixes = None
-    if reader.meta.mix is not None:
-        mixes = tuple(mixes_from_arrays({k: block[k][ok] for k in mix_names}, block["view"][ok]))
-    return EpochPlan(epoch=epoch, view_number=r, videos=ok.astype(np.int64), views=tuple(views),
-                     mixes=mixes,
-                     teacher_logits=block["logits"].astype(np.float32),
-                     teacher_features=(block["features"].astype(np.float32)
-                                       if need_features else None),
-                     invalid=invalid)
-
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """A permutation of range(n) that depends on (seed, epoch) only, never on a running RNG."""

@@ -408,6 +408,8 @@ def _open_student(cfg: FitConfig, spec: StudentSpec, dist: _Dist, *, num_classes
             epochs = read_metrics(run.path, kind="epoch")
             s.last_record = epochs[-1] if epochs else None
         log.info("%s: resuming after epoch %d (step %d)", spec.label, s.done, s.step)
+    if run is not None and cfg.tensorboard:
+        run.open_tensorboard(resume_step=None if state is None else s.step)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -543,6 +545,9 @@ def _finish_epoch(s: Student, record: dict[str, Any], index, epoch: int) -> None
 def _summaries(students: list[Student], dist: _Dist, failures: FailureLog,
                invalid_views: int) -> list[dict[str, Any]]:
     """Write summary.json (rank 0) and return every student's summary on every rank."""
+    for s in students:
+        if s.run is not None:
+            s.run.close()  # the TensorBoard event files, when open
     failed = failures.failures
     if dist.world > 1:
         gathered: list[list[tuple[str, str]] | None] = [None] * dist.world

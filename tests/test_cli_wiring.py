@@ -77,6 +77,8 @@ SHARED = {
         "workers": ("0", 0),
         "device": ("cpu", "cpu"),
         "amp": (False, False),
+        # its event files: test_tensorboard.py (read back with TensorBoard's reader)
+        "tensorboard": (True, True),
         "kd_form": ("reference", "reference"),
         "rep_loss": ("sum", "sum"),
     },

@@ -17,6 +17,9 @@ shard); only the index and the plan of the phase that holds it grow with the vid
 
     nice -n 10 python tools/bench_scale.py --videos 10000,20000,40000 --out /tmp/bench_scale
     python tools/bench_scale.py --quick      # smoke test (make test runs it)
+
+`--parquet` adds the columnar export (`dvfl-cache export STORE OUT.parquet`, shard by shard):
+its time, peak memory and file size; a million rows is `--videos 33334 --views 30 --parquet`.
 """
 
 from __future__ import annotations
@@ -150,7 +153,7 @@ class Phase:
 
 
 def run_size(videos: int, views: int, classes: int, extra: int, per_shard: int,
-             out: Path) -> dict:
+             out: Path, *, parquet: bool = False) -> dict:
     res: dict = {"videos": videos, "rows": videos * views}
     store = out / f"s{videos}.zarr"
     shutil.rmtree(store, ignore_errors=True)
@@ -180,6 +183,14 @@ def run_size(videos: int, views: int, classes: int, extra: int, per_shard: int,
         del block
     with Phase(res, "verify"):
         verify(store)
+    if parquet:
+        from dvfl_cache.cache.share import export_parquet
+
+        table = out / f"s{videos}.parquet"
+        with Phase(res, "export parquet"):
+            export_parquet(store, table, overwrite=True)
+        res["parquet_mib"] = round(table.stat().st_size / 2**20, 2)
+        table.unlink()
     with Phase(res, f"extend +{extra}"):
         new = meta.replace(views_per_video=views + extra)
         _grow(str(store), None, CacheReader(store).meta, new)
@@ -212,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    ap.add_argument("--parquet", action="store_true",
+                    help="also time the Parquet export (needs pyarrow)")
     args = ap.parse_args(argv)
     if args.quick:
         args.videos = "60,120" if args.videos == ap.get_default("videos") else args.videos
@@ -225,17 +238,20 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     results = []
     for n in (int(x) for x in args.videos.split(",")):
-        r = run_size(n, args.views, args.classes, args.extra, args.views_per_shard, out)
+        r = run_size(n, args.views, args.classes, args.extra, args.views_per_shard, out,
+                     parquet=args.parquet)
         results.append(r)
         print(json.dumps(r), flush=True)
     phases = [k for k in results[0] if isinstance(results[0][k], dict)]
     print(f"\nfloat16, {args.classes} classes, {args.views} views (+{args.extra} by extend), "
           f"{args.views_per_shard} rows a shard; load average {os.getloadavg()[0]:.1f}")
-    print("| videos | rows | store GiB | " + " | ".join(
+    sizes = " parquet MiB |" if args.parquet else ""
+    print(f"| videos | rows | store GiB |{sizes} " + " | ".join(
         f"{p}: wall s (CPU s) / peak RSS MiB (+ above start)" for p in phases) + " |")
-    print("|---" * (3 + len(phases)) + "|")
+    print("|---" * (3 + bool(sizes) + len(phases)) + "|")
     for r in results:
-        print(f"| {r['videos']} | {r['rows']} | {r['store_gib']} | "
+        size = f" {r['parquet_mib']} |" if args.parquet else ""
+        print(f"| {r['videos']} | {r['rows']} | {r['store_gib']} |{size} "
               + " | ".join(f"{r[p]['s']} ({r[p]['cpu_s']}) / {r[p]['rss_mib']:.0f} "
                            f"(+{r[p]['peak_mib']:.0f})" for p in phases) + " |")
     if args.json:

@@ -22,7 +22,7 @@ import numpy as np
 from dvfl_cache.cache.store import CacheReader, shard_error
 from dvfl_cache.errors import CacheError
 
-__all__ = ["broken_shards", "check_for_training", "repair_command", "shards_of_videos",
+__all__ = ["broken_shards", "check_for_training", "check_replayable", "repair_command", "shards_of_videos",
            "stale_videos", "valid_rows"]
 
 log = logging.getLogger(__name__)
@@ -120,3 +120,24 @@ def check_for_training(reader: CacheReader, index, *, workers: int = 1) -> None:
     if message is not None:
         raise CacheError(f"{where}: {message}")
     log.info("%s: %d of %d rows valid, chunks checked", where, valid, total)
+
+
+def check_replayable(reader: CacheReader, index, *, num_frames: int, need_features: bool = False,
+                     workers: int = 1) -> None:
+    """Refuse in one line a store a student of ``num_frames`` frames cannot replay over
+    ``index``: built for other videos, unfinished, fewer frames than asked, no features when
+    the feature term needs them, or failing `check_for_training`. `dvfl-train` and the public
+    `CachedClips` both ask this, so the two refuse the same stores alike."""
+    path = reader.location
+    reader.check_compatible(dataset=index, num_classes=index.num_classes)
+    if not reader.complete:
+        raise CacheError(f"{path}: cache is unfinished (shards {reader.pending_shards()[:10]} "
+                         "pending); finish it with `dvfl-cache build --resume`")
+    if num_frames > reader.meta.num_frames:
+        raise CacheError(f"{path}: the teacher saw {reader.meta.num_frames} frames per view; a "
+                         f"student cannot replay {num_frames} of them (use --frames <= "
+                         f"{reader.meta.num_frames})")
+    if need_features and reader.meta.feature_dim is None:
+        raise CacheError(f"{path}: the feature term (beta > 0) needs teacher features; rebuild "
+                         "the cache with `dvfl-cache build --features`")
+    check_for_training(reader, index, workers=workers)

@@ -278,3 +278,114 @@ def import_hdf5(src: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
 def _text(dataset) -> str:
     value = dataset[()]
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# -- columnar export --------------------------------------------------------------------------
+
+PARQUET_FORMAT = "dvfl-teacher-cache-parquet"
+# Suffixes each exporter writes; any other is refused rather than written under a wrong name.
+EXPORT_SUFFIXES = {"hdf5": (".h5", ".hdf5"), "parquet": (".parquet", ".pq")}
+# uint8 flags of the store that read as booleans in a table
+_FLAGS = ("valid", "flip", "gray", "partner_flip", "partner_gray")
+
+
+def export_format(out: str, fmt: str | None) -> str:
+    """The format to write ``out`` in: ``fmt`` when its suffix agrees, else the one its suffix
+    names; a suffix no exporter writes, or one that disagrees with ``fmt``, is refused in one
+    line (an .parquet file holding HDF5 would mislead every reader)."""
+    suffix = Path(out.split("?", 1)[0]).suffix.lower()
+    by_suffix = next((f for f, sx in EXPORT_SUFFIXES.items() if suffix in sx), None)
+    known = "; ".join(f"{f}: {', '.join(sx)}" for f, sx in EXPORT_SUFFIXES.items())
+    if by_suffix is None:
+        raise CacheError(f"{out}: export writes {known}; the suffix {suffix or '(none)'!r} "
+                         "names none of them")
+    if fmt is not None and fmt != by_suffix:
+        raise CacheError(f"{out}: --format {fmt} writes {', '.join(EXPORT_SUFFIXES[fmt])}, "
+                         f"not {suffix!r}")
+    return by_suffix
+
+
+def _arrow_column(pa, name: str, values: np.ndarray):
+    """A store array (n, *trail) as an Arrow column: scalars as themselves, vectors and
+    matrices as fixed-size lists (what pandas, DuckDB and HF datasets read as lists)."""
+    from dvfl_cache.data.mix import OPS
+
+    if name == "mix_op":
+        return pa.array(np.asarray(OPS, dtype=object)[values.astype(np.int64)], pa.string())
+    if name in _FLAGS:
+        return pa.array(values.astype(bool))
+    if values.dtype == np.float16:
+        values = values.astype(np.float32)  # half floats are not read everywhere
+    arr = pa.array(np.ascontiguousarray(values).reshape(-1))
+    for width in reversed(values.shape[1:]):
+        arr = pa.FixedSizeListArray.from_arrays(arr, int(width))
+    return arr
+
+
+def export_parquet(store: str | os.PathLike, out: str | os.PathLike, *, index=None,
+                   overwrite: bool = False, storage_options: dict[str, Any] | None = None,
+                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """One Parquet row per cached view of the finished shards: ``row``, the view record
+    (``video_index``, ``view``, ``frames``, ``crop``, ``flip``, ``jitter``, ``gray``, per-frame
+    jitter when stored, and for a mixed store ``mix_op``, ``mix_lambda``, ``mix_box`` and the
+    partner's view), ``label``, ``valid``, ``logits`` (float32, decoded), ``features`` when
+    stored, and with ``index`` (the store's `DatasetIndex`, checked against it) the ``video``
+    path (and ``partner_path``) relative to the index's root. The store's metadata is the file's
+    key-value metadata ``dvfl`` (JSON). One row group per shard, read and written in turn, so
+    memory stays at one shard whatever the store's size."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CacheError(f"{out}: the Parquet export needs pyarrow: pip install "
+                         "'dvfl[parquet]'") from None
+
+    out = os.fspath(out)
+    _check_output(out, overwrite=overwrite, storage_options=storage_options)
+    tmp = _tmp_for(out)
+    rows_written = 0
+    try:
+        with CacheReader(store, storage_options=storage_options) as reader, _writing(out):
+            m = reader.meta
+            if index is not None:
+                reader.check_compatible(dataset=index)
+                paths = np.asarray([v.path for v in index.videos], dtype=object)
+            done = reader.shard_done()
+            names = list(m.value_arrays())
+            order = ["video", "view", "label", "valid"]
+            names = order + [k for k in names if k not in order]
+            meta = {"dvfl": json.dumps(m.to_dict()), "dvfl_format": PARQUET_FORMAT}
+            writer = None
+            try:
+                for s in np.flatnonzero(done).tolist():
+                    rows = reader.shard_rows(s)
+                    cols = {"row": pa.array(np.arange(rows.start, rows.stop, dtype=np.int64))}
+                    raw = {name: reader.read(name, rows.start, rows.stop) for name in names}
+                    for name, values in raw.items():
+                        col = "video_index" if name == "video" else name
+                        cols[col] = _arrow_column(pa, name, values)
+                    if index is not None:
+                        cols["video"] = pa.array(paths[raw["video"].astype(np.int64)],
+                                                 pa.string())
+                        if "partner_video" in raw:  # unmixed rows have no partner: null
+                            cols["partner_path"] = pa.array(
+                                paths[raw["partner_video"].astype(np.int64)], pa.string(),
+                                mask=raw["mix_op"] == 0)
+                    table = pa.table(cols)
+                    if writer is None:
+                        schema = table.schema.with_metadata(meta)
+                        writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                    writer.write_table(table.replace_schema_metadata(meta))
+                    rows_written += len(rows)
+                    if progress is not None:
+                        progress(1)
+                if writer is None:  # no finished shard: an empty table of the right columns
+                    raise CacheError(f"{store}: no finished shard to export")
+            finally:
+                if writer is not None:
+                    writer.close()
+        size = _publish(tmp, out, storage_options)
+    finally:
+        discard(tmp)
+    log.info("exported %s -> %s (%d rows)", store, out, rows_written)
+    return {"parquet": out, "shards": int(done.sum()), "rows": rows_written, "bytes": size}

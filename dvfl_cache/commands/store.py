@@ -158,18 +158,58 @@ def verify_cmd(store: str, kind, root, split, subset, index_path, videos_dir, an
 @click.command("export")
 @click.argument("store")
 @click.argument("out")
+@click.option("--format", "fmt", type=click.Choice(["hdf5", "parquet"]), default=None,
+              help="What to write: HDF5 (every array, for `import`) or Parquet (one row per "
+                   "view, for pandas/DuckDB/HF datasets). Default: from OUT's suffix "
+                   "(.h5/.hdf5, .parquet/.pq); another suffix is refused.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Parquet: the dataset folder the store was built from, to add each row's "
+                   "video path (the store keeps video numbers only).")
+@click.option("--index", "index_path", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Parquet: an index JSON (`dvfl-cache index`) naming the "
+                                 "store's videos, instead of --root.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @storage_option
-def export_cmd(store: str, out: str, overwrite: bool, storage_opts: tuple[str, ...]) -> None:
-    """Export STORE (arrays, meta and failure records) to the HDF5 file OUT (path or URL)."""
+def export_cmd(store: str, out: str, fmt: str | None, root: str | None, index_path: str | None,
+               overwrite: bool, storage_opts: tuple[str, ...]) -> None:
+    """Export STORE to OUT (path or URL): HDF5 (arrays, meta and failure records; `import`
+    reads it back) or Parquet (one row per cached view with its view record and logits)."""
     from tqdm import tqdm
 
-    from dvfl_cache.cache.share import export_hdf5
+    from dvfl_cache.cache.share import export_format, export_hdf5, export_parquet
 
+    fmt = export_format(out, fmt)
+    options = storage_options_from(storage_opts)
+    if fmt == "hdf5":
+        if root is not None or index_path is not None:
+            raise click.UsageError("--root/--index name video paths for a Parquet export; "
+                                   "HDF5 keeps the store's arrays as they are")
+        with tqdm(unit="shard", desc="export", leave=False) as bar:
+            d = export_hdf5(store, out, overwrite=overwrite, progress=bar.update,
+                            storage_options=options)
+        click.echo(f"wrote {d['hdf5']} ({d['shards']} shards, {_human_bytes(d['bytes'])})")
+        return
+    index = _store_index(store, root, index_path, options)
     with tqdm(unit="shard", desc="export", leave=False) as bar:
-        d = export_hdf5(store, out, overwrite=overwrite, progress=bar.update,
-                        storage_options=storage_options_from(storage_opts))
-    click.echo(f"wrote {d['hdf5']} ({d['shards']} shards, {_human_bytes(d['bytes'])})")
+        d = export_parquet(store, out, index=index, overwrite=overwrite, progress=bar.update,
+                           storage_options=options)
+    click.echo(f"wrote {d['parquet']} ({d['rows']} rows, {d['shards']} shards, "
+               f"{_human_bytes(d['bytes'])})" + ("" if index is not None else
+                                                 "; no video paths (pass --root or --index)"))
+
+
+def _store_index(store: str, root: str | None, index_path: str | None, options):
+    """The store's videos: --index, or its dataset's list read under --root; None: neither."""
+    if root is None and index_path is None:
+        return None
+    from dvfl_cache.cache.store import CacheReader
+    from dvfl_cache.data.source import resolve_index
+
+    d = CacheReader(store, storage_options=options).meta.dataset
+    if index_path is None and d.kind == "list":
+        raise click.UsageError(f"{store} was built from a saved index; pass --index THAT.json")
+    return resolve_index(index=index_path, kind=d.kind, root=root, split=d.split,
+                         subset=d.subset)
 
 
 @click.command("import")

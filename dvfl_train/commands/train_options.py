@@ -29,7 +29,7 @@ LOSS_SCHEDULE = ("beta", "kd_form", "pred_loss", "rep_loss", "label_smoothing", 
                  "mix_prob", "epochs", "warmup_epochs",
                  "batch_size", "base_lr", "warmup_lr", "min_lr", "optimizer", "momentum",
                  "nesterov", "weight_decay", "clip_grad")
-RUNTIME = ("workers", "device", "amp", "max_failed")
+RUNTIME = ("workers", "device", "amp", "max_failed", "tensorboard")
 
 # --storage-option (build's and info's declaration) follows --cache: where a URL cache lives
 data_model_options = group(options_from(FitConfig, DATA_MODEL), storage_option)
