@@ -32,7 +32,7 @@ and only then converts as the cut says. The item carries the `Mix` record (`mix`
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -303,14 +303,59 @@ class ClipDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._item(i, self.decode)
+
+    def video_items(self, items: Sequence[int]) -> Iterator[dict[str, Any]]:
+        """Items ``items`` (all of one video), decoding that video once for all of them: the
+        frames every cut of every item's view needs are decoded in one pass and each item is
+        cut from them, as ``self[i]`` cuts its own (the same pixels: a frame decodes to the
+        same values whichever other frames are decoded with it). Mixed items still decode
+        their own partners. Memory: the decoded frames of this one video (at the source size,
+        which every cut crops from) and one item at a time.
+
+        If that one decode fails, each item is decoded on its own instead (``self[i]``), so a
+        video whose damage only some views reach fails exactly the rows it fails one by one.
+        """
+        if not items:
+            return
+        video = self.source.video(items[0])
+        if any(self.source.video(i) != video for i in items):
+            raise ValueError(f"video_items: items {list(items)[:8]} are not all of one video")
+        drawn: dict[int, tuple[View, ...]] = {}
+        try:
+            with open_video(self.index.abspath(video), threads=self.threads) as v:
+                info = v.info
+                for i in items:
+                    drawn[i] = self.source.draw(i, info)
+                wanted = sorted({f for ws in drawn.values() for w in ws for c in self.cuts
+                                 for f in c.view(w).frames})
+                frames = v.frames(wanted)
+        except VideoDecodeError as exc:
+            log.debug("%s; decoding its %d items one by one", exc, len(items))
+            for i in items:
+                yield self[i]
+            return
+        at = {f: k for k, f in enumerate(wanted)}
+
+        def cut(i: int) -> Callable[..., tuple]:
+            def decoded(path: str, draw: Callable) -> tuple:
+                return drawn[i], self._render(frames, at, drawn[i]), None
+            return decoded
+
+        for i in items:
+            yield self._item(i, cut(i))
+
+    def _item(self, i: int, decode: Callable[[str, Callable[[VideoInfo], tuple[View, ...]]],
+                                              tuple]) -> dict[str, Any]:
+        """Item i, its own clip's views and cuts given by ``decode`` (`decode`'s contract)."""
         video = self.source.video(i)
         names = tuple(c.name for c in self.cuts)
         item: dict[str, Any] = {name: None for name in names}
         item.update(label=self.index.videos[video].label, video=video,
                     view=self.source.view_number(i), view_arrays=None, error=None,
                     path=self.index.abspath(video), cuts=names)
-        views, outputs, item["error"] = self.decode(item["path"],
-                                                    lambda info: self.source.draw(i, info))
+        views, outputs, item["error"] = decode(item["path"],
+                                               lambda info: self.source.draw(i, info))
         if views:
             item["view_arrays"] = views_to_arrays(views)
             if not self.source.stacked:
@@ -379,10 +424,16 @@ class ClipDataset(Dataset):
         except VideoDecodeError as exc:
             log.debug("%s", exc)
             return views, {}, exc.reason
-        row = {f: k for k, f in enumerate(wanted)}
-        return views, {cut.name: [cut.render(_rows(frames, [row[f] for f in w.frames]), w)
-                                  for w in ws]
-                       for cut, ws in zip(self.cuts, per_cut)}, None
+        return views, self._render(frames, {f: k for k, f in enumerate(wanted)}, views), None
+
+    def _render(self, frames: np.ndarray, at: dict[int, int], views: tuple[View, ...]
+                ) -> dict[str, list[torch.Tensor]]:
+        """Every cut of ``views`` from decoded ``frames`` (frame f is ``frames[at[f]]``)."""
+        out = {}
+        for cut in self.cuts:
+            ws = [cut.view(w) for w in views]
+            out[cut.name] = [cut.render(_rows(frames, [at[f] for f in w.frames]), w) for w in ws]
+        return out
 
 
 def _rows(frames: np.ndarray, rows: list[int]) -> np.ndarray:
