@@ -7,9 +7,17 @@ Why this shape:
   claimant's shard is retaken once its claim expires, and a killed build resumes exactly where
   shards were left unfinished (nothing stored is computed again). Every process returns only
   when the store is complete (it waits for shards that live claimants are still computing).
-- Rows stream through one DataLoader in row order: decoding runs in worker processes ahead of
-  the teacher, and finished shards are written by a background thread, so decode, compute and
-  writes overlap instead of taking turns.
+- A video is decoded once for all of its views. Rows are view-major on disk (row = view x
+  videos + video), so one video's views lie in as many shards as it has views: the build
+  claims groups of shards that hold the same videos' rows in every view (`shard_group`) and
+  hands the decoding workers one video's rows of the group at a time (`_ClaimedGroups`,
+  `_VideoStream`): the worker decodes the frames all those views need in one pass and cuts
+  every view from them. A 120-view build decoded each video 120 times before (still there as
+  `decode_per_view`, which stores the same values).
+- Decoding runs in worker processes ahead of the teacher, and finished shards are written by a
+  background thread, so decode, compute and writes overlap instead of taking turns. Rows are
+  re-cut into teacher batches of exactly `batch_size` (`_Batches`; the last one filled up), so
+  a row's logits never depend on which rows shared its batch or how many there were.
 - Views are drawn by `ViewSampler.sample(video, view, info)`, deterministic in (seed, video,
   view), and stored with the logits; the student replays the stored records, never re-draws.
 - The teacher's random init (with `random_weights`) is seeded, so a resumed build of a random
