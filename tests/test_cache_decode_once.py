@@ -28,7 +28,8 @@ def _everything(path: Path) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
 
     g = zarr.open_group(str(path), mode="r")
     arrays = {name: np.asarray(a[:]) for name, a in g.arrays()}
-    records = {p.name: p.read_bytes() for p in sorted((path / "failures").glob("*.json"))}
+    records = {str(p.relative_to(path)): p.read_bytes()
+               for p in sorted((path / "failures").rglob("zarr.json"))}
     return arrays, records
 
 

@@ -402,8 +402,8 @@ def _same_store(a: Path, b: Path) -> bool:
     if names != sorted(n for n, _ in gb.arrays()):
         return False
     return all(np.array_equal(np.asarray(ga[k][:]), np.asarray(gb[k][:])) for k in names) and \
-        [p.read_bytes() for p in sorted((a / "failures").glob("*.json"))] == \
-        [p.read_bytes() for p in sorted((b / "failures").glob("*.json"))]
+        [p.read_bytes() for p in sorted((a / "failures").rglob("zarr.json"))] == \
+        [p.read_bytes() for p in sorted((b / "failures").rglob("zarr.json"))]
 
 
 def main(argv: list[str] | None = None) -> dict:
