@@ -169,3 +169,41 @@ def test_shard_group_holds_every_view_of_its_first_shards_videos():
     assert shard_group(meta, 0, {0, 1, 5}) == [0, 5]  # shard 1: view 0 of videos 4-7
     assert len(shard_group(meta, 0, every, max_rows=9)) == 2
     assert shard_group(meta, 0, every, max_rows=1) == [0]
+
+
+def test_video_items_within_a_frame_budget_decode_in_runs_and_cut_the_same(synth_index,
+                                                                          monkeypatch):
+    """Decoded frames are bounded: past the budget a video's items are decoded in runs of
+    views whose frames fit (one decode each), and every item is the one `ds[i]` gives."""
+    import torch
+
+    from dvfl_cache.data import decode
+    from dvfl_cache.data.dataset import ClipDataset, Cut, RowViews, _runs
+    from dvfl_cache.data.views import ViewSampler
+
+    n, views = len(synth_index), 5
+    ds = ClipDataset(synth_index, RowViews(ViewSampler(num_frames=4), n, n * views),
+                     (Cut("clip", 24, as_uint8=True), Cut("short", 16, frames=2)))
+    rows = [r * n + 3 for r in range(views)]
+    asked: list[list[int]] = []
+    frames = decode.OpenVideo.frames
+
+    def spy(self, indices):
+        asked.append(list(indices))
+        return frames(self, indices)
+
+    monkeypatch.setattr(decode.OpenVideo, "frames", spy)
+    with decode.open_video(synth_index.abspath(3)) as v:
+        frame_bytes = v.info.width * v.info.height * 3
+    expected = [ds[r] for r in rows]
+    for budget, decodes in ((1 << 30, 1), (6 * frame_bytes, None), (frame_bytes, views)):
+        asked.clear()
+        got = list(ds.video_items(rows, max_bytes=budget))
+        assert len(asked) == decodes if decodes else 1 < len(asked) < views
+        assert all(len(a) <= max(budget // frame_bytes, 4) for a in asked)
+        for g, e in zip(got, expected, strict=True):
+            assert g["view"] == e["view"] and g["video"] == e["video"] == 3
+            assert torch.equal(g["clip"], e["clip"]) and torch.equal(g["short"], e["short"])
+            assert all(np.array_equal(g["view_arrays"][k], e["view_arrays"][k])
+                       for k in e["view_arrays"])
+    assert _runs([1, 2, 3], {1: {0, 1}, 2: {1, 2}, 3: {5, 6, 7}}, 3) == [[1, 2], [3]]
