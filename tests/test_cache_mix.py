@@ -85,12 +85,17 @@ def test_mixed_rows_replay_bit_identically_to_the_teachers_clip(mixed_store):
     assert meta.mix.to_dict() == {"mixup": 0.8, "cutmix": 1.0, "prob": 1.0, "seed": 0}
     assert meta.teacher_precision == {"device": "cpu", "autocast": None}
     a = store_arrays(out)
-    assert a["valid"].all() and len(seen) == 16  # rows in order, no failures
+    assert a["valid"].all()  # no failures
+    # The build computes rows video by video in batches of exactly 3 (the last one filled up
+    # with zero clips): what the teacher saw is each row's clip once, plus that filling.
+    filling = _sha(to_float(torch.zeros((4, 3, 32, 32), dtype=torch.uint8)))
+    seen = [h for h in seen if h != filling]
+    assert len(seen) == 16
     assert set(a["mix_op"].tolist()) == {1, 2}  # both mixup and cutmix rows
     assert (a["partner_video"] != a["video"]).all()
     assert len({tuple(j) for j in a["frame_jitter"].reshape(-1, 4).tolist()}) > 8
-    for row in range(16):
-        assert _sha(to_float(replay(index, a, row, 32))) == seen[row], row
+    replayed = [_sha(to_float(replay(index, a, row, 32))) for row in range(16)]
+    assert sorted(replayed) == sorted(seen)
 
 
 def test_mixed_row_at_fewer_frames_cuts_both_clips_alike(mixed_store):

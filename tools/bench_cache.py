@@ -23,8 +23,19 @@ Ratios are measured side by side in one run on this machine:
    against 64-row random reads;
 3. storage per view and the float16 KL error table of a real build.
 
+With ``--decode-once 8,32,120`` it measures instead what decoding costs per stored view when
+the build decodes a video once per view (``decode_per_view``, the build before issue 30)
+and once for all its views (the default), on videos like real ones (H.264, a 250-frame GOP,
+320 frames of 320 x 240, textured and noisy so the bit rate is a real one's), at each number
+of views per video, with a toy teacher so decoding dominates. CPU seconds, not wall (a shared
+machine): (a) in one process, the dataset's items view by view against ``video_items`` per
+video; (b) in real builds with one decoding worker, the worker's CPU (decode and cut) per
+stored view, and whether the two stores are equal bit for bit. Conditions (CPU, threads,
+OpenMP wait policy, load, versions, commit) are written with the numbers (``--json``).
+
     python tools/bench_cache.py [--models vfl-nano,vfn-base] [--size 112] [--frames 8]
     python tools/bench_cache.py --quick       # smoke: a toy teacher, 32 px, seconds
+    python tools/bench_cache.py --decode-once 8,32,120 --json benchmarks/results/x.json
 """
 
 from __future__ import annotations
@@ -33,8 +44,11 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +224,188 @@ def bench_reads(work: Path, *, videos: int = 10_000, classes: int = 400, views: 
             "random_64_rows_ms": round(random_s * 1000, 1)}
 
 
+# -- decode once per video against once per view ----------------------------------------------
+
+def write_long_gop_videos(root: Path, *, videos: int, frames: int, width: int, height: int,
+                          gop: int, seed: int = 0) -> Path:
+    """`videos` H.264 files like real ones (a panned smooth texture with per-frame noise, so the
+    encoder spends a real video's bits; keyframes every `gop` frames only) and a `list` index
+    file; returns the list file."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    lines = []
+    for v in range(videos):
+        cells = rng.integers(0, 256, (height // 8 + 48, width // 8 + 48, 3)).astype(np.float32)
+        tex = np.repeat(np.repeat(cells, 8, 0), 8, 1)
+        for _ in range(3):  # box blur: smooth shapes, not block edges
+            tex = (tex + np.roll(tex, 4, 0) + np.roll(tex, 4, 1) + np.roll(tex, (4, 4), (0, 1))) / 4
+        path = root / f"v{v:03d}.mp4"
+        with av.open(str(path), mode="w") as container:
+            stream = container.add_stream("libx264", rate=25, options={
+                "g": str(gop), "keyint_min": str(gop), "crf": "23", "preset": "fast",
+                "x264-params": "scenecut=0"})
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.codec_context.thread_count = 1
+            for t in range(frames):
+                y, x = int(t * 0.9) % 300, int(t * 1.7) % 300
+                y, x = y % (tex.shape[0] - height), x % (tex.shape[1] - width)
+                img = tex[y:y + height, x:x + width] + rng.normal(0, 4, (height, width, 3))
+                frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8),
+                                                   format="rgb24")
+                for pkt in stream.encode(frame):
+                    container.mux(pkt)
+            for pkt in stream.encode():
+                container.mux(pkt)
+        lines.append(f"{path.name} {v % 2}")
+    (root / "list.txt").write_text("\n".join(lines) + "\n")
+    return root / "list.txt"
+
+
+def _video_facts(index) -> dict:
+    """What the benchmark's videos are: codec, size, frames, keyframe spacing, bit rate."""
+    import av
+
+    from dvfl_cache.data import open_video
+
+    out = []
+    for v in range(len(index)):
+        path = index.abspath(v)
+        with av.open(path) as c:
+            st = c.streams.video[0]
+            keys = [i for i, p in enumerate(c.demux(st)) if p.size and p.is_keyframe]
+            codec, dur = st.codec_context.name, float(c.duration or 0) / 1e6
+        with open_video(path) as vid:
+            info = vid.info
+        out.append({"codec": codec, "width": info.width, "height": info.height,
+                    "frames": info.num_frames, "keyframes_at": keys,
+                    "kbit_s": round(os.path.getsize(path) * 8 / 1000 / max(dur, 1e-9), 1)})
+    return {"count": len(out), "each": out}
+
+
+def conditions() -> dict:
+    """The machine and software a result was measured on."""
+    import datetime
+    import platform
+    import subprocess
+
+    import av
+    import zarr
+
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
+                  .splitlines() if ln.startswith("model name")), platform.processor())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, check=True,
+                                    cwd=Path(__file__).resolve().parent).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu_model": model, "cpu_count": os.cpu_count(),
+            "cpu_affinity": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(),
+            "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+                                                   "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+                        if k in os.environ},
+            "python": platform.python_version(),
+            "packages": {"torch": torch.__version__, "av": av.__version__,
+                         "numpy": np.__version__, "zarr": zarr.__version__,
+                         "ffmpeg_libavcodec": ".".join(map(str, av.library_versions.get(
+                             "libavcodec", ())))},
+            "git_commit": commit, "git_dirty": dirty, "host": platform.node()}
+
+
+def _cpu_per_view(fn) -> tuple[float, int]:
+    c0 = time.process_time()
+    n = fn()
+    return (time.process_time() - c0) / n, n
+
+
+def bench_decode_once(views_list: list[int], *, work: Path, videos: int, frames: int,
+                      width: int, height: int, gop: int, size: int, clip_frames: int,
+                      batch: int, builds: bool = True) -> dict:
+    """Decode CPU seconds per stored view, per view and once per video (module docstring)."""
+    from dvfl_cache.cache.build import BuildConfig, build_cache
+    from dvfl_cache.data.dataset import ClipDataset, Cut, RowViews
+    from dvfl_cache.data.readers import build_index
+
+    root = work / "videos"
+    root.mkdir(parents=True, exist_ok=True)
+    listing = write_long_gop_videos(root, videos=videos, frames=frames, width=width,
+                                    height=height, gop=gop)
+    index = build_index("list", root, annotations=listing)
+    n = len(index)
+    out: dict = {"videos": _video_facts(index), "teacher": "vfl-nano embed_dim=8 depths=1,1,1,1",
+                 "clip": {"frames": clip_frames, "size": size, "sampler": "segment, train"},
+                 "batch": batch, "runs": []}
+    for views in views_list:
+        cfg = BuildConfig(out="", teacher="vfl-nano", random_weights=True,
+                          teacher_opts={"embed_dim": 8, "depths": [1, 1, 1, 1]},
+                          views_per_video=views, frames=clip_frames, size=size,
+                          views_per_shard=n, batch_size=batch, workers=1, device="cpu",
+                          overwrite=True)
+        sampler = cfg.view_sampler()
+        ds = ClipDataset(index, RowViews(sampler, n, n * views),
+                         (Cut("clip", size, as_uint8=True),))
+        ds[0]  # the page cache and the decoder's first use, for both
+        run: dict = {"views_per_video": views, "load_average_before": os.getloadavg()}
+
+        def per_view() -> int:
+            for row in range(n * views):
+                assert ds[row]["error"] is None
+            return n * views
+
+        def once() -> int:
+            for v in range(n):
+                assert all(it["error"] is None
+                           for it in ds.video_items([r * n + v for r in range(views)]))
+            return n * views
+
+        old, _ = _cpu_per_view(per_view)
+        new, _ = _cpu_per_view(once)
+        run["in_process_cpu_s_per_view"] = {"per_view": round(old, 5), "once": round(new, 5),
+                                            "ratio": round(new / old, 4)}
+        if builds:
+            stores = {}
+            for mode in ("per_view", "once"):
+                path = work / f"{mode}_{views}.zarr"
+                c = replace(cfg, out=str(path), decode_per_view=mode == "per_view")
+                w0, m0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
+                res = build_cache(c, index)
+                wall, main_cpu = time.perf_counter() - w0, time.process_time() - m0
+                workers_cpu = _children_cpu() - k0
+                assert res.complete and res.rows_written == n * views, res
+                run[f"build_{mode}"] = {
+                    "rows": res.rows_written, "wall_s": round(wall, 2),
+                    "worker_cpu_s_per_view": round(workers_cpu / res.rows_written, 5),
+                    "main_cpu_s_per_view": round(main_cpu / res.rows_written, 5)}
+                stores[mode] = path
+            run["build_worker_cpu_ratio"] = round(
+                run["build_once"]["worker_cpu_s_per_view"]
+                / run["build_per_view"]["worker_cpu_s_per_view"], 4)
+            run["stores_bit_identical"] = _same_store(stores["once"], stores["per_view"])
+            for path in stores.values():
+                shutil.rmtree(path)
+        run["load_average_after"] = os.getloadavg()
+        out["runs"].append(run)
+        print(json.dumps(run), flush=True)
+    return out
+
+
+def _same_store(a: Path, b: Path) -> bool:
+    import zarr
+
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    names = sorted(n for n, _ in ga.arrays())
+    if names != sorted(n for n, _ in gb.arrays()):
+        return False
+    return all(np.array_equal(np.asarray(ga[k][:]), np.asarray(gb[k][:])) for k in names) and \
+        [p.read_bytes() for p in sorted((a / "failures").rglob("zarr.json"))] == \
+        [p.read_bytes() for p in sorted((b / "failures").rglob("zarr.json"))]
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="vfl-nano,vfn-base")
@@ -227,7 +423,35 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true",
                     help="smoke setting: a toy-width vfl-nano, 32 px, 4 frames, 2 views")
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
+    ap.add_argument("--decode-once", default=None, metavar="V1,V2,...",
+                    help="measure decoding per view against once per video at these views "
+                         "per video (and nothing else)")
+    ap.add_argument("--videos", type=int, default=4, help="videos for --decode-once")
+    ap.add_argument("--video-frames", type=int, default=320, help="frames per video there")
+    ap.add_argument("--no-builds", action="store_true",
+                    help="--decode-once in one process only, without the two real builds")
     args = ap.parse_args(argv)
+    if args.decode_once:
+        torch.set_num_threads(max(args.threads, 1))
+        out = {"benchmark": "decode once per video vs once per view (issue 30)",
+               "command": ["python", "tools/bench_cache.py", *(argv if argv is not None
+                                                               else sys.argv[1:])],
+               "conditions": conditions(), "load_average_start": os.getloadavg()}
+        quick = args.quick
+        with tempfile.TemporaryDirectory() as tmp:
+            out["result"] = bench_decode_once(
+                [int(v) for v in args.decode_once.split(",")], work=Path(tmp),
+                videos=2 if quick else args.videos, frames=40 if quick else args.video_frames,
+                width=64 if quick else 320, height=48 if quick else 240,
+                gop=30 if quick else 250, size=32 if quick else 224,
+                clip_frames=4 if quick else args.frames, batch=args.batch,
+                builds=not args.no_builds)
+        out["load_average_end"] = os.getloadavg()
+        print(json.dumps(out, indent=1))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=1) + "\n")
+        return out
     opts = None
     if args.quick:
         args.models, args.size, args.frames, args.views = "vfl-nano", 32, 4, 2

@@ -7,9 +7,17 @@ Why this shape:
   claimant's shard is retaken once its claim expires, and a killed build resumes exactly where
   shards were left unfinished (nothing stored is computed again). Every process returns only
   when the store is complete (it waits for shards that live claimants are still computing).
-- Rows stream through one DataLoader in row order: decoding runs in worker processes ahead of
-  the teacher, and finished shards are written by a background thread, so decode, compute and
-  writes overlap instead of taking turns.
+- A video is decoded once for all of its views. Rows are view-major on disk (row = view x
+  videos + video), so one video's views lie in as many shards as it has views: the build
+  claims groups of shards that hold the same videos' rows in every view (`shard_group`) and
+  hands the decoding workers one video's rows of the group at a time (`_ClaimedGroups`,
+  `_VideoStream`): the worker decodes the frames all those views need in one pass and cuts
+  every view from them. A 120-view build decoded each video 120 times before (still there as
+  `decode_per_view`, which stores the same values).
+- Decoding runs in worker processes ahead of the teacher, and finished shards are written by a
+  background thread, so decode, compute and writes overlap instead of taking turns. Rows are
+  re-cut into teacher batches of exactly `batch_size` (`_Batches`; the last one filled up), so
+  a row's logits never depend on which rows shared its batch or how many there were.
 - Views are drawn by `ViewSampler.sample(video, view, info)`, deterministic in (seed, video,
   view), and stored with the logits; the student replays the stored records, never re-draws.
 - The teacher's random init (with `random_weights`) is seeded, so a resumed build of a random
@@ -25,10 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,13 +46,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from dvfl_cache.cache.build_config import BuildConfig
 from dvfl_cache.cache.claims import ShardClaims
 from dvfl_cache.cache.format import (UNVERSIONED_DECODER, CacheMeta, DatasetInfo, SamplerInfo,
                                      TeacherInfo, fp16_kl_error)
-from dvfl_cache.cache.store import CacheReader, CacheWriter
+from dvfl_cache.cache.store import CacheReader, CacheWriter, shard_rows
 from dvfl_cache.data.dataset import ClipDataset, Cut, DrawnMixes, RowViews, collate_clips
 from dvfl_cache.data.index import DatasetIndex
 from dvfl_cache.data.mix import MixConfig
@@ -128,8 +138,17 @@ def make_sampler(cfg: BuildConfig) -> ViewSampler:
     return cfg.view_sampler()
 
 
+KL_SAMPLE_ROWS = 256  # rows of a shard whose float16 rounding error the shard records
+
+
 class _ShardAssembler:
-    """Fills one shard's arrays row by row and hands it to the writer when every row is in."""
+    """Fills one shard's arrays row by row and hands it to the writer when every row is in.
+
+    Rows may come in any order (the build decodes video by video, each video's rows spread
+    over many shards); what a shard records does not depend on it: its float16 error is
+    measured on its first `KL_SAMPLE_ROWS` valid rows by row number, and its failure records
+    are listed in the order of their first rows, each with the reason of its first row.
+    """
 
     def __init__(self, writer: CacheWriter, labels: np.ndarray, features: bool,
                  submit: Callable[[int, dict, list, dict | None], None]):
@@ -141,7 +160,7 @@ class _ShardAssembler:
             rows = self.writer.shard_rows(s)
             self.open[s] = {"arrays": self.writer.empty_shard(s, labels=self.labels),
                             "start": rows.start, "left": len(rows), "failures": {},
-                            "logits32": []}
+                            "logits32": {}}
         return self.open[s]
 
     def add(self, row: int, *, logits: np.ndarray | None, feats: np.ndarray | None,
@@ -158,25 +177,30 @@ class _ShardAssembler:
             for k, v in view_arrays.items():
                 a[k][i] = v
             a["valid"][i] = 1
-            sh["logits32"].append(logits)
+            sample = sh["logits32"]
+            sample[i] = logits
+            if len(sample) > KL_SAMPLE_ROWS:
+                del sample[max(sample)]
         else:
             video, path, reason, partner = failure
             if partner is None:
-                sh["failures"].setdefault(video, {"video": video, "path": path,
-                                                  "reason": reason})
+                key, record = video, {"video": video, "path": path, "reason": reason}
             else:  # this mixed row only: its partner failed, its own video may be fine
-                sh["failures"][("row", row)] = {"video": video, "row": row, "partner": partner,
-                                                "path": path, "reason": reason}
+                key, record = ("row", row), {"video": video, "row": row, "partner": partner,
+                                             "path": path, "reason": reason}
+            if key not in sh["failures"] or row < sh["failures"][key][0]:
+                sh["failures"][key] = (row, record)
         sh["left"] -= 1
         if sh["left"] == 0:
             del self.open[s]
             kl = None
+            sample = [sh["logits32"][k] for k in sorted(sh["logits32"])]
             # A coded store records its codec's own error (write_shard measures it).
-            if (sh["logits32"] and len(sh["logits32"][0]) > 1
-                    and self.writer.meta.codec("logits") is None):
-                sample = np.stack(sh["logits32"][:256]).astype(np.float32)
-                kl = {str(k): v for k, v in fp16_kl_error(sample).items()}
-            self.submit(s, a, list(sh["failures"].values()), kl)
+            if (sample and len(sample[0]) > 1 and self.writer.meta.codec("logits") is None):
+                kl = {str(k): v for k, v in
+                      fp16_kl_error(np.stack(sample).astype(np.float32)).items()}
+            failures = [rec for _, rec in sorted(sh["failures"].values(), key=lambda f: f[0])]
+            self.submit(s, a, failures, kl)
 
 
 def _distributed() -> tuple[int, int, Callable[[], Any] | None]:
@@ -242,8 +266,62 @@ def decoder_version() -> int | str:
     return getattr(decode, "DECODER_VERSION", UNVERSIONED_DECODER)
 
 
+# The most rows one group of shards may hold (`shard_group`): every shard of a group stays open
+# (its arrays in memory) until its last video is decoded, about 300 bytes a row at 101 classes
+# in float16 (150 MB), more with --features.
+GROUP_ROWS = 1 << 19
+
+
+def shard_group(meta: CacheMeta, first: int, candidates: Collection[int], *,
+                max_rows: int = GROUP_ROWS) -> list[int]:
+    """Shard `first` and the `candidates` that hold rows of its videos in any view, in shard
+    order (`first` first), as many as fit in `max_rows` rows (`first` always).
+
+    Rows are view-major (row = view x videos + video), so one video's views lie in as many
+    shards as there are views; computed together, such a group decodes each of its videos
+    once for all the group's views (`_ClaimedGroups`). When shards do not line up with video
+    ranges, a group's shards also hold rows of neighbouring videos, which a later group
+    decodes again for its own views: about two decodes per video instead of one per view.
+    """
+    n, per, views = meta.num_videos, meta.views_per_shard, meta.views_per_video
+    rows = shard_rows(meta, first)
+    spans: list[tuple[int, int]] = []  # the videos of `first`, as merged intervals
+    for view in range(rows.start // n, (rows.stop - 1) // n + 1):
+        spans.append((max(rows.start, view * n) - view * n,
+                      min(rows.stop, (view + 1) * n) - view * n))
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    holding: set[int] = set()
+    for view in range(views):
+        for a, b in merged:
+            holding.update(range((view * n + a) // per, (view * n + b - 1) // per + 1))
+    group, total = [first], len(rows)
+    for s in sorted(holding.intersection(candidates) - {first}):
+        total += len(shard_rows(meta, s))
+        if total > max_rows:
+            break
+        group.append(s)
+    return group
+
+
+def _claim(target, claims: ShardClaims, s: int) -> bool:
+    """Own pending shard `s` now (False: done, or a live process owns it)."""
+    if target.is_done(s) or not claims.try_claim(s):
+        return False
+    if target.is_done(s):  # finished between the two looks
+        claims.release(s)
+        return False
+    return True
+
+
 class _ClaimedRows:
-    """The DataLoader's sampler: rows of the pending shards this process manages to claim.
+    """The per-view build's DataLoader sampler (``decode_per_view``): rows of the pending
+    shards this process manages to claim, in row order, each row decoding its own video.
 
     It runs in the main process, a few batches ahead of the teacher, so shards are claimed just
     before they are computed and concurrent processes interleave instead of grabbing all.
@@ -252,19 +330,13 @@ class _ClaimedRows:
     def __init__(self, writer: CacheWriter, claims: ShardClaims, shards: list[int]):
         self.writer, self.claims = writer, claims
         self.left = list(shards)
-        self.claimed: list[int] = []
         self._first: int | None = None
 
     def _next_claim(self) -> int | None:
         while self.left:
             s = self.left.pop(0)
-            if self.writer.is_done(s) or not self.claims.try_claim(s):
-                continue
-            if self.writer.is_done(s):  # finished between the two looks
-                self.claims.release(s)
-                continue
-            self.claimed.append(s)
-            return s
+            if _claim(self.writer, self.claims, s):
+                return s
         return None
 
     def claim_first(self) -> bool:
@@ -279,30 +351,194 @@ class _ClaimedRows:
             s = self._next_claim()
 
 
+class _ClaimedGroups:
+    """The decode-once build's work: groups of pending shards (`shard_group`), each claimed
+    whole (shard by shard, as `_ClaimedRows` claims) when the decoders need more work, and
+    handed out as (video, that video's rows in the group), video by video.
+
+    A shard of the group is written once its last row is computed, so the shards of a group
+    are written as its last videos are done; a killed build loses at most the groups in work.
+    """
+
+    def __init__(self, target, claims: ShardClaims, shards: list[int], meta: CacheMeta, *,
+                 max_rows: int = GROUP_ROWS):
+        self.target, self.claims, self.meta, self.max_rows = target, claims, meta, max_rows
+        self.left = list(shards)
+        self._first: list[int] | None = None
+
+    def _next_group(self) -> list[int] | None:
+        while self.left:
+            first = self.left.pop(0)
+            if not _claim(self.target, self.claims, first):
+                continue
+            group = shard_group(self.meta, first, set(self.left), max_rows=self.max_rows)
+            taken = set(group)
+            self.left = [s for s in self.left if s not in taken]
+            return [first] + [s for s in group[1:] if _claim(self.target, self.claims, s)]
+        return None
+
+    def claim_first(self) -> bool:
+        """Claim one group now (so a pass with nothing to do starts no DataLoader)."""
+        self._first = self._next_group()
+        return self._first is not None
+
+    def units(self) -> Iterator[tuple[int, tuple[int, ...]]]:
+        group = self._first
+        while group is not None:
+            log.debug("group of %d shards: %s", len(group), group[:8])
+            yield from self._videos(group)
+            group = self._next_group()
+
+    def _videos(self, group: list[int]) -> Iterator[tuple[int, tuple[int, ...]]]:
+        n = self.meta.num_videos
+        rows = np.concatenate([np.arange(r.start, r.stop, dtype=np.int64)
+                               for r in map(self.target.shard_rows, group)])
+        rows = rows[np.lexsort((rows // n, rows % n))]  # by video, then view
+        cuts = np.flatnonzero(np.diff(rows % n)) + 1
+        for part in np.split(rows, cuts):
+            yield int(part[0] % n), tuple(int(r) for r in part)
+
+
+class _VideoStream(IterableDataset):
+    """Decoding worker side of the decode-once build: takes (video, rows) units from `queue`
+    (None: stop) and yields each unit's items, collated, `chunk` rows at a time, the video
+    decoded once for all of them (`ClipDataset.video_items`). One video per worker at a
+    time: a worker holds that video's decoded frames and one chunk of cut clips."""
+
+    def __init__(self, dataset: ClipDataset, queue, chunk: int):
+        self.dataset, self.queue, self.chunk = dataset, queue, chunk
+
+    def __iter__(self) -> Iterator[dict]:
+        while (unit := self.queue.get()) is not None:
+            items: list[dict] = []
+            for item in self.dataset.video_items(unit[1]):
+                items.append(item)
+                if len(items) == self.chunk:
+                    yield collate_clips(items)
+                    items = []
+            if items:
+                yield collate_clips(items)
+
+
+def _as_is(batch: Any) -> Any:
+    return batch
+
+
+class _Feeder:
+    """Main-process thread moving `units` into the workers' queue (bounded, so groups are
+    claimed shortly before they are decoded), then one stop mark per worker. An error while
+    claiming is kept for the build loop to raise."""
+
+    def __init__(self, units: Iterator, queue, ends: int):
+        self.units, self.queue, self.ends = units, queue, ends
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dvfl-cache-feeder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for unit in self.units:
+                if not self._put(unit):
+                    return
+        except BaseException as e:  # raised by the build loop once the workers stop
+            self.error = e
+        finally:
+            for _ in range(self.ends):
+                if not self._put(None):
+                    break
+
+    def join(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Stop feeding (the build loop failed); the workers get their stop marks if there is
+        room, else the DataLoader ends them."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for _ in range(self.ends):
+            try:
+                self.queue.put_nowait(None)
+            except queue.Full:
+                break
+
+
+class _Batches:
+    """Rows from the decoders (any number at a time), cut into teacher batches of exactly
+    `size` rows: batches never depend on where a video's rows or a failed row fell."""
+
+    def __init__(self, size: int):
+        self.size, self.parts, self.rows = size, [], 0
+
+    def add(self, clip: torch.Tensor, rows: np.ndarray, arrays: dict) -> None:
+        if len(rows):
+            self.parts.append((clip, rows, arrays))
+            self.rows += len(rows)
+
+    def take(self, *, final: bool = False) -> Iterator[tuple[torch.Tensor, np.ndarray, dict]]:
+        """Every full batch; with `final`, the rest too (a last, shorter one)."""
+        while self.rows >= self.size or (final and self.rows):
+            k = min(self.size, self.rows)
+            clips, rows, arrays = [], [], []
+            need = k
+            while need:
+                clip, r, va = self.parts[0]
+                m = min(need, len(r))
+                clips.append(clip[:m])
+                rows.append(r[:m])
+                arrays.append({name: a[:m] for name, a in va.items()})
+                if m == len(r):
+                    self.parts.pop(0)
+                else:
+                    self.parts[0] = (clip[m:], r[m:], {name: a[m:] for name, a in va.items()})
+                need -= m
+            self.rows -= k
+            yield (clips[0] if len(clips) == 1 else torch.cat(clips), np.concatenate(rows),
+                   {name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]})
+
+
 def write_pending(cfg: BuildConfig, index, sampler, teacher, device, meta, target, claims,
                   labels, progress, *, rank: int, world: int) -> list[int]:
     """Claim and write every pending shard of ``target`` (a build's writer, or an extend's
     grown store) until none is left; the shards this process wrote."""
     written: list[int] = []
     while pending := target.pending_shards():
-        rows = _ClaimedRows(target, claims, pending)
-        if not rows.claim_first():
+        work = (_ClaimedRows(target, claims, pending) if cfg.decode_per_view
+                else _ClaimedGroups(target, claims, pending, meta))
+        if not work.claim_first():
             # Everything left is held by live claimants: wait for them to finish, or for a
             # claim to expire (its shard is then retaken on the next pass).
             time.sleep(min(2.0, cfg.claim_ttl_s / 4))
             continue
-        log.info("rank %d/%d: %d shards pending on %s, batches of %d, %d decoding workers, "
-                 "claims live %g s", rank, world, len(pending), device, cfg.batch_size,
-                 cfg.workers, claims.ttl_s)
+        log.info("rank %d/%d: %d shards pending on %s, batches of %d, %d decoding workers "
+                 "(decoding each video %s), claims live %g s", rank, world, len(pending),
+                 device, cfg.batch_size, cfg.workers,
+                 "once per view" if cfg.decode_per_view else "once for all its views",
+                 claims.ttl_s)
         written += _run_shards(cfg, index, sampler, teacher, device, meta, target, claims,
-                               labels, rows, progress)
+                               labels, work, progress)
     return written
 
 
 def _run_shards(cfg: BuildConfig, index: DatasetIndex, sampler: ViewSampler, teacher, device,
                 meta: CacheMeta, writer: CacheWriter, claims: ShardClaims, labels: np.ndarray,
-                rows: _ClaimedRows, progress: Callable[[int], None] | None) -> list[int]:
-    """Compute and write every shard `rows` claims; returns the shards this process wrote."""
+                work: _ClaimedRows | _ClaimedGroups,
+                progress: Callable[[int], None] | None) -> list[int]:
+    """Compute and write every shard `work` claims; returns the shards this process wrote."""
     lock = threading.Lock()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvfl-cache-writer")
     pending: list[Future] = []
@@ -322,53 +558,91 @@ def _run_shards(cfg: BuildConfig, index: DatasetIndex, sampler: ViewSampler, tea
             pending.append(pool.submit(write, s, arrays, failures, kl))
 
     assembler = _ShardAssembler(writer, labels, cfg.features, submit)
-    # Item r is row r; the claiming sampler hands out the rows of the shards this process holds.
+    # Item r is row r: the per-view loader's sampler hands out the rows of claimed shards, the
+    # decode-once stream the rows of one video at a time.
     mixes = None if meta.mix is None else DrawnMixes(meta.mix, sampler, len(index))
     dataset = ClipDataset(index, RowViews(sampler, len(index), meta.num_rows),
                           (Cut("clip", cfg.size, as_uint8=True),), mixes=mixes)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=rows,
-                        shuffle=False, num_workers=cfg.workers, collate_fn=collate_clips,
-                        pin_memory=device.type == "cuda",
-                        persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+    feeder = None
+    common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                  persistent_workers=False)
+    if isinstance(work, _ClaimedRows):
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=work, shuffle=False,
+                            collate_fn=collate_clips, prefetch_factor=4 if cfg.workers else None,
+                            **common)
+    else:
+        ctx = multiprocessing.get_context()
+        units = (ctx.Queue(maxsize=2 * cfg.workers) if cfg.workers
+                 else queue.Queue(maxsize=2))
+        # chunks of one video's rows: prefetch 2 per worker holds about as many clips as the
+        # per-view loader's 4 batches
+        loader = DataLoader(_VideoStream(dataset, units, cfg.batch_size), batch_size=None,
+                            collate_fn=_as_is, prefetch_factor=2 if cfg.workers else None,
+                            multiprocessing_context=ctx if cfg.workers else None, **common)
+        feeder = _Feeder(work.units(), units, max(cfg.workers, 1))
     use_bf16 = meta.teacher_precision["autocast"] == "bfloat16"
+    batches = _Batches(cfg.batch_size)
+
+    def teach(clip: torch.Tensor, rows: np.ndarray, arrays: dict) -> None:
+        k = len(rows)
+        if k < cfg.batch_size:
+            # A short batch (the last of a pass) is filled up: each row's logits are then
+            # those of a full batch, whatever cut the rows into batches (a teacher's numbers
+            # can depend on the batch size in the last bits).
+            clip = torch.cat([clip, clip.new_zeros((cfg.batch_size - k, *clip.shape[1:]))])
+        # uint8 from the workers (4x less to ship and pin), float where the teacher runs:
+        # `to_float` gives the same values on any device
+        clip = to_float(clip)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            feats = teacher.forward_features(clip)
+            logits = teacher.forward_head(feats)
+        logits = logits[:k].float().cpu().numpy()
+        feats = feats[:k].float().cpu().numpy() if cfg.features else None
+        log.debug("teacher on %d views", k)
+        for i in range(k):
+            assembler.add(int(rows[i]), logits=logits[i],
+                          feats=None if feats is None else feats[i],
+                          view_arrays={name: a[i] for name, a in arrays.items()
+                                       if name not in ("video", "view")},
+                          failure=None)
+        if progress is not None:
+            progress(k)
+
     try:
+        batch_iter = iter(loader)
+        if feeder is not None:
+            feeder.start()
         with torch.inference_mode():
-            for batch in loader:
+            for batch in batch_iter:
                 partners = batch.get("failed_partner") or [None] * len(batch["failures"])
                 for (video, view), (path, reason), partner in zip(
                         batch["failed_at"], batch["failures"], partners):
                     assembler.add(view * meta.num_videos + video, logits=None, feats=None,
                                   view_arrays=None, failure=(video, path, reason, partner))
-                n = 0
+                if batch["failures"] and progress is not None:
+                    progress(len(batch["failures"]))
                 if batch["clip"] is not None:
-                    # uint8 from the workers (4x less to ship and pin), float where the teacher
-                    # runs: `to_float` gives the same values on any device
-                    clip = to_float(batch["clip"].to(device, non_blocking=True))
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        feats = teacher.forward_features(clip)
-                        logits = teacher.forward_head(feats)
-                    logits = logits.float().cpu().numpy()
-                    feats = feats.float().cpu().numpy() if cfg.features else None
-                    va = {**batch["view_arrays"], **(batch.get("mix_arrays") or {})}
-                    n = len(logits)
-                    log.debug("teacher on %d views", n)
-                    for i in range(n):
-                        row = int(batch["view"][i]) * meta.num_videos + int(batch["video"][i])
-                        assembler.add(row, logits=logits[i],
-                                      feats=None if feats is None else feats[i],
-                                      view_arrays={k: v[i] for k, v in va.items()
-                                                   if k not in ("video", "view")},
-                                      failure=None)
+                    rows = (batch["view"].numpy() * meta.num_videos + batch["video"].numpy())
+                    batches.add(batch["clip"].to(device, non_blocking=True), rows,
+                                {**batch["view_arrays"], **(batch.get("mix_arrays") or {})})
+                for full in batches.take():
+                    teach(*full)
                 # Surface a failed write now rather than after hours of compute.
                 with lock:
                     for f in [f for f in pending if f.done()]:
                         f.result()
                         pending.remove(f)
-                if progress is not None:
-                    progress(n + len(batch["failures"]))
+            if feeder is not None:
+                feeder.join()
+            for rest in batches.take(final=True):
+                teach(*rest)
         if assembler.open:
             raise DvflError(f"internal error: shards {sorted(assembler.open)} incomplete")
     finally:
+        if feeder is not None:
+            feeder.stop()
+            if cfg.workers:
+                units.cancel_join_thread()
         pool.shutdown(wait=True)
     for f in pending:
         f.result()

@@ -73,6 +73,10 @@ class BuildConfig:
                                    help="Rows per shard: the unit of work, resume and writes.")
     batch_size: int = setting(32, flag="--batch-size", low=1, help="Views per teacher batch.")
     workers: int = setting(4, flag="--workers", low=0, help="Decoding processes.")
+    # Decode each row's video on its own (the build before issue 30: a video decoded once per
+    # view) instead of once for all its views; the stored values are the same. Library only:
+    # for the benchmark and the test that compares the two.
+    decode_per_view: bool = setting(False)
     device: str | None = setting(None, flag="--device",
                                  help="cpu, cuda, cuda:1 ... (default: cuda if available).")
     resume: bool = setting(False, flag="--resume",

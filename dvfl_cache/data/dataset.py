@@ -32,7 +32,7 @@ and only then converts as the cut says. The item carries the `Mix` record (`mix`
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,6 +53,10 @@ __all__ = ["AllViews", "ClipDataset", "Cut", "DrawnMixes", "FailureLog", "FixedV
            "mixed_clip", "replay_clip"]
 
 log = logging.getLogger(__name__)
+
+# Most bytes of decoded frames `ClipDataset.video_items` holds at once (one decoding worker):
+# 10 s of 320 x 240 video is 70 MB, of 1080p 1.9 GB, which is then decoded in runs of views.
+FRAME_BUDGET = 512 << 20
 
 ViewFn = Callable[[int, VideoInfo], View]
 
@@ -303,14 +307,67 @@ class ClipDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._item(i, self.decode)
+
+    def video_items(self, items: Sequence[int], *, max_bytes: int = FRAME_BUDGET
+                    ) -> Iterator[dict[str, Any]]:
+        """Items ``items`` (all of one video), decoding that video once for all of them: the
+        frames every cut of every item's view needs are decoded in one pass and each item is
+        cut from them, as ``self[i]`` cuts its own (the same pixels: a frame decodes to the
+        same values whichever other frames are decoded with it). Mixed items still decode
+        their own partners.
+
+        Memory: the decoded frames, at the video's own size (every cut crops from it), at most
+        ``max_bytes`` of them: when the items need more frames than that, they are taken in
+        runs whose frames fit, one decode per run (a 1080p video's many views, say); and one
+        item at a time. If a run's decode fails, each of its items is decoded on its own
+        (``self[i]``), so a video whose damage only some views reach fails exactly the rows
+        it fails one by one.
+        """
+        if not items:
+            return
+        video = self.source.video(items[0])
+        if any(self.source.video(i) != video for i in items):
+            raise ValueError(f"video_items: items {list(items)[:8]} are not all of one video")
+        done = 0  # items yielded so far
+        try:
+            with open_video(self.index.abspath(video), threads=self.threads) as v:
+                drawn = {i: self.source.draw(i, v.info) for i in items}
+                need = {i: {f for w in drawn[i] for c in self.cuts for f in c.view(w).frames}
+                        for i in items}
+                per_frame = max(v.info.width * v.info.height * 3, 1)
+                for run in _runs(list(items), need, max(max_bytes // per_frame, 1)):
+                    wanted = sorted(set().union(*(need[i] for i in run)))
+                    try:
+                        frames = v.frames(wanted)
+                    except VideoDecodeError as exc:
+                        log.debug("%s; decoding its %d items one by one", exc, len(run))
+                        for i in run:
+                            done += 1
+                            yield self[i]
+                        continue
+                    at = {f: k for k, f in enumerate(wanted)}
+                    for i in run:
+                        done += 1
+                        yield self._item(i, _Decoded(drawn[i], self._render(frames, at,
+                                                                            drawn[i])))
+                    del frames
+        except VideoDecodeError as exc:  # opening it failed: every item says so itself
+            log.debug("%s; decoding its %d items one by one", exc, len(items) - done)
+            for i in items[done:]:
+                yield self[i]
+
+    def _item(self, i: int, decode: Callable[[str, Callable[[VideoInfo], tuple[View, ...]]],
+                                              tuple]) -> dict[str, Any]:
+        """Item i, its own clip's views and cuts given by ``decode`` (`decode`'s contract)."""
         video = self.source.video(i)
         names = tuple(c.name for c in self.cuts)
         item: dict[str, Any] = {name: None for name in names}
         item.update(label=self.index.videos[video].label, video=video,
                     view=self.source.view_number(i), view_arrays=None, error=None,
                     path=self.index.abspath(video), cuts=names)
-        views, outputs, item["error"] = self.decode(item["path"],
-                                                    lambda info: self.source.draw(i, info))
+        views, outputs, item["error"] = decode(item["path"],
+                                               lambda info: self.source.draw(i, info))
         if views:
             item["view_arrays"] = views_to_arrays(views)
             if not self.source.stacked:
@@ -379,10 +436,42 @@ class ClipDataset(Dataset):
         except VideoDecodeError as exc:
             log.debug("%s", exc)
             return views, {}, exc.reason
-        row = {f: k for k, f in enumerate(wanted)}
-        return views, {cut.name: [cut.render(_rows(frames, [row[f] for f in w.frames]), w)
-                                  for w in ws]
-                       for cut, ws in zip(self.cuts, per_cut)}, None
+        return views, self._render(frames, {f: k for k, f in enumerate(wanted)}, views), None
+
+    def _render(self, frames: np.ndarray, at: dict[int, int], views: tuple[View, ...]
+                ) -> dict[str, list[torch.Tensor]]:
+        """Every cut of ``views`` from decoded ``frames`` (frame f is ``frames[at[f]]``)."""
+        out = {}
+        for cut in self.cuts:
+            ws = [cut.view(w) for w in views]
+            out[cut.name] = [cut.render(_rows(frames, [at[f] for f in w.frames]), w) for w in ws]
+        return out
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """`ClipDataset.decode`'s answer for one item, already cut (`video_items`)."""
+
+    views: tuple[View, ...]
+    outputs: dict[str, list[torch.Tensor]]
+
+    def __call__(self, path: str, draw: Callable) -> tuple:
+        return self.views, self.outputs, None
+
+
+def _runs(items: list[int], need: dict[int, set[int]], limit: int) -> list[list[int]]:
+    """``items`` in order, cut into runs whose frames (the union of ``need``) number at most
+    ``limit`` (an item needing more is a run of its own)."""
+    runs: list[list[int]] = []
+    frames: set[int] = set()
+    for i in items:
+        if runs and len(frames | need[i]) <= limit:
+            runs[-1].append(i)
+            frames |= need[i]
+        else:
+            runs.append([i])
+            frames = set(need[i])
+    return runs
 
 
 def _rows(frames: np.ndarray, rows: list[int]) -> np.ndarray:
