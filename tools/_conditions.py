@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -75,8 +76,9 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def start(argv: list[str] | None = None) -> dict[str, Any]:
-    """The conditions before measuring: machine, software, environment, load, command."""
+def start(tool: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """The conditions before measuring: machine, software, environment, load, and the command
+    (``tool``, e.g. "bench_data", with ``argv``, by default this process's arguments)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     try:
         usable = len(os.sched_getaffinity(0))
@@ -86,7 +88,8 @@ def start(argv: list[str] | None = None) -> dict[str, Any]:
         "schema": SCHEMA,
         "date_utc": now_utc(),
         "end_utc": None,
-        "command": " ".join(["python", *(sys.argv if argv is None else argv)]),
+        "command": shlex.join(["python", f"tools/{tool}.py",
+                               *(sys.argv[1:] if argv is None else argv)]),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "cpu_model": cpu_model(),
@@ -121,3 +124,9 @@ def unknown(**known: Any) -> dict[str, Any]:
     if unexpected:
         raise KeyError(f"not a condition: {sorted(unexpected)}")
     return {**empty, **known}
+
+
+def record(kind: str, result: dict[str, Any], cond: dict[str, Any]) -> dict[str, Any]:
+    """``result`` as a result file of ``benchmarks/results/`` wants it: its ``kind``, written by
+    a tool, and ``cond`` completed now (``finish``)."""
+    return {"kind": kind, "source": "tool", **result, "conditions": finish(cond)}

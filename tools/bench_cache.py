@@ -34,11 +34,15 @@ import json
 import os
 import resource
 import tempfile
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from dvfl_cache.runtime import passive_openmp_waits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_conditions.py
+import _conditions  # noqa: E402
 
 passive_openmp_waits()  # as the dvfl entry points do, before torch loads its OpenMP runtime
 import torch  # noqa: E402
@@ -228,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="smoke setting: a toy-width vfl-nano, 32 px, 4 frames, 2 views")
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
     args = ap.parse_args(argv)
+    cond = _conditions.start("bench_cache", argv)
     opts = None
     if args.quick:
         args.models, args.size, args.frames, args.views = "vfl-nano", 32, 4, 2
@@ -247,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.reads:
             out["reads"] = bench_reads(work)
     out["load_average_end"] = os.getloadavg()
+    out = _conditions.record("bench_cache", out, cond)
     print(json.dumps(out, indent=1))
     for b in out["build"]:
         f0, f1 = b["forward_only_before_after_views_s"]

@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    f"{args.workers} decode worker(s)",
         "torch": torch.__version__, "args": vars(args), "mixed_arms_skipped": mix_skipped},
         free=("json", "plot", "keep", "verbose", "work", "mix"),
-        carry={"arms": {}, "teacher_top1": None}, results=False)
+        carry={"arms": {}, "teacher_top1": None}, results=False, kind="bench_fidelity",
+        argv=argv)
     mixed = args.mix and mix_skipped is None
     # flips off: a flip turns PanLeft into PanRight (docs/demo.md)
     sampler = {"temporal": "stride", "stride": 4, "flip": 0.0, "area": [0.5, 1.0]}
