@@ -54,11 +54,13 @@ def test_a_new_result_file_appears_under_other_results(tmp_path):
         "conditions": {"cpu_model": "Test CPU", "cores": 2, "openmp_env": {"OMP_WAIT_POLICY": None},
                        "load_before": [0.5, 0.4, 0.3], "load_after": [1.5, 1.0, 0.5]},
         "speedup": 1.75, "per_stage": {"decode_s": 3.25}}))
+    (results / "raw-list.json").write_text(json.dumps([{"videos": 60, "rows": 180}]))
     doc = tmp_path / "benchmarks.md"
     doc.write_text(report.DOC.read_text())
     assert report.main(["--check", "--doc", str(doc), "--results", str(results)]) == 1
     assert report.main(["--doc", str(doc), "--results", str(results)]) == 0
     other = doc.read_text().split("<!-- results:other -->")[1]
+    assert "**raw-list: raw-list**" in other and "| values.0.rows | 180 |" in other
     assert "bench_decode_once" in other and "| speedup | 1.75 |" in other
     assert "| per_stage.decode_s | 3.25 |" in other
     assert "Test CPU, 2 cores" in other and "libgomp default (spinning)" in other

@@ -39,17 +39,18 @@ MARK = re.compile(r"<!-- results:(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /resul
 
 
 def load_results(folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
-    """stem -> result, every ``*.json`` of ``folder``; a file that is not a result object is an
-    error naming it."""
+    """stem -> result, every ``*.json`` of ``folder``. A file that is not JSON is an error naming
+    it; JSON in another shape is taken as it is (a benchmark's raw output copied in: its kind is
+    its file name, a list becomes ``values``), so a new tool's results never break the report."""
     out = {}
     for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise SystemExit(f"{path}: not JSON ({exc})") from None
-        if not isinstance(data, dict) or "kind" not in data:
-            raise SystemExit(f"{path}: not a result (a JSON object with 'kind')")
-        out[path.stem] = data
+        if not isinstance(data, dict):
+            data = {"values": data}
+        out[path.stem] = {"kind": path.stem, **data}
     return out
 
 
