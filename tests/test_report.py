@@ -72,3 +72,18 @@ def test_a_marker_without_a_file_is_refused(tmp_path):
     doc.write_text("<!-- results:nothing-here -->\n<!-- /results:nothing-here -->\n")
     with pytest.raises(SystemExit, match="nothing-here"):
         report.main(["--doc", str(doc)])
+
+
+def test_the_summary_table_is_generated_from_the_headlines(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(report.RESULTS, results)
+    path = results / "sweep-2026-12-07.json"
+    data = json.loads(path.read_text())
+    data["headline"][0]["result"] = "50% at 1 thread"
+    path.write_text(json.dumps(data))
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(report.DOC.read_text())
+    assert report.differences(doc.read_text(), report.load_results(results)) == ["summary"]
+    report.main(["--doc", str(doc), "--results", str(results)])
+    summary = doc.read_text().split("<!-- results:summary -->")[1].split("<!-- /results")[0]
+    assert "| >= 90% of predicted | 50% at 1 thread | 2026-12-07," in summary

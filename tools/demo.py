@@ -611,6 +611,12 @@ def main(argv: list[str] | None = None) -> None:
     if not seeds or min(seeds) < 0:
         ap.error(f"--seeds: need at least one seed >= 0, got {args.seeds!r}")
     demo = Demo(args.out, TINY if args.tiny else DEFAULT, seeds)
+    if not args.dry_run:
+        from dvfl_cache.runtime import passive_openmp_waits
+
+        # what every dvfl entry point asks for itself; set here too, so that the recorded
+        # conditions show the policy the steps ran with
+        passive_openmp_waits()
     cond = None if args.dry_run else _conditions.start("demo", argv)
     started = time.perf_counter()
     timings: dict[str, dict[str, float]] = {}

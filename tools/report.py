@@ -11,7 +11,9 @@ date; see tools/_conditions.py), and each table in the report lies between
 
 where NAME is the file's stem; everything between the markers is generated. A result file
 with no marker of its own goes to the block ``<!-- results:other -->``, one generic table per
-file under its kind, so a new benchmark's results show up without editing this script.
+file under its kind, so a new benchmark's results show up without editing this script. The
+block ``<!-- results:summary -->`` is the table of goals: one row per ``headline`` entry
+(``what``, ``goal``, ``result``, ``order``) of any file, with the file's date.
 
 A result file is a JSON object with:
 - ``kind`` (which benchmark), ``title`` (one line), ``source`` (``"tool"`` when the benchmark
@@ -33,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
-META = ("kind", "title", "source", "conditions", "columns", "rows", "note")
+META = ("kind", "title", "source", "conditions", "columns", "rows", "note", "headline")
 MARK = re.compile(r"<!-- results:(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->",
                   re.S)
 
@@ -148,17 +150,30 @@ def other_block(results: dict[str, dict[str, Any]], named: set[str]) -> str:
     return "\n\n".join(out)
 
 
+def summary_block(results: dict[str, dict[str, Any]]) -> str:
+    rows = []
+    for name, r in results.items():
+        date = ((r.get("conditions") or {}).get("date_utc") or "")[:10] or "not recorded"
+        for h in r.get("headline") or []:
+            rows.append((h.get("order", 1000), h["what"], h["goal"], h["result"],
+                         f"{date}, [data](../benchmarks/results/{name}.json)"))
+    lines = ["| what | goal | newest result | date |", "|---|---|---|---|"]
+    lines += [f"| {w} | {g} | {fmt(res)} | {d} |" for _, w, g, res, d in sorted(rows)]
+    return "\n".join(lines)
+
+
 def render(doc: str, results: dict[str, dict[str, Any]]) -> str:
     """``doc`` with every marked block regenerated from ``results``; a marker naming no result
     file is an error."""
-    named = {m["name"] for m in MARK.finditer(doc)} - {"other"}
+    named = {m["name"] for m in MARK.finditer(doc)} - {"other", "summary"}
     missing = sorted(named - set(results))
     if missing:
         raise SystemExit(f"{DOC.name}: markers name no file in benchmarks/results/: {missing}")
 
     def sub(m: re.Match) -> str:
         name = m["name"]
-        body = other_block(results, named) if name == "other" else block(name, results[name])
+        body = (other_block(results, named) if name == "other" else
+                summary_block(results) if name == "summary" else block(name, results[name]))
         return f"<!-- results:{name} -->\n{body}\n<!-- /results:{name} -->"
 
     return MARK.sub(sub, doc)
