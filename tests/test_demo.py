@@ -338,3 +338,6 @@ def test_summary_record_has_the_paired_interval_and_the_costs(tmp_path):
     assert (r["sweep_cpu_s"], r["build_cpu_s"], r["wall_s"]) == (250.0, 12.0, 210.0)
     assert r["online_cpu_s_projected"] is None and r["this_run_wall_s"] == 5.0
     json.dumps(r)
+    # published as it is, tools/report.py draws its table and summary line
+    assert r["kind"] == "demo" and [row["minus_ce"] for row in r["rows"]] == ["-", "+30.0 (+23.0, +37.0)"]
+    assert r["headline"][0]["result"].startswith("KD - CE +30.0 points (+23.0, +37.0); 5/5")
