@@ -3,6 +3,7 @@ baseline."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -95,3 +96,27 @@ def test_plot_draws_one_panel_per_kind_of_arm(tmp_path, mixed):
     height, width = matplotlib.image.imread(tmp_path / "f_vs_views.png").shape[:2]
     assert width / height == pytest.approx((2 if mixed else 1) * 5 / 3.5, rel=0.05)
     assert (tmp_path / "f_vs_cpu.png").stat().st_size > 0
+
+
+def test_bands_stop_at_100_and_plain_and_mixed_differ_in_colour():
+    assert bench.clipped_band(0.874, 0.179) == pytest.approx((69.5, 100.0))
+    assert bench.clipped_band(0.10, 0.20) == pytest.approx((0.0, 30.0))
+    assert bench.clipped_band(0.5, 0.1) == pytest.approx((40.0, 60.0))
+    plain, mixed = bench.KIND_COLOURS[""], bench.KIND_COLOURS["-mix"]
+    assert not set(plain) & set(mixed)
+
+
+def test_replot_from_a_published_result_file(tmp_path):
+    """The docs' plots are redrawn from benchmarks/results/ (the runs' own JSON was not kept)."""
+    from pathlib import Path
+
+    result = (Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+              / "fidelity-long-2026-12-07.json")
+    rows, views = bench.rows_from_record(json.loads(result.read_text()))
+    by_arm = {r["arm"]: r for r in rows}
+    assert views == [1, 2, 4, 8, 64]
+    assert by_arm["online"]["mean"] == pytest.approx(0.874, abs=5e-4)  # the table's 87.4
+    assert by_arm["online"]["std"] == pytest.approx(0.179, abs=5e-4)
+    assert by_arm["cached-64-mix"]["cpu_s"] == 262 + 207
+    bench.main(["--replot", str(result), "--plot", str(tmp_path / "f")])
+    assert (tmp_path / "f_vs_views.png").stat().st_size > 0

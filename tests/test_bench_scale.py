@@ -12,7 +12,9 @@ def test_quick_runs_every_phase(tmp_path, capsys):
                        "--json", str(out)]) == 0
     import json
 
-    (r,) = json.loads(out.read_text())
+    record = json.loads(out.read_text())
+    (r,) = record["sizes"]
+    assert record["kind"] == "bench_scale" and record["conditions"]["load_after"] is not None
     assert r["rows"] == 180
     assert {"index+plan", "write", "read epoch block", "verify", "extend +2"} <= set(r)
     assert "| 60 | 180 |" in capsys.readouterr().out

@@ -24,6 +24,9 @@ from typing import Any
 
 from dvfl_cache.atomic import write_json_atomic
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_conditions.py
+import _conditions  # noqa: E402
+
 # The settings every arm of those benchmarks trains with (on top of its own).
 COMMON_FIT = dict(dataset="ucf101", optimizer="adamw", weight_decay=0.05, warmup_lr=0.0,
                   min_lr=0.0, device="cpu", seed=0, amp=False)
@@ -44,12 +47,15 @@ class Stages:
     order does not matter, sorted); ``carry``: the top-level keys (with their empty value) that
     a continued run takes over from the recorded one besides ``stages`` (and ``results``);
     ``results``: keep what each stage's function returns under ``results`` (it must then be
-    JSON-able); without it the return values are ignored.
+    JSON-able); without it the return values are ignored. ``kind`` names the benchmark; the
+    record keeps this call's conditions (``tools/_conditions.py``) under ``conditions`` and
+    every call's, a continued run's included, under ``calls``.
     """
 
     def __init__(self, work: Path, out: Path | None, header: dict[str, Any], *,
                  free: Iterable[str] = (), normalise: Callable[[dict], dict] = dict,
-                 carry: dict[str, Any] | None = None, results: bool = True):
+                 carry: dict[str, Any] | None = None, results: bool = True,
+                 kind: str = "benchmark", argv: list[str] | None = None):
         self.paths = [work / "progress.json", *([out] if out else [])]
         old = json.loads(self.paths[0].read_text()) if self.paths[0].is_file() else {}
         free = set(free)
@@ -62,7 +68,10 @@ class Stages:
                              "with those, or use another --work")
         self.keep_results = results
         carried = {"stages": {}, **({"results": {}} if results else {}), **(carry or {})}
-        self.data = {**header, **{k: old.get(k, empty) for k, empty in carried.items()}}
+        self.data = {"kind": kind, "source": "tool", **header,
+                     **{k: old.get(k, empty) for k, empty in carried.items()}}
+        self.cond = _conditions.start(kind, argv)
+        self.calls = list(old.get("calls", []))
 
     def done(self, stage: str) -> bool:
         return stage in self.data["stages"]
@@ -85,6 +94,8 @@ class Stages:
         self.save()
 
     def save(self) -> None:
+        self.data["conditions"] = _conditions.finish(self.cond)
+        self.data["calls"] = [*self.calls, self.data["conditions"]]
         for path in self.paths:
             write_json_atomic(path, self.data, indent=1)
 

@@ -47,12 +47,16 @@ import resource
 import shutil
 import sys
 import tempfile
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from dvfl_cache.runtime import passive_openmp_waits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_conditions.py
+import _conditions  # noqa: E402
 
 passive_openmp_waits()  # as the dvfl entry points do, before torch loads its OpenMP runtime
 import torch  # noqa: E402
@@ -431,12 +435,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-builds", action="store_true",
                     help="--decode-once in one process only, without the two real builds")
     args = ap.parse_args(argv)
+    cond = _conditions.start("bench_cache", argv)
     if args.decode_once:
         torch.set_num_threads(max(args.threads, 1))
         out = {"benchmark": "decode once per video vs once per view (issue 30)",
                "command": ["python", "tools/bench_cache.py", *(argv if argv is not None
                                                                else sys.argv[1:])],
-               "conditions": conditions(), "load_average_start": os.getloadavg()}
+               "conditions": cond, "load_average_start": os.getloadavg()}
         quick = args.quick
         with tempfile.TemporaryDirectory() as tmp:
             out["result"] = bench_decode_once(
@@ -471,6 +476,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.reads:
             out["reads"] = bench_reads(work)
     out["load_average_end"] = os.getloadavg()
+    out = _conditions.record("bench_cache", out, cond)
     print(json.dumps(out, indent=1))
     for b in out["build"]:
         f0, f1 = b["forward_only_before_after_views_s"]

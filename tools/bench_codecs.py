@@ -15,11 +15,17 @@ Prints a markdown table (the one in docs/cache-format.md):
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from dvfl_cache.cache import codecs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_conditions.py
+import _conditions  # noqa: E402
 
 
 def trained_logits(n: int, classes: int = 101, dim: int = 48, steps: int = 300
@@ -43,10 +49,14 @@ def trained_logits(n: int, classes: int = 101, dim: int = 48, steps: int = 300
     return (x @ w + b).astype(np.float32), y
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=20000)
-    args = ap.parse_args()
+    ap.add_argument("--json", type=Path, default=None,
+                    help="also write the results (with the run's conditions) here")
+    args = ap.parse_args(argv)
+    cond = _conditions.start("bench_codecs", argv)
+    found: dict = {"rows_per_set": args.rows, "logits": [], "features": [], "speed": []}
     rng = np.random.default_rng(0)
     sets = {f"std {s}": rng.normal(0, s, (args.rows, 101)).astype(np.float32)
             for s in (3, 10, 30)}
@@ -68,6 +78,9 @@ def main() -> None:
             worst = " / ".join(f"{v:.1e}" for v in e["kl_worst"].values())
             mean = " / ".join(f"{v:.1e}" for v in e["kl_mean"].values())
             print(f"| {label} | {codecs.bytes_per_row(name, 101)} | {data} | {worst} | {mean} |")
+            found["logits"].append({"form": label, "bytes_per_view": codecs.bytes_per_row(name, 101),
+                                    "logits": data, "kl_worst": e["kl_worst"],
+                                    "kl_mean": e["kl_mean"]})
     feats = {"N(0,1)": rng.normal(0, 1, (args.rows // 4, 1024)).astype(np.float32),
              "ReLU(N(0.2,1))": np.maximum(rng.normal(0.2, 1, (args.rows // 4, 1024)),
                                           0).astype(np.float32)}
@@ -78,6 +91,9 @@ def main() -> None:
             e = codecs.feature_error(name, x)
             print(f"| {name} | {codecs.bytes_per_row(name, 1024)} | {data} | "
                   f"{e['cos_worst']:.1e} | {e['cos_mean']:.1e} |")
+            found["features"].append({"form": name, "bytes_per_view": codecs.bytes_per_row(name, 1024),
+                                      "features": data, "cos_worst": e["cos_worst"],
+                                      "cos_mean": e["cos_mean"]})
     big = rng.normal(0, 10, (1_000_000, 101)).astype(np.float32)
     for name in ("q8-logit", "q8-affine"):
         t0 = time.perf_counter()
@@ -86,6 +102,12 @@ def main() -> None:
         codecs.decode(name, parts)
         t2 = time.perf_counter()
         print(f"\n{name}: encode {t1 - t0:.2f} s, decode {t2 - t1:.2f} s per 1M rows x 101")
+        found["speed"].append({"form": name, "encode_s_per_1m": t1 - t0,
+                               "decode_s_per_1m": t2 - t1})
+    out = _conditions.record("bench_codecs", found, cond)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, default=float) + "\n")
+    return out
 
 
 if __name__ == "__main__":

@@ -31,10 +31,14 @@ import json
 import os
 import statistics
 import tempfile
+import sys
 import time
 from pathlib import Path
 
 from dvfl_cache.runtime import passive_openmp_waits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_conditions.py
+import _conditions  # noqa: E402
 
 passive_openmp_waits()  # as the dvfl entry points do, before torch loads its OpenMP runtime
 import torch  # noqa: E402
@@ -218,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.rounds < 1 or args.clips < 1:
         ap.error("--rounds and --clips must be >= 1")
     torch.set_num_threads(1)  # like a DataLoader worker; keeps the comparison per core
+    cond = _conditions.start("bench_data", argv)
     load_start = os.getloadavg()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -266,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
            "rgb_default_ms": default_ms, "rgb_single_ms": single_ms, "cpus": os.cpu_count(),
            "clips": args.clips, "n_rounds": args.rounds,
            "load_average": {"start": load_start, "end": load_end}}
+    out = _conditions.record("bench_data", out, cond)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return out

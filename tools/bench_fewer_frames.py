@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch "
                    f"thread(s), {args.workers} decode worker(s)",
         "python": platform.python_version(), "torch": torch.__version__, "args": vars(args)},
-        normalise=_computed)  # _computed drops the free arguments itself
+        normalise=_computed, kind="bench_fewer_frames", argv=argv)  # _computed drops the free arguments
     res = rec.data["results"]
     sampler = {"temporal": "stride", "stride": args.stride, "flip": 0.0, "area": [0.5, 1.0]}
     data = work / "data"

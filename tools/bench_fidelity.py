@@ -90,8 +90,10 @@ and the third, the same with the students trained twice as long (``--student-epo
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -179,6 +181,9 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temporary working folder")
     p.add_argument("--json", default=None, help="also write the results here (after each stage)")
     p.add_argument("--plot", default=None, help="write PREFIX_vs_views.png and PREFIX_vs_cpu.png")
+    p.add_argument("--replot", default=None, metavar="RESULT.json",
+                   help="run nothing: draw --plot from a finished run's --json or from its result "
+                        "file in benchmarks/results/")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes, 2 seeds, a few epochs: checks that the script runs")
     p.add_argument("--classes", type=int, default=6)
@@ -220,6 +225,13 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse_args(argv)
+    if args.replot:
+        if not args.plot:
+            raise SystemExit("--replot needs --plot PREFIX")
+        data = json.loads(Path(args.replot).read_text())
+        rows, views = rows_from_record(data)
+        _plot(rows, views, args.plot)
+        return data
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -249,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    f"{args.workers} decode worker(s)",
         "torch": torch.__version__, "args": vars(args), "mixed_arms_skipped": mix_skipped},
         free=("json", "plot", "keep", "verbose", "work", "mix"),
-        carry={"arms": {}, "teacher_top1": None}, results=False)
+        carry={"arms": {}, "teacher_top1": None}, results=False, kind="bench_fidelity",
+        argv=argv)
     mixed = args.mix and mix_skipped is None
     # flips off: a flip turns PanLeft into PanRight (docs/demo.md)
     sampler = {"temporal": "stride", "stride": 4, "flip": 0.0, "area": [0.5, 1.0]}
@@ -377,6 +390,35 @@ def summarise(data: dict[str, Any], arms: dict[str, Any], *, classes: int,
     return rows
 
 
+def rows_from_record(data: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The plot's rows and views from a finished run: its own ``--json`` record (arms and
+    stages), or its result file in benchmarks/results/ (a published table: per-seed top-1 in
+    percent, CPU seconds as "train + cache")."""
+    if "arms" in data and "stages" in data:
+        arms = list(data["arms"])
+        seeds = len(next(iter(data["arms"].values())))
+        rows = summarise(data, dict.fromkeys(arms), classes=data["args"]["classes"], seeds=seeds)
+    else:
+        rows = []
+        for r in data["rows"]:
+            top1 = [float(t) / 100 for t in str(r["top_1_per_seed"]).split(",")]
+            arm = re.sub(r"^cached-E(-mix)? \((\d+)\)$", r"cached-\2\1", r["arm"])
+            mean, std = _mean_std(top1)
+            rows.append({"arm": arm, "top1": top1, "mean": mean, "std": std,
+                         "cpu_s": sum(float(x) for x in str(r["cpu_s_train_cache"]).split("+"))})
+    views = sorted({int(m[1]) for r in rows if (m := re.match(r"cached-(\d+)", r["arm"]))})
+    return rows, views
+
+
+# One colour per kind of arm, so plain and mixed never share one (the panels sit side by side).
+KIND_COLOURS = {"": ("C0", "C1"), "-mix": ("C2", "C3")}  # (online band, cached points)
+
+
+def clipped_band(mean: float, std: float) -> tuple[float, float]:
+    """mean ± std in percent, cut to the possible 0-100: a top-1 above 100% is no outcome."""
+    return max(0.0, 100 * (mean - std)), min(100.0, 100 * (mean + std))
+
+
 def _plot(rows: list[dict[str, Any]], views: list[int], prefix: str) -> None:
     import matplotlib
 
@@ -392,24 +434,32 @@ def _plot(rows: list[dict[str, Any]], views: list[int], prefix: str) -> None:
     ce = by_arm["ce"]
     for ax, (suffix, label) in zip(axes[0], kinds):
         on = by_arm[f"online{suffix}"]
-        ax.axhspan(100 * (on["mean"] - on["std"]), 100 * (on["mean"] + on["std"]), alpha=0.2,
-                   color="C0", label="online KD (mean ± std)")
-        ax.axhline(100 * on["mean"], color="C0", linewidth=1)
+        band, dots = KIND_COLOURS[suffix]
+        ax.axhspan(*clipped_band(on["mean"], on["std"]), alpha=0.2, color=band,
+                   label=f"online KD{', mixed' if suffix else ''} (mean ± std)")
+        ax.axhline(100 * on["mean"], color=band, linewidth=1)
         done = [v for v in views if f"cached-{v}{suffix}" in by_arm]  # a run cut short
         cached = [by_arm[f"cached-{v}{suffix}"] for v in done]
-        ax.errorbar(done, [100 * r["mean"] for r in cached], [100 * r["std"] for r in cached],
-                    marker="o", color="C1", capsize=3, label="cached KD (mean ± std)")
+        means = [100 * r["mean"] for r in cached]
+        lows, highs = zip(*(clipped_band(r["mean"], r["std"]) for r in cached)) if cached else ((), ())
+        ax.errorbar(done, means, [[m - lo for m, lo in zip(means, lows)],
+                                  [hi - m for m, hi in zip(means, highs)]],
+                    marker="o", color=dots, capsize=3,
+                    label=f"cached KD{', mixed' if suffix else ''} (mean ± std)")
         ax.axhline(100 * ce["mean"], color="k", linestyle="--", label="CE only")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("cached views per video (V)")
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("test top-1 (%)")
+    axes[0][0].set_ylim(top=102)
     fig.tight_layout()
     fig.savefig(f"{prefix}_vs_views.png", dpi=120)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for r in rows:
-        ax.errorbar(r["cpu_s"], 100 * r["mean"], 100 * r["std"], marker="o")
+        lo, hi = clipped_band(r["mean"], r["std"])
+        ax.errorbar(r["cpu_s"], 100 * r["mean"], [[100 * r["mean"] - lo], [hi - 100 * r["mean"]]],
+                    marker="o")
         ax.annotate(r["arm"], (r["cpu_s"], 100 * r["mean"]), fontsize=7)
     ax.set_xlabel("CPU seconds (training + cache build)")
     ax.set_ylabel("test top-1 (%)")

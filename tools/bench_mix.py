@@ -16,10 +16,14 @@ import argparse
 import json
 import statistics
 import tempfile
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_conditions.py
+import _conditions  # noqa: E402
 
 TINY = {"embed_dim": 16, "depths": [1, 1, 1, 1]}
 
@@ -28,7 +32,7 @@ def store_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2)
@@ -37,7 +41,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    ap.add_argument("--json", type=Path, default=None,
+                    help="also write the results (with the run's conditions) here")
+    args = ap.parse_args(argv)
+    cond = _conditions.start("bench_mix", argv)
     torch.set_num_threads(args.threads)
 
     from dvfl_cache.cache.build import BuildConfig, build_cache
@@ -86,6 +93,16 @@ def main() -> None:
               f"{statistics.median(rates[name]):.2f} |")
     ratio = statistics.median(rates["mixed"]) / statistics.median(rates["plain"])
     print(f"mixed / plain clips/s: {ratio:.2f}")
+    out = _conditions.record("bench_mix", {
+        "settings": vars(args) | {"json": None}, "training_videos": len(index),
+        "rows": [{"cache": name, "build_s": round(builds[name][0], 2),
+                  "store_bytes": builds[name][1], "clips_per_s": rates[name],
+                  "median_clips_per_s": statistics.median(rates[name])}
+                 for name in ("plain", "mixed")],
+        "mixed_over_plain": ratio}, cond)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    return out
 
 
 if __name__ == "__main__":

@@ -19,12 +19,17 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from dvfl_cache.models import count_gmacs, count_params, create_model
 from dvfl_cache.models.reference import plain_forward
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_conditions.py
+import _conditions  # noqa: E402
 
 
 def _time(fn, x: torch.Tensor) -> float:
@@ -63,7 +68,7 @@ def compare_with_plain(model: torch.nn.Module, x: torch.Tensor, *, warmup: int, 
             "ours_faster_runs": sum(a[0] < b[0] for a, b in pairs), "runs": runs}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     parser.add_argument("--batches", default="1,4", help="batch sizes of the plain comparison")
@@ -73,8 +78,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--models", default="vfl-nano",
                         help="comma-separated variants for the latency table ('' for none)")
-    parser.add_argument("--json", action="store_true", help="also print one JSON summary line")
-    args = parser.parse_args()
+    parser.add_argument("--json", action="store_true",
+                        help="also print one JSON summary line (with the run's conditions)")
+    args = parser.parse_args(argv)
+    cond = _conditions.start("bench_models", argv)
     torch.manual_seed(0)
     model = create_model("vfl-nano", num_frames=args.frames).eval()
     summary: dict = {"frames": args.frames, "size": args.size, "runs": args.runs,
@@ -109,8 +116,10 @@ def main() -> None:
                   f"{gmacs:7.1f} GMACs {ms:9.1f} ms/clip {1e3 / ms:7.2f} clips/s")
             summary["latency"].append({"model": name, "threads": threads, "ms": ms,
                                        "gmacs": gmacs, "params": count_params(net)})
+    summary = _conditions.record("bench_models", summary, cond)
     if args.json:
         print(json.dumps(summary))
+    return summary
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_conditions.py
+import _conditions  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dvfl_cache.cache.extend import _ExtendTarget, _grow, _read_marker  # noqa: E402
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parquet", action="store_true",
                     help="also time the Parquet export (needs pyarrow)")
     args = ap.parse_args(argv)
+    cond = _conditions.start("bench_scale", argv)
     if args.quick:
         args.videos = "60,120" if args.videos == ap.get_default("videos") else args.videos
         args.views, args.classes, args.extra = 3, 10, 2
@@ -255,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
               + " | ".join(f"{r[p]['s']} ({r[p]['cpu_s']}) / {r[p]['rss_mib']:.0f} "
                            f"(+{r[p]['peak_mib']:.0f})" for p in phases) + " |")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        record = _conditions.record("bench_scale", {"planner_us_per_row": {
+            "per_row": slow, "vectorised": fast}, "sizes": results}, cond)
+        Path(args.json).write_text(json.dumps(record, indent=1))
     if args.out is None:
         shutil.rmtree(out, ignore_errors=True)
     return 0

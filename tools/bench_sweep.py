@@ -37,10 +37,19 @@ import dataclasses
 import json
 import statistics
 import tempfile
+import sys
 import time
 from pathlib import Path
 
-import torch
+from dvfl_cache.runtime import passive_openmp_waits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_conditions.py
+import _conditions  # noqa: E402
+
+# As the dvfl entry points and the other benchmarks do, before torch loads its OpenMP runtime
+# (set OMP_WAIT_POLICY or GOMP_SPINCOUNT to measure another policy; the JSON records it).
+passive_openmp_waits()
+import torch  # noqa: E402
 
 ALPHAS, TAUS = (0.3, 0.5, 0.7), (5.0, 10.0, 15.0)
 
@@ -184,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="smoke setting: toy-width models, 32 px, 4 frames, 2 videos per class")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
+    cond = _conditions.start("bench_sweep", argv)
     if args.quick:
         args.size, args.frames, args.videos_per_class, args.repeats = 32, 4, 2, 1
         args.teacher_opt = json.dumps({"embed_dim": 32, "depths": [1, 1, 2, 1]})
@@ -303,6 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
         "students_in_turn_vs_alone": round(costs["S_turns"] / costs["S"], 3),
         "students_in_turn_vs_alone_cpu": round(costs["S_turns_cpu"] / costs["S_cpu"], 3),
     })
+    out = _conditions.record("bench_sweep", out, cond)
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

@@ -20,12 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_conditions.py
+import _conditions  # noqa: E402
 
-def main() -> None:
+
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--student", default="vfl-nano")
     p.add_argument("--teacher", default="vfn-base")
@@ -41,8 +46,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON line (with the run's conditions) instead of the text")
+    args = p.parse_args(argv)
+    cond = _conditions.start("bench_train", argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -162,9 +169,10 @@ def main() -> None:
         "online_over_cache_expected": expected,
         "speedup_gap": measured / expected - 1.0,
     }
+    result = _conditions.record("bench_train", result, cond)
     if args.json:
         print(json.dumps(result))
-        return
+        return result
     print(f"{result['device']}: student {args.student} "
           f"({result['student_gmacs_per_clip']:.3g} GMACs/clip), teacher {args.teacher} "
           f"({result['teacher_gmacs_per_clip']:.3g} GMACs/clip), batch {args.batch}, "
@@ -178,6 +186,7 @@ def main() -> None:
     print(f"online KD / cached KD: measured {measured:.2f}x, expected (teacher fwd + student "
           f"step) / student step {expected:.2f}x, gap {100 * result['speedup_gap']:+.1f}% "
           "(goal within 10%)")
+    return result
 
 
 if __name__ == "__main__":

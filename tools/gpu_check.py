@@ -62,6 +62,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_conditions.py
+import _conditions  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PARITY_FILE = Path("parity") / "video_focalnet_tiny.pt"
 SWEEP_ALPHAS, SWEEP_TAUS = (0.3, 0.5, 0.7), (5.0, 10.0, 15.0)
@@ -493,6 +496,7 @@ def run_check(*, dry_run: bool, out: Path, parity: Path, sizes: Sizes,
     if not dry_run and not torch.cuda.is_available():
         raise SystemExit("gpu_check: torch sees no CUDA device; use --dry-run on a CPU machine")
     clock = Clock(device)
+    cond = _conditions.start("gpu_check")
     started = time.perf_counter()
     result: dict[str, Any] = {
         "dry_run": dry_run, "cuda": clock.cuda, "torch": torch.__version__,
@@ -581,6 +585,7 @@ def run_check(*, dry_run: bool, out: Path, parity: Path, sizes: Sizes,
                 result["sweep_measured"] = measured_sweep(clock, data, work, sizes,
                                                           max(sizes.workers))
     result["wall_s"] = time.perf_counter() - started
+    result = _conditions.record("gpu_check", result, cond)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "gpu_check.md").write_text(markdown(result))
