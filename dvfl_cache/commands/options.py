@@ -213,7 +213,7 @@ def check_model_options(name: str, options: dict[str, Any], flag: str) -> None:
     from dvfl_cache.models.registry import MODEL_NAMES, ModelOptionError, check_model_options
 
     if name not in MODEL_NAMES:
-        return  # a checkpoint path: its loader checks its own options
+        return  # a checkpoint path, hf: or py: spec: its loader checks its own options
     try:
         check_model_options(name, options, flag=flag)
     except ModelOptionError as exc:
