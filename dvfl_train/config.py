@@ -43,6 +43,7 @@ from typing import Any
 
 from dvfl_cache.errors import DvflError
 from dvfl_cache.failbudget import max_failed_setting
+from dvfl_cache.models.registry import is_foreign
 from dvfl_cache.settings import setting
 
 __all__ = ["CONFIG_VERSION", "KD_FORMS", "OPTIMIZERS", "PRED_LOSSES", "REFERENCE_BATCH",
@@ -134,7 +135,10 @@ class FitConfig:
              "temporal=stride, flip=0.")
     # student
     model: str = setting("vfl-nano", flag="--model", choices=_model_names,
-                         help="Student architecture.")
+                         prefixes=("hf:", "py:"),
+                         help="Student architecture: a registered name, hf:PATH (a Hugging "
+                              "Face video classifier's config, built fresh at --frames/--size) "
+                              "or py:MODULE:FUNCTION (your factory, called with --model-opt).")
     model_opts: dict[str, Any] = setting(
         flag="--model-opt", key_values=True, default_factory=dict, hash=False,
         help="Override a student constructor option (repeatable), e.g. embed_dim=32 or "
@@ -163,7 +167,8 @@ class FitConfig:
              "Default: all the cache's views, recorded with the run so --resume keeps them.")
     teacher: str | None = setting(None, flag="--teacher",
                                   help="Online KD: teacher architecture (default: named by "
-                                       "--teacher-weights).")
+                                       "--teacher-weights), or hf:PATH (weights from its "
+                                       "folder) / py:MODULE:FUNCTION.")
     teacher_weights: str | None = setting(None, flag="--teacher-weights", path="file",
                                           help="Online KD: the teacher's trained weights "
                                                "(teacher in the loop, no cache).")
@@ -347,10 +352,15 @@ class FitConfig:
             raise ConfigError("name the training videos: --dataset KIND --root DIR, or --index "
                               "FILE.json")
         if values.get("alpha", 0.0) is None:
-            teacher = values.get("cache") or values.get("teacher_weights")
+            teacher = (values.get("cache") or values.get("teacher_weights")
+                       or is_foreign(values.get("teacher")))
             values["alpha"] = _FIELDS["alpha"].default if teacher else 0.0
         values["data_root"] = str(values["data_root"])
         values["out_dir"] = str(values["out_dir"])
+        for name in ("model", "teacher"):  # an hf: folder, named absolutely like the files
+            spec = values.get(name)
+            if isinstance(spec, str) and spec.startswith("hf:") and os.path.isdir(spec[3:]):
+                values[name] = "hf:" + os.path.abspath(spec[3:])
         for name in PATH_FIELDS:  # a run names its files absolutely: resumable from anywhere
             if isinstance(values.get(name), str):
                 values[name] = _absolute(values[name])
@@ -359,6 +369,11 @@ class FitConfig:
         cfg = cls(**values)
         cfg.validate()
         return cfg
+
+    @property
+    def online_teacher(self) -> bool:
+        """A teacher network runs in the loop: weights given, or an hf:/py: teacher spec."""
+        return self.teacher_weights is not None or is_foreign(self.teacher)
 
     def validate(self) -> None:
         """Refuse contradictions and out-of-range values, listing every problem in one error."""
@@ -395,15 +410,15 @@ class FitConfig:
         need(self.mixup >= 0.0, f"mixup={self.mixup} must be >= 0")
         need(self.cutmix >= 0.0, f"cutmix={self.cutmix} must be >= 0")
 
-        has_teacher = bool(self.cache) or self.teacher_weights is not None
+        has_teacher = bool(self.cache) or self.online_teacher
         need(self.views_subset is None or bool(self.cache),
              f"views_subset={self.views_subset} needs a cache (--cache)")
         need(len(self.cache) < 2 or self.beta == 0.0,
              f"beta={self.beta} > 0 with {len(self.cache)} caches: the feature term needs one "
              "teacher's features")
-        need(not (self.cache and self.teacher_weights is not None),
-             "cache and teacher_weights are both set: choose one source of teacher logits")
-        need(self.teacher is None or self.teacher_weights is not None,
+        need(not (self.cache and self.online_teacher),
+             "cache and an online teacher are both set: choose one source of teacher logits")
+        need(self.teacher is None or self.online_teacher,
              f"teacher={self.teacher!r} needs teacher_weights: a teacher must be used with its own "
              "trained weights and head")
         need(self.alpha == 0.0 or has_teacher,
@@ -447,7 +462,7 @@ class FitConfig:
         need(self.workers >= 0, f"workers={self.workers} must be >= 0")
         need(bool(_DEVICE_RE.match(self.device)),
              f"device={self.device!r} must be auto, cpu, mps, cuda or cuda:N")
-        need(not self.teacher_opts or self.teacher_weights is not None,
+        need(not self.teacher_opts or self.online_teacher,
              "teacher_opts only apply to an online teacher (teacher_weights)")
         try:  # numpy only: the sampler options must make a ViewSampler before any data is read
             from dvfl_cache.data.views import ViewSampler

@@ -47,7 +47,7 @@ def storage_error_lines(err: dict[str, Any] | None) -> list[str]:
 
 
 _LABELS = {"names": "the dataset's class names",
-           "generic": "generic LABEL_i, taken in the dataset's class order",
+           "generic": "generic (LABEL_i or unnamed outputs), taken in the dataset's class order",
            "mapped": "mapped onto the dataset's classes (--teacher-classes)"}
 
 

@@ -432,7 +432,9 @@ def load_state(model: nn.Module, path: str, *, fresh_head: bool = False,
                prefix: str = "") -> str:
     """Load ``path`` into ``model`` strictly (``prefix`` added to the file's keys); with
     ``fresh_head`` the classifier layer keeps its own init. Returns a one-line summary."""
-    state = {prefix + k: v for k, v in _read_weights(path).items()}
+    state = _read_weights(path)
+    if not all(k.startswith(prefix) for k in state):  # a dvfl checkpoint already has it
+        state = {prefix + k: v for k, v in state.items()}
     target = model.state_dict()
     head = getattr(model, "head_name", None)
     head_keys = {k for k in target if head and k.startswith(f"net.{head}.")} if fresh_head \
@@ -529,7 +531,7 @@ def load_model(spec: str, weights: str | None = None, *, options: Mapping[str, A
     cin = _stated(ClipInput(frames=num_frames, size=size), clip_input)
     head = _find_head(net)
     classes = _py_num_classes(net, head, cin)
-    config = {"options": options, "input": cin.to_dict()}
+    config = {"options": options, "input": cin.to_dict(), "num_classes": classes}
     model = ClipClassifier(net, kind="py", arch=spec, config=config, clip_input=cin,
                            num_classes=classes, head_name=head, class_map=class_map)
     sha, summary = None, None
