@@ -66,6 +66,7 @@ class BuildResult:
     fp16_kl: dict[str, float] | None
     failed_rows: dict[int, dict] = field(default_factory=dict)  # mixed rows, partner failed
     storage_error: dict[str, Any] | None = None  # codec error (dtype q8), see CacheReader
+    teacher_check: dict[str, Any] | None = None  # build --check-teacher's result
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -288,6 +289,49 @@ def foreign_teacher(cfg: BuildConfig, index: DatasetIndex) -> dict[str, Any]:
             "classes": tuple(index.classes), "teacher_classes": mapping}
 
 
+def check_teacher(teacher: torch.nn.Module, index: DatasetIndex, *, videos: int,
+                  cfg: BuildConfig, device: torch.device) -> dict[str, Any]:
+    """The teacher's top-1 on the centre test view of ``videos`` videos spread over the index,
+    before hours of build: a wrong normalisation, layout or label order shows as chance level.
+
+    Refused (``DvflError``) unless ``cfg.force`` when the count right is within two standard
+    deviations of chance (binomial, p = 1 / classes): no evidence the teacher knows the classes.
+    """
+    n = min(videos, len(index))
+    picked = sorted({int(v) for v in np.linspace(0, len(index) - 1, n).round()})
+    sampler = ViewSampler(temporal=cfg.sampler.get("temporal", "segment"),
+                          stride=cfg.sampler.get("stride", 4), num_frames=cfg.frames,
+                          mode="test", seed=cfg.seed)
+    dataset = ClipDataset(index, RowViews(sampler, len(index), len(index)),
+                          (Cut("clip", cfg.size, as_uint8=True),))
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=picked, shuffle=False,
+                        num_workers=0, collate_fn=collate_clips)
+    right = scored = 0
+    with torch.inference_mode():
+        for batch in loader:
+            if batch["clip"] is None:
+                continue
+            logits = teacher(to_float(batch["clip"].to(device))).float().cpu()
+            labels = torch.tensor([index.videos[int(v)].label for v in batch["video"]])
+            right += int((logits.argmax(1) == labels).sum())
+            scored += len(labels)
+    if scored == 0:
+        raise DvflError(f"--check-teacher: none of the {len(picked)} videos decoded")
+    chance = 1.0 / index.num_classes
+    bar = scored * chance + 2 * (scored * chance * (1 - chance)) ** 0.5
+    result = {"videos": scored, "correct": right, "top1": right / scored, "chance": chance,
+              "above_chance": right > bar}
+    log.info("teacher check: top-1 %.2f%% (%d / %d test views; chance %.2f%%)",
+             100 * result["top1"], right, scored, 100 * chance)
+    if not result["above_chance"] and not cfg.force:
+        raise DvflError(f"--check-teacher: the teacher gets {right} of {scored} test views right "
+                        f"(top-1 {100 * result['top1']:.1f}%, chance {100 * chance:.1f}%): not "
+                        f"above chance (needs more than {bar:.1f}); check its weights, input "
+                        "normalisation/layout (--teacher-input) and labels (--teacher-classes), "
+                        "or pass --force to build anyway")
+    return result
+
+
 def make_mix(cfg: BuildConfig, index: DatasetIndex) -> MixConfig | None:
     """The build's mixing settings (None: no mixing), refused in one line before any work."""
     if not 0.0 <= cfg.mix_prob <= 1.0:
@@ -464,6 +508,9 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     device = resolve_device(cfg.device)
     teacher, meta, sampler = prepare(cfg, index)
     teacher.to(device)
+    checked = None
+    if cfg.check_teacher:
+        checked = check_teacher(teacher, index, videos=cfg.check_teacher, cfg=cfg, device=device)
     so = dict(cfg.storage_options) or None
     meta = _existing_decoder(cfg, meta, so)
     writer = CacheWriter.open_for_rank(cfg.out, meta, rank=rank, world_size=world,
@@ -471,7 +518,8 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
                                        resume=cfg.resume or cfg.repair,
                                        barrier=barrier, storage_options=so)
     if rank == 0 and cfg.command:
-        writer.record_build(list(cfg.command), world_size=world)
+        writer.record_build(list(cfg.command), world_size=world,
+                            **({"teacher_check": checked} if checked else {}))
     if on_start is not None:
         on_start(sum(len(writer.shard_rows(s)) for s in writer.pending_shards()))
     labels = np.array([v.label for v in index.videos], np.int32)
@@ -493,7 +541,8 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
         from dvfl_cache.cache.sameviews import check_same_views
 
         check_same_views(reader, CacheReader(cfg.views_from, storage_options=so))
-    result = BuildResult(path=str(cfg.out), rows_written=rows_written, shards_written=len(written),
+    result = BuildResult(teacher_check=checked, path=str(cfg.out), rows_written=rows_written,
+                         shards_written=len(written),
                          shards_total=meta.num_shards, failed=reader.failed_videos(),
                          complete=reader.complete, fp16_kl=reader.fp16_kl(),
                          failed_rows=reader.failed_rows(),

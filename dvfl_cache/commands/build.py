@@ -92,6 +92,11 @@ def build_cmd(print_config, kind, root, split, subset, index_path, videos_dir, a
     finally:
         bar.close()
     if rank == 0:
+        if result.teacher_check:
+            c = result.teacher_check
+            click.echo(f"teacher check: top-1 {100 * c['top1']:.2f}% ({c['correct']} / "
+                       f"{c['videos']} test views; chance {100 * c['chance']:.2f}%)"
+                       + ("" if c["above_chance"] else ", not above chance (--force)"))
         state = "complete" if result.complete else "incomplete (other ranks still running?)"
         click.echo(f"{result.path}: {result.rows_written} views in {result.shards_written} "
                    f"shards written by this process; store {state}, "

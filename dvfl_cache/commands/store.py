@@ -65,7 +65,8 @@ def _teacher_lines(d: dict[str, Any]) -> list[tuple[str, str]]:
     if check:
         out.append(("teacher check", f"top-1 {100 * check['top1']:.2f}% on the test views of "
                     f"{check['videos']} videos before the build (chance "
-                    f"{100 * check['chance']:.2f}%)"))
+                    f"{100 * check['chance']:.2f}%"
+                    + ("" if check["above_chance"] else "; built anyway with --force") + ")"))
     return out
 
 
