@@ -143,6 +143,10 @@ class FitConfig:
         flag="--model-opt", key_values=True, default_factory=dict, hash=False,
         help="Override a student constructor option (repeatable), e.g. embed_dim=32 or "
              "depths=1,1,2,1.")
+    model_input: dict[str, Any] = setting(
+        flag="--model-input", key_values=True, default_factory=dict, hash=False,
+        help="hf:/py: students: the input the model expects (repeatable): layout=frames-first "
+             "or channels-first, mean=R,G,B, std=R,G,B (as dvfl-cache build --teacher-input).")
     drop_path: float | None = setting(None, flag="--drop-path", low=0, high=1, high_open=True,
                                       help="Stochastic depth rate (default: the model's, 0.2 "
                                            "for vfl-nano).")
@@ -175,6 +179,10 @@ class FitConfig:
     teacher_opts: dict[str, Any] = setting(
         flag="--teacher-opt", key_values=True, default_factory=dict, hash=False,
         help="Override an online teacher's constructor option (repeatable).")
+    teacher_input: dict[str, Any] = setting(
+        flag="--teacher-input", key_values=True, default_factory=dict, hash=False,
+        help="hf:/py: online teachers: the input the model expects (repeatable), as "
+             "dvfl-cache build --teacher-input.")
     # loss
     alpha: float = setting(0.3, flag="--alpha", low=0, high=1,
                            help="Weight of the KD term (0: cross-entropy only).")
@@ -470,7 +478,11 @@ class FitConfig:
             ViewSampler.from_dict({**self.sampler, "num_frames": self.num_frames})
         except (TypeError, ValueError) as exc:
             problems.append(f"sampler options {self.sampler}: {exc}")
-        for name in ("sampler", "model_opts", "teacher_opts"):
+        need(not self.model_input or is_foreign(self.model),
+             "model_input applies to hf: and py: students")
+        need(not self.teacher_input or is_foreign(self.teacher),
+             "teacher_input applies to hf: and py: online teachers")
+        for name in ("sampler", "model_opts", "teacher_opts", "model_input", "teacher_input"):
             try:
                 json.dumps(getattr(self, name), allow_nan=False)
             except (TypeError, ValueError) as exc:

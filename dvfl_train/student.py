@@ -184,7 +184,8 @@ def build_student(cfg: FitConfig, spec: StudentSpec, *, num_classes: int, device
         torch.manual_seed(spec.seed)
         try:
             net = load_model(cfg.model, options=opts, pretrained=False, num_classes=num_classes,
-                             num_frames=cfg.num_frames, size=cfg.size).model
+                             num_frames=cfg.num_frames, size=cfg.size,
+                             clip_input=cfg.model_input or None).model
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{spec.out_dir}: cannot build student {cfg.model}: {exc}") from None
         student_net = StudentNet(net, feature_dim if spec.beta > 0 else None)

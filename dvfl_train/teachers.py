@@ -291,7 +291,8 @@ def load_online_teacher(cfg: FitConfig, *, num_classes: int,
     opts = dict(cfg.teacher_opts)
     if is_foreign(cfg.teacher):
         loaded = load_model(cfg.teacher, cfg.teacher_weights, options=opts,
-                            num_classes=num_classes, num_frames=cfg.num_frames, size=cfg.size)
+                            num_classes=num_classes, num_frames=cfg.num_frames, size=cfg.size,
+                            clip_input=cfg.teacher_input or None)
         labels = loaded.extra.get("labels")
         if labels is not None and classes is not None:
             classes_for_dataset(labels, classes, spec=cfg.teacher)

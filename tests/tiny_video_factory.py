@@ -23,3 +23,21 @@ class TinyVideoNet(nn.Module):
 
 def tiny_video_net(num_classes: int, width: int = 8) -> TinyVideoNet:
     return TinyVideoNet(num_classes, width=width)
+
+
+class Constant(nn.Module):
+    """Always the same logits (class 0 first): a teacher at chance level."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(1, num_classes)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.bias.copy_(-torch.arange(num_classes, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.new_ones(x.shape[0], 1))
+
+
+def constant_net(num_classes: int) -> Constant:
+    return Constant(num_classes)

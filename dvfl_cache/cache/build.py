@@ -173,6 +173,9 @@ def _load_foreign_teacher(teacher, kind, *, weights, opts, seed, num_classes, nu
         raise DvflError(f"teacher {teacher} takes {model.img_size}px clips but --size is {size}")
     if loaded.report:
         log.info("teacher %s", loaded.report)
+    model.eval()
+    with torch.inference_mode():  # a wrong layout or size fails here, before a store exists
+        model(torch.zeros(1, model.num_frames, 3, model.img_size, model.img_size))
     if how == "generic" and labels is not None:
         log.info("teacher %s: generic labels LABEL_0..%d taken in the dataset's class order",
                  teacher, num_classes - 1)

@@ -177,9 +177,16 @@ class ClipClassifier(nn.Module):
 
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         x = _convert(x, self.clip_input)
-        if self.kind == "hf":
-            return self.net(pixel_values=x).logits
-        return self.net(x)
+        try:
+            if self.kind == "hf":
+                return self.net(pixel_values=x).logits
+            return self.net(x)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            # most often a clip in the wrong layout or size: say what it was fed
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DvflError(f"{self.arch}: forward failed on a {self.clip_input.layout} clip of "
+                            f"shape {tuple(x.shape)} ({first}); state its input with "
+                            "--teacher-input layout=... if it expects another") from None
 
     def _map(self, logits: torch.Tensor) -> torch.Tensor:
         if self.class_map is None:
@@ -432,7 +439,19 @@ def load_state(model: nn.Module, path: str, *, fresh_head: bool = False,
                prefix: str = "") -> str:
     """Load ``path`` into ``model`` strictly (``prefix`` added to the file's keys); with
     ``fresh_head`` the classifier layer keeps its own init. Returns a one-line summary."""
-    state = _read_weights(path)
+    folder = Path(path).parent
+    if (getattr(model, "kind", None) == "hf" and str(path).endswith(".safetensors")
+            and (folder / "config.json").is_file()):
+        # a save_pretrained folder's weights: through transformers, which renames the keys of
+        # older layouts (VideoMAE's q_bias, ...) to the module's
+        tf = _transformers()
+        try:
+            state = tf.AutoModelForVideoClassification.from_pretrained(
+                str(folder), use_safetensors=True, local_files_only=True).state_dict()
+        except (ValueError, OSError, KeyError) as exc:
+            raise CheckpointError(f"{path}: cannot read as a video classifier ({exc})") from None
+    else:
+        state = _read_weights(path)
     if not all(k.startswith(prefix) for k in state):  # a dvfl checkpoint already has it
         state = {prefix + k: v for k, v in state.items()}
     target = model.state_dict()
