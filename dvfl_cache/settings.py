@@ -36,7 +36,8 @@ def setting(default: Any = dataclasses.MISSING, *, flag: str | None = None, help
     ``flag`` is the option name (``None``: not on the command line; ``"--amp/--no-amp"`` for a
     boolean pair). ``choices`` may be a callable so a registry is read when the options are
     made; ``prefixes`` admits any value starting with one of them besides the choices (model
-    specs: ``hf:PATH``, ``py:MODULE:FUNCTION``). ``path`` is "file" or "dir" (to read: must exist) or "out_dir" (to write).
+    specs: ``hf:PATH``, ``py:MODULE:FUNCTION``). ``path`` is "file" or "dir" (to read: must
+    exist) or "out_dir" (to write).
     ``key_values`` makes a repeatable KEY=VALUE option collected into a dict; ``multiple`` a
     repeatable option collected into a tuple. Otherwise a tuple field is a comma list of its
     length on the command line; ``low``/``high`` bound each item and ``ordered`` asks for

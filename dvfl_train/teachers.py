@@ -292,7 +292,7 @@ def load_online_teacher(cfg: FitConfig, *, num_classes: int,
     if is_foreign(cfg.teacher):
         loaded = load_model(cfg.teacher, cfg.teacher_weights, options=opts,
                             num_classes=num_classes, num_frames=cfg.num_frames, size=cfg.size,
-                            clip_input=cfg.teacher_input or None)
+                            clip_input=cfg.teacher_input or None, identify=False)
         labels = loaded.extra.get("labels")
         if labels is not None and classes is not None:
             classes_for_dataset(labels, classes, spec=cfg.teacher)
@@ -300,10 +300,11 @@ def load_online_teacher(cfg: FitConfig, *, num_classes: int,
     else:
         try:
             if cfg.teacher is None:
-                loaded = load_model(cfg.teacher_weights, options=opts)
+                loaded = load_model(cfg.teacher_weights, options=opts, identify=False)
             else:
                 loaded = load_model(cfg.teacher, cfg.teacher_weights,
-                                    options={"num_classes": num_classes, **opts})
+                                    options={"num_classes": num_classes, **opts},
+                                    identify=False)
         except (TypeError, ValueError) as exc:
             raise DvflError(f"teacher {cfg.teacher}: {exc}") from None
         where = cfg.teacher_weights

@@ -23,7 +23,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -31,7 +30,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,7 +91,12 @@ def load_teacher(teacher: str, *, weights: str | None, random_weights: bool,
     """
     from dvfl_cache.models.load import classes_for_dataset, load_model, spec_kind
 
+    from dvfl_cache.models.registry import MODEL_NAMES, is_foreign
+
     opts = dict(opts or {})
+    if not (is_foreign(teacher) or teacher in MODEL_NAMES or os.path.isfile(teacher)):
+        raise DvflError(f"unknown teacher {teacher!r}: not a file, not a registered model "
+                        f"({', '.join(MODEL_NAMES)}), not hf:PATH or py:MODULE:FUNCTION")
     kind = spec_kind(teacher)
     if kind in ("hf", "py"):
         return _load_foreign_teacher(teacher, kind, weights=weights, opts=opts, seed=seed,
@@ -260,7 +263,8 @@ def prepare(cfg: BuildConfig, index: DatasetIndex) -> tuple[torch.nn.Module, Cac
     teacher, tinfo = load_teacher(cfg.teacher, weights=cfg.weights,
                                   random_weights=cfg.random_weights,
                                   num_classes=index.num_classes, num_frames=cfg.frames,
-                                  opts=cfg.teacher_opts, seed=cfg.seed, **foreign_teacher(cfg, index))
+                                  opts=cfg.teacher_opts, seed=cfg.seed,
+                                  **foreign_teacher(cfg, index))
     meta = CacheMeta(
         teacher=tinfo,
         dataset=DatasetInfo(kind=index.kind, split=index.split, subset=index.subset,

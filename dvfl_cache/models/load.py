@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from dvfl_cache.errors import CheckpointError, DvflError
-from dvfl_cache.models.registry import MODEL_NAMES, is_foreign
+from dvfl_cache.models.registry import MODEL_NAMES
 
 __all__ = ["ClipClassifier", "ClipInput", "LoadedModel", "classes_for_dataset", "load_model",
            "preview_input", "rebuild", "sha256_file", "spec_kind"]
@@ -493,7 +493,8 @@ def load_model(spec: str, weights: str | None = None, *, options: Mapping[str, A
                fresh_head: bool = False, pretrained: bool = True,
                num_classes: int | None = None, num_frames: int | None = None,
                size: int | None = None, clip_input: Mapping[str, Any] | None = None,
-               class_map: Sequence[Sequence[int]] | None = None) -> LoadedModel:
+               class_map: Sequence[Sequence[int]] | None = None,
+               identify: bool = True) -> LoadedModel:
     """``spec`` as a network (train mode, CPU; the caller seeds a random init).
 
     Registry names take ``options`` as their constructor options as given (the caller puts
@@ -501,18 +502,25 @@ def load_model(spec: str, weights: str | None = None, *, options: Mapping[str, A
     overrides. For ``hf:`` and ``py:``, ``num_classes``/``num_frames``/``size`` are the run's
     geometry: a pretrained hf model keeps its own (the caller compares), a fresh one (a student,
     ``pretrained=False``) is built at it; ``clip_input`` states or overrides the input layout
-    and normalisation (``ClipInput`` keys).
+    and normalisation (``ClipInput`` keys). ``identify=False`` skips hashing a checkpoint
+    (``weights_sha256`` None) where nothing records it (evaluation, the online teacher).
     """
     options = dict(options or {})
     kind = spec_kind(spec)
     if kind == "checkpoint":
-        from dvfl_cache.models.weights import model_from_checkpoint
+        from dvfl_cache.models.weights import ForeignCheckpoint, model_from_checkpoint
 
         if weights:
             raise DvflError(f"{spec} is a checkpoint with its own weights; drop the weights file")
-        model, report = model_from_checkpoint(spec, fresh_head=fresh_head, **options)
+        try:
+            model, report = model_from_checkpoint(spec, fresh_head=fresh_head, **options)
+        except ForeignCheckpoint as found:
+            obj = found.checkpoint
+            model = _foreign_from_checkpoint(obj, obj["arch"], spec, options)
+            return LoadedModel(model, obj["arch"], dict(model.config),
+                               sha256_file(spec) if identify else None, f"{spec} ({obj['arch']})")
         return LoadedModel(model, model.arch or Path(spec).name, dict(model.config),
-                           sha256_file(spec), report.summary())
+                           sha256_file(spec) if identify else None, report.summary())
     if kind == "registry":
         from dvfl_cache.models.registry import create_model
         from dvfl_cache.models.weights import load_pretrained
@@ -521,7 +529,7 @@ def load_model(spec: str, weights: str | None = None, *, options: Mapping[str, A
         summary, sha = None, None
         if weights is not None:
             summary = load_pretrained(model, weights, fresh_head=fresh_head).summary()
-            sha = sha256_file(weights)
+            sha = sha256_file(weights) if identify else None
         return LoadedModel(model, spec, dict(model.config), sha, summary)
     if kind == "hf":
         net, hf_config, folder = _load_hf(spec, options=options, pretrained=pretrained,
@@ -532,11 +540,11 @@ def load_model(spec: str, weights: str | None = None, *, options: Mapping[str, A
         model = ClipClassifier(net, kind="hf", arch="hf", config=config, clip_input=cin,
                                num_classes=len(labels), head_name=_find_head(net),
                                labels=labels, class_map=class_map)
-        sha = _hf_weights_sha(folder) if pretrained else None
+        sha = _hf_weights_sha(folder) if pretrained and identify else None
         summary = None
         if weights is not None:
             summary = load_state(model, weights, fresh_head=fresh_head, prefix="net.")
-            sha = sha256_file(weights)
+            sha = sha256_file(weights) if identify else None
         name = f"hf:{folder.name}" if pretrained else "hf"
         return LoadedModel(model, name, {**config,
                                          **({"class_map": [list(c) for c in class_map]}
@@ -556,12 +564,39 @@ def load_model(spec: str, weights: str | None = None, *, options: Mapping[str, A
     sha, summary = None, None
     if weights is not None:
         summary = load_state(model, weights, fresh_head=fresh_head, prefix="net.")
-        sha = sha256_file(weights)
+        sha = sha256_file(weights) if identify else None
     _, module_name, function = _factory(spec)
     return LoadedModel(model, spec, {"module": module_name, "function": function, **config,
                                      **({"class_map": [list(c) for c in class_map]}
                                         if class_map else {})},
                        sha, summary)
+
+
+def _foreign_from_checkpoint(obj: Mapping, arch: str, path: str,
+                             overrides: Mapping[str, Any]) -> ClipClassifier:
+    """An hf:/py: model rebuilt from the config its dvfl checkpoint holds inline, loaded
+    strictly (a student's best.pt, for evaluation or as an online teacher)."""
+    from dvfl_cache.models.weights import _check_version
+
+    _check_version(obj, path)
+    config = obj.get("model_config")
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{path}: dvfl checkpoint without a 'model_config' dict")
+    frames = overrides.get("num_frames")
+    if set(overrides) - {"num_frames"} or (frames is not None
+                                            and frames != config.get("num_frames")):
+        raise CheckpointError(f"{path}: a {arch} model is rebuilt as saved; it takes no options "
+                              f"({', '.join(f'{k}={v}' for k, v in overrides.items())})")
+    try:
+        model = rebuild(arch, config)
+    except (DvflError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the {arch} model ({exc})") from None
+    try:
+        model.load_state_dict(dict(obj["model"]), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the {arch} model ({first})") from None
+    return model
 
 
 def _stated(base: ClipInput, given: Mapping[str, Any] | None) -> ClipInput:

@@ -392,6 +392,15 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, /, **extra:
         torch.save(obj, tmp)
 
 
+class ForeignCheckpoint(CheckpointError):
+    """A dvfl checkpoint of an hf:/py: model; ``checkpoint`` is what was read, for
+    ``dvfl_cache.models.load`` to rebuild it without reading the file again."""
+
+    def __init__(self, message: str, *, checkpoint: Mapping[str, Any]):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
 def model_from_checkpoint(path: str | os.PathLike, *, fresh_head: bool = False,
                           **overrides: Any) -> tuple[VideoFocalNet, LoadReport]:
     """Rebuild the model a dvfl checkpoint was saved from (options overridable) and load it."""
@@ -406,7 +415,9 @@ def model_from_checkpoint(path: str | os.PathLike, *, fresh_head: bool = False,
         raise CheckpointError(f"{path}: dvfl checkpoint without a 'model_config' dict")
     arch = obj.get("arch")
     if isinstance(arch, str) and (arch == "hf" or arch.startswith("py:")):
-        return _foreign_from_checkpoint(obj, arch, config, path, overrides)
+        raise ForeignCheckpoint(f"{path}: holds a {arch} model; load it with "
+                                "dvfl_cache.models.load.load_model, which rebuilds it",
+                                checkpoint=obj)
     try:
         _check_options(config, path)
     except TypeError as exc:
@@ -418,28 +429,3 @@ def model_from_checkpoint(path: str | os.PathLike, *, fresh_head: bool = False,
                     ignored=tuple(k for k in obj if k not in _RESERVED))
     return model, report
 
-
-def _foreign_from_checkpoint(obj: Mapping, arch: str, config: Mapping[str, Any], path: str,
-                             overrides: Mapping[str, Any]) -> tuple[torch.nn.Module, LoadReport]:
-    """An hf:/py: student rebuilt from the config its checkpoint holds inline, loaded strictly."""
-    from dvfl_cache.errors import DvflError
-    from dvfl_cache.models.load import rebuild
-
-    frames = overrides.get("num_frames")
-    if set(overrides) - {"num_frames"} or (frames is not None
-                                            and frames != config.get("num_frames")):
-        raise CheckpointError(f"{path}: a {arch} model is rebuilt as saved; it takes no options "
-                              f"({', '.join(f'{k}={v}' for k, v in overrides.items())})")
-    try:
-        model = rebuild(arch, config)
-    except (DvflError, KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot rebuild the {arch} model ({exc})") from None
-    state = dict(obj["model"])
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the {arch} model ({first})") from None
-    report = LoadReport(path=path, source_kind=arch, loaded=tuple(state), fresh=(), dropped=(),
-                        mismatched=(), ignored=tuple(k for k in obj if k not in _RESERVED))
-    return model, report
