@@ -31,13 +31,15 @@ def setting(default: Any = dataclasses.MISSING, *, flag: str | None = None, help
             high_open: bool = False, finite: bool = True, path: str | None = None,
             metavar: str | None = None,
             key_values: bool = False, ordered: bool = False, multiple: bool = False,
-            parse: Callable[[str], Any] | None = None,
+            parse: Callable[[str], Any] | None = None, prefixes: tuple[str, ...] = (),
             default_factory: Any = dataclasses.MISSING, hash: bool | None = None) -> Any:
     """A dataclass field with its command-line face in ``metadata``.
 
     ``flag`` is the option name (``None``: not on the command line; ``"--amp/--no-amp"`` for a
     boolean pair). ``choices`` may be a callable so a registry is read when the options are
-    made. ``path`` is "file" or "dir" (to read: must exist) or "out_dir" (to write).
+    made; ``prefixes`` admits any value starting with one of them besides the choices (model
+    specs: ``hf:PATH``, ``py:MODULE:FUNCTION``). ``path`` is "file" or "dir" (to read: must
+    exist) or "out_dir" (to write).
     ``key_values`` makes a repeatable KEY=VALUE option collected into a dict; ``multiple`` a
     repeatable option collected into a tuple. Otherwise a tuple field is a comma list of its
     length on the command line; ``low``/``high`` bound each item and ``ordered`` asks for
@@ -51,7 +53,7 @@ def setting(default: Any = dataclasses.MISSING, *, flag: str | None = None, help
                                                                      high_open),
             "finite": finite,
             "path": path, "metavar": metavar, "key_values": key_values, "ordered": ordered,
-            "multiple": multiple, "parse": parse}
+            "multiple": multiple, "parse": parse, "prefixes": prefixes}
     return dataclasses.field(default=default, default_factory=default_factory, hash=hash,
                              metadata=meta)
 

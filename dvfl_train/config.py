@@ -43,6 +43,7 @@ from typing import Any
 
 from dvfl_cache.errors import DvflError
 from dvfl_cache.failbudget import max_failed_setting
+from dvfl_cache.models.registry import is_foreign
 from dvfl_cache.settings import check_finite, setting
 from dvfl_cache.teacher_mix import TEACHER_MIXES
 
@@ -136,11 +137,18 @@ class FitConfig:
              "temporal=stride, flip=0.")
     # student
     model: str = setting("vfl-nano", flag="--model", choices=_model_names,
-                         help="Student architecture.")
+                         prefixes=("hf:", "py:"),
+                         help="Student architecture: a registered name, hf:PATH (a Hugging "
+                              "Face video classifier's config, built fresh at --frames/--size) "
+                              "or py:MODULE:FUNCTION (your factory, called with --model-opt).")
     model_opts: dict[str, Any] = setting(
         flag="--model-opt", key_values=True, default_factory=dict, hash=False,
         help="Override a student constructor option (repeatable), e.g. embed_dim=32 or "
              "depths=1,1,2,1.")
+    model_input: dict[str, Any] = setting(
+        flag="--model-input", key_values=True, default_factory=dict, hash=False,
+        help="hf:/py: students: the input the model expects (repeatable): layout=frames-first "
+             "or channels-first, mean=R,G,B, std=R,G,B (as dvfl-cache build --teacher-input).")
     drop_path: float | None = setting(None, flag="--drop-path", low=0, high=1, high_open=True,
                                       help="Stochastic depth rate (default: the model's, 0.2 "
                                            "for vfl-nano).")
@@ -165,13 +173,18 @@ class FitConfig:
              "Default: all the cache's views, recorded with the run so --resume keeps them.")
     teacher: str | None = setting(None, flag="--teacher",
                                   help="Online KD: teacher architecture (default: named by "
-                                       "--teacher-weights).")
+                                       "--teacher-weights), or hf:PATH (weights from its "
+                                       "folder) / py:MODULE:FUNCTION.")
     teacher_weights: str | None = setting(None, flag="--teacher-weights", path="file",
                                           help="Online KD: the teacher's trained weights "
                                                "(teacher in the loop, no cache).")
     teacher_opts: dict[str, Any] = setting(
         flag="--teacher-opt", key_values=True, default_factory=dict, hash=False,
         help="Override an online teacher's constructor option (repeatable).")
+    teacher_input: dict[str, Any] = setting(
+        flag="--teacher-input", key_values=True, default_factory=dict, hash=False,
+        help="hf:/py: online teachers: the input the model expects (repeatable), as "
+             "dvfl-cache build --teacher-input.")
     # loss
     alpha: float = setting(0.3, flag="--alpha", low=0, high=1,
                            help="Weight of the KD term (0: cross-entropy only).")
@@ -360,10 +373,15 @@ class FitConfig:
             raise ConfigError("name the training videos: --dataset KIND --root DIR, or --index "
                               "FILE.json")
         if values.get("alpha", 0.0) is None:
-            teacher = values.get("cache") or values.get("teacher_weights")
+            teacher = (values.get("cache") or values.get("teacher_weights")
+                       or is_foreign(values.get("teacher")))
             values["alpha"] = _FIELDS["alpha"].default if teacher else 0.0
         values["data_root"] = str(values["data_root"])
         values["out_dir"] = str(values["out_dir"])
+        for name in ("model", "teacher"):  # an hf: folder, named absolutely like the files
+            spec = values.get(name)
+            if isinstance(spec, str) and spec.startswith("hf:") and os.path.isdir(spec[3:]):
+                values[name] = "hf:" + os.path.abspath(spec[3:])
         for name in PATH_FIELDS:  # a run names its files absolutely: resumable from anywhere
             if isinstance(values.get(name), str):
                 values[name] = _absolute(values[name])
@@ -372,6 +390,11 @@ class FitConfig:
         cfg = cls(**values)
         cfg.validate()
         return cfg
+
+    @property
+    def online_teacher(self) -> bool:
+        """A teacher network runs in the loop: weights given, or an hf:/py: teacher spec."""
+        return self.teacher_weights is not None or is_foreign(self.teacher)
 
     def validate(self) -> None:
         """Refuse contradictions and out-of-range values, listing every problem in one error."""
@@ -409,15 +432,15 @@ class FitConfig:
         need(self.mixup >= 0.0, f"mixup={self.mixup} must be >= 0")
         need(self.cutmix >= 0.0, f"cutmix={self.cutmix} must be >= 0")
 
-        has_teacher = bool(self.cache) or self.teacher_weights is not None
+        has_teacher = bool(self.cache) or self.online_teacher
         need(self.views_subset is None or bool(self.cache),
              f"views_subset={self.views_subset} needs a cache (--cache)")
         need(len(self.cache) < 2 or self.beta == 0.0,
              f"beta={self.beta} > 0 with {len(self.cache)} caches: the feature term needs one "
              "teacher's features")
-        need(not (self.cache and self.teacher_weights is not None),
-             "cache and teacher_weights are both set: choose one source of teacher logits")
-        need(self.teacher is None or self.teacher_weights is not None,
+        need(not (self.cache and self.online_teacher),
+             "cache and an online teacher are both set: choose one source of teacher logits")
+        need(self.teacher is None or self.online_teacher,
              f"teacher={self.teacher!r} needs teacher_weights: a teacher must be used with its own "
              "trained weights and head")
         need(self.alpha == 0.0 or has_teacher,
@@ -473,7 +496,7 @@ class FitConfig:
         need(self.workers >= 0, f"workers={self.workers} must be >= 0")
         need(bool(_DEVICE_RE.match(self.device)),
              f"device={self.device!r} must be auto, cpu, mps, cuda or cuda:N")
-        need(not self.teacher_opts or self.teacher_weights is not None,
+        need(not self.teacher_opts or self.online_teacher,
              "teacher_opts only apply to an online teacher (teacher_weights)")
         try:  # numpy only: the sampler options must make a ViewSampler before any data is read
             from dvfl_cache.data.views import ViewSampler
@@ -481,7 +504,11 @@ class FitConfig:
             ViewSampler.from_dict({**self.sampler, "num_frames": self.num_frames})
         except (TypeError, ValueError) as exc:
             problems.append(f"sampler options {self.sampler}: {exc}")
-        for name in ("sampler", "model_opts", "teacher_opts", "storage_options"):
+        need(not self.model_input or is_foreign(self.model),
+             "model_input applies to hf: and py: students")
+        need(not self.teacher_input or is_foreign(self.teacher),
+             "teacher_input applies to hf: and py: online teachers")
+        for name in ("sampler", "model_opts", "teacher_opts", "storage_options", "model_input", "teacher_input"):
             try:
                 json.dumps(getattr(self, name), allow_nan=False)
             except (TypeError, ValueError) as exc:

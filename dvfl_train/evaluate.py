@@ -344,12 +344,14 @@ def load_for_eval(checkpoint_path: str | os.PathLike, *, num_frames: int | None 
     for another clip length (a shorter test span is then dropped). The model is on the CPU in
     eval mode.
     """
-    from dvfl_cache.models.weights import model_from_checkpoint, read_checkpoint
+    from dvfl_cache.models.load import load_model
+    from dvfl_cache.models.weights import read_checkpoint
     from dvfl_train.config import ConfigError, FitConfig
 
     path = str(checkpoint_path)
-    # Read once for our own keys; model_from_checkpoint reads again, and checks format, version,
-    # options and a strict key/shape match of the weights.
+    # Read once for our own keys; load_model (model_from_checkpoint) reads again, and checks
+    # format, version, options and a strict key/shape match of the weights; an hf:/py: student
+    # is rebuilt from the config its checkpoint holds inline.
     obj = read_checkpoint(path)
     if not isinstance(obj, dict) or obj.get("format") != "dvfl-checkpoint":
         raise CheckpointError(f"{path}: not a dvfl run or model checkpoint (no 'format': "
@@ -357,7 +359,8 @@ def load_for_eval(checkpoint_path: str | os.PathLike, *, num_frames: int | None 
                               "written by save_checkpoint")
     overrides = {} if num_frames is None else {"num_frames": int(num_frames)}
     try:
-        model, _ = model_from_checkpoint(path, **overrides)  # strict: no fresh or extra keys
+        # strict: no fresh or extra keys
+        model = load_model(path, options=overrides, identify=False).model
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model ({exc})") from None
     model.eval()

@@ -206,6 +206,11 @@ def load_column(checkpoint: str | os.PathLike, *, test_span: int | None = None) 
     from dvfl_train.evaluate import load_for_eval
 
     model, classes, info = load_for_eval(checkpoint)
+    from dvfl_cache.models.video_focalnet import VideoFocalNet
+
+    if not isinstance(model, VideoFocalNet):
+        raise ExplainError(f"{checkpoint}: explain needs a focal modulation model (the "
+                           f"Video-FocalNet family); this checkpoint holds {info.get('arch')}")
     if classes is None:
         raise CheckpointError(f"{checkpoint}: has no class list, so its predictions cannot be "
                               "named; use a run's best.pt/last.pt or save the model with "

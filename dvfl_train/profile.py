@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from dvfl_cache.models.flops import count_gmacs, count_params
+from dvfl_cache.models.registry import is_foreign
 from dvfl_cache.models.registry import create_model
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,13 @@ def profile_model(name_or_model: str | torch.nn.Module, *, frames: int = 8, size
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    if isinstance(name_or_model, str):
+    if isinstance(name_or_model, str) and is_foreign(name_or_model):
+        from dvfl_cache.models.load import load_model
+
+        name = name_or_model
+        model = load_model(name, options=overrides, pretrained=False, num_classes=num_classes,
+                           num_frames=frames, size=size).model
+    elif isinstance(name_or_model, str):
         name = name_or_model
         model = create_model(name, num_classes=num_classes, num_frames=frames,
                              **dict(overrides or {}))

@@ -167,17 +167,27 @@ def build_student(cfg: FitConfig, spec: StudentSpec, *, num_classes: int, device
     """The student's network (init seeded by ``spec.seed``, then ``cfg.init`` if set and
     ``load_init``) and optimizer, on ``device``; no run directory yet. ``cfg`` is the student's
     own config (``spec.config(shared)``)."""
-    from dvfl_cache.models import create_model, load_pretrained
+    from dvfl_cache.models.load import load_model
+    from dvfl_cache.models.registry import is_foreign
 
-    opts: dict[str, Any] = {"num_classes": num_classes, "num_frames": cfg.num_frames,
-                            "img_size": cfg.size}
-    if cfg.drop_path is not None:
-        opts["drop_path_rate"] = cfg.drop_path
-    opts.update(cfg.model_opts)
+    foreign = is_foreign(cfg.model)
+    if foreign:  # hf:/py:: the run's geometry, the options are the model's own (config, kwargs)
+        opts: dict[str, Any] = dict(cfg.model_opts)
+        if cfg.drop_path is not None:
+            raise ConfigError(f"{spec.out_dir}: --drop-path applies to the Video-FocalNet "
+                              f"family; set {cfg.model}'s own option with --model-opt")
+    else:
+        opts = {"num_classes": num_classes, "num_frames": cfg.num_frames, "img_size": cfg.size}
+        if cfg.drop_path is not None:
+            opts["drop_path_rate"] = cfg.drop_path
+        opts.update(cfg.model_opts)
+    init = cfg.init if load_init else None
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(spec.seed)
         try:
-            net = create_model(cfg.model, **opts)
+            net = load_model(cfg.model, options=opts, pretrained=False, num_classes=num_classes,
+                             num_frames=cfg.num_frames, size=cfg.size,
+                             clip_input=cfg.model_input or None).model
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{spec.out_dir}: cannot build student {cfg.model}: {exc}") from None
         student_net = StudentNet(net, feature_dim if spec.beta > 0 else None)
@@ -185,9 +195,16 @@ def build_student(cfg: FitConfig, spec: StudentSpec, *, num_classes: int, device
         raise ConfigError(f"{spec.out_dir}: model options give {net.num_frames} frames and "
                           f"{net.num_classes} classes; the run needs {cfg.num_frames} and "
                           f"{num_classes} (set them with --frames, not --model-opt)")
-    if cfg.init is not None and load_init:
-        report = load_pretrained(net, cfg.init, fresh_head=True)
-        log.info("%s: init %s", spec.label, report.summary())
+    if init is not None:
+        if foreign:
+            from dvfl_cache.models.load import load_state
+
+            summary = load_state(net, init, fresh_head=True, prefix="net.")
+        else:
+            from dvfl_cache.models import load_pretrained
+
+            summary = load_pretrained(net, init, fresh_head=True).summary()
+        log.info("%s: init %s", spec.label, summary)
     student_net.to(device)
     optimizer = build_optimizer(student_net, lr=cfg.scaled_lrs()[1],
                                 weight_decay=cfg.weight_decay, momentum=cfg.momentum,

@@ -198,8 +198,9 @@ def open_teacher(cfg: FitConfig, index: DatasetIndex, *, data_seed: int, need_fe
                              feature_dim=reader.meta.feature_dim,
                              need_features=need_features).to(device)
     model = None
-    if cfg.teacher_weights is not None:
-        model = load_online_teacher(cfg, num_classes=num_classes).to(device)
+    if cfg.online_teacher:
+        model = load_online_teacher(cfg, num_classes=num_classes, classes=index.classes
+                                    ).to(device)
     frames = model.num_frames if model is not None else cfg.num_frames
     try:
         sampler = ViewSampler.from_dict({**cfg.sampler, "mode": "train", "seed": data_seed,
@@ -255,30 +256,46 @@ def _refuse_mixing(reader: CacheReader, path: str) -> None:
                       "--teacher-weights")
 
 
-def load_online_teacher(cfg: FitConfig, *, num_classes: int) -> nn.Module:
+def load_online_teacher(cfg: FitConfig, *, num_classes: int,
+                        classes: tuple[str, ...] | None = None) -> nn.Module:
     """The teacher for online KD, frozen and in eval mode.
 
     ``cfg.teacher`` names the architecture of ``cfg.teacher_weights``; without a name the weights
     must be a dvfl checkpoint, which names its own. The teacher's clip geometry is its own:
-    ``num_frames`` and the ``img_size`` of its config.
+    ``num_frames`` and the ``img_size`` of its config. An ``hf:`` teacher brings its weights
+    and input; a ``py:`` one runs at the student's frames and size. Either must have the
+    dataset's classes (its own names, or generic LABEL_i in the dataset's order).
     """
-    from dvfl_cache.models import create_model, load_pretrained, model_from_checkpoint
+    from dvfl_cache.models.load import classes_for_dataset, load_model
+    from dvfl_cache.models.registry import is_foreign
 
     opts = dict(cfg.teacher_opts)
-    if cfg.teacher is None:
-        teacher, report = model_from_checkpoint(cfg.teacher_weights, **opts)
+    if is_foreign(cfg.teacher):
+        loaded = load_model(cfg.teacher, cfg.teacher_weights, options=opts,
+                            num_classes=num_classes, num_frames=cfg.num_frames, size=cfg.size,
+                            clip_input=cfg.teacher_input or None, identify=False)
+        labels = loaded.extra.get("labels")
+        if labels is not None and classes is not None:
+            classes_for_dataset(labels, classes, spec=cfg.teacher)
+        where = cfg.teacher
     else:
         try:
-            teacher = create_model(cfg.teacher, **{"num_classes": num_classes, **opts})
+            if cfg.teacher is None:
+                loaded = load_model(cfg.teacher_weights, options=opts, identify=False)
+            else:
+                loaded = load_model(cfg.teacher, cfg.teacher_weights,
+                                    options={"num_classes": num_classes, **opts},
+                                    identify=False)
         except (TypeError, ValueError) as exc:
             raise DvflError(f"teacher {cfg.teacher}: {exc}") from None
-        report = load_pretrained(teacher, cfg.teacher_weights)
-    log.info("online teacher %s", report.summary())
+        where = cfg.teacher_weights
+    teacher = loaded.model
+    log.info("online teacher %s", loaded.report or where)
     if teacher.num_classes != num_classes:
-        raise DvflError(f"{cfg.teacher_weights}: the teacher has {teacher.num_classes} classes, "
+        raise DvflError(f"{where}: the teacher has {teacher.num_classes} classes, "
                         f"the dataset {num_classes}")
     if cfg.num_frames > teacher.num_frames:
-        raise DvflError(f"{cfg.teacher_weights}: the teacher takes {teacher.num_frames} frames; "
+        raise DvflError(f"{where}: the teacher takes {teacher.num_frames} frames; "
                         f"a student of {cfg.num_frames} cannot share its views")
     teacher.eval().requires_grad_(False)
     return teacher

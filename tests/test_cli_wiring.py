@@ -127,12 +127,16 @@ FIT_BEHAVIOUR = {
                    "test_ensemble.py::test_cli_fit_distils_from_two_caches",
     "storage_opts": "test_refusals.py::test_fit_and_sweep_read_an_s3_cache_by_storage_option "
                     "(no endpoint or credentials in the environment; never recorded)",
+    "model_input": "test_any_teacher.py::test_py_teacher_build_verify_fit_eval (a channels-"
+                   "first py: student fails without it)",
+    "teacher_input": "test_any_teacher.py::test_py_online_teacher_needs_its_input",
 }
 SWEEP_ONLY = {"alphas", "taus", "seeds", "baseline", "parallel", "eval_views", "seed"}
 # recipe, print_config: test_recipes.py::test_sweep_print_config_is_the_reference_point;
 # max_failed: test_reliability.py::test_sweep_evaluation_fails_past_the_budget
 SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume",
-                   "recipe", "print_config", "max_failed", "teacher_mix", "storage_opts"}
+                   "recipe", "print_config", "max_failed", "teacher_mix", "storage_opts",
+                   "model_input", "teacher_input"}
 
 
 def _flag(cmd, name: str) -> str:
@@ -317,6 +321,11 @@ BUILD_BEHAVIOUR = {
     "max_failed": "test_cache_build.py::test_build_records_failed_videos (fails at 0.05, passes "
                   "at 0.2)",
     "repair": "test_reliability.py::test_repair_fixes_a_flipped_byte_and_equals_the_original",
+    "teacher_input": "test_any_teacher.py::test_py_teacher_build_verify_fit_eval (the build "
+                     "fails without layout=channels-first)",
+    "teacher_classes": "test_any_teacher.py::test_teacher_labels_matched_refused_or_mapped",
+    "check_teacher": "test_any_teacher.py::test_check_teacher_refuses_chance_and_force_records",
+    "force": "test_any_teacher.py::test_check_teacher_refuses_chance_and_force_records",
 }
 
 
@@ -423,6 +432,10 @@ EXTEND_BEHAVIOUR = {
     "threads": "test_extend_options_reach_the_run: torch threads after the run",
     "storage_opts": "test_cache_build_remote.py::test_build_into_s3_then_info_verify_card_and_fit"
                     " (extend on the S3 server; the value is recorded hidden)",
+    "teacher_input": "test_any_teacher.py::test_py_teacher_build_verify_fit_eval (extend "
+                     "refuses another layout)",
+    "teacher_classes": "test_any_teacher.py::test_teacher_labels_matched_refused_or_mapped "
+                       "(extend of a mapped store needs the mapping)",
 }
 
 

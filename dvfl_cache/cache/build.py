@@ -31,7 +31,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -41,7 +40,6 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,39 +74,53 @@ class BuildResult:
     fp16_kl: dict[str, float] | None
     failed_rows: dict[int, dict] = field(default_factory=dict)  # mixed rows, partner failed
     storage_error: dict[str, Any] | None = None  # codec error (dtype q8), see CacheReader
+    teacher_check: dict[str, Any] | None = None  # build --check-teacher's result
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    from dvfl_cache.models.load import sha256_file as sha
+
+    return sha(path, chunk=chunk)
 
 
 def load_teacher(teacher: str, *, weights: str | None, random_weights: bool,
                  num_classes: int, num_frames: int, opts: Mapping[str, Any] | None = None,
-                 seed: int = 0) -> tuple[torch.nn.Module, TeacherInfo]:
+                 seed: int = 0, size: int | None = None,
+                 teacher_input: Mapping[str, Any] | None = None,
+                 classes: tuple[str, ...] | None = None,
+                 teacher_classes: Mapping[str, Any] | None = None,
+                 class_map: list[list[int]] | None = None
+                 ) -> tuple[torch.nn.Module, TeacherInfo]:
     """The teacher network in eval mode and its provenance record.
 
-    `teacher` is a registry name or a path to a dvfl checkpoint that names its own architecture.
+    `teacher` is a registry name, a path to a dvfl checkpoint that names its own architecture,
+    ``hf:PATH`` or ``py:MODULE:FUNCTION`` (``dvfl_cache.models.load``). For the last two,
+    ``size`` is the clip size, ``teacher_input`` states the input layout/normalisation,
+    ``classes`` are the dataset's class names and ``teacher_classes`` maps them onto the
+    teacher's labels (``class_map``: a stored mapping, replayed by verify --recompute).
     """
-    from dvfl_cache.models import create_model, load_pretrained, model_from_checkpoint
-    from dvfl_cache.models.registry import MODEL_NAMES
+    from dvfl_cache.models.load import classes_for_dataset, load_model, spec_kind
+
+    from dvfl_cache.models.registry import MODEL_NAMES, is_foreign
 
     opts = dict(opts or {})
-    if os.path.isfile(teacher):
+    if not (is_foreign(teacher) or teacher in MODEL_NAMES or os.path.isfile(teacher)):
+        raise DvflError(f"unknown teacher {teacher!r}: not a file, not a registered model "
+                        f"({', '.join(MODEL_NAMES)}), not hf:PATH or py:MODULE:FUNCTION")
+    kind = spec_kind(teacher)
+    if kind in ("hf", "py"):
+        return _load_foreign_teacher(teacher, kind, weights=weights, opts=opts, seed=seed,
+                                     num_classes=num_classes, num_frames=num_frames, size=size,
+                                     teacher_input=teacher_input, classes=classes,
+                                     teacher_classes=teacher_classes, class_map=class_map,
+                                     load_model=load_model, match=classes_for_dataset)
+    if kind == "checkpoint":
         if weights:
             raise DvflError(f"--teacher {teacher} is a checkpoint with its own weights; "
                             "drop --weights")
-        model, report = model_from_checkpoint(teacher, **opts)
-        log.info("teacher %s", report.summary())
-        sha = sha256_file(teacher)
-        name = model.arch or Path(teacher).name
+        loaded = load_model(teacher, options=opts)
+        log.info("teacher %s", loaded.report)
     else:
-        if teacher not in MODEL_NAMES:
-            raise DvflError(f"unknown teacher {teacher!r}: not a file and not a registered model "
-                            f"({', '.join(MODEL_NAMES)})")
         if weights is None and not random_weights:
             raise DvflError("no --weights given for the teacher; pass the checkpoint to distil "
                             "from, or --random-weights if a random teacher is really intended "
@@ -116,14 +128,11 @@ def load_teacher(teacher: str, *, weights: str | None, random_weights: bool,
         if weights is not None and random_weights:
             raise DvflError("pass either --weights or --random-weights, not both")
         torch.manual_seed(seed)
-        model = create_model(teacher, **{"num_classes": num_classes, "num_frames": num_frames,
-                                         **opts})
-        sha = None
+        loaded = load_model(teacher, weights, options={"num_classes": num_classes,
+                                                       "num_frames": num_frames, **opts})
         if weights is not None:
-            report = load_pretrained(model, weights)
-            log.info("teacher %s", report.summary())
-            sha = sha256_file(weights)
-        name = teacher
+            log.info("teacher %s", loaded.report)
+    model = loaded.model
     if model.num_classes != num_classes:
         raise DvflError(f"teacher {teacher} has {model.num_classes} classes but the dataset has "
                         f"{num_classes}")
@@ -131,7 +140,61 @@ def load_teacher(teacher: str, *, weights: str | None, random_weights: bool,
         raise DvflError(f"teacher {teacher} takes {model.num_frames} frames but --frames is "
                         f"{num_frames}")
     model.eval()
-    return model, TeacherInfo(name=name, config=dict(model.config), weights_sha256=sha)
+    return model, TeacherInfo(name=loaded.name, config=loaded.config,
+                              weights_sha256=loaded.weights_sha256)
+
+
+def _load_foreign_teacher(teacher, kind, *, weights, opts, seed, num_classes, num_frames, size,
+                          teacher_input, classes, teacher_classes, class_map, load_model, match
+                          ) -> tuple[torch.nn.Module, TeacherInfo]:
+    """An hf:/py: teacher: its label set matched to the dataset's (names, generic LABEL_i in
+    the dataset's order, or a --teacher-classes mapping), its clip geometry checked."""
+    if kind == "hf" and opts:
+        raise DvflError(f"--teacher {teacher}: --teacher-opt applies to registry and py: "
+                        "teachers; an hf: teacher is its folder")
+    torch.manual_seed(seed)  # a py: factory's random init is then the same on every rerun
+    loaded = load_model(teacher, weights, options=opts, num_classes=num_classes,
+                        num_frames=num_frames, size=size, clip_input=teacher_input,
+                        class_map=class_map)
+    model, config = loaded.model, dict(loaded.config)
+    labels = loaded.extra.get("labels")
+    if class_map is not None:
+        how = "mapped"
+    elif labels is not None and classes is not None:
+        how, found = match(labels, classes, spec=teacher, mapping=teacher_classes)
+        if found is not None:
+            loaded = load_model(teacher, weights, options=opts, num_classes=num_classes,
+                                num_frames=num_frames, size=size, clip_input=teacher_input,
+                                class_map=found)
+            model, config = loaded.model, dict(loaded.config)
+    else:
+        if teacher_classes is not None:
+            raise DvflError(f"--teacher-classes: {teacher} has no label names to map onto")
+        how = "generic"
+    if labels is not None:
+        config["labels"] = list(labels)
+    config["label_match"] = how
+    if teacher_classes is not None:
+        config["teacher_classes"] = dict(teacher_classes)
+    if model.num_classes != num_classes:
+        raise DvflError(f"teacher {teacher} has {model.num_classes} classes but the dataset has "
+                        f"{num_classes}")
+    if model.num_frames != num_frames:
+        raise DvflError(f"teacher {teacher} takes {model.num_frames} frames but --frames is "
+                        f"{num_frames}")
+    if size is not None and model.img_size != size:
+        raise DvflError(f"teacher {teacher} takes {model.img_size}px clips but --size is {size}")
+    if loaded.report:
+        log.info("teacher %s", loaded.report)
+    model.eval()
+    with torch.inference_mode():  # a wrong layout or size fails here, before a store exists
+        model(torch.zeros(1, model.num_frames, 3, model.img_size, model.img_size))
+    if how == "generic" and labels is not None:
+        log.info("teacher %s: generic labels LABEL_0..%d taken in the dataset's class order",
+                 teacher, num_classes - 1)
+    model.eval()
+    return model, TeacherInfo(name=loaded.name, config=config,
+                              weights_sha256=loaded.weights_sha256)
 
 
 def make_sampler(cfg: BuildConfig) -> ViewSampler:
@@ -224,7 +287,8 @@ def prepare(cfg: BuildConfig, index: DatasetIndex) -> tuple[torch.nn.Module, Cac
     teacher, tinfo = load_teacher(cfg.teacher, weights=cfg.weights,
                                   random_weights=cfg.random_weights,
                                   num_classes=index.num_classes, num_frames=cfg.frames,
-                                  opts=cfg.teacher_opts, seed=cfg.seed)
+                                  opts=cfg.teacher_opts, seed=cfg.seed,
+                                  **foreign_teacher(cfg, index))
     meta = CacheMeta(
         teacher=tinfo,
         dataset=DatasetInfo(kind=index.kind, split=index.split, subset=index.subset,
@@ -237,6 +301,66 @@ def prepare(cfg: BuildConfig, index: DatasetIndex) -> tuple[torch.nn.Module, Cac
         teacher_precision=teacher_precision(resolve_device(cfg.device)),
         decoder_version=decoder_version())
     return teacher, meta, sampler
+
+
+def foreign_teacher(cfg: BuildConfig, index: DatasetIndex) -> dict[str, Any]:
+    """load_teacher's extra arguments for an hf:/py: teacher (none for the others)."""
+    from dvfl_cache.models.registry import is_foreign
+
+    if not is_foreign(cfg.teacher):
+        if cfg.teacher_input or cfg.teacher_classes:
+            raise DvflError("--teacher-input and --teacher-classes apply to hf: and py: teachers")
+        return {}
+    mapping = None
+    if cfg.teacher_classes:
+        from dvfl_cache.models.load import read_class_file
+
+        mapping = read_class_file(cfg.teacher_classes)
+    return {"size": cfg.size, "teacher_input": dict(cfg.teacher_input) or None,
+            "classes": tuple(index.classes), "teacher_classes": mapping}
+
+
+def check_teacher(teacher: torch.nn.Module, index: DatasetIndex, *, videos: int,
+                  cfg: BuildConfig, device: torch.device) -> dict[str, Any]:
+    """The teacher's top-1 on the centre test view of ``videos`` videos spread over the index,
+    before hours of build: a wrong normalisation, layout or label order shows as chance level.
+
+    Refused (``DvflError``) unless ``cfg.force`` when the count right is within two standard
+    deviations of chance (binomial, p = 1 / classes): no evidence the teacher knows the classes.
+    """
+    n = min(videos, len(index))
+    picked = sorted({int(v) for v in np.linspace(0, len(index) - 1, n).round()})
+    sampler = ViewSampler(temporal=cfg.sampler.get("temporal", "segment"),
+                          stride=cfg.sampler.get("stride", 4), num_frames=cfg.frames,
+                          mode="test", seed=cfg.seed)
+    dataset = ClipDataset(index, RowViews(sampler, len(index), len(index)),
+                          (Cut("clip", cfg.size, as_uint8=True),))
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=picked, shuffle=False,
+                        num_workers=0, collate_fn=collate_clips)
+    right = scored = 0
+    with torch.inference_mode():
+        for batch in loader:
+            if batch["clip"] is None:
+                continue
+            logits = teacher(to_float(batch["clip"].to(device))).float().cpu()
+            labels = torch.tensor([index.videos[int(v)].label for v in batch["video"]])
+            right += int((logits.argmax(1) == labels).sum())
+            scored += len(labels)
+    if scored == 0:
+        raise DvflError(f"--check-teacher: none of the {len(picked)} videos decoded")
+    chance = 1.0 / index.num_classes
+    bar = scored * chance + 2 * (scored * chance * (1 - chance)) ** 0.5
+    result = {"videos": scored, "correct": right, "top1": right / scored, "chance": chance,
+              "above_chance": right > bar}
+    log.info("teacher check: top-1 %.2f%% (%d / %d test views; chance %.2f%%)",
+             100 * result["top1"], right, scored, 100 * chance)
+    if not result["above_chance"] and not cfg.force:
+        raise DvflError(f"--check-teacher: the teacher gets {right} of {scored} test views right "
+                        f"(top-1 {100 * result['top1']:.1f}%, chance {100 * chance:.1f}%): not "
+                        f"above chance (needs more than {bar:.1f}); check its weights, input "
+                        "normalisation/layout (--teacher-input) and labels (--teacher-classes), "
+                        "or pass --force to build anyway")
+    return result
 
 
 def make_mix(cfg: BuildConfig, index: DatasetIndex) -> MixConfig | None:
@@ -666,6 +790,9 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     device = resolve_device(cfg.device)
     teacher, meta, sampler = prepare(cfg, index)
     teacher.to(device)
+    checked = None
+    if cfg.check_teacher:
+        checked = check_teacher(teacher, index, videos=cfg.check_teacher, cfg=cfg, device=device)
     so = dict(cfg.storage_options) or None
     meta = _existing_decoder(cfg, meta, so)
     writer = CacheWriter.open_for_rank(cfg.out, meta, rank=rank, world_size=world,
@@ -673,7 +800,8 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
                                        resume=cfg.resume or cfg.repair,
                                        barrier=barrier, storage_options=so)
     if rank == 0 and cfg.command:
-        writer.record_build(list(cfg.command), world_size=world)
+        writer.record_build(list(cfg.command), world_size=world,
+                            **({"teacher_check": checked} if checked else {}))
     if on_start is not None:
         on_start(sum(len(writer.shard_rows(s)) for s in writer.pending_shards()))
     labels = np.array([v.label for v in index.videos], np.int32)
@@ -695,7 +823,8 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
         from dvfl_cache.cache.sameviews import check_same_views
 
         check_same_views(reader, CacheReader(cfg.views_from, storage_options=so))
-    result = BuildResult(path=str(cfg.out), rows_written=rows_written, shards_written=len(written),
+    result = BuildResult(teacher_check=checked, path=str(cfg.out), rows_written=rows_written,
+                         shards_written=len(written),
                          shards_total=meta.num_shards, failed=reader.failed_videos(),
                          complete=reader.complete, fp16_kl=reader.fp16_kl(),
                          failed_rows=reader.failed_rows(),

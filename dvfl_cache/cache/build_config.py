@@ -41,6 +41,22 @@ class BuildConfig:
         flag="--teacher-opt", key_values=True, default_factory=dict,
         help="Override a teacher constructor option (repeatable), e.g. embed_dim=32 or "
              "depths=1,1,2,1.")
+    teacher_input: Mapping[str, Any] = setting(
+        flag="--teacher-input", key_values=True, default_factory=dict,
+        help="hf:/py: teachers: the input the model expects (repeatable): layout=frames-first "
+             "([B,T,C,H,W]) or channels-first ([B,C,T,H,W]), mean=R,G,B, std=R,G,B of [0,1] "
+             "pixels. Default: an hf: model's preprocessor config; ImageNet, frames-first.")
+    teacher_classes: str | None = setting(
+        None, flag="--teacher-classes", path="file",
+        help="hf:/py: teachers with other labels than the dataset's: JSON file mapping each "
+             "dataset class to a teacher label or list of labels (probabilities summed).")
+    check_teacher: int = setting(
+        0, flag="--check-teacher", low=0,
+        help="First score the teacher on the test views of N training videos; print and record "
+             "its top-1 and refuse to build at chance level (see --force). 0 = skip.")
+    force: bool = setting(False, flag="--force",
+                          help="Build even when --check-teacher finds the teacher at chance "
+                               "level.")
     views_from: str | None = setting(
         None, flag="--views-from",
         help="Run this teacher over exactly the views (and mixes) of this store: its sampler, "
@@ -123,7 +139,8 @@ class BuildConfig:
         build = {k: v for k, v in asdict(self).items()
                  if k != "storage_options"}  # may hold credentials: never printed or stored
         return {"build": {**build, "sampler": dict(self.sampler),
-                          "teacher_opts": dict(self.teacher_opts)},
+                          "teacher_opts": dict(self.teacher_opts),
+                          "teacher_input": dict(self.teacher_input)},
                 "sampler": {"name": sampler.temporal,
                             "params": {**sampler.to_dict(), "size": self.size},
                             "seed": self.seed},

@@ -135,6 +135,17 @@ def card_fields(reader, digests: dict[str, str], *, address: str,
     }
 
 
+def _teacher_input_text(fields: dict[str, Any]) -> str:
+    """The preprocessing an hf:/py: teacher was fed (its record in the header's config)."""
+    cin = (fields.get("teacher") or {}).get("config", {}).get("input")
+    if not isinstance(cin, dict) or not str(fields["teacher"].get("name", "")).startswith(
+            ("hf:", "py:")):
+        return ""
+    return (f"The teacher was fed {cin['frames']}-frame {cin['size']}px clips, "
+            f"{cin['layout']}, normalised with mean {cin['mean']} and std {cin['std']} "
+            f"(from {cin['source']}).\n\n")
+
+
 def render_card(fields: dict[str, Any]) -> str:
     header = "".join(f"{k}: {json.dumps(v, sort_keys=k in ('sampler', 'teacher'))}\n"
                      for k, v in fields.items())
@@ -149,6 +160,7 @@ def render_card(fields: dict[str, Any]) -> str:
         f"store (format `{fields['format']}` version {fields['format_version']}; see dvfl's "
         f"docs/cache-format.md). The teacher's top-1 on its own views is {acc} over "
         f"{fields['valid_rows']} valid views.\n\n"
+        f"{_teacher_input_text(fields)}"
         f"Built with:\n\n{built}\n\n"
         f"Check a copy against this card (every file's sha256 is in `{MANIFEST_NAME}`):\n\n"
         + "\n".join(f"    {c}" for c in fields["verify_with"]) + "\n\n"

@@ -29,6 +29,7 @@ import numpy as np
 import zarr
 
 from dvfl_cache.cache import codecs
+from dvfl_cache.models.registry import is_foreign
 from dvfl_cache.cache.build import BuildResult, _distributed, prepare, write_pending
 from dvfl_cache.cache.build_config import BuildConfig, recorded_settings
 from dvfl_cache.cache.claims import put_atomic
@@ -259,6 +260,9 @@ def extend_cache(cfg: BuildConfig, index: DatasetIndex, *,
         raise CacheError(f"{cfg.out}: the store already has {stored.views_per_video} views per "
                          f"video; --views-per-video {V2} would shrink it")
     cfg = dataclasses.replace(cfg, **recorded_settings(stored), resume=True, overwrite=False)
+    if is_foreign(cfg.teacher) and not cfg.teacher_input and stored.teacher.config.get("input"):
+        # the store's record of the teacher's input is replayed, as verify --recompute does
+        cfg = dataclasses.replace(cfg, teacher_input=dict(stored.teacher.config["input"]))
     rank, world, barrier = _distributed()
     device = resolve_device(cfg.device)
     teacher, meta, sampler = prepare(cfg, index)

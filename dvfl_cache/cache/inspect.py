@@ -48,6 +48,11 @@ def info(path_or_url: str | os.PathLike, *, storage_options: dict[str, Any] | No
             "format": f"{FORMAT_NAME} v{m.format_version}",
             "teacher": m.teacher.name,
             "teacher_weights_sha256": m.teacher.weights_sha256,
+            "teacher_input": m.teacher.config.get("input") if m.teacher.name.startswith(
+                ("hf:", "py:")) else None,
+            "teacher_labels": m.teacher.config.get("label_match"),
+            "teacher_check": next((r["teacher_check"] for r in reversed(reader.build_records())
+                                   if r.get("teacher_check")), None),
             "dataset": f"{m.dataset.kind} split {m.dataset.split} {m.dataset.subset}",
             "index_digest": m.dataset.index_digest,
             "num_classes": m.num_classes,

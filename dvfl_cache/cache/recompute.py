@@ -83,6 +83,23 @@ def _read_rows(reader: CacheReader, names: list[str], rows: np.ndarray
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def _replayed_teacher(teacher: str, m: Any) -> dict[str, Any]:
+    """load_teacher's options as the store recorded them: a registry teacher's constructor
+    options; an hf:/py: teacher's factory options, input layout/normalisation and class
+    mapping, so the recompute feeds the model exactly what the build did."""
+    from dvfl_cache.models.registry import is_foreign
+
+    config = m.teacher.config
+    if os.path.isfile(teacher):
+        return {"opts": None}
+    if not is_foreign(teacher):
+        return {"opts": config}
+    stored = config.get("input") or {}
+    return {"opts": config.get("options") or {}, "size": stored.get("size"),
+            "teacher_input": stored or None,
+            "classes": tuple(m.dataset.classes), "class_map": config.get("class_map")}
+
+
 def recompute(store: str | os.PathLike, index: DatasetIndex, *, teacher: str, n: int,
               weights: str | None = None, device: str | None = None, batch_size: int = 8,
               progress: Callable[[int], None] | None = None,
@@ -110,8 +127,7 @@ def recompute(store: str | os.PathLike, index: DatasetIndex, *, teacher: str, n:
         and not os.path.isfile(teacher)
     model, tinfo = load_teacher(teacher, weights=weights, random_weights=random_weights,
                                 num_classes=m.num_classes, num_frames=m.num_frames,
-                                opts=None if os.path.isfile(teacher) else m.teacher.config,
-                                seed=m.sampler.seed)
+                                seed=m.sampler.seed, **_replayed_teacher(teacher, m))
     reader.check_compatible(teacher=tinfo)
     model.to(dev)
 

@@ -231,12 +231,13 @@ class CacheWriter:
             time.sleep(poll_s)
         return cls(path, meta, storage_options=storage_options)
 
-    def record_build(self, command: list[str], *, world_size: int = 1) -> None:
+    def record_build(self, command: list[str], *, world_size: int = 1, **extra: Any) -> None:
         """Keep the command that (re)built this store, for its card (never a credential: the
-        caller redacts storage options). One new file per invocation: no shared JSON."""
+        caller redacts storage options), with ``extra`` JSON facts of that run (e.g. its
+        ``teacher_check``). One new file per invocation: no shared JSON."""
         now = _dt.datetime.now(_dt.timezone.utc)
         record = {"command": command, "world_size": world_size,
-                  "started": now.isoformat(timespec="seconds")}
+                  "started": now.isoformat(timespec="seconds"), **extra}
         base = f"{self._root_path}/{PROVENANCE_GROUP}"
         if not exists_fresh(self._fs, f"{base}/zarr.json"):
             put_atomic(self._fs, f"{base}/zarr.json", EMPTY_GROUP)

@@ -16,10 +16,29 @@ from dvfl_cache.data.views import ViewSampler
 SAMPLER_OPTIONS = ("temporal", "stride", "flip", "area", "jitter", "jitter_mode", "gray_p")
 
 
+def teacher_geometry(settings: dict) -> None:
+    """An hf: teacher's own frames and size are the defaults of --frames and --size (given
+    values are kept, and checked against the model when it loads)."""
+    from dvfl_cache.models.registry import is_foreign
+
+    if not is_foreign(settings.get("teacher")):
+        return
+    from dvfl_cache.models.load import preview_input
+
+    given = preview_input(settings["teacher"])
+    if given is None:
+        return
+    ctx = click.get_current_context()
+    for key, value in (("frames", given.frames), ("size", given.size)):
+        if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
+            settings[key] = value
+
+
 @click.command("build")
 @recipe_options("build")
 @dataset_options(subset="train")
 @options_from(BuildConfig, ("teacher", "weights", "random_weights", "teacher_opts",
+                            "teacher_input", "teacher_classes", "check_teacher", "force",
                             "views_per_video", "frames", "size"))
 @options_from(ViewSampler, SAMPLER_OPTIONS)
 @options_from(BuildConfig, ("mixup", "cutmix", "mix_prob", "seed"))
@@ -48,6 +67,7 @@ def build_cmd(print_config, kind, root, split, subset, index_path, videos_dir, a
 
     sampler = {k: list(v) if isinstance(v, tuple) else v
                for k, v in ((k, settings.pop(k)) for k in SAMPLER_OPTIONS)}
+    teacher_geometry(settings)
     cfg = BuildConfig(**field_values(BuildConfig, settings), sampler=sampler,
                       storage_options=storage_options_from(storage_opts) or {},
                       command=tuple(canonical_command(click.get_current_context())))
@@ -72,6 +92,11 @@ def build_cmd(print_config, kind, root, split, subset, index_path, videos_dir, a
     finally:
         bar.close()
     if rank == 0:
+        if result.teacher_check:
+            c = result.teacher_check
+            click.echo(f"teacher check: top-1 {100 * c['top1']:.2f}% ({c['correct']} / "
+                       f"{c['videos']} test views; chance {100 * c['chance']:.2f}%)"
+                       + ("" if c["above_chance"] else ", not above chance (--force)"))
         state = "complete" if result.complete else "incomplete (other ranks still running?)"
         click.echo(f"{result.path}: {result.rows_written} views in {result.shards_written} "
                    f"shards written by this process; store {state}, "

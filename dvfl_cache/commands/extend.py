@@ -13,7 +13,8 @@ from dvfl_cache.commands.options import (canonical_command, check_model_options,
 @click.command("extend")
 @click.argument("store")
 @dataset_options(subset="train")
-@options_from(BuildConfig, ("teacher", "weights", "random_weights", "teacher_opts"))
+@options_from(BuildConfig, ("teacher", "weights", "random_weights", "teacher_opts",
+                            "teacher_input", "teacher_classes"))
 @options_from(BuildConfig, ("views_per_video",),
               views_per_video={"required": True, "default": None,
                                "help": "The store's new views per video V2 (views V..V2-1 are "

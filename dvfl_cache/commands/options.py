@@ -80,7 +80,9 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
     low, high, low_open, high_open = meta.get("range") or (None, None, False, False)
     if meta.get("choices") is not None:
         choices = meta["choices"]
-        kw["type"] = click.Choice(list(choices() if callable(choices) else choices))
+        names = list(choices() if callable(choices) else choices)
+        kw["type"] = (_ChoiceOrSpec(names, tuple(meta["prefixes"])) if meta.get("prefixes")
+                      else click.Choice(names))
     elif meta.get("path"):  # "file" / "dir" to read (must exist), "out_dir" to write
         kw["type"] = click.Path(exists=meta["path"] != "out_dir",
                                 dir_okay=meta["path"] != "file", file_okay=meta["path"] == "file")
@@ -103,6 +105,22 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
     shown = (",".join(x if isinstance(x, str) else f"{x:g}" for x in default)
              if isinstance(default, tuple) else default is not None)
     return click.option(meta["flag"], f.name, default=default, show_default=shown, **kw)
+
+
+class _ChoiceOrSpec(click.Choice):
+    """One of the choices, or a value starting with one of ``prefixes`` (hf:PATH, py:M:F)."""
+
+    def __init__(self, choices: Sequence[str], prefixes: tuple[str, ...]):
+        super().__init__(choices)
+        self.prefixes = prefixes
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join([*self.choices, *(f"{p}..." for p in self.prefixes)]) + "]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        if isinstance(value, str) and value.startswith(self.prefixes):
+            return value
+        return super().convert(value, param, ctx)
 
 
 def _strip_none(hint: Any) -> Any:
@@ -233,7 +251,7 @@ def check_model_options(name: str, options: dict[str, Any], flag: str) -> None:
     from dvfl_cache.models.registry import MODEL_NAMES, ModelOptionError, check_model_options
 
     if name not in MODEL_NAMES:
-        return  # a checkpoint path: its loader checks its own options
+        return  # a checkpoint path, hf: or py: spec: its loader checks its own options
     try:
         check_model_options(name, options, flag=flag)
     except ModelOptionError as exc:
@@ -368,7 +386,8 @@ def resolve_recipe(name: str, stage: str, params: dict[str, Any], *, explicit: s
     if stage != "build":
         if params.get("cache"):
             values = {k: v for k, v in values.items() if k not in _MIX}
-        if not (params.get("cache") or params.get("teacher_weights")):
+        if not (params.get("cache") or params.get("teacher_weights")
+                or str(params.get("teacher") or "").startswith(("hf:", "py:"))):
             values.pop("alpha", None)
     out = dict(params)
     for key, value in values.items():

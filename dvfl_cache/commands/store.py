@@ -46,6 +46,30 @@ def storage_error_lines(err: dict[str, Any] | None) -> list[str]:
     return out
 
 
+_LABELS = {"names": "the dataset's class names",
+           "generic": "generic (LABEL_i or unnamed outputs), taken in the dataset's class order",
+           "mapped": "mapped onto the dataset's classes (--teacher-classes)"}
+
+
+def _teacher_lines(d: dict[str, Any]) -> list[tuple[str, str]]:
+    """An hf:/py: teacher's input, label set and pre-build check, as `info` shows them."""
+    out = []
+    cin = d.get("teacher_input")
+    if cin:
+        out.append(("teacher input", f"{cin['frames']} x {cin['size']}px, {cin['layout']}, mean "
+                    f"{', '.join(f'{v:g}' for v in cin['mean'])}, std "
+                    f"{', '.join(f'{v:g}' for v in cin['std'])} (from {cin['source']})"))
+    if d.get("teacher_labels"):
+        out.append(("teacher labels", _LABELS.get(d["teacher_labels"], d["teacher_labels"])))
+    check = d.get("teacher_check")
+    if check:
+        out.append(("teacher check", f"top-1 {100 * check['top1']:.2f}% on the test views of "
+                    f"{check['videos']} videos before the build (chance "
+                    f"{100 * check['chance']:.2f}%"
+                    + ("" if check["above_chance"] else "; built anyway with --force") + ")"))
+    return out
+
+
 def _print_info(d: dict[str, Any]) -> None:
     lines = [
         ("store", d["store"]),
@@ -53,6 +77,7 @@ def _print_info(d: dict[str, Any]) -> None:
         ("teacher", f"{d['teacher']} " + (f"(weights sha256 {d['teacher_weights_sha256']})"
                                           if d["teacher_weights_sha256"] else
                                           "(random weights, no checkpoint)")),
+        *_teacher_lines(d),
         ("dataset", f"{d['dataset']}, {d['num_classes']} classes, {d['num_videos']} videos"),
         ("index digest", d["index_digest"]),
         ("views", f"{d['views_per_video']} per video, {d['rows']} rows, {d['num_frames']} frames"
@@ -111,7 +136,8 @@ def info_cmd(store: str, as_json: bool, storage_opts: tuple[str, ...]) -> None:
               help="Also re-run the teacher on N rows spread over the store (mixed rows "
                    "included) and fail if its logits differ beyond the stored precision.")
 @click.option("--teacher", default=None,
-              help="With --recompute: the teacher, a registered name or a dvfl checkpoint.")
+              help="With --recompute: the teacher, a registered name, a dvfl checkpoint, hf:PATH "
+                   "or py:MODULE:FUNCTION (its recorded input and options are replayed).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="With --recompute: the teacher's weights (none for a random-weights cache).")
 @click.option("--device", default=None, help="With --recompute: cpu, cuda, ... (default: cuda "

@@ -23,6 +23,9 @@ _EXPORTS = {
     "model_from_checkpoint": "weights",
     "read_checkpoint": "weights",
     "count_params": "flops",
+    "load_model": "load",
+    "LoadedModel": "load",
+    "ClipClassifier": "load",
     "count_gmacs": "flops",
 }
 

@@ -31,6 +31,15 @@ _VARIANTS: dict[str, dict[str, Any]] = {
 
 MODEL_NAMES: tuple[str, ...] = tuple(_VARIANTS)
 
+# Models from elsewhere (``dvfl_cache.models.load``): a Hugging Face folder or cached model id,
+# and a Python factory ``MODULE:FUNCTION`` (which runs the user's own code).
+FOREIGN_PREFIXES: tuple[str, ...] = ("hf:", "py:")
+
+
+def is_foreign(spec: str | None) -> bool:
+    """True for an ``hf:`` or ``py:`` model spec (no torch import: the CLI asks this)."""
+    return isinstance(spec, str) and spec.startswith(FOREIGN_PREFIXES)
+
 
 def list_models() -> list[str]:
     return list(MODEL_NAMES)

@@ -456,6 +456,15 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, /, **extra:
         torch.save(obj, tmp)
 
 
+class ForeignCheckpoint(CheckpointError):
+    """A dvfl checkpoint of an hf:/py: model; ``checkpoint`` is what was read, for
+    ``dvfl_cache.models.load`` to rebuild it without reading the file again."""
+
+    def __init__(self, message: str, *, checkpoint: Mapping[str, Any]):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
 def model_from_checkpoint(path: str | os.PathLike, *, fresh_head: bool = False,
                           **overrides: Any) -> tuple[VideoFocalNet, LoadReport]:
     """Rebuild the model a dvfl checkpoint was saved from (options overridable) and load it."""
@@ -468,6 +477,11 @@ def model_from_checkpoint(path: str | os.PathLike, *, fresh_head: bool = False,
     config = obj.get("model_config")
     if not isinstance(config, Mapping):
         raise CheckpointError(f"{path}: dvfl checkpoint without a 'model_config' dict")
+    arch = obj.get("arch")
+    if isinstance(arch, str) and (arch == "hf" or arch.startswith("py:")):
+        raise ForeignCheckpoint(f"{path}: holds a {arch} model; load it with "
+                                "dvfl_cache.models.load.load_model, which rebuilds it",
+                                checkpoint=obj)
     try:
         _check_options(config, path)
     except TypeError as exc:
@@ -478,3 +492,4 @@ def model_from_checkpoint(path: str | os.PathLike, *, fresh_head: bool = False,
     report = _apply(model, dict(obj["model"]), kind="dvfl", path=path, fresh_head=fresh_head,
                     ignored=tuple(k for k in obj if k not in _RESERVED))
     return model, report
+
