@@ -66,3 +66,16 @@ def test_every_benchmark_writes_its_conditions():
         direct = "_conditions.start(" in text and "_conditions.record(" in text
         staged = f'kind="{path.stem}"' in text and "Stages(" in text
         assert direct or staged, f"{path.name} does not record its conditions"
+
+
+def test_bench_codecs_writes_its_numbers_and_conditions(tmp_path):
+    bench = load_tool("bench_codecs")
+    out = tmp_path / "codecs.json"
+    rec = bench.main(["--rows", "300", "--speed-rows", "2000", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert data["kind"] == "bench_codecs" and data["source"] == "tool"
+    assert data["conditions"]["load_after"] is not None and data["rows_per_set"] == 300
+    assert len(data["logits"]) == 4 * 6 and {r["form"] for r in data["features"]} == {
+        "float16", "q8-affine"}
+    assert [s["rows"] for s in data["speed"]] == [2000, 2000]
+    assert data["logits"] == json.loads(json.dumps(rec["logits"], default=float))
