@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
+import subprocess
 from pathlib import Path
 
 from conftest import load_tool
@@ -20,7 +20,8 @@ def test_start_and_finish_record_machine_load_openmp_versions_commit(monkeypatch
     assert cond["openmp_env"]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert cond["openmp_env"]["GOMP_SPINCOUNT"] is None
     assert cond["cores"] >= 1 and len(cond["load_before"]) == 3
-    assert re.fullmatch(r"[0-9a-f]{40}", cond["git_commit"])
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=TOOLS, capture_output=True, text=True)
+    assert cond["git_commit"] == (git.stdout.strip() if git.returncode == 0 else None)
     assert cond["packages"]["numpy"] and cond["packages"]["click"]
     assert cond["date_utc"].endswith("+00:00") and cond["load_after"] is None
     done = conditions.finish(cond)
@@ -66,3 +67,16 @@ def test_every_benchmark_writes_its_conditions():
         direct = "_conditions.start(" in text and "_conditions.record(" in text
         staged = f'kind="{path.stem}"' in text and "Stages(" in text
         assert direct or staged, f"{path.name} does not record its conditions"
+
+
+def test_bench_codecs_writes_its_numbers_and_conditions(tmp_path):
+    bench = load_tool("bench_codecs")
+    out = tmp_path / "codecs.json"
+    rec = bench.main(["--rows", "300", "--speed-rows", "2000", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert data["kind"] == "bench_codecs" and data["source"] == "tool"
+    assert data["conditions"]["load_after"] is not None and data["rows_per_set"] == 300
+    assert len(data["logits"]) == 4 * 6 and {r["form"] for r in data["features"]} == {
+        "float16", "q8-affine"}
+    assert [s["rows"] for s in data["speed"]] == [2000, 2000]
+    assert data["logits"] == json.loads(json.dumps(rec["logits"], default=float))
