@@ -390,9 +390,11 @@ def resolve_recipe(name: str, stage: str, params: dict[str, Any], *, explicit: s
                 raise RecipeError(f"recipe {name!r} sets sampler {key}={value!r}, which `{stage}` "
                                   "has no option for")
     for key, what in recipe.needs.items():
-        # a build that needs no weights file: a random teacher, or --teacher CKPT (its own)
-        own_weights = key == "weights" and (out.get("random_weights")
-                                            or os.path.isfile(str(out.get("teacher") or "")))
+        # a build that needs no weights file: a random teacher, or --teacher CKPT / hf:PATH
+        # (its own)
+        teacher = str(out.get("teacher") or "")
+        own_weights = key == "weights" and (out.get("random_weights") or os.path.isfile(teacher)
+                                            or teacher.startswith("hf:"))
         if key in out and out[key] is None and not own_weights:
             flag = next((p for p in click.get_current_context().command.params
                          if p.name == key), None)

@@ -478,8 +478,9 @@ def load_state(model: nn.Module, path: str, *, fresh_head: bool = False,
 
 @dataclass
 class LoadedModel:
-    """A network and its provenance: ``identity`` is the JSON record a store keeps (name,
-    config, weights sha256); ``report`` the weight loader's one-line summary."""
+    """A network and its provenance: ``name``, ``config`` and ``weights_sha256`` are the JSON
+    record a store keeps of its teacher; ``report`` the weight loader's one-line summary;
+    ``extra`` holds an hf model's ``labels``."""
 
     model: nn.Module
     name: str
