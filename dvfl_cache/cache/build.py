@@ -98,6 +98,9 @@ def load_teacher(teacher: str, *, weights: str | None, random_weights: bool,
         raise DvflError(f"unknown teacher {teacher!r}: not a file, not a registered model "
                         f"({', '.join(MODEL_NAMES)}), not hf:PATH or py:MODULE:FUNCTION")
     kind = spec_kind(teacher)
+    if kind == "hf" and random_weights:
+        raise DvflError(f"--random-weights does not apply to {teacher}: an hf: teacher's weights "
+                        "are its folder's")
     if kind in ("hf", "py"):
         return _load_foreign_teacher(teacher, kind, weights=weights, opts=opts, seed=seed,
                                      num_classes=num_classes, num_frames=num_frames, size=size,

@@ -39,10 +39,32 @@ runtime_options = group(options_from(FitConfig, RUNTIME), threads_option)
 def fit_config(settings: dict[str, Any]) -> FitConfig:
     """The validated FitConfig of a command's options; model options of the wrong name or type
     are a usage error of their flag before anything is built."""
+    _hf_student_geometry(settings)
     check_model_options(settings["model"], settings["model_opts"], "--model-opt")
     if settings.get("teacher"):
         check_model_options(settings["teacher"], settings["teacher_opts"], "--teacher-opt")
     return FitConfig.from_cli(settings)
+
+
+def _hf_student_geometry(settings: dict[str, Any]) -> None:
+    """An hf: student's config gives the defaults of --frames and --size (given values, and a
+    recipe's, are kept): the model is built at them."""
+    import dataclasses
+
+    import click
+
+    model = settings.get("model")
+    ctx = click.get_current_context(silent=True)
+    if not (isinstance(model, str) and model.startswith("hf:")) or ctx is None:
+        return
+    from dvfl_cache.models.load import preview_input
+
+    own = preview_input(model)
+    defaults = {f.name: f.default for f in dataclasses.fields(FitConfig)}
+    for key, value in (("num_frames", own.frames), ("size", own.size)):
+        if (key in settings and settings[key] == defaults[key]
+                and ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT):
+            settings[key] = value
 
 
 def epoch_line(record: dict[str, Any], *, epochs: int) -> str:
