@@ -365,3 +365,21 @@ def test_hf_defaults_and_refusals_before_any_work(synth_root, tmp_path):
                                     f"hf:{folder}", "--random-weights"), expect=1)
     assert "--random-weights does not apply" in res.output and one_error_line(res)
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_online_teacher_labels_refused_or_mapped(synth_root, synth_index, tmp_path):
+    classes = list(synth_index.classes)
+    folder = save_hf(tmp_path / "k", "videomae", labels=["a", "b", "c", "d", "e"])
+    run = tmp_path / "run"
+    online = ["--teacher", f"hf:{folder}", "--model", "vfl-nano", "--model-opt", "embed_dim=8",
+              "--model-opt", "depths=1,1,1,1"]
+    res = cli(train_cli, fit_args(synth_root, run, *online), expect=1)
+    assert "--teacher-classes" in res.output and one_error_line(res)
+    (tmp_path / "map.json").write_text(json.dumps(
+        {classes[0]: ["a", "b"], classes[1]: "c", classes[2]: "d", classes[3]: "e"}))
+    cli(train_cli, fit_args(synth_root, run, *online, "--teacher-classes",
+                            tmp_path / "map.json", "--overwrite"))
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["teacher_classes"] == str(tmp_path / "map.json")
+    record = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert record["kd"] > 0

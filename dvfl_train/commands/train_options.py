@@ -24,7 +24,7 @@ __all__ = ["EpochProgress", "LOSS_SCHEDULE", "RUNTIME", "DATA_MODEL", "data_mode
 DATA_MODEL = ("dataset", "data_root", "split", "train_index", "val_index", "val_subset",
               "val_every", "test_span", "model", "model_opts", "model_input", "init", "drop_path",
               "num_frames", "size", "sampler", "cache", "teacher_mix", "views_subset", "teacher",
-              "teacher_weights", "teacher_opts", "teacher_input")
+              "teacher_weights", "teacher_opts", "teacher_input", "teacher_classes")
 LOSS_SCHEDULE = ("beta", "kd_form", "pred_loss", "rep_loss", "label_smoothing", "mixup", "cutmix",
                  "mix_prob", "epochs", "warmup_epochs",
                  "batch_size", "base_lr", "warmup_lr", "min_lr", "optimizer", "momentum",
