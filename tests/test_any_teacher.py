@@ -303,7 +303,8 @@ def test_hf_model_id_from_the_local_cache(synth_root, tmp_path, monkeypatch):
     assert hf_folder("hf:tiny/videomae") == snap
 
 
-def test_check_teacher_refuses_chance_and_force_records(synth_root, tmp_path):
+def test_check_teacher_refuses_chance_and_force_records(synth_root, synth_test_index,
+                                                        tmp_path):
     teacher = ["--teacher", "py:tiny_video_factory:constant_net", "--frames", "4", "--size",
                "32", "--check-teacher", "8"]
     out = tmp_path / "c.zarr"
@@ -314,6 +315,15 @@ def test_check_teacher_refuses_chance_and_force_records(synth_root, tmp_path):
     assert "teacher check: top-1 25.00% (2 / 8" in res.output
     info = json.loads(cli(cache_cli, ["info", "--json", out]).output)
     assert info["teacher_check"]["correct"] == 2 and not info["teacher_check"]["above_chance"]
+    # on another index (the test subset, saved by `dvfl-cache index`): all of its videos
+    from dvfl_cache.data.index import save_index
+
+    save_index(synth_test_index, tmp_path / "test.json")
+    res = cli(cache_cli, build_args(synth_root, tmp_path / "d.zarr", *teacher[:-2],
+                                    "--check-index", tmp_path / "test.json", "--force"))
+    assert f"/ {len(synth_test_index)} test views" in res.output
+    info = json.loads(cli(cache_cli, ["info", "--json", tmp_path / "d.zarr"]).output)
+    assert info["teacher_check"]["index"] == str(tmp_path / "test.json")
 
 
 def test_check_teacher_passes_a_teacher_that_knows_the_classes(synth_index):

@@ -308,6 +308,8 @@ BUILD_BEHAVIOUR = {
     "teacher_classes": "test_any_teacher.py::test_teacher_labels_matched_refused_or_mapped",
     "check_teacher": "test_any_teacher.py::test_check_teacher_refuses_chance_and_force_records",
     "force": "test_any_teacher.py::test_check_teacher_refuses_chance_and_force_records",
+    "check_index": "test_any_teacher.py::test_check_teacher_refuses_chance_and_force_records "
+                   "(the test index's 8 videos are scored and named)",
 }
 
 

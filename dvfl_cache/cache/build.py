@@ -519,8 +519,20 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     teacher, meta, sampler = prepare(cfg, index)
     teacher.to(device)
     checked = None
-    if cfg.check_teacher:
-        checked = check_teacher(teacher, index, videos=cfg.check_teacher, cfg=cfg, device=device)
+    if cfg.check_teacher or cfg.check_index:
+        scored = index
+        if cfg.check_index:
+            from dvfl_cache.data.index import load_index
+
+            scored = load_index(cfg.check_index)
+            if tuple(scored.classes) != tuple(index.classes):
+                raise DvflError(f"--check-index {cfg.check_index}: its classes are not the "
+                                f"build's ({len(scored.classes)} vs {len(index.classes)}, or "
+                                "another order)")
+        checked = check_teacher(teacher, scored, videos=cfg.check_teacher or len(scored),
+                                cfg=cfg, device=device)
+        if cfg.check_index:
+            checked["index"] = str(cfg.check_index)
     so = dict(cfg.storage_options) or None
     meta = _existing_decoder(cfg, meta, so)
     writer = CacheWriter.open_for_rank(cfg.out, meta, rank=rank, world_size=world,
