@@ -362,8 +362,9 @@ def test_py_online_teacher_needs_its_input(synth_root, tmp_path):
 
 
 def test_hf_defaults_and_refusals_before_any_work(synth_root, tmp_path):
-    """An hf: student's --frames/--size default to its config's (given ones win); an hf:
-    teacher has its own weights, so --random-weights is refused in one line."""
+    """An hf: student's --frames/--size default to its config's (given ones win); profile
+    builds it; an hf: teacher has its own weights, so --random-weights is refused in one
+    line."""
     folder = save_hf(tmp_path / "m", "timesformer")
     base = ["fit", "--dataset", "ucf101", "--root", synth_root, "--out", tmp_path / "run",
             "--model", f"hf:{folder}", "--print-config"]
@@ -371,6 +372,10 @@ def test_hf_defaults_and_refusals_before_any_work(synth_root, tmp_path):
     assert (cfg["num_frames"], cfg["size"]) == (4, 32)
     cfg = json.loads(cli(train_cli, [*base, "--frames", "2"]).output)
     assert (cfg["num_frames"], cfg["size"]) == (2, 32)
+    res = cli(train_cli, ["profile", "--model", f"hf:{folder}", "--frames", "4", "--size", "32",
+                          "--num-classes", "4", "--warmup", "0", "--runs", "1", "--json"])
+    row = json.loads(res.output.splitlines()[-1])
+    assert row["model"] == f"hf:{folder}" and row["params"] > 0 and row["gmacs"] > 0
     res = cli(cache_cli, build_args(synth_root, tmp_path / "c.zarr", "--teacher",
                                     f"hf:{folder}", "--random-weights"), expect=1)
     assert "--random-weights does not apply" in res.output and one_error_line(res)

@@ -79,7 +79,7 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
     if meta.get("choices") is not None:
         choices = meta["choices"]
         names = list(choices() if callable(choices) else choices)
-        kw["type"] = (_ChoiceOrSpec(names, tuple(meta["prefixes"])) if meta.get("prefixes")
+        kw["type"] = (ChoiceOrSpec(names, tuple(meta["prefixes"])) if meta.get("prefixes")
                       else click.Choice(names))
     elif meta.get("path"):  # "file" / "dir" to read (must exist), "out_dir" to write
         kw["type"] = click.Path(exists=meta["path"] != "out_dir",
@@ -103,7 +103,7 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
     return click.option(meta["flag"], f.name, default=default, show_default=shown, **kw)
 
 
-class _ChoiceOrSpec(click.Choice):
+class ChoiceOrSpec(click.Choice):
     """One of the choices, or a value starting with one of ``prefixes`` (hf:PATH, py:M:F)."""
 
     def __init__(self, choices: Sequence[str], prefixes: tuple[str, ...]):
