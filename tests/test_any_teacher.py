@@ -190,6 +190,9 @@ def test_py_teacher_build_verify_fit_eval(synth_root, tmp_path):
     assert t.config["input"]["layout"] == "channels-first"
     assert t.config["input"]["source"] == "--teacher-input"
     assert meta.feature_dim == 6  # the input of its classifier layer `fc`
+    cli(cache_cli, ["card", out])  # the card states the input the teacher was fed
+    card = (out / "README.md").read_text()
+    assert "fed 4-frame 32px clips, channels-first" in card and "(from --teacher-input)" in card
     # verify --recompute replays the recorded layout and options
     res = cli(cache_cli, ["verify", out, "--dataset", "ucf101", "--root", synth_root,
                           "--split", "1", "--recompute", "4", "--teacher", PY_TEACHER,
@@ -218,6 +221,11 @@ def test_py_teacher_build_verify_fit_eval(synth_root, tmp_path):
     res = cli(train_cli, ["eval", "--checkpoint", run / "best.pt", "--dataset", "ucf101",
                           "--root", synth_root, "--split", "1", "--workers", "0"])
     assert "over 8 videos" in res.output
+    from dvfl_cache.data.readers import build_index
+
+    video = build_index("ucf101", synth_root, split=1, subset="test").abspath(0)
+    res = cli(train_cli, ["predict", "--checkpoint", run / "best.pt", video, "--topk", "2"])
+    assert "1. " in res.output and "2. " in res.output
 
 
 def test_teacher_labels_matched_refused_or_mapped(synth_root, synth_index, tmp_path):
