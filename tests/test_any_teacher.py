@@ -406,3 +406,19 @@ def test_online_teacher_labels_refused_or_mapped(synth_root, synth_index, tmp_pa
     assert cfg["teacher_classes"] == str(tmp_path / "map.json")
     record = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert record["kd"] > 0
+
+
+def test_sweep_trains_and_evaluates_py_students(synth_root, tmp_path):
+    """A sweep of py: students without a teacher (CE at alpha 0): each run's best.pt is
+    rebuilt from its checkpoint and evaluated."""
+    out = tmp_path / "sweep"
+    cli(train_cli, ["sweep", "--dataset", "ucf101", "--root", synth_root, "--model",
+                    "py:tiny_video_factory:tiny_video_net", "--model-opt", "width=4",
+                    "--model-input", "layout=channels-first", "--frames", "4", "--size", "32",
+                    "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--workers",
+                    "0", "--device", "cpu", "--alphas", "0", "--seeds", "0,1", "--out", out])
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3  # header and one row per seed
+    for run in sorted((out / "runs").iterdir()):
+        state = torch.load(run / "best.pt", weights_only=True)
+        assert state["arch"] == "py:tiny_video_factory:tiny_video_net"
