@@ -422,3 +422,23 @@ def test_sweep_trains_and_evaluates_py_students(synth_root, tmp_path):
     for run in sorted((out / "runs").iterdir()):
         state = torch.load(run / "best.pt", weights_only=True)
         assert state["arch"] == "py:tiny_video_factory:tiny_video_net"
+
+
+@pytest.mark.parametrize("pre, mean, std", [
+    # VideoMAE / TimeSformer processors: [0, 1] pixels, ImageNet statistics
+    ({"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+      "rescale_factor": 1 / 255}, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # ViViT's: rescaled to [-1, 1] (offset), then (v - 0.5) / 0.5 = 4 x - 3 of [0, 1] pixels
+    ({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "rescale_factor": 1 / 127.5,
+      "offset": True}, (0.75,) * 3, (0.25,) * 3),
+    ({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "do_normalize": False},
+     (0.0,) * 3, (1.0,) * 3),
+])
+def test_hf_preprocessing_is_read_from_the_processor_config(tmp_path, pre, mean, std):
+    from dvfl_cache.models.load import hf_input
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(pre))
+    got = hf_input({"num_frames": 4, "image_size": 32}, tmp_path)
+    np.testing.assert_allclose(got.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(got.std, std, rtol=1e-12)
+    assert (got.frames, got.size, got.layout) == (4, 32, "frames-first")
