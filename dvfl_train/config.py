@@ -97,7 +97,8 @@ def _model_names() -> tuple[str, ...]:
 # Fields that may change when a run is resumed without changing what it computes.
 RESUMABLE_CHANGES = frozenset({"workers", "device", "out_dir", "max_failed", "tensorboard"})
 # Fields naming files or folders: compared resolved on resume (see resume_differences).
-PATH_FIELDS = ("data_root", "train_index", "val_index", "init", "cache", "teacher_weights")
+PATH_FIELDS = ("data_root", "train_index", "val_index", "init", "cache", "teacher_weights",
+               "teacher_classes")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -185,6 +186,10 @@ class FitConfig:
         flag="--teacher-input", key_values=True, default_factory=dict, hash=False,
         help="hf:/py: online teachers: the input the model expects (repeatable), as "
              "dvfl-cache build --teacher-input.")
+    teacher_classes: str | None = setting(
+        None, flag="--teacher-classes", path="file",
+        help="hf: online teachers with other labels than the dataset's: JSON file mapping each "
+             "dataset class to a teacher label or list of labels, as dvfl-cache build's.")
     # loss
     alpha: float = setting(0.3, flag="--alpha", low=0, high=1,
                            help="Weight of the KD term (0: cross-entropy only).")
@@ -508,7 +513,10 @@ class FitConfig:
              "model_input applies to hf: and py: students")
         need(not self.teacher_input or is_foreign(self.teacher),
              "teacher_input applies to hf: and py: online teachers")
-        for name in ("sampler", "model_opts", "teacher_opts", "storage_options", "model_input", "teacher_input"):
+        need(self.teacher_classes is None or is_foreign(self.teacher),
+             "teacher_classes applies to hf: online teachers")
+        for name in ("sampler", "model_opts", "teacher_opts", "storage_options", "model_input",
+                     "teacher_input"):
             try:
                 json.dumps(getattr(self, name), allow_nan=False)
             except (TypeError, ValueError) as exc:

@@ -266,17 +266,27 @@ def load_online_teacher(cfg: FitConfig, *, num_classes: int,
     and input; a ``py:`` one runs at the student's frames and size. Either must have the
     dataset's classes (its own names, or generic LABEL_i in the dataset's order).
     """
-    from dvfl_cache.models.load import classes_for_dataset, load_model
+    from dvfl_cache.models.load import classes_for_dataset, load_model, read_class_file
     from dvfl_cache.models.registry import is_foreign
 
     opts = dict(cfg.teacher_opts)
     if is_foreign(cfg.teacher):
-        loaded = load_model(cfg.teacher, cfg.teacher_weights, options=opts,
-                            num_classes=num_classes, num_frames=cfg.num_frames, size=cfg.size,
-                            clip_input=cfg.teacher_input or None, identify=False)
+        def load(class_map=None):
+            return load_model(cfg.teacher, cfg.teacher_weights, options=opts,
+                              num_classes=num_classes, num_frames=cfg.num_frames, size=cfg.size,
+                              clip_input=cfg.teacher_input or None, class_map=class_map,
+                              identify=False)
+
+        loaded = load()
         labels = loaded.extra.get("labels")
+        mapping = None if cfg.teacher_classes is None else read_class_file(cfg.teacher_classes)
         if labels is not None and classes is not None:
-            classes_for_dataset(labels, classes, spec=cfg.teacher)
+            _, class_map = classes_for_dataset(labels, classes, spec=cfg.teacher,
+                                               mapping=mapping)
+            if class_map is not None:
+                loaded = load(class_map)
+        elif mapping is not None:
+            raise DvflError(f"--teacher-classes: {cfg.teacher} has no label names to map onto")
         where = cfg.teacher
     else:
         try:

@@ -190,6 +190,9 @@ def test_py_teacher_build_verify_fit_eval(synth_root, tmp_path):
     assert t.config["input"]["layout"] == "channels-first"
     assert t.config["input"]["source"] == "--teacher-input"
     assert meta.feature_dim == 6  # the input of its classifier layer `fc`
+    cli(cache_cli, ["card", out])  # the card states the input the teacher was fed
+    card = (out / "README.md").read_text()
+    assert "fed 4-frame 32px clips, channels-first" in card and "(from --teacher-input)" in card
     # verify --recompute replays the recorded layout and options
     res = cli(cache_cli, ["verify", out, "--dataset", "ucf101", "--root", synth_root,
                           "--split", "1", "--recompute", "4", "--teacher", PY_TEACHER,
@@ -218,6 +221,11 @@ def test_py_teacher_build_verify_fit_eval(synth_root, tmp_path):
     res = cli(train_cli, ["eval", "--checkpoint", run / "best.pt", "--dataset", "ucf101",
                           "--root", synth_root, "--split", "1", "--workers", "0"])
     assert "over 8 videos" in res.output
+    from dvfl_cache.data.readers import build_index
+
+    video = build_index("ucf101", synth_root, split=1, subset="test").abspath(0)
+    res = cli(train_cli, ["predict", "--checkpoint", run / "best.pt", video, "--topk", "2"])
+    assert "1. " in res.output and "2. " in res.output
 
 
 def test_teacher_labels_matched_refused_or_mapped(synth_root, synth_index, tmp_path):
@@ -303,7 +311,8 @@ def test_hf_model_id_from_the_local_cache(synth_root, tmp_path, monkeypatch):
     assert hf_folder("hf:tiny/videomae") == snap
 
 
-def test_check_teacher_refuses_chance_and_force_records(synth_root, tmp_path):
+def test_check_teacher_refuses_chance_and_force_records(synth_root, synth_test_index,
+                                                        tmp_path):
     teacher = ["--teacher", "py:tiny_video_factory:constant_net", "--frames", "4", "--size",
                "32", "--check-teacher", "8"]
     out = tmp_path / "c.zarr"
@@ -314,6 +323,15 @@ def test_check_teacher_refuses_chance_and_force_records(synth_root, tmp_path):
     assert "teacher check: top-1 25.00% (2 / 8" in res.output
     info = json.loads(cli(cache_cli, ["info", "--json", out]).output)
     assert info["teacher_check"]["correct"] == 2 and not info["teacher_check"]["above_chance"]
+    # on another index (the test subset, saved by `dvfl-cache index`): all of its videos
+    from dvfl_cache.data.index import save_index
+
+    save_index(synth_test_index, tmp_path / "test.json")
+    res = cli(cache_cli, build_args(synth_root, tmp_path / "d.zarr", *teacher[:-2],
+                                    "--check-index", tmp_path / "test.json", "--force"))
+    assert f"/ {len(synth_test_index)} test views" in res.output
+    info = json.loads(cli(cache_cli, ["info", "--json", tmp_path / "d.zarr"]).output)
+    assert info["teacher_check"]["index"] == str(tmp_path / "test.json")
 
 
 def test_check_teacher_passes_a_teacher_that_knows_the_classes(synth_index):
@@ -349,3 +367,78 @@ def test_py_online_teacher_needs_its_input(synth_root, tmp_path):
     assert cfg["teacher_input"] == {"layout": "channels-first"}
     record = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert record["kd"] > 0
+
+
+def test_hf_defaults_and_refusals_before_any_work(synth_root, tmp_path):
+    """An hf: student's --frames/--size default to its config's (given ones win); profile
+    builds it; an hf: teacher has its own weights, so --random-weights is refused in one
+    line."""
+    folder = save_hf(tmp_path / "m", "timesformer")
+    base = ["fit", "--dataset", "ucf101", "--root", synth_root, "--out", tmp_path / "run",
+            "--model", f"hf:{folder}", "--print-config"]
+    cfg = json.loads(cli(train_cli, base).output)
+    assert (cfg["num_frames"], cfg["size"]) == (4, 32)
+    cfg = json.loads(cli(train_cli, [*base, "--frames", "2"]).output)
+    assert (cfg["num_frames"], cfg["size"]) == (2, 32)
+    res = cli(train_cli, ["profile", "--model", f"hf:{folder}", "--frames", "4", "--size", "32",
+                          "--num-classes", "4", "--warmup", "0", "--runs", "1", "--json"])
+    row = json.loads(res.output.splitlines()[-1])
+    assert row["model"] == f"hf:{folder}" and row["params"] > 0 and row["gmacs"] > 0
+    res = cli(cache_cli, build_args(synth_root, tmp_path / "c.zarr", "--teacher",
+                                    f"hf:{folder}", "--random-weights"), expect=1)
+    assert "--random-weights does not apply" in res.output and one_error_line(res)
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_online_teacher_labels_refused_or_mapped(synth_root, synth_index, tmp_path):
+    classes = list(synth_index.classes)
+    folder = save_hf(tmp_path / "k", "videomae", labels=["a", "b", "c", "d", "e"])
+    run = tmp_path / "run"
+    online = ["--teacher", f"hf:{folder}", "--model", "vfl-nano", "--model-opt", "embed_dim=8",
+              "--model-opt", "depths=1,1,1,1"]
+    res = cli(train_cli, fit_args(synth_root, run, *online), expect=1)
+    assert "--teacher-classes" in res.output and one_error_line(res)
+    (tmp_path / "map.json").write_text(json.dumps(
+        {classes[0]: ["a", "b"], classes[1]: "c", classes[2]: "d", classes[3]: "e"}))
+    cli(train_cli, fit_args(synth_root, run, *online, "--teacher-classes",
+                            tmp_path / "map.json", "--overwrite"))
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["teacher_classes"] == str(tmp_path / "map.json")
+    record = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert record["kd"] > 0
+
+
+def test_sweep_trains_and_evaluates_py_students(synth_root, tmp_path):
+    """A sweep of py: students without a teacher (CE at alpha 0): each run's best.pt is
+    rebuilt from its checkpoint and evaluated."""
+    out = tmp_path / "sweep"
+    cli(train_cli, ["sweep", "--dataset", "ucf101", "--root", synth_root, "--model",
+                    "py:tiny_video_factory:tiny_video_net", "--model-opt", "width=4",
+                    "--model-input", "layout=channels-first", "--frames", "4", "--size", "32",
+                    "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--workers",
+                    "0", "--device", "cpu", "--alphas", "0", "--seeds", "0,1", "--out", out])
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3  # header and one row per seed
+    for run in sorted((out / "runs").iterdir()):
+        state = torch.load(run / "best.pt", weights_only=True)
+        assert state["arch"] == "py:tiny_video_factory:tiny_video_net"
+
+
+@pytest.mark.parametrize("pre, mean, std", [
+    # VideoMAE / TimeSformer processors: [0, 1] pixels, ImageNet statistics
+    ({"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+      "rescale_factor": 1 / 255}, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # ViViT's: rescaled to [-1, 1] (offset), then (v - 0.5) / 0.5 = 4 x - 3 of [0, 1] pixels
+    ({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "rescale_factor": 1 / 127.5,
+      "offset": True}, (0.75,) * 3, (0.25,) * 3),
+    ({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "do_normalize": False},
+     (0.0,) * 3, (1.0,) * 3),
+])
+def test_hf_preprocessing_is_read_from_the_processor_config(tmp_path, pre, mean, std):
+    from dvfl_cache.models.load import hf_input
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(pre))
+    got = hf_input({"num_frames": 4, "image_size": 32}, tmp_path)
+    np.testing.assert_allclose(got.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(got.std, std, rtol=1e-12)
+    assert (got.frames, got.size, got.layout) == (4, 32, "frames-first")

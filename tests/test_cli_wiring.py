@@ -130,13 +130,14 @@ FIT_BEHAVIOUR = {
     "model_input": "test_any_teacher.py::test_py_teacher_build_verify_fit_eval (a channels-"
                    "first py: student fails without it)",
     "teacher_input": "test_any_teacher.py::test_py_online_teacher_needs_its_input",
+    "teacher_classes": "test_any_teacher.py::test_online_teacher_labels_refused_or_mapped",
 }
 SWEEP_ONLY = {"alphas", "taus", "seeds", "baseline", "parallel", "eval_views", "seed"}
 # recipe, print_config: test_recipes.py::test_sweep_print_config_is_the_reference_point;
 # max_failed: test_reliability.py::test_sweep_evaluation_fails_past_the_budget
 SWEEP_BEHAVIOUR = {"data_root", "out_dir", "threads", "log_every", "overwrite", "resume",
                    "recipe", "print_config", "max_failed", "teacher_mix", "storage_opts",
-                   "model_input", "teacher_input"}
+                   "model_input", "teacher_input", "teacher_classes"}
 
 
 def _flag(cmd, name: str) -> str:
@@ -326,6 +327,8 @@ BUILD_BEHAVIOUR = {
     "teacher_classes": "test_any_teacher.py::test_teacher_labels_matched_refused_or_mapped",
     "check_teacher": "test_any_teacher.py::test_check_teacher_refuses_chance_and_force_records",
     "force": "test_any_teacher.py::test_check_teacher_refuses_chance_and_force_records",
+    "check_index": "test_any_teacher.py::test_check_teacher_refuses_chance_and_force_records "
+                   "(the test index's 8 videos are scored and named)",
 }
 
 

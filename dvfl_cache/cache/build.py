@@ -108,6 +108,9 @@ def load_teacher(teacher: str, *, weights: str | None, random_weights: bool,
         raise DvflError(f"unknown teacher {teacher!r}: not a file, not a registered model "
                         f"({', '.join(MODEL_NAMES)}), not hf:PATH or py:MODULE:FUNCTION")
     kind = spec_kind(teacher)
+    if kind == "hf" and random_weights:
+        raise DvflError(f"--random-weights does not apply to {teacher}: an hf: teacher's weights "
+                        "are its folder's")
     if kind in ("hf", "py"):
         return _load_foreign_teacher(teacher, kind, weights=weights, opts=opts, seed=seed,
                                      num_classes=num_classes, num_frames=num_frames, size=size,
@@ -791,8 +794,20 @@ def build_cache(cfg: BuildConfig, index: DatasetIndex, *,
     teacher, meta, sampler = prepare(cfg, index)
     teacher.to(device)
     checked = None
-    if cfg.check_teacher:
-        checked = check_teacher(teacher, index, videos=cfg.check_teacher, cfg=cfg, device=device)
+    if cfg.check_teacher or cfg.check_index:
+        scored = index
+        if cfg.check_index:
+            from dvfl_cache.data.index import load_index
+
+            scored = load_index(cfg.check_index)
+            if tuple(scored.classes) != tuple(index.classes):
+                raise DvflError(f"--check-index {cfg.check_index}: its classes are not the "
+                                f"build's ({len(scored.classes)} vs {len(index.classes)}, or "
+                                "another order)")
+        checked = check_teacher(teacher, scored, videos=cfg.check_teacher or len(scored),
+                                cfg=cfg, device=device)
+        if cfg.check_index:
+            checked["index"] = str(cfg.check_index)
     so = dict(cfg.storage_options) or None
     meta = _existing_decoder(cfg, meta, so)
     writer = CacheWriter.open_for_rank(cfg.out, meta, rank=rank, world_size=world,

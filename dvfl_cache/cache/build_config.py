@@ -54,6 +54,11 @@ class BuildConfig:
         0, flag="--check-teacher", low=0,
         help="First score the teacher on the test views of N training videos; print and record "
              "its top-1 and refuse to build at chance level (see --force). 0 = skip.")
+    check_index: str | None = setting(
+        None, flag="--check-index", path="file",
+        help="With --check-teacher: score the teacher on the videos of this index (JSON from "
+             "`dvfl-cache index`, e.g. the test subset) instead of the build's; its classes "
+             "must be the build's. --check-teacher 0 with it: all of its videos.")
     force: bool = setting(False, flag="--force",
                           help="Build even when --check-teacher finds the teacher at chance "
                                "level.")

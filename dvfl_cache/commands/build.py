@@ -38,7 +38,8 @@ def teacher_geometry(settings: dict) -> None:
 @recipe_options("build")
 @dataset_options(subset="train")
 @options_from(BuildConfig, ("teacher", "weights", "random_weights", "teacher_opts",
-                            "teacher_input", "teacher_classes", "check_teacher", "force",
+                            "teacher_input", "teacher_classes", "check_teacher",
+                            "check_index", "force",
                             "views_per_video", "frames", "size"))
 @options_from(ViewSampler, SAMPLER_OPTIONS)
 @options_from(BuildConfig, ("mixup", "cutmix", "mix_prob", "seed"))

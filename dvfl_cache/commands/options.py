@@ -81,7 +81,7 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
     if meta.get("choices") is not None:
         choices = meta["choices"]
         names = list(choices() if callable(choices) else choices)
-        kw["type"] = (_ChoiceOrSpec(names, tuple(meta["prefixes"])) if meta.get("prefixes")
+        kw["type"] = (ChoiceOrSpec(names, tuple(meta["prefixes"])) if meta.get("prefixes")
                       else click.Choice(names))
     elif meta.get("path"):  # "file" / "dir" to read (must exist), "out_dir" to write
         kw["type"] = click.Path(exists=meta["path"] != "out_dir",
@@ -107,7 +107,7 @@ def _option(f: dataclasses.Field, hint: Any, change: dict[str, Any]) -> Callable
     return click.option(meta["flag"], f.name, default=default, show_default=shown, **kw)
 
 
-class _ChoiceOrSpec(click.Choice):
+class ChoiceOrSpec(click.Choice):
     """One of the choices, or a value starting with one of ``prefixes`` (hf:PATH, py:M:F)."""
 
     def __init__(self, choices: Sequence[str], prefixes: tuple[str, ...]):
@@ -410,9 +410,11 @@ def resolve_recipe(name: str, stage: str, params: dict[str, Any], *, explicit: s
                 raise RecipeError(f"recipe {name!r} sets sampler {key}={value!r}, which `{stage}` "
                                   "has no option for")
     for key, what in recipe.needs.items():
-        # a build that needs no weights file: a random teacher, or --teacher CKPT (its own)
-        own_weights = key == "weights" and (out.get("random_weights")
-                                            or os.path.isfile(str(out.get("teacher") or "")))
+        # a build that needs no weights file: a random teacher, or --teacher CKPT / hf:PATH
+        # (its own)
+        teacher = str(out.get("teacher") or "")
+        own_weights = key == "weights" and (out.get("random_weights") or os.path.isfile(teacher)
+                                            or teacher.startswith("hf:"))
         if key in out and out[key] is None and not own_weights:
             flag = next((p for p in click.get_current_context().command.params
                          if p.name == key), None)

@@ -302,13 +302,19 @@ def hf_input(config: Mapping[str, Any], folder: Path | None) -> ClipInput:
             pre, source = _read_json(folder / name), name
             break
     if pre.get("image_mean") and pre.get("image_std"):
-        mean, std = pre["image_mean"], pre["image_std"]
+        mean, std = list(pre["image_mean"]), list(pre["image_std"])
         if pre.get("do_normalize") is False:
             mean, std = [0.0] * 3, [1.0] * 3
         if len(mean) == 1:
-            mean, std = list(mean) * 3, list(std) * 3
-        return ClipInput(frames=frames, size=size, mean=tuple(mean), std=tuple(std),
-                         source=source)
+            mean, std = mean * 3, std * 3
+        # the processor's rescale, v = a * x01 - b (a = 255 * rescale_factor; b = 1 with
+        # ViViT's offset), folded in: (v - m) / s == (x01 - (m + b) / a) / (s / a)
+        a = 255.0 * float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) \
+            else 255.0
+        a = 1.0 if abs(a - 1.0) < 1e-9 else a  # 255 * (1 / 255) in floating point
+        b = 1.0 if pre.get("do_rescale", True) and pre.get("offset") else 0.0
+        return ClipInput(frames=frames, size=size, mean=tuple((m + b) / a for m in mean),
+                         std=tuple(s / a for s in std), source=source)
     log.warning("hf model (%s): no preprocessor config with image_mean/image_std; assuming "
                 "ImageNet normalisation (state it with --teacher-input mean=...,std=...)",
                 config.get("model_type"))
@@ -478,8 +484,9 @@ def load_state(model: nn.Module, path: str, *, fresh_head: bool = False,
 
 @dataclass
 class LoadedModel:
-    """A network and its provenance: ``identity`` is the JSON record a store keeps (name,
-    config, weights sha256); ``report`` the weight loader's one-line summary."""
+    """A network and its provenance: ``name``, ``config`` and ``weights_sha256`` are the JSON
+    record a store keeps of its teacher; ``report`` the weight loader's one-line summary;
+    ``extra`` holds an hf model's ``labels``."""
 
     model: nn.Module
     name: str

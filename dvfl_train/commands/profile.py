@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from dvfl_cache.commands.options import _ChoiceOrSpec, check_model_options, key_values_option
+from dvfl_cache.commands.options import ChoiceOrSpec, check_model_options, key_values_option
 from dvfl_cache.models.registry import MODEL_NAMES
 from dvfl_cache.tables import text_table
 
@@ -26,7 +26,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 @click.command("profile")
 @click.option("--model", "model_name", required=True,
-              type=_ChoiceOrSpec([*MODEL_NAMES, "all"], ("hf:", "py:")),
+              type=ChoiceOrSpec([*MODEL_NAMES, "all"], ("hf:", "py:")),
               help="Registered model, 'all' for the efficiency table of every variant, or "
                    "hf:PATH / py:MODULE:FUNCTION (built at --frames/--size, options from "
                    "--model-opt).")

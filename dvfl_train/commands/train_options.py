@@ -24,7 +24,7 @@ __all__ = ["EpochProgress", "LOSS_SCHEDULE", "RUNTIME", "DATA_MODEL", "data_mode
 DATA_MODEL = ("dataset", "data_root", "split", "train_index", "val_index", "val_subset",
               "val_every", "test_span", "model", "model_opts", "model_input", "init", "drop_path",
               "num_frames", "size", "sampler", "cache", "teacher_mix", "views_subset", "teacher",
-              "teacher_weights", "teacher_opts", "teacher_input")
+              "teacher_weights", "teacher_opts", "teacher_input", "teacher_classes")
 LOSS_SCHEDULE = ("beta", "kd_form", "pred_loss", "rep_loss", "label_smoothing", "mixup", "cutmix",
                  "mix_prob", "epochs", "warmup_epochs",
                  "batch_size", "base_lr", "warmup_lr", "min_lr", "optimizer", "momentum",
@@ -41,6 +41,7 @@ def fit_config(settings: dict[str, Any]) -> FitConfig:
     """The validated FitConfig of a command's options; model options of the wrong name or type,
     and a --teacher-mix given without an ensemble to combine, are a usage error of their flag
     before anything is built."""
+    _hf_student_geometry(settings)
     check_model_options(settings["model"], settings["model_opts"], "--model-opt")
     ctx = click.get_current_context(silent=True)
     explicit = ctx is not None and ctx.get_parameter_source("teacher_mix") not in (
@@ -53,6 +54,27 @@ def fit_config(settings: dict[str, Any]) -> FitConfig:
         check_model_options(settings["teacher"], settings["teacher_opts"], "--teacher-opt")
     storage = storage_options_from(settings.pop("storage_opts", ()))
     return FitConfig.from_cli({**settings, "storage_options": storage or {}})
+
+
+def _hf_student_geometry(settings: dict[str, Any]) -> None:
+    """An hf: student's config gives the defaults of --frames and --size (given values, and a
+    recipe's, are kept): the model is built at them."""
+    import dataclasses
+
+    import click
+
+    model = settings.get("model")
+    ctx = click.get_current_context(silent=True)
+    if not (isinstance(model, str) and model.startswith("hf:")) or ctx is None:
+        return
+    from dvfl_cache.models.load import preview_input
+
+    own = preview_input(model)
+    defaults = {f.name: f.default for f in dataclasses.fields(FitConfig)}
+    for key, value in (("num_frames", own.frames), ("size", own.size)):
+        if (key in settings and settings[key] == defaults[key]
+                and ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT):
+            settings[key] = value
 
 
 def epoch_line(record: dict[str, Any], *, epochs: int) -> str:
