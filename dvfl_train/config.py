@@ -172,6 +172,9 @@ class FitConfig:
         None, flag="--views-subset", low=1,
         help="Train on the first N cached views per video only (reads only their rows). "
              "Default: all the cache's views, recorded with the run so --resume keeps them.")
+    # Where a --cache URL lives (endpoint, profile, credentials): may hold secrets, so it is
+    # never recorded (to_dict leaves it out) and a resume takes it from the command line again.
+    storage_options: dict[str, Any] = setting(default_factory=dict, hash=False)
     teacher: str | None = setting(None, flag="--teacher",
                                   help="Online KD: teacher architecture (default: named by "
                                        "--teacher-weights), or hf:PATH (weights from its "
@@ -276,10 +279,6 @@ class FitConfig:
         "mean", flag="--rep-loss", choices=REP_LOSSES,
         help="Representation term (--beta): mean over elements, or sum over the feature "
              "dimension per clip (the fewer-frames paper's squared distance).")
-
-    # Where a --cache URL lives (endpoint, profile, credentials): may hold secrets, so it is
-    # never recorded (to_dict leaves it out) and a resume takes it from the command line again.
-    storage_options: dict[str, Any] = setting(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         # One cache may be given as a path (or None: no cache), as before ensembles.

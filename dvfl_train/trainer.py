@@ -226,8 +226,8 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
 
     for epoch in range(min(s.done for s in students) + 1, cfg.epochs + 1):
         active = [s for s in students if s.done < epoch and s.diverged is None]
-        if not active:
-            break
+        if not active:  # (students resumed from a later epoch may still have epochs to go)
+            continue
         plan = teacher.plan(epoch, index)
         invalid.add(plan.invalid)
         batches = rank_batches(epoch_order(data_seed, epoch, len(plan.videos)),
@@ -280,7 +280,7 @@ def _train(cfg: FitConfig, specs: list[StudentSpec], configs: list[FitConfig], d
         active = [s for s in active if _still_finite(s, dist, epoch)]
         if not active:
             emit(TrainEvent("epoch_end", epoch, cfg.epochs))
-            break
+            continue
         failed = dist.total(len(failures) - failed_before)
         mixed = _mix_record(mixing, dist, epoch)
         _check_failures(cfg, index, plan, failures.failures[failed_before:], clips_seen, dist,

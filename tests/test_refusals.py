@@ -427,3 +427,28 @@ def test_a_truncated_video_is_said_so(command, name, truncated, tmp_path, caplog
     assert ("frames are repeated" in line) == (name == "stub")
     if name == "stub":
         assert f"{info.num_frames} decodable frame(s) for a 4-frame clip" in line
+
+
+class _Touch:
+    """Unpickled with code execution, it would create the file ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("protocol", [2])  # torch's; at 0 and 4 torch stops at an opcode first
+def test_a_plain_pickle_that_would_run_code_keeps_the_safety_message(protocol, tmp_path):
+    import pickle
+
+    from dvfl_cache.errors import CheckpointError
+    from dvfl_cache.models.weights import read_checkpoint
+
+    bad = tmp_path / "evil.pt"
+    bad.write_bytes(pickle.dumps({"model": _Touch(tmp_path / "ran")}, protocol=protocol))
+    with pytest.raises(CheckpointError, match=rf"refusing to load {bad}: \S*open is not on "
+                                              "the allow-list"):
+        read_checkpoint(bad)
+    assert not (tmp_path / "ran").exists()

@@ -159,7 +159,7 @@ def _not_a_checkpoint(path: Path) -> str | None:
         for op, _, _ in pickletools.genops(io.BytesIO(head)):
             if op.name == "STOP":
                 return None
-    except ValueError as exc:
+    except Exception as exc:  # ValueError mostly; garbage can make any decoder step fail
         if head.startswith(b"\x80") and any(s in str(exc) for s in _ENDS_EARLY):
             if len(head) == _SNIFF_BYTES:
                 return None  # a long first pickle: torch.load decides
