@@ -17,10 +17,11 @@ from dvfl_train import kd_loss
 
 
 def tiny_student(num_classes: int, width: int = 32) -> nn.Module:
-    """Any model that maps clips [B, C, T, H, W] to logits [B, K] will do."""
+    """Any model that maps clips [B, C, T, H, W] to logits [B, K] will do; this one embeds
+    4x4 patches per frame, then mixes neighbouring frames (the classes differ in motion)."""
     return nn.Sequential(
-        nn.Conv3d(3, width, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv3d(width, width, kernel_size=3, padding=1, stride=(1, 2, 2)), nn.ReLU(),
+        nn.Conv3d(3, width, kernel_size=(1, 4, 4), stride=(1, 4, 4)), nn.ReLU(),
+        nn.Conv3d(width, width, kernel_size=(3, 3, 3), padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(width, num_classes))
 
 
@@ -53,7 +54,7 @@ def train(cache, root, *, frames=None, size=None, epochs=10, batch_size=8, lr=3e
             opt.zero_grad()
             loss.backward()
             opt.step()
-        print(f"epoch {epoch}: loss {loss.item():.4f}, top-1 {top1(model, ds):.3f}")
+        print(f"epoch {epoch}: loss {loss.item():.4f}")
     return model, ds
 
 
@@ -68,7 +69,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     model, ds = train(a.cache, a.root, frames=a.frames, size=a.size, epochs=a.epochs,
                       workers=a.workers)
-    return top1(model, ds)
+    accuracy = top1(model, ds)
+    print(f"top-1 on the cached views of the last epoch: {accuracy:.3f}")
+    return accuracy
 
 
 if __name__ == "__main__":

@@ -196,3 +196,16 @@ def test_importing_the_package_roots_stays_light():
             "heavy = [m for m in ('torch', 'zarr', 'av') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_packed_zip_serves_the_same_items(caches, synth_root, tmp_path):
+    from dvfl_cache import CachedClips, open_cache
+    from dvfl_cache.cache.share import pack
+
+    pack(caches["plain"], tmp_path / "c.zip")
+    a = CachedClips(open_cache(caches["plain"]), root=synth_root, epoch=1, **STUDENT)
+    b = CachedClips(open_cache(tmp_path / "c.zip"), root=synth_root, epoch=1, **STUDENT)
+    assert open_cache(tmp_path / "c.zip").meta == open_cache(caches["plain"]).meta
+    got, want = _all(b), _all(a)
+    for key in ("clip", "teacher_logits", "target", "row"):
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)

@@ -48,13 +48,13 @@ def test_the_example_trains_a_student_above_chance(cache, synth_root):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO),
                                                         os.environ.get("PYTHONPATH", "")])}
     code = (f"import runpy, sys; sys.argv = ['train_own_loop', {str(cache)!r}, "
-            f"{str(synth_root)!r}, '--epochs', '12', '--workers', '1']; "
+            f"{str(synth_root)!r}, '--epochs', '6', '--workers', '1']; "
             f"g = runpy.run_path({str(EXAMPLE)!r}); print('FINAL', g['main'](sys.argv[1:]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, timeout=600).stdout
-    assert "epoch 11: loss" in out
+    assert "epoch 5: loss" in out
     top1 = float(out.split("FINAL")[-1])
-    assert top1 > 0.5, out  # 4 classes: chance is 0.25
+    assert top1 > 0.5, out  # 4 classes: chance is 0.25 (top-1 on the rows it trained on)
 
 
 def test_its_batch_loss_is_what_dvfl_train_fit_logs_for_the_same_rows(cache, synth_root,

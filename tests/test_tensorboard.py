@@ -94,3 +94,21 @@ def test_sweep_writes_events_per_student(synth_root, tmp_path):
     assert len(runs) == 2
     for run in runs:
         _check_run(run, mixed=False)
+
+
+def test_tensorboard_is_imported_only_when_asked_for(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys, dvfl_train.trainer, dvfl_train.sweep; "
+            "assert not [m for m in sys.modules if m.startswith(('tensorboard', "
+            "'torch.utils.tensorboard'))]")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # without the package: one line naming the extra, not an ImportError's traceback
+    from dvfl_train.config import ConfigError
+    from dvfl_train.tensorboard_log import TensorBoardLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ConfigError, match=r"needs the tensorboard package: pip install "
+                                          r"'dvfl\[tensorboard\]'"):
+        TensorBoardLog(tmp_path)
