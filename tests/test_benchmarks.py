@@ -80,6 +80,29 @@ def test_cache_bench_build_runs_on_a_tiny_teacher(synth_root, tmp_path):
         sum(out["forward_only_before_after_views_s"]) / 2, abs=0.02)
 
 
+def test_cache_bench_decode_once_writes_its_numbers_and_conditions(tmp_path):
+    import json
+
+    from dvfl_cache.data.synth import h264_available
+
+    if not h264_available():
+        pytest.skip("this PyAV has no libx264 encoder")
+    out = tmp_path / "r" / "decode_once.json"
+    bench_cache.main(["--decode-once", "3", "--quick", "--json", str(out)])
+    res = json.loads(out.read_text())
+    (run,) = res["result"]["runs"]
+    assert run["views_per_video"] == 3 and run["stores_bit_identical"] is True
+    assert run["build_per_view"]["rows"] == run["build_once"]["rows"] == 6
+    cpu = run["in_process_cpu_s_per_view"]
+    assert cpu["per_view"] > 0 and cpu["once"] > 0
+    assert cpu["ratio"] == pytest.approx(cpu["once"] / cpu["per_view"], rel=0.01)
+    videos = res["result"]["videos"]["each"]
+    assert videos[0]["codec"] == "h264" and videos[0]["keyframes_at"][:2] == [0, 30]
+    cond = res["conditions"]
+    assert cond["cpu_model"] and cond["packages"]["torch"] and "date_utc" in cond
+    assert len(res["load_average_start"]) == 3
+
+
 def test_data_bench_measures_the_trainers_loader(synth_index):
     from dvfl_cache.data.views import ViewSampler
 

@@ -651,11 +651,10 @@ def write_pending(cfg: BuildConfig, index, sampler, teacher, device, meta, targe
             # claim to expire (its shard is then retaken on the next pass).
             time.sleep(min(2.0, cfg.claim_ttl_s / 4))
             continue
-        log.info("rank %d/%d: %d shards pending on %s, batches of %d, %d decoding workers "
-                 "(decoding each video %s), claims live %g s", rank, world, len(pending),
-                 device, cfg.batch_size, cfg.workers,
-                 "once per view" if cfg.decode_per_view else "once for all its views",
-                 claims.ttl_s)
+        log.info("rank %d/%d: %d shards pending on %s, batches of %d, %d decoding workers, "
+                 "claims live %g s; each video decoded %s", rank, world, len(pending), device,
+                 cfg.batch_size, cfg.workers, claims.ttl_s,
+                 "once per view" if cfg.decode_per_view else "once for all its views")
         written += _run_shards(cfg, index, sampler, teacher, device, meta, target, claims,
                                labels, work, progress)
     return written
