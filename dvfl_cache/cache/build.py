@@ -393,10 +393,13 @@ def decoder_version() -> int | str:
     return getattr(decode, "DECODER_VERSION", UNVERSIONED_DECODER)
 
 
-# The most rows one group of shards may hold (`shard_group`): every shard of a group stays open
-# (its arrays in memory) until its last video is decoded, about 300 bytes a row at 101 classes
-# in float16 (150 MB), more with --features.
-GROUP_ROWS = 1 << 19
+# The most rows one group of shards may hold (`shard_group`). Every shard of a group stays open
+# (its arrays in memory, about 300 bytes a row at 101 classes in float16, more with --features)
+# until its last video is decoded, and is written only then, so a killed build redoes the groups
+# it was computing: the cap bounds that loss (65,536 rows, minutes of a GPU's work) at the price
+# of decoding a video once per group of its views instead of once (16 shards of the default
+# 4096 rows: a 120-view build decodes each video about 8 times instead of 120).
+GROUP_ROWS = 1 << 16
 
 
 def shard_group(meta: CacheMeta, first: int, candidates: Collection[int], *,
