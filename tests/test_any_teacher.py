@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,10 @@ def test_py_teacher_build_verify_fit_eval(synth_root, tmp_path):
     res = cli(cache_cli, ["verify", out, "--dataset", "ucf101", "--root", synth_root,
                           "--split", "1", "--recompute", "4", "--teacher", PY_TEACHER,
                           "--weights", weights])
-    assert "largest logit difference 0 " in res.output
+    # the build runs every row in a full teacher batch, the recompute in its own: the same
+    # numbers up to the last bits of a float32 sum
+    diff = float(re.search(r"largest logit difference (\S+) ", res.output).group(1))
+    assert diff <= 1e-6, res.output
     # extend replays the store's input record; another layout is refused
     ext = ["extend", out, "--dataset", "ucf101", "--root", synth_root, "--split", "1",
            "--teacher", PY_TEACHER, "--teacher-opt", "width=6", "--weights", weights,
@@ -205,7 +209,7 @@ def test_py_teacher_build_verify_fit_eval(synth_root, tmp_path):
     res = cli(cache_cli, [*ext, "--views-per-video", "3", "--teacher-input",
                           "layout=channels-first", "--teacher-input", "std=0.5,0.5,0.5"],
               expect=1)
-    assert "teacher.config differs" in res.output
+    assert "teacher.config.input" in res.output and "differs" in res.output
     cli(cache_cli, [*ext, "--views-per-video", "3"])
     assert CacheReader(out).meta.views_per_video == 3
     # a py: student from the py: teacher's cache, eval from its checkpoint
