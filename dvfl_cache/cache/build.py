@@ -258,10 +258,7 @@ class _ClaimedRows:
     def _next_claim(self) -> int | None:
         while self.left:
             s = self.left.pop(0)
-            if self.writer.is_done(s) or not self.claims.try_claim(s):
-                continue
-            if self.writer.is_done(s):  # finished between the two looks
-                self.claims.release(s)
+            if not self.claims.claim_pending(s, self.writer.is_done):
                 continue
             self.claimed.append(s)
             return s
