@@ -48,7 +48,8 @@ def test_store_on_s3_round_trips_and_never_makes_a_local_folder(bucket, tmp_path
     assert d["size_bytes"] == info(ref)["size_bytes"]  # same files, listed in the bucket
     with pytest.raises(CacheError, match="already exists; pass --resume"):
         CacheWriter.create(url, m)
-    for read_only in ("http://127.0.0.1:9/c.zarr", f"{bucket}/c.zip"):
+    (tmp_path / "packed.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # an (empty) zip
+    for read_only in ("http://127.0.0.1:9/c.zarr", f"{bucket}/c.zip", tmp_path / "packed.zip"):
         with pytest.raises(CacheError, match="cannot write a store there"):
             CacheWriter.create(read_only, m)
     # export / import / pack with URLs on both sides
