@@ -74,6 +74,8 @@ def _extend_rounds(rounds: list[tuple[list[str], float]], barrier, queue) -> Non
             queue.put((args[1], "ok", out.getvalue()))
         except click.ClickException as e:  # the CLI's one-line errors
             queue.put((args[1], "error", e.format_message()))
+        except Exception as e:  # anything else fails the test at once, not at a timeout
+            queue.put((args[1], "crash", repr(e)))
 
 
 def test_identical_extends_started_at_the_same_instant_both_succeed(synth_root, tmp_path):
