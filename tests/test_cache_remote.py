@@ -48,7 +48,8 @@ def test_store_on_s3_round_trips_and_never_makes_a_local_folder(bucket, tmp_path
     assert d["size_bytes"] == info(ref)["size_bytes"]  # same files, listed in the bucket
     with pytest.raises(CacheError, match="already exists; pass --resume"):
         CacheWriter.create(url, m)
-    for read_only in ("http://127.0.0.1:9/c.zarr", f"{bucket}/c.zip"):
+    (tmp_path / "packed.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # an (empty) zip
+    for read_only in ("http://127.0.0.1:9/c.zarr", f"{bucket}/c.zip", tmp_path / "packed.zip"):
         with pytest.raises(CacheError, match="cannot write a store there"):
             CacheWriter.create(read_only, m)
     # export / import / pack with URLs on both sides
@@ -147,6 +148,41 @@ def test_a_released_claim_is_dead_at_once_for_anyone_in_any_process(claim_root):
         b.close()
 
 
+def test_a_shard_finished_while_another_looked_is_not_claimed_again(claim_root):
+    """The flaky "shard 7 was claimed 2 times" of the 2-rank build (issue 25): rank B read
+    shard 7's done flag just before rank A marked it done and released its claim; B then found
+    the claim released and took a second generation (its look after claiming saw the flag
+    and gave it back: nothing was computed twice, and no done flag was lost, each shard's flag
+    being a file of its own). The claim is no longer taken."""
+    from dvfl_cache.cache.build import _ClaimedRows
+
+    fs, root = _fs(claim_root)
+    a, b = ShardClaims(fs, root), ShardClaims(fs, root)
+    done: set[int] = set()
+
+    class RankB:
+        """B's view: its first look at shard 7's flag came before A finished it."""
+        looks = 0
+
+        def is_done(self, s: int) -> bool:
+            self.looks += 1
+            return s in done if self.looks > 1 else False
+
+        def shard_rows(self, s: int) -> range:
+            return range(4 * s, 4 * s + 4)
+
+    try:
+        rows = _ClaimedRows(RankB(), b, [7])
+        assert a.try_claim(7)
+        done.add(7)  # A wrote shard 7 and marked it done ...
+        a.release(7)  # ... then gave its claim up
+        assert not rows.claim_first() and rows.claimed == []
+        assert len(fs.ls(f"{root}/claims/7", detail=False)) == 1  # A's claim only
+        assert b.newest(7).token == a.token
+    finally:
+        a.close()
+        b.close()
+
 def _hold_claim_forever(root: str, ready) -> None:
     fs, r = target_fs(root)
     ShardClaims(fs, r, ttl_s=600).try_claim(0)
@@ -181,7 +217,7 @@ def _claiming_writer(path: str, meta, delay: float, queue) -> None:
     mine = []
     with w.claims(ttl_s=30) as claims:
         for s in w.pending_shards():
-            if w.is_done(s) or not claims.try_claim(s):
+            if not claims.claim_pending(s, w.is_done):  # the build's protocol
                 continue
             arrays, failures = synthetic_shard(meta, s)
             time.sleep(delay)  # the teacher's work

@@ -335,7 +335,8 @@ def test_zip_over_http_reads_the_directory_once_then_only_the_chunks(tmp_path):
 # --- dataset card ------------------------------------------------------------------------------
 
 def test_pack_and_card_write_a_card_that_verify_checks(store, tmp_path):
-    from dvfl_cache.cache.card import CARD_NAME, MANIFEST_NAME, parse_card, write_card
+    from dvfl_cache.cache.card import CARD_NAME, MANIFEST_NAME, parse_card
+    from dvfl_cache.cache.share import write_card
     from dvfl_cache.cache.inspect import teacher_accuracy
 
     d = pack(store, tmp_path / "c.zip")

@@ -441,12 +441,7 @@ def shard_group(meta: CacheMeta, first: int, candidates: Collection[int], *,
 
 def _claim(target, claims: ShardClaims, s: int) -> bool:
     """Own pending shard `s` now (False: done, or a live process owns it)."""
-    if target.is_done(s) or not claims.try_claim(s):
-        return False
-    if target.is_done(s):  # finished between the two looks
-        claims.release(s)
-        return False
-    return True
+    return claims.claim_pending(s, target.is_done)
 
 
 class _ClaimedRows:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shlex
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -188,36 +187,6 @@ def make_card(reader, *, address: str, progress: Callable[[int], None] | None = 
     digests = file_digests(reader, progress=progress, sizes=sizes)
     fields = card_fields(reader, digests, address=address, size_bytes=sum(sizes.values()))
     return render_card(fields), manifest_text(digests), fields
-
-
-def write_card(store: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
-               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Write README.md and manifest.sha256 into a store directory or object-store URL.
-
-    A card vouches for a store, so only a store that passes `verify` (every chunk read back,
-    complete, consistent with its metadata) gets one; an old card is not checked, it is being
-    replaced."""
-    from dvfl_cache.cache.claims import put_atomic
-    from dvfl_cache.cache.inspect import verify
-    from dvfl_cache.cache.location import target_fs
-    from dvfl_cache.cache.store import CacheReader
-
-    address = os.fspath(store)
-    with CacheReader(address, storage_options=storage_options) as reader:
-        if reader.location.kind in ("zip", "url-zip") or address.lower().startswith("http"):
-            raise CacheError(f"{address}: cannot write a card into a zip or http(s) store; "
-                             "`pack` writes one into the zip it makes")
-        try:
-            verify(address, storage_options=storage_options, against_card=False)
-        except CacheError as e:
-            raise CacheError(f"{address}: no card for a store that does not verify: "
-                             f"{str(e).removeprefix(f'{reader.location}: ')}") from None
-        card, manifest, fields = make_card(reader, address=address, progress=progress)
-    fs, root = target_fs(address, storage_options)
-    put_atomic(fs, f"{root}/{MANIFEST_NAME}", manifest.encode())
-    put_atomic(fs, f"{root}/{CARD_NAME}", card.encode())
-    log.info("wrote the card of %s (manifest %s)", address, fields["manifest"]["sha256"])
-    return fields
 
 
 def card_problems(reader) -> tuple[dict[str, Any] | None, list[str]]:

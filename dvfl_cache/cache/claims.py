@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,11 +201,16 @@ class ShardClaims:
                            "expires": time.time() + self.ttl_s if expires is None
                            else expires}).encode()
 
-    def try_claim(self, s: int) -> bool:
-        """Own shard `s` now, or False when a live process owns it (or won the race)."""
+    def try_claim(self, s: int, *, unless: Callable[[], bool] | None = None) -> bool:
+        """Own shard `s` now, or False when a live process owns it (or won the race).
+
+        `unless` is asked after the last claim was found dead and before the next generation
+        is taken; True gives up (see `claim_pending`)."""
         c = self.newest(s)
         if c is not None and self.is_live(c):
             return c.token == self.token
+        if c is not None and unless is not None and unless():
+            return False
         gen = 0 if c is None else c.gen + 1
         if not create_exclusive(self.fs, self._key(s, gen), self._payload()):
             return False
@@ -213,6 +219,22 @@ class ShardClaims:
         if c is not None:
             log.info("took over %s", c.describe())
         self._ensure_heartbeat()
+        return True
+
+    def claim_pending(self, s: int, is_done: Callable[[int], bool]) -> bool:
+        """Own shard `s` to compute it; False when it is done or another process holds it.
+
+        Its done flag is looked at three times, each closing a race with a writer finishing
+        `s` meanwhile (it marks it done, then releases its claim): first (the common case,
+        one read); after finding that writer's claim released and before taking a new claim
+        generation (a released claim almost always means the shard was just finished: no
+        claim taken for nothing, so every shard of a fresh build is claimed exactly once); and
+        after claiming (finished between the looks: the claim is given back)."""
+        if is_done(s) or not self.try_claim(s, unless=lambda: is_done(s)):
+            return False
+        if is_done(s):
+            self.release(s)
+            return False
         return True
 
     def take_over(self, s: int) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -32,9 +33,9 @@ from dvfl_cache.cache import codecs
 from dvfl_cache.models.registry import is_foreign
 from dvfl_cache.cache.build import BuildResult, _distributed, prepare, write_pending
 from dvfl_cache.cache.build_config import BuildConfig, recorded_settings
-from dvfl_cache.cache.claims import put_atomic
+from dvfl_cache.cache.claims import ShardClaims, put_atomic
 from dvfl_cache.cache.format import PROVENANCE_ONLY, SHARD_DONE, CacheMeta, TeacherInfo
-from dvfl_cache.cache.layout import PROVENANCE_GROUP, exists_fresh, layout_files
+from dvfl_cache.cache.layout import CREATE_WAIT_S, PROVENANCE_GROUP, exists_fresh, layout_files
 from dvfl_cache.cache.location import check_writable, open_writable, target_fs
 from dvfl_cache.cache.store import CacheReader, CacheWriter
 from dvfl_cache.data.index import DatasetIndex
@@ -46,6 +47,9 @@ from dvfl_cache.runtime import resolve_device
 __all__ = ["extend_cache"]
 
 log = logging.getLogger(__name__)
+
+GROW_CLAIM = "grow"  # claims/grow/: who is growing the store (one extend at a time)
+
 
 def _marker(root: str, s: int) -> str:
     return f"{root}/{PROVENANCE_GROUP}/extend-{s}.json"
@@ -87,6 +91,37 @@ def _grow(path: str, so: dict | None, old: CacheMeta, new: CacheMeta) -> None:
     put_atomic(fs, f"{root}/zarr.json", layout_files(new)["zarr.json"])
     log.info("%s: grown from %d to %d views per video (%d -> %d shards)", path,
              old.views_per_video, new.views_per_video, old.num_shards, new.num_shards)
+
+
+def _grow_once(path: str, so: dict | None, new: CacheMeta) -> None:
+    """`_grow` by exactly one of the processes extending the store at once.
+
+    Two identical extends started together both read the V store; the one that came second
+    to the grow step found the store already grown (its new shards pending) and refused it as
+    unfinished. The grow step is claimed like store creation (`GROW_CLAIM`): one grows, the
+    others wait for its claim, read the store again and find it grown; then they all share the
+    new shards through the usual shard claims."""
+    fs, root = target_fs(path, so)
+    with ShardClaims(fs, root, ttl_s=60.0) as claims:
+        deadline = time.monotonic() + CREATE_WAIT_S
+        while not claims.try_claim(GROW_CLAIM):
+            if time.monotonic() > deadline:
+                raise CacheError(f"{path}: another process has been growing this store for "
+                                 f"{CREATE_WAIT_S:.0f} s; is it stuck?")
+            time.sleep(0.1)
+        try:
+            now = CacheReader(path, storage_options=so).meta  # as it is now, not as it was
+            if now.views_per_video < new.views_per_video:
+                _grow(path, so, now, new)
+            elif now.views_per_video > new.views_per_video:
+                raise CacheError(f"{path}: another process extended the store to "
+                                 f"{now.views_per_video} views per video meanwhile; "
+                                 f"--views-per-video {new.views_per_video} would shrink it")
+            else:
+                log.info("%s: already grown to %d views per video by another process", path,
+                         now.views_per_video)
+        finally:
+            claims.release(GROW_CLAIM)  # nobody waits for its expiry
 
 
 def _merge_error(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None
@@ -279,7 +314,7 @@ def extend_cache(cfg: BuildConfig, index: DatasetIndex, *,
                          f"{field} differs: stored {_shown(have)}, given {_shown(want)}")
     new = stored.replace(views_per_video=V2)
     if stored.views_per_video < V2 and rank == 0:
-        _grow(cfg.out, so, stored, new)
+        _grow_once(cfg.out, so, new)
     if barrier is not None:
         barrier()
     teacher.to(device)

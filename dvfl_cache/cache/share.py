@@ -1,4 +1,5 @@
-"""Moving caches around: pack a finished store into one zip, export to and import from HDF5.
+"""Moving caches around: pack a finished store into one zip, export to and import from HDF5,
+write its card (only for a store that verifies: `verify` lives above the card module).
 
 Packing copies the finished files into the zip with `zipfile` (ZIP_STORED, so every chunk stays
 addressable by byte range and the zip can be served over HTTP as is). Zarr is never asked to
@@ -27,7 +28,9 @@ import numpy as np
 from dvfl_cache.atomic import discard
 from dvfl_cache.cache.format import SHARD_DONE, CacheMeta
 from dvfl_cache.cache.card import (CARD_NAME, MANIFEST_NAME, card_fields, is_data_key,
-                                   manifest_text, render_card, store_get, store_keys)
+                                   make_card, manifest_text, render_card, store_get,
+                                   store_keys)
+from dvfl_cache.cache.claims import put_atomic
 from dvfl_cache.cache.location import is_url, local_path, locate, storage_error, target_fs
 from dvfl_cache.cache.store import (CacheReader, CacheWriter, MissingChunkError,
                                     shard_error)
@@ -174,6 +177,33 @@ def _refuse_missing_files(reader: CacheReader, done: np.ndarray, present: set[st
                 what = shard_error(name, s, reader.array(name), MissingChunkError(key))
                 raise CacheError(f"{reader.location}: {what}; repair it with "
                                  f"{repair_command(reader.location)}")
+
+
+def write_card(store: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
+               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Write README.md and manifest.sha256 into a store directory or object-store URL.
+
+    A card vouches for a store, so only a store that passes `verify` (every chunk read back,
+    complete, consistent with its metadata) gets one; an old card is not checked, it is being
+    replaced."""
+    from dvfl_cache.cache.inspect import verify
+
+    address = os.fspath(store)
+    with CacheReader(address, storage_options=storage_options) as reader:
+        if reader.location.kind in ("zip", "url-zip") or address.lower().startswith("http"):
+            raise CacheError(f"{address}: cannot write a card into a zip or http(s) store; "
+                             "`pack` writes one into the zip it makes")
+        try:
+            verify(address, storage_options=storage_options, against_card=False)
+        except CacheError as e:
+            raise CacheError(f"{address}: no card for a store that does not verify: "
+                             f"{str(e).removeprefix(f'{reader.location}: ')}") from None
+        card, manifest, fields = make_card(reader, address=address, progress=progress)
+    fs, root = target_fs(address, storage_options)
+    put_atomic(fs, f"{root}/{MANIFEST_NAME}", manifest.encode())
+    put_atomic(fs, f"{root}/{CARD_NAME}", card.encode())
+    log.info("wrote the card of %s (manifest %s)", address, fields["manifest"]["sha256"])
+    return fields
 
 
 def _member(name: str) -> zipfile.ZipInfo:

@@ -150,8 +150,7 @@ class CacheWriter:
         where = os.fspath(path)
         if overwrite and resume:
             raise CacheError(f"{where}: pass only one of --resume and --overwrite")
-        if is_url(where):
-            check_writable(where)
+        check_writable(where)
         fs, root = target_fs(where, storage_options)
         if list_entries(fs, root):
             is_store = exists_fresh(fs, f"{root}/zarr.json")

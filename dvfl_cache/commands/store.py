@@ -284,7 +284,8 @@ def card_cmd(store: str, storage_opts: tuple[str, ...]) -> None:
     """Write STORE's dataset card (README.md with a YAML header) and manifest.sha256 into it."""
     from tqdm import tqdm
 
-    from dvfl_cache.cache.card import CARD_NAME, write_card
+    from dvfl_cache.cache.card import CARD_NAME
+    from dvfl_cache.cache.share import write_card
 
     with tqdm(unit="file", desc="card", leave=False) as bar:
         fields = write_card(store, storage_options=storage_options_from(storage_opts),
