@@ -30,6 +30,6 @@ def test_parquet_adds_the_export_phase_and_its_size(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert bench.main(["--quick", "--videos", "60", "--parquet", "--out", str(tmp_path / "s"),
                        "--json", str(out)]) == 0
-    (r,) = json.loads(out.read_text())
+    (r,) = json.loads(out.read_text())["sizes"]
     assert "export parquet" in r and r["parquet_mib"] > 0
     assert "| 60 | 180 |" in capsys.readouterr().out
