@@ -136,15 +136,21 @@ def load_teacher(teacher: str, *, weights: str | None, random_weights: bool,
         if weights is not None:
             log.info("teacher %s", loaded.report)
     model = loaded.model
+    _check_geometry(teacher, model, num_classes, num_frames)
+    model.eval()
+    return model, TeacherInfo(name=loaded.name, config=loaded.config,
+                              weights_sha256=loaded.weights_sha256)
+
+
+def _check_geometry(teacher: str, model: torch.nn.Module, num_classes: int,
+                    num_frames: int) -> None:
+    """The teacher must classify the dataset's classes from clips of --frames frames."""
     if model.num_classes != num_classes:
         raise DvflError(f"teacher {teacher} has {model.num_classes} classes but the dataset has "
                         f"{num_classes}")
     if model.num_frames != num_frames:
         raise DvflError(f"teacher {teacher} takes {model.num_frames} frames but --frames is "
                         f"{num_frames}")
-    model.eval()
-    return model, TeacherInfo(name=loaded.name, config=loaded.config,
-                              weights_sha256=loaded.weights_sha256)
 
 
 def _load_foreign_teacher(teacher, kind, *, weights, opts, seed, num_classes, num_frames, size,
@@ -179,12 +185,7 @@ def _load_foreign_teacher(teacher, kind, *, weights, opts, seed, num_classes, nu
     config["label_match"] = how
     if teacher_classes is not None:
         config["teacher_classes"] = dict(teacher_classes)
-    if model.num_classes != num_classes:
-        raise DvflError(f"teacher {teacher} has {model.num_classes} classes but the dataset has "
-                        f"{num_classes}")
-    if model.num_frames != num_frames:
-        raise DvflError(f"teacher {teacher} takes {model.num_frames} frames but --frames is "
-                        f"{num_frames}")
+    _check_geometry(teacher, model, num_classes, num_frames)
     if size is not None and model.img_size != size:
         raise DvflError(f"teacher {teacher} takes {model.img_size}px clips but --size is {size}")
     if loaded.report:
