@@ -287,40 +287,6 @@ def _video_facts(index) -> dict:
     return {"count": len(out), "each": out}
 
 
-def conditions() -> dict:
-    """The machine and software a result was measured on."""
-    import datetime
-    import platform
-    import subprocess
-
-    import av
-    import zarr
-
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
-                  .splitlines() if ln.startswith("model name")), platform.processor())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, check=True,
-                                    cwd=Path(__file__).resolve().parent).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "cpu_model": model, "cpu_count": os.cpu_count(),
-            "cpu_affinity": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(),
-            "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY",
-                                                   "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-                        if k in os.environ},
-            "python": platform.python_version(),
-            "packages": {"torch": torch.__version__, "av": av.__version__,
-                         "numpy": np.__version__, "zarr": zarr.__version__,
-                         "ffmpeg_libavcodec": ".".join(map(str, av.library_versions.get(
-                             "libavcodec", ())))},
-            "git_commit": commit, "git_dirty": dirty, "host": platform.node()}
-
-
 def _cpu_per_view(fn) -> tuple[float, int]:
     c0 = time.process_time()
     n = fn()
@@ -441,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
         out = {"benchmark": "decode once per video vs once per view (issue 30)",
                "command": ["python", "tools/bench_cache.py", *(argv if argv is not None
                                                                else sys.argv[1:])],
-               "conditions": cond, "load_average_start": os.getloadavg()}
+               "load_average_start": os.getloadavg()}
         quick = args.quick
         with tempfile.TemporaryDirectory() as tmp:
             out["result"] = bench_decode_once(
@@ -452,6 +418,7 @@ def main(argv: list[str] | None = None) -> dict:
                 clip_frames=4 if quick else args.frames, batch=args.batch,
                 builds=not args.no_builds)
         out["load_average_end"] = os.getloadavg()
+        out = _conditions.record("bench_cache", out, cond)
         print(json.dumps(out, indent=1))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
