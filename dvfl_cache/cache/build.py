@@ -440,11 +440,6 @@ def shard_group(meta: CacheMeta, first: int, candidates: Collection[int], *,
     return group
 
 
-def _claim(target, claims: ShardClaims, s: int) -> bool:
-    """Own pending shard `s` now (False: done, or a live process owns it)."""
-    return claims.claim_pending(s, target.is_done)
-
-
 class _ClaimedRows:
     """The per-view build's DataLoader sampler (``decode_per_view``): rows of the pending
     shards this process manages to claim, in row order, each row decoding its own video.
@@ -461,7 +456,7 @@ class _ClaimedRows:
     def _next_claim(self) -> int | None:
         while self.left:
             s = self.left.pop(0)
-            if _claim(self.writer, self.claims, s):
+            if self.claims.claim_pending(s, self.writer.is_done):
                 return s
         return None
 
@@ -495,12 +490,12 @@ class _ClaimedGroups:
     def _next_group(self) -> list[int] | None:
         while self.left:
             first = self.left.pop(0)
-            if not _claim(self.target, self.claims, first):
+            if not self.claims.claim_pending(first, self.target.is_done):
                 continue
             group = shard_group(self.meta, first, set(self.left), max_rows=self.max_rows)
             taken = set(group)
             self.left = [s for s in self.left if s not in taken]
-            return [first] + [s for s in group[1:] if _claim(self.target, self.claims, s)]
+            return [first] + [s for s in group[1:] if self.claims.claim_pending(s, self.target.is_done)]
         return None
 
     def claim_first(self) -> bool:

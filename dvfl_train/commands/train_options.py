@@ -8,6 +8,7 @@ FitConfig's fields (``options_from``) and a command's keyword arguments are the 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
@@ -59,10 +60,6 @@ def fit_config(settings: dict[str, Any]) -> FitConfig:
 def _hf_student_geometry(settings: dict[str, Any]) -> None:
     """An hf: student's config gives the defaults of --frames and --size (given values, and a
     recipe's, are kept): the model is built at them."""
-    import dataclasses
-
-    import click
-
     model = settings.get("model")
     ctx = click.get_current_context(silent=True)
     if not (isinstance(model, str) and model.startswith("hf:")) or ctx is None:
