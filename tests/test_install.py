@@ -18,14 +18,13 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from conftest import load_tool
 from test_floors import installed_version, layered_venv
+
+lock = load_tool("lock")  # tools/lock.py: the lock's own reader
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements" / "lock.txt"
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def makefile_extras() -> list[str]:
@@ -45,23 +44,15 @@ def declared_requirements() -> list[Requirement]:
             if line.strip() and not line.strip().startswith("#")]
 
 
-def lock_pins() -> dict[str, str]:
-    pins = {}
+def test_lock_pins_every_declared_requirement_inside_its_range():
     for line in LOCK.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
-        if line:
-            name, sep, version = line.partition("==")
-            assert sep, f"{LOCK}: '{line}' is not an exact pin"
-            pins[canonical(name)] = version
-    return pins
-
-
-def test_lock_pins_every_declared_requirement_inside_its_range():
-    pins = lock_pins()
+        assert not line or "==" in line, f"{LOCK}: '{line}' is not an exact pin"
+    pins = lock.read_lock(LOCK)
     assert "torch" not in pins and not any(n.startswith("nvidia-") for n in pins), \
         "the lock must leave the torch build to the TORCH variable"
     for req in declared_requirements():
-        name = canonical(req.name)
+        name = lock.canonical(req.name)
         if name == "torch":
             continue
         assert name in pins, f"setup.cfg asks for {req} but {LOCK.name} does not pin it: make lock"
